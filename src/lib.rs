@@ -1,0 +1,2 @@
+//! Switchyard: a rootless userspace virtual switch for containers.
+pub mod wire;

@@ -1,0 +1,1 @@
+//! gso (to be written)

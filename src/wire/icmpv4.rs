@@ -1,0 +1,1 @@
+//! icmpv4 (to be written)

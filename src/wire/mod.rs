@@ -1,0 +1,45 @@
+//! Packet views and builders: zero-copy, bounds-checked, no I/O, no allocation.
+//!
+//! Panic contract (as in smoltcp): every view has `new_unchecked` and
+//! `new_checked`; once `new_checked` (or `check_len`) has succeeded, no accessor
+//! panics. Untrusted bytes always enter through `new_checked`. Every malformed
+//! input yields an [`Error`] value.
+
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod gso;
+pub mod icmpv4;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
+pub mod tcp;
+pub mod udp;
+pub mod virtio_net;
+pub mod vxlan;
+
+mod mac;
+pub use mac::MacAddr;
+
+/// Why a packet could not be parsed or built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The buffer is shorter than the header or the length fields claim.
+    #[error("truncated packet")]
+    Truncated,
+    /// A field holds a value the protocol does not allow.
+    #[error("malformed packet")]
+    Malformed,
+    /// A checksum did not verify.
+    #[error("bad checksum")]
+    Checksum,
+    /// Valid but not something this code handles (e.g. an unknown GSO type).
+    #[error("unsupported packet")]
+    Unsupported,
+    /// The output buffer is too small for what must be written.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+}
+
+/// Result of parsing or building a packet.
+pub type Result<T> = core::result::Result<T, Error>;
