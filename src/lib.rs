@@ -1,2 +1,18 @@
-//! Switchyard: a rootless userspace virtual switch for containers.
+//! Switchyard: a rootless, high-performance userspace virtual switch for
+//! containers.
+//!
+//! Layers (a module's path says its layer): [`wire`] parses and builds bytes;
+//! [`pipeline`] decides what happens to frames, in batches, on worker
+//! threads; [`tables`] holds what the pipeline reads per packet; [`ports`]
+//! moves frames in and out; [`dataplane`] is the control plane's handle on all
+//! of it; [`sys`] holds the system calls that need `unsafe`.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod dataplane;
+pub mod pipeline;
+pub mod ports;
+pub mod stats;
+pub mod tables;
 pub mod wire;

@@ -1,1 +1,3 @@
-//! arp (to be written)
+//! TEMP STUB
+use super::{MacAddr, Result, Error};
+pub fn make_reply_in_place(_f: &mut [u8], _l3: usize, _m: MacAddr) -> Result<()> { Err(Error::Unsupported) }

@@ -1,0 +1,313 @@
+//! The data plane as the control plane sees it: starts the workers, publishes
+//! topology changes (single writer), hands ports to workers and takes them
+//! back, and sums counters. Adding or removing a port or network publishes a
+//! new snapshot and never pauses traffic between other ports.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::{self, Sender};
+
+use crate::clock::Clock;
+use crate::pipeline::pool::{shared_pool, BufferPool};
+use crate::pipeline::worker::{self, Command, Worker, WorkerConfig, WorkerParts, WorkerShared};
+use crate::pipeline::Pipeline;
+use crate::ports::{Port, PortId};
+use crate::stats::{self, PortCounterEntry, PortCounters, StatsSnapshot};
+use crate::tables::mac::DEFAULT_CAP;
+use crate::tables::topology::{
+    shared_topology, GatewayInfo, NetworkId, NetworkInfo, PortInfo, PortSecurity, SharedTopology,
+    Topology, WorkerId,
+};
+
+/// Errors of data-plane reconfiguration.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Starting a worker failed.
+    #[error("cannot start data-plane worker: {0}")]
+    Start(#[source] std::io::Error),
+    /// No such network.
+    #[error("network {0:?} does not exist in the data plane")]
+    UnknownNetwork(NetworkId),
+    /// No such port.
+    #[error("port {0} does not exist in the data plane")]
+    UnknownPort(PortId),
+    /// The network still has ports.
+    #[error("network {0:?} still has {1} port(s) attached")]
+    NetworkInUse(NetworkId, usize),
+    /// More networks than the data plane can index.
+    #[error("too many networks")]
+    TooManyNetworks,
+    /// A worker stopped.
+    #[error("data-plane worker {0} is not running")]
+    WorkerGone(WorkerId),
+}
+
+/// Data-plane settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DataplaneConfig {
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Frame buffers preallocated in all.
+    pub pool_frames: usize,
+    /// Depth of each worker's inbox (frames and learn messages).
+    pub inbox_depth: usize,
+    /// Per-worker settings.
+    pub worker: WorkerConfig,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pool_frames: 4096,
+            inbox_depth: 1024,
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+/// A network to add.
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    /// The user's name.
+    pub name: String,
+    /// The gateway, if any.
+    pub gateway: Option<GatewayInfo>,
+    /// Endpoints may only talk to the gateway.
+    pub isolate: bool,
+    /// No traffic leaves through the gateway.
+    pub internal: bool,
+    /// MAC table cap (default 8192).
+    pub mac_cap: Option<usize>,
+}
+
+/// A port to add.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    /// Network to attach to.
+    pub network: NetworkId,
+    /// What the port may send.
+    pub security: PortSecurity,
+    /// Worker to own it (default: the one with fewest ports).
+    pub worker: Option<WorkerId>,
+}
+
+/// The running data plane.
+pub struct Dataplane {
+    topo: SharedTopology,
+    shared: Vec<Arc<WorkerShared>>,
+    commands: Vec<Sender<Command>>,
+    threads: Vec<JoinHandle<()>>,
+    port_counters: Vec<PortCounterEntry>,
+    load: Vec<usize>,
+}
+
+impl Dataplane {
+    /// Starts `config.workers` workers running the standard pipeline.
+    pub fn start(config: DataplaneConfig, clock: Arc<dyn Clock>) -> Result<Dataplane, DataplaneError> {
+        Self::start_with(config, clock, |_| Pipeline::standard())
+    }
+
+    /// Starts workers whose pipelines come from `make_pipeline(worker_id)`.
+    pub fn start_with(
+        config: DataplaneConfig,
+        clock: Arc<dyn Clock>,
+        make_pipeline: impl Fn(WorkerId) -> Pipeline,
+    ) -> Result<Dataplane, DataplaneError> {
+        let n = config.workers.max(1);
+        let topo = shared_topology();
+        let pool = shared_pool(config.pool_frames.max(n * 256));
+        let (shared, polls) =
+            worker::make_shared(n, config.inbox_depth).map_err(DataplaneError::Start)?;
+        let mut commands = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for (id, poll) in polls.into_iter().enumerate() {
+            let (tx, rx) = channel::unbounded();
+            let parts = WorkerParts {
+                id,
+                config: config.worker,
+                pipeline: make_pipeline(id),
+                pool: BufferPool::new(pool.clone(), config.pool_frames / n / 2),
+                me: shared[id].clone(),
+                peers: shared.clone(),
+                commands: rx,
+                topo: topo.clone(),
+                clock: clock.clone(),
+                poll: Some(poll),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("sy-worker-{id}"))
+                .spawn(move || Worker::new(parts).run())
+                .map_err(DataplaneError::Start)?;
+            commands.push(tx);
+            threads.push(handle);
+        }
+        Ok(Dataplane {
+            topo,
+            shared,
+            commands,
+            threads,
+            port_counters: Vec::new(),
+            load: vec![0; n],
+        })
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// The current topology snapshot.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topo.load_full()
+    }
+
+    fn publish(&self, change: impl FnOnce(&mut Topology)) {
+        let mut t = (*self.topo.load_full()).clone();
+        change(&mut t);
+        self.topo.store(Arc::new(t));
+    }
+
+    fn send(&self, worker: WorkerId, cmd: Command) -> Result<(), DataplaneError> {
+        let tx = self
+            .commands
+            .get(worker)
+            .ok_or(DataplaneError::WorkerGone(worker))?;
+        tx.send(cmd).map_err(|_| DataplaneError::WorkerGone(worker))?;
+        if let Some(w) = self.shared[worker].waker.as_ref() {
+            let _ = w.wake();
+        }
+        Ok(())
+    }
+
+    /// Adds a network.
+    pub fn add_network(&mut self, spec: NetworkSpec) -> Result<NetworkId, DataplaneError> {
+        let id = self
+            .topo
+            .load()
+            .free_network_id()
+            .ok_or(DataplaneError::TooManyNetworks)?;
+        self.publish(|t| {
+            t.set_network(NetworkInfo {
+                id,
+                name: spec.name,
+                ports: Vec::new(),
+                gateway: spec.gateway,
+                isolate: spec.isolate,
+                internal: spec.internal,
+                mac_cap: spec.mac_cap.unwrap_or(DEFAULT_CAP),
+            })
+        });
+        Ok(id)
+    }
+
+    /// Removes a network that has no ports left.
+    pub fn remove_network(&mut self, id: NetworkId) -> Result<(), DataplaneError> {
+        let topo = self.topo.load_full();
+        let net = topo.network(id).ok_or(DataplaneError::UnknownNetwork(id))?;
+        if !net.ports.is_empty() {
+            return Err(DataplaneError::NetworkInUse(id, net.ports.len()));
+        }
+        self.publish(|t| {
+            t.remove_network(id);
+        });
+        for w in 0..self.workers() {
+            self.send(w, Command::FlushNetwork(id))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches a port; the chosen worker starts polling it at once.
+    pub fn add_port(&mut self, spec: PortSpec, port: Box<dyn Port>) -> Result<PortId, DataplaneError> {
+        let topo = self.topo.load_full();
+        if topo.network(spec.network).is_none() {
+            return Err(DataplaneError::UnknownNetwork(spec.network));
+        }
+        let owner = spec
+            .worker
+            .filter(|w| *w < self.workers())
+            .unwrap_or_else(|| {
+                (0..self.load.len())
+                    .min_by_key(|w| self.load[*w])
+                    .unwrap_or(0)
+            });
+        let id = topo.free_port_id();
+        let name = port.name().to_string();
+        let info = PortInfo {
+            id,
+            name: name.clone(),
+            network: spec.network,
+            owner,
+            caps: port.caps(),
+            security: spec.security,
+        };
+        let counters = Arc::new(PortCounters::default());
+        // The worker must own the port before others route frames to it.
+        self.send(
+            owner,
+            Command::AddPort {
+                id,
+                port,
+                counters: counters.clone(),
+            },
+        )?;
+        self.publish(|t| t.add_port(info));
+        self.load[owner] += 1;
+        self.port_counters.push(PortCounterEntry {
+            port: id,
+            name,
+            blocks: vec![counters],
+        });
+        Ok(id)
+    }
+
+    /// Detaches a port and returns it (so the caller can close it); other
+    /// workers forget its MAC entries.
+    pub fn remove_port(&mut self, id: PortId) -> Result<Option<Box<dyn Port>>, DataplaneError> {
+        let topo = self.topo.load_full();
+        let owner = topo.port(id).ok_or(DataplaneError::UnknownPort(id))?.owner;
+        self.publish(|t| {
+            t.remove_port(id);
+        });
+        let (tx, rx) = channel::bounded(1);
+        self.send(
+            owner,
+            Command::RemovePort {
+                id,
+                reply: Some(tx),
+            },
+        )?;
+        for w in 0..self.workers() {
+            if w != owner {
+                self.send(w, Command::FlushPort(id))?;
+            }
+        }
+        self.load[owner] = self.load[owner].saturating_sub(1);
+        self.port_counters.retain(|p| p.port != id);
+        Ok(rx.recv_timeout(Duration::from_secs(5)).ok())
+    }
+
+    /// Counters summed over workers.
+    pub fn stats(&self) -> StatsSnapshot {
+        let workers: Vec<_> = self.shared.iter().map(|s| s.counters.clone()).collect();
+        stats::snapshot(&workers, &self.port_counters)
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn shutdown(&mut self) {
+        for w in 0..self.commands.len() {
+            let _ = self.send(w, Command::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

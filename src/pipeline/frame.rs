@@ -1,0 +1,192 @@
+//! Frames and their buffers: one preallocated buffer per frame, with headroom
+//! so encapsulation can prepend headers without copying, and the per-frame
+//! metadata the pipeline stages read and write.
+
+use crate::ports::PortId;
+use crate::tables::topology::NetworkId;
+use crate::wire::virtio_net::VirtioNetHdr;
+use crate::wire::MacAddr;
+
+use super::drop::DropReason;
+
+/// Bytes kept free before the frame for headers pushed later (VXLAN over IPv6
+/// needs 14 + 40 + 8 + 8 = 70).
+pub const HEADROOM: usize = 128;
+/// The largest frame a buffer holds: a 64 KiB GSO IP packet behind an Ethernet
+/// header with two VLAN tags.
+pub const MAX_FRAME_LEN: usize = 65_535 + 22;
+/// Size of every buffer.
+pub const BUFFER_LEN: usize = HEADROOM + MAX_FRAME_LEN;
+
+/// What the pipeline decided to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// No decision yet; later stages look at it.
+    #[default]
+    Continue,
+    /// Drop and count.
+    Drop(DropReason),
+    /// Send out of this port.
+    Output(PortId),
+    /// Send to every port of the frame's network except the ingress port.
+    Flood,
+    /// A stage took care of the frame (its buffer goes back to the pool).
+    Consumed,
+}
+
+impl Action {
+    /// True once a stage has decided the frame's fate.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Action::Continue)
+    }
+}
+
+/// What the stages know about a frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    /// Port the frame came in on.
+    pub in_port: PortId,
+    /// Network of the ingress port (set by the port-check stage).
+    pub network: NetworkId,
+    /// Destination MAC (set by the parse stage).
+    pub dst: MacAddr,
+    /// Source MAC (set by the parse stage).
+    pub src: MacAddr,
+    /// EtherType after any VLAN tags.
+    pub ethertype: u16,
+    /// Offset of the L3 header in the frame.
+    pub l3_offset: u16,
+    /// The decision so far.
+    pub action: Action,
+}
+
+/// One frame in a preallocated buffer.
+pub struct Frame {
+    buf: Box<[u8]>,
+    start: usize,
+    len: usize,
+    /// Offload metadata (from or for a TAP with `IFF_VNET_HDR`).
+    pub vnet: VirtioNetHdr,
+    /// Pipeline metadata.
+    pub meta: Meta,
+}
+
+impl Frame {
+    /// Allocates a buffer. Only pools call this, at start-up.
+    pub fn alloc() -> Frame {
+        Frame {
+            // Zeroed allocation of this size comes from mmap: pages become
+            // resident only when touched, so small frames cost one page.
+            buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            start: HEADROOM,
+            len: 0,
+            vnet: VirtioNetHdr::NONE,
+            meta: Meta::default(),
+        }
+    }
+
+    /// Forgets content and metadata.
+    pub fn reset(&mut self) {
+        self.start = HEADROOM;
+        self.len = 0;
+        self.vnet = VirtioNetHdr::NONE;
+        self.meta = Meta::default();
+    }
+
+    /// The frame's bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// The frame's bytes, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    /// Length of the frame.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty frame.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole space after the headroom, for a port to receive into; follow
+    /// with [`Frame::set_len`].
+    pub fn receive_space(&mut self) -> &mut [u8] {
+        self.start = HEADROOM;
+        &mut self.buf[HEADROOM..]
+    }
+
+    /// Sets the frame length after receiving into [`Frame::receive_space`]
+    /// (clamped to the space available).
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len() - self.start);
+    }
+
+    /// Replaces the content with a copy of `bytes` (truncated to the maximum).
+    pub fn fill(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(MAX_FRAME_LEN);
+        self.start = HEADROOM;
+        self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&bytes[..n]);
+        self.len = n;
+    }
+
+    /// Makes this frame a copy of `other` (data, offload header and metadata).
+    pub fn copy_from(&mut self, other: &Frame) {
+        self.fill(other.data());
+        self.vnet = other.vnet;
+        self.meta = other.meta;
+    }
+
+    /// Prepends `n` bytes of header space and returns it, or `None` when the
+    /// headroom is exhausted.
+    pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
+        if n > self.start {
+            return None;
+        }
+        self.start -= n;
+        self.len += n;
+        Some(&mut self.buf[self.start..self.start + n])
+    }
+
+    /// Removes `n` bytes from the front (e.g. an outer header); false if the
+    /// frame is shorter.
+    pub fn pull_front(&mut self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        self.start += n;
+        self.len -= n;
+        true
+    }
+}
+
+impl core::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Frame")
+            .field("len", &self.len)
+            .field("vnet", &self.vnet)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_and_pull_headers() {
+        let mut f = Frame::alloc();
+        f.fill(&[1, 2, 3]);
+        f.push_front(2).unwrap().copy_from_slice(&[9, 8]);
+        assert_eq!(f.data(), &[9, 8, 1, 2, 3]);
+        assert!(f.pull_front(2));
+        assert_eq!(f.data(), &[1, 2, 3]);
+        assert!(f.push_front(HEADROOM + 1).is_none());
+        assert!(!f.pull_front(4));
+    }
+}

@@ -1,0 +1,25 @@
+//! The packet pipeline: frames move in batches through stages, each a plain
+//! function over the batch that only sets each frame's [`frame::Action`];
+//! the worker then sends the batch out grouped by output port.
+//!
+//! Standard order: `parse -> ingress -> learn -> gateway -> forward`, then the
+//! worker's dispatch (flood expansion, cross-worker hand-off, offload
+//! adaptation, tx). A new stage is added with [`Pipeline::insert_before`]
+//! without touching the others.
+
+pub mod drop;
+pub mod forward;
+pub mod frame;
+pub mod gateway;
+pub mod ingress;
+pub mod learn;
+pub mod offload;
+pub mod parse;
+pub mod pool;
+pub mod stage;
+pub mod worker;
+
+pub use stage::{Pipeline, Stage, StageContext};
+
+/// Most frames a port read or a stage pass handles at once.
+pub const BATCH_SIZE: usize = 64;

@@ -1,0 +1,109 @@
+//! Offload adaptation before tx: a port that cannot take GSO frames or partial
+//! checksums gets them segmented and completed in software; a port that can
+//! gets them whole. Only here does a 64 KiB frame turn into MTU-sized ones.
+
+use super::drop::DropReason;
+use super::frame::Frame;
+use super::pool::BufferPool;
+use crate::ports::PortCaps;
+use crate::stats::WorkerCounters;
+use crate::wire::ethernet;
+use crate::wire::gso::{complete_checksum, Segmenter};
+use crate::wire::virtio_net::VirtioNetHdr;
+
+/// Room for an Ethernet header with one VLAN tag above the MTU.
+const L2_OVERHEAD: usize = ethernet::HEADER_LEN + 4;
+
+/// Rewrites `pending` so every frame fits `caps`, using `scratch` as the
+/// output list (left empty). Frames that cannot be made to fit are dropped
+/// and counted.
+pub fn adapt(
+    caps: PortCaps,
+    pending: &mut Vec<Frame>,
+    scratch: &mut Vec<Frame>,
+    pool: &mut BufferPool,
+    counters: &WorkerCounters,
+) {
+    if caps.offload {
+        return;
+    }
+    let needs_work = pending
+        .iter()
+        .any(|f| f.vnet.is_gso() || f.vnet.needs_csum() || f.len() > caps.mtu as usize + L2_OVERHEAD);
+    if !needs_work {
+        for f in pending.iter_mut() {
+            f.vnet = VirtioNetHdr::NONE;
+        }
+        return;
+    }
+    scratch.clear();
+    for mut f in pending.drain(..) {
+        if f.vnet.is_gso() {
+            segment_into(&f, caps, scratch, pool, counters);
+            pool.free(f);
+            continue;
+        }
+        if f.vnet.needs_csum() {
+            let vnet = f.vnet;
+            if complete_checksum(f.data_mut(), &vnet).is_err() {
+                counters.count_drop(DropReason::OffloadFailed);
+                pool.free(f);
+                continue;
+            }
+        }
+        if f.len() > caps.mtu as usize + L2_OVERHEAD {
+            counters.count_drop(DropReason::TooBig);
+            pool.free(f);
+            continue;
+        }
+        f.vnet = VirtioNetHdr::NONE;
+        scratch.push(f);
+    }
+    std::mem::swap(pending, scratch);
+}
+
+fn segment_into(
+    f: &Frame,
+    caps: PortCaps,
+    out: &mut Vec<Frame>,
+    pool: &mut BufferPool,
+    counters: &WorkerCounters,
+) {
+    // The segment size the sender asked for, lowered to fit this port's MTU.
+    // `hdr_len` is only the sender's hint of its header length; at least the
+    // minimal IPv4 + TCP headers are assumed.
+    let l3_headers = (f.vnet.hdr_len as usize)
+        .saturating_sub(ethernet::HEADER_LEN)
+        .max(40);
+    let mss_cap = (caps.mtu as usize).saturating_sub(l3_headers).max(536);
+    let mss = (f.vnet.gso_size as usize).min(mss_cap) as u16;
+    let mut seg = match Segmenter::new(f.data(), &f.vnet, Some(mss)) {
+        Ok(s) => s,
+        Err(_) => {
+            counters.count_drop(DropReason::OffloadFailed);
+            return;
+        }
+    };
+    loop {
+        let Some(mut out_frame) = pool.alloc() else {
+            counters.count_drop(DropReason::NoBuffer);
+            return;
+        };
+        match seg.next_into(out_frame.receive_space()) {
+            Some(Ok(len)) => {
+                out_frame.set_len(len);
+                out_frame.meta = f.meta;
+                out.push(out_frame);
+            }
+            Some(Err(_)) => {
+                counters.count_drop(DropReason::OffloadFailed);
+                pool.free(out_frame);
+                return;
+            }
+            None => {
+                pool.free(out_frame);
+                return;
+            }
+        }
+    }
+}

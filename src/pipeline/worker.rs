@@ -1,0 +1,610 @@
+//! A run-to-completion worker: polls the ports it owns (mio, edge-triggered),
+//! runs each received batch through the pipeline, and sends the results out
+//! grouped by port. Frames for a port owned by another worker cross through
+//! that worker's lock-free inbox; a full inbox drops with a counter, never
+//! blocks. No locks and no allocation per packet: buffers come from the pool,
+//! lists are preallocated and reused.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::drop::DropReason;
+use super::frame::{Action, Frame};
+use super::offload;
+use super::pool::BufferPool;
+use super::stage::{Pipeline, StageContext};
+use super::BATCH_SIZE;
+use crate::clock::{Clock, Millis};
+use crate::ports::{Port, PortCaps, PortId};
+use crate::stats::{bump, PortCounters, WorkerCounters};
+use crate::tables::mac::{LearnMsg, MacConfig, MacTable};
+use crate::tables::topology::{NetworkId, SharedTopology, Topology, WorkerId};
+
+const WAKER: Token = Token(usize::MAX);
+/// Interval between aging sweeps of the MAC table.
+const AGING_SWEEP_MS: Millis = 1_000;
+
+/// What other workers (and the control plane) see of a worker.
+pub struct WorkerShared {
+    /// Frames handed over by other workers, already decided (`Output`).
+    pub inbox: ArrayQueue<Frame>,
+    /// MAC learn announcements from other workers.
+    pub learn_inbox: ArrayQueue<LearnMsg>,
+    /// Set while the worker is (about to be) blocked in `poll`.
+    pub sleeping: AtomicBool,
+    /// Wakes the worker's poll.
+    pub waker: Option<Waker>,
+    /// The worker's counters.
+    pub counters: Arc<WorkerCounters>,
+}
+
+impl WorkerShared {
+    /// Wakes the worker if it is sleeping.
+    pub fn wake(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(w) = &self.waker {
+                // A failed wake only delays the worker until its poll timeout.
+                let _ = w.wake();
+            }
+        }
+    }
+}
+
+/// Messages from the control plane.
+pub enum Command {
+    /// Start polling a port. Its topology entry must be published first.
+    AddPort {
+        /// Id in the topology.
+        id: PortId,
+        /// The port.
+        port: Box<dyn Port>,
+        /// Its counters (shared with the stats reader).
+        counters: Arc<PortCounters>,
+    },
+    /// Stop polling a port and hand it back (its topology entry must already
+    /// be gone, so no new frames are sent to it).
+    RemovePort {
+        /// Which port.
+        id: PortId,
+        /// Where the port is returned (dropped if nobody listens).
+        reply: Option<Sender<Box<dyn Port>>>,
+    },
+    /// Forget MAC entries of a port that was removed from any worker.
+    FlushPort(PortId),
+    /// Forget MAC entries of a removed network.
+    FlushNetwork(NetworkId),
+    /// Leave the run loop.
+    Stop,
+}
+
+/// Settings of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Batches read from one port before moving on to the next one.
+    pub port_budget: usize,
+    /// MAC aging and cap.
+    pub mac: MacConfig,
+    /// Initial capacity of the MAC table.
+    pub mac_capacity: usize,
+    /// Poll timeout when idle.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            port_budget: 8,
+            mac: MacConfig::default(),
+            mac_capacity: 1024,
+            idle_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+struct Slot {
+    port: Box<dyn Port>,
+    caps: PortCaps,
+    counters: Arc<PortCounters>,
+    pending: Vec<Frame>,
+    has_fd: bool,
+}
+
+/// One worker.
+pub struct Worker {
+    id: WorkerId,
+    config: WorkerConfig,
+    pipeline: Pipeline,
+    pool: BufferPool,
+    mac: MacTable,
+    slots: Vec<Option<Slot>>,
+    /// Ports without an fd: polled every iteration.
+    unpolled: Vec<PortId>,
+    /// Ports that were readable when their budget ran out.
+    ready: VecDeque<PortId>,
+    /// Ports with frames waiting in `pending`.
+    dirty: Vec<PortId>,
+    me: Arc<WorkerShared>,
+    peers: Vec<Arc<WorkerShared>>,
+    peers_to_wake: Vec<bool>,
+    commands: Receiver<Command>,
+    topo: SharedTopology,
+    clock: Arc<dyn Clock>,
+    poll: Option<Poll>,
+    events: Events,
+    batch: Vec<Frame>,
+    scratch: Vec<Frame>,
+    learned: Vec<LearnMsg>,
+    last_sweep: Millis,
+}
+
+/// Everything needed to build a worker.
+pub struct WorkerParts {
+    /// Index of this worker.
+    pub id: WorkerId,
+    /// Settings.
+    pub config: WorkerConfig,
+    /// Stages to run.
+    pub pipeline: Pipeline,
+    /// Buffers.
+    pub pool: BufferPool,
+    /// This worker's shared side.
+    pub me: Arc<WorkerShared>,
+    /// Every worker's shared side, indexed by worker id (including this one).
+    pub peers: Vec<Arc<WorkerShared>>,
+    /// Control messages.
+    pub commands: Receiver<Command>,
+    /// Published topology.
+    pub topo: SharedTopology,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The poller whose registry made `me.waker`, or `None` for a worker driven
+    /// by hand (tests, benches) with only fd-less ports.
+    pub poll: Option<Poll>,
+}
+
+impl Worker {
+    /// Builds a worker.
+    pub fn new(parts: WorkerParts) -> Worker {
+        let now = parts.clock.now();
+        let n = parts.peers.len();
+        Worker {
+            id: parts.id,
+            config: parts.config,
+            pipeline: parts.pipeline,
+            pool: parts.pool,
+            mac: MacTable::new(parts.config.mac, parts.config.mac_capacity),
+            slots: Vec::new(),
+            unpolled: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            me: parts.me,
+            peers: parts.peers,
+            peers_to_wake: vec![false; n],
+            commands: parts.commands,
+            topo: parts.topo,
+            clock: parts.clock,
+            poll: parts.poll,
+            events: Events::with_capacity(256),
+            batch: Vec::with_capacity(BATCH_SIZE),
+            scratch: Vec::with_capacity(BATCH_SIZE * 4),
+            learned: Vec::with_capacity(BATCH_SIZE),
+            last_sweep: now,
+        }
+    }
+
+    /// This worker's MAC table (for inspection and tests).
+    pub fn mac_table(&self) -> &MacTable {
+        &self.mac
+    }
+
+    /// Runs until a `Stop` command arrives or the command channel closes.
+    pub fn run(mut self) {
+        while self.run_once(self.config.idle_timeout) {}
+    }
+
+    /// One loop iteration: commands, inboxes, ports, aging, then poll for at
+    /// most `timeout` (zero when work is pending). Returns false on `Stop`.
+    pub fn run_once(&mut self, timeout: Duration) -> bool {
+        if !self.handle_commands() {
+            return false;
+        }
+        self.drain_inboxes();
+        self.service_ports();
+        self.sweep();
+        self.wait(timeout);
+        true
+    }
+
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddPort { id, port, counters } => self.add_port(id, port, counters),
+                Command::RemovePort { id, reply } => {
+                    if let Some(port) = self.remove_port(id) {
+                        if let Some(tx) = reply {
+                            let _ = tx.send(port);
+                        }
+                    }
+                }
+                Command::FlushPort(id) => {
+                    self.mac.flush_port(id);
+                }
+                Command::FlushNetwork(id) => {
+                    self.mac.flush_network(id);
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn add_port(&mut self, id: PortId, port: Box<dyn Port>, counters: Arc<PortCounters>) {
+        let i = id.0 as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        let fd = port.raw_fd();
+        let registered = match (fd, &self.poll) {
+            (Some(fd), Some(poll)) => poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
+                .map_err(|e| tracing::warn!(port = %port.name(), error = %e, "cannot poll port"))
+                .is_ok(),
+            _ => false,
+        };
+        if registered {
+            // Edge-triggered: read whatever arrived before registration.
+            self.ready.push_back(id);
+        } else {
+            self.unpolled.push(id);
+        }
+        let caps = port.caps();
+        self.slots[i] = Some(Slot {
+            port,
+            caps,
+            counters,
+            pending: Vec::with_capacity(BATCH_SIZE),
+            has_fd: registered,
+        });
+    }
+
+    fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        let mut slot = self.slots.get_mut(id.0 as usize)?.take()?;
+        if slot.has_fd {
+            if let (Some(fd), Some(poll)) = (slot.port.raw_fd(), &self.poll) {
+                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+            }
+        }
+        for f in slot.pending.drain(..) {
+            self.pool.free(f);
+        }
+        self.unpolled.retain(|p| *p != id);
+        self.ready.retain(|p| *p != id);
+        self.dirty.retain(|p| *p != id);
+        self.mac.flush_port(id);
+        Some(slot.port)
+    }
+
+    fn drain_inboxes(&mut self) {
+        let topo = self.topo.load();
+        while let Some(msg) = self.me.learn_inbox.pop() {
+            let cap = topo
+                .network(msg.network)
+                .map_or(self.config.mac.default_cap, |n| n.mac_cap);
+            self.mac.learn_remote(msg, cap);
+        }
+        // Bounded, so a busy peer cannot starve this worker's own ports.
+        let mut n = 0;
+        while n < BATCH_SIZE * 4 {
+            let Some(f) = self.me.inbox.pop() else { break };
+            n += 1;
+            match f.meta.action {
+                Action::Output(p) => self.enqueue_local(p, f),
+                _ => self.pool.free(f),
+            }
+        }
+        if n > 0 {
+            bump(&self.me.counters.cross_received, n as u64);
+            self.flush();
+        }
+    }
+
+    fn service_ports(&mut self) {
+        for i in 0..self.unpolled.len() {
+            let id = self.unpolled[i];
+            self.read_port(id);
+        }
+        for _ in 0..self.ready.len() {
+            let Some(id) = self.ready.pop_front() else { break };
+            if self.read_port(id) {
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Reads up to the budget of batches from a port; true if it may have more.
+    fn read_port(&mut self, id: PortId) -> bool {
+        for _ in 0..self.config.port_budget {
+            let Some(Some(slot)) = self.slots.get_mut(id.0 as usize) else {
+                return false;
+            };
+            let before = self.batch.len();
+            let got = match slot.port.recv(&mut self.pool, &mut self.batch, BATCH_SIZE) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(port = %slot.port.name(), error = %e, "port read failed");
+                    0
+                }
+            };
+            if got == 0 {
+                if self.batch.len() == before && self.pool.local_len() == 0 {
+                    self.me.counters.count_drop(DropReason::NoBuffer);
+                }
+                return false;
+            }
+            let bytes: u64 = self.batch.iter().map(|f| f.len() as u64).sum();
+            bump(&slot.counters.rx_packets, got as u64);
+            bump(&slot.counters.rx_bytes, bytes);
+            for f in self.batch.iter_mut() {
+                f.meta.in_port = id;
+            }
+            self.process_batch();
+        }
+        true
+    }
+
+    /// Runs the pipeline over `self.batch` and sends the results.
+    pub fn process_batch(&mut self) {
+        let topo = self.topo.load_full();
+        let now = self.clock.now();
+        {
+            let mut cx = StageContext {
+                now,
+                topo: &topo,
+                mac: &mut self.mac,
+                learned: &mut self.learned,
+                counters: &self.me.counters,
+            };
+            self.pipeline.run(&mut cx, &mut self.batch);
+        }
+        bump(&self.me.counters.batches, 1);
+        self.dispatch(&topo);
+        self.flush();
+        self.announce();
+    }
+
+    fn dispatch(&mut self, topo: &Topology) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for f in batch.drain(..) {
+            match f.meta.action {
+                Action::Drop(reason) => {
+                    self.me.counters.count_drop(reason);
+                    self.pool.free(f);
+                }
+                Action::Consumed => self.pool.free(f),
+                Action::Continue => {
+                    self.me.counters.count_drop(DropReason::NoRoute);
+                    self.pool.free(f);
+                }
+                Action::Output(p) => self.route(topo, p, f),
+                Action::Flood => self.flood(topo, f),
+            }
+        }
+        self.batch = batch;
+    }
+
+    fn flood(&mut self, topo: &Topology, f: Frame) {
+        bump(&self.me.counters.flooded, 1);
+        let Some(net) = topo.network(f.meta.network) else {
+            self.me.counters.count_drop(DropReason::UnknownPort);
+            self.pool.free(f);
+            return;
+        };
+        let targets = net.ports.iter().filter(|p| **p != f.meta.in_port);
+        let count = targets.clone().count();
+        if count == 0 {
+            self.me.counters.count_drop(DropReason::NoRoute);
+            self.pool.free(f);
+            return;
+        }
+        for (i, &p) in targets.enumerate() {
+            if i + 1 == count {
+                let mut last = f;
+                last.meta.action = Action::Output(p);
+                self.route(topo, p, last);
+                return;
+            }
+            let Some(mut copy) = self.pool.alloc() else {
+                self.me.counters.count_drop(DropReason::NoBuffer);
+                continue;
+            };
+            copy.copy_from(&f);
+            copy.meta.action = Action::Output(p);
+            self.route(topo, p, copy);
+        }
+    }
+
+    fn route(&mut self, topo: &Topology, p: PortId, mut f: Frame) {
+        let Some(info) = topo.port(p) else {
+            self.me.counters.count_drop(DropReason::NoRoute);
+            self.pool.free(f);
+            return;
+        };
+        if info.owner == self.id {
+            self.enqueue_local(p, f);
+            return;
+        }
+        let Some(peer) = self.peers.get(info.owner) else {
+            self.me.counters.count_drop(DropReason::NoRoute);
+            self.pool.free(f);
+            return;
+        };
+        f.meta.action = Action::Output(p);
+        match peer.inbox.push(f) {
+            Ok(()) => {
+                bump(&self.me.counters.cross_sent, 1);
+                self.peers_to_wake[info.owner] = true;
+            }
+            Err(f) => {
+                self.me.counters.count_drop(DropReason::QueueFull);
+                self.pool.free(f);
+            }
+        }
+    }
+
+    fn enqueue_local(&mut self, p: PortId, f: Frame) {
+        match self.slots.get_mut(p.0 as usize) {
+            Some(Some(slot)) => {
+                if slot.pending.is_empty() {
+                    self.dirty.push(p);
+                }
+                slot.pending.push(f);
+            }
+            _ => {
+                self.me.counters.count_drop(DropReason::NoRoute);
+                self.pool.free(f);
+            }
+        }
+    }
+
+    /// Sends every pending frame, one write batch per port, and wakes peers
+    /// that were handed frames.
+    fn flush(&mut self) {
+        for i in 0..self.dirty.len() {
+            let p = self.dirty[i];
+            let Some(Some(slot)) = self.slots.get_mut(p.0 as usize) else {
+                continue;
+            };
+            offload::adapt(
+                slot.caps,
+                &mut slot.pending,
+                &mut self.scratch,
+                &mut self.pool,
+                &self.me.counters,
+            );
+            let res = slot.port.send(&mut slot.pending, &mut self.pool);
+            bump(&slot.counters.tx_packets, res.sent as u64);
+            bump(&slot.counters.tx_bytes, res.bytes);
+            if res.failed > 0 {
+                bump(&slot.counters.tx_errors, res.failed as u64);
+                bump(
+                    &self.me.counters.drops[DropReason::TxError as usize],
+                    res.failed as u64,
+                );
+            }
+        }
+        self.dirty.clear();
+        for (w, wake) in self.peers_to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake) {
+                self.peers[w].wake();
+            }
+        }
+    }
+
+    fn announce(&mut self) {
+        if self.learned.is_empty() {
+            return;
+        }
+        for (w, peer) in self.peers.iter().enumerate() {
+            if w == self.id {
+                continue;
+            }
+            for msg in &self.learned {
+                if peer.learn_inbox.push(*msg).is_err() {
+                    bump(&self.me.counters.learn_msgs_lost, 1);
+                }
+            }
+        }
+        self.learned.clear();
+    }
+
+    fn sweep(&mut self) {
+        let now = self.clock.now();
+        if now.saturating_sub(self.last_sweep) >= AGING_SWEEP_MS {
+            self.last_sweep = now;
+            let aged = self.mac.age(now);
+            bump(&self.me.counters.mac_aged, aged as u64);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        let busy = !self.ready.is_empty() || !self.me.inbox.is_empty();
+        let timeout = if busy {
+            Duration::ZERO
+        } else if !self.unpolled.is_empty() {
+            // Ports without an fd must be looked at again soon.
+            timeout.min(Duration::from_millis(1))
+        } else {
+            timeout
+        };
+        let Some(poll) = self.poll.as_mut() else {
+            return;
+        };
+        self.me.sleeping.store(true, Ordering::SeqCst);
+        // Re-check after announcing sleep: a peer that pushed just before saw
+        // `sleeping == false` and did not wake us.
+        let timeout = if self.me.inbox.is_empty() && self.me.learn_inbox.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        let res = poll.poll(&mut self.events, Some(timeout));
+        self.me.sleeping.store(false, Ordering::SeqCst);
+        if let Err(e) = res {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!(worker = self.id, error = %e, "poll failed");
+            }
+            return;
+        }
+        for ev in self.events.iter() {
+            if ev.token() == WAKER {
+                continue;
+            }
+            let id = PortId(ev.token().0 as u32);
+            if !self.ready.contains(&id) {
+                self.ready.push_back(id);
+            }
+        }
+    }
+}
+
+/// Builds the shared side of `n` workers; each gets a poller and a waker.
+pub fn make_shared(
+    n: usize,
+    inbox_depth: usize,
+) -> io::Result<(Vec<Arc<WorkerShared>>, Vec<Poll>)> {
+    let mut shared = Vec::with_capacity(n);
+    let mut polls = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        shared.push(Arc::new(WorkerShared {
+            inbox: ArrayQueue::new(inbox_depth.max(1)),
+            learn_inbox: ArrayQueue::new(inbox_depth.max(1)),
+            sleeping: AtomicBool::new(false),
+            waker: Some(waker),
+            counters: Arc::new(WorkerCounters::default()),
+        }));
+        polls.push(poll);
+    }
+    Ok((shared, polls))
+}
+
+/// The shared side of a worker without a poller (driven by hand).
+pub fn make_shared_unpolled(inbox_depth: usize) -> Arc<WorkerShared> {
+    Arc::new(WorkerShared {
+        inbox: ArrayQueue::new(inbox_depth.max(1)),
+        learn_inbox: ArrayQueue::new(inbox_depth.max(1)),
+        sleeping: AtomicBool::new(false),
+        waker: None,
+        counters: Arc::new(WorkerCounters::default()),
+    })
+}

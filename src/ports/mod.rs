@@ -1,0 +1,68 @@
+//! Ports: where frames enter and leave the switch. A [`Port`] is polled by
+//! exactly one worker, which is also the only one that writes to it.
+
+pub mod memory;
+
+use std::io;
+use std::os::fd::RawFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::frame::Frame;
+use crate::pipeline::pool::BufferPool;
+
+/// Identifies a port across the data plane (index into the topology).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct PortId(pub u32);
+
+impl core::fmt::Display for PortId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// What a port can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortCaps {
+    /// Accepts frames with a virtio-net header: GSO frames up to 64 KiB and
+    /// partial checksums. Without it, the switch segments and completes
+    /// checksums in software before sending.
+    pub offload: bool,
+    /// Largest L3 packet the port takes (for non-GSO frames).
+    pub mtu: u16,
+}
+
+/// Outcome of [`Port::send`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxResult {
+    /// Frames written.
+    pub sent: usize,
+    /// Bytes written (frames only, no offload headers).
+    pub bytes: u64,
+    /// Frames the port refused (full queue, error).
+    pub failed: usize,
+}
+
+/// A source and sink of frames.
+pub trait Port: Send {
+    /// Name for logs and `switchyard stats` (e.g. the TAP's name).
+    fn name(&self) -> &str;
+
+    /// What the port can take.
+    fn caps(&self) -> PortCaps;
+
+    /// The fd a worker registers with its poller (edge-triggered), if any.
+    /// Ports without one are polled on every loop iteration.
+    fn raw_fd(&self) -> Option<RawFd>;
+
+    /// Appends up to `max` received frames to `out`, taking buffers from
+    /// `pool`. `Ok(0)` means nothing more is ready now (`EAGAIN`).
+    fn recv(&mut self, pool: &mut BufferPool, out: &mut Vec<Frame>, max: usize)
+        -> io::Result<usize>;
+
+    /// Writes every frame in `frames` (draining it) and returns the buffers to
+    /// `pool`. Frames it cannot write are counted in `failed`, never retried.
+    fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult;
+}
