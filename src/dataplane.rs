@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam::channel::{self, Sender};
 
@@ -106,7 +105,10 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Starts `config.workers` workers running the standard pipeline.
-    pub fn start(config: DataplaneConfig, clock: Arc<dyn Clock>) -> Result<Dataplane, DataplaneError> {
+    pub fn start(
+        config: DataplaneConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Dataplane, DataplaneError> {
         Self::start_with(config, clock, |_| Pipeline::standard())
     }
 
@@ -116,16 +118,52 @@ impl Dataplane {
         clock: Arc<dyn Clock>,
         make_pipeline: impl Fn(WorkerId) -> Pipeline,
     ) -> Result<Dataplane, DataplaneError> {
+        let (mut dp, workers) = Self::build(config, clock, make_pipeline, true)?;
+        for w in workers {
+            let id = dp.threads.len();
+            let handle = std::thread::Builder::new()
+                .name(format!("sy-worker-{id}"))
+                .spawn(move || w.run())
+                .map_err(DataplaneError::Start)?;
+            dp.threads.push(handle);
+        }
+        Ok(dp)
+    }
+
+    /// A data plane whose workers are returned to the caller instead of
+    /// running on threads: tests, fuzzing and benchmarks drive them by hand
+    /// with [`Worker::run_once`]. Only fd-less ports (memory ports) work here.
+    pub fn inline(
+        config: DataplaneConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Dataplane, Vec<Worker>), DataplaneError> {
+        Self::build(config, clock, |_| Pipeline::standard(), false)
+    }
+
+    fn build(
+        config: DataplaneConfig,
+        clock: Arc<dyn Clock>,
+        make_pipeline: impl Fn(WorkerId) -> Pipeline,
+        polled: bool,
+    ) -> Result<(Dataplane, Vec<Worker>), DataplaneError> {
         let n = config.workers.max(1);
         let topo = shared_topology();
         let pool = shared_pool(config.pool_frames.max(n * 256));
-        let (shared, polls) =
-            worker::make_shared(n, config.inbox_depth).map_err(DataplaneError::Start)?;
+        let (shared, polls) = if polled {
+            let (s, p) =
+                worker::make_shared(n, config.inbox_depth).map_err(DataplaneError::Start)?;
+            (s, p.into_iter().map(Some).collect())
+        } else {
+            let s = (0..n)
+                .map(|_| worker::make_shared_unpolled(config.inbox_depth))
+                .collect();
+            (s, (0..n).map(|_| None).collect::<Vec<_>>())
+        };
         let mut commands = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
         for (id, poll) in polls.into_iter().enumerate() {
             let (tx, rx) = channel::unbounded();
-            let parts = WorkerParts {
+            workers.push(Worker::new(WorkerParts {
                 id,
                 config: config.worker,
                 pipeline: make_pipeline(id),
@@ -135,23 +173,19 @@ impl Dataplane {
                 commands: rx,
                 topo: topo.clone(),
                 clock: clock.clone(),
-                poll: Some(poll),
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("sy-worker-{id}"))
-                .spawn(move || Worker::new(parts).run())
-                .map_err(DataplaneError::Start)?;
+                poll,
+            }));
             commands.push(tx);
-            threads.push(handle);
         }
-        Ok(Dataplane {
+        let dp = Dataplane {
             topo,
             shared,
             commands,
-            threads,
+            threads: Vec::with_capacity(n),
             port_counters: Vec::new(),
             load: vec![0; n],
-        })
+        };
+        Ok((dp, workers))
     }
 
     /// Number of workers.
@@ -175,7 +209,8 @@ impl Dataplane {
             .commands
             .get(worker)
             .ok_or(DataplaneError::WorkerGone(worker))?;
-        tx.send(cmd).map_err(|_| DataplaneError::WorkerGone(worker))?;
+        tx.send(cmd)
+            .map_err(|_| DataplaneError::WorkerGone(worker))?;
         if let Some(w) = self.shared[worker].waker.as_ref() {
             let _ = w.wake();
         }
@@ -220,7 +255,11 @@ impl Dataplane {
     }
 
     /// Attaches a port; the chosen worker starts polling it at once.
-    pub fn add_port(&mut self, spec: PortSpec, port: Box<dyn Port>) -> Result<PortId, DataplaneError> {
+    pub fn add_port(
+        &mut self,
+        spec: PortSpec,
+        port: Box<dyn Port>,
+    ) -> Result<PortId, DataplaneError> {
         let topo = self.topo.load_full();
         if topo.network(spec.network).is_none() {
             return Err(DataplaneError::UnknownNetwork(spec.network));
@@ -263,22 +302,15 @@ impl Dataplane {
         Ok(id)
     }
 
-    /// Detaches a port and returns it (so the caller can close it); other
-    /// workers forget its MAC entries.
-    pub fn remove_port(&mut self, id: PortId) -> Result<Option<Box<dyn Port>>, DataplaneError> {
+    /// Detaches a port; its worker closes it, and every worker forgets its
+    /// MAC entries.
+    pub fn remove_port(&mut self, id: PortId) -> Result<(), DataplaneError> {
         let topo = self.topo.load_full();
         let owner = topo.port(id).ok_or(DataplaneError::UnknownPort(id))?.owner;
         self.publish(|t| {
             t.remove_port(id);
         });
-        let (tx, rx) = channel::bounded(1);
-        self.send(
-            owner,
-            Command::RemovePort {
-                id,
-                reply: Some(tx),
-            },
-        )?;
+        self.send(owner, Command::RemovePort(id))?;
         for w in 0..self.workers() {
             if w != owner {
                 self.send(w, Command::FlushPort(id))?;
@@ -286,7 +318,7 @@ impl Dataplane {
         }
         self.load[owner] = self.load[owner].saturating_sub(1);
         self.port_counters.retain(|p| p.port != id);
-        Ok(rx.recv_timeout(Duration::from_secs(5)).ok())
+        Ok(())
     }
 
     /// Counters summed over workers.

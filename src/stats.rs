@@ -133,7 +133,8 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         let v = workers.iter().map(|w| load(&w.drops[*r as usize])).sum();
         s.drops.insert(r.name().to_string(), v);
     }
-    let events: [(&str, fn(&WorkerCounters) -> &AtomicU64); 9] = [
+    type Field = fn(&WorkerCounters) -> &AtomicU64;
+    let events: [(&str, Field); 9] = [
         ("mac-learned", |w| &w.mac_learned),
         ("mac-moved", |w| &w.mac_moved),
         ("mac-evicted", |w| &w.mac_evicted),

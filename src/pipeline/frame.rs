@@ -60,8 +60,13 @@ pub struct Meta {
     pub action: Action,
 }
 
-/// One frame in a preallocated buffer.
-pub struct Frame {
+/// One frame in a preallocated buffer. The handle is a single pointer, so
+/// moving a frame between batches, queues and the pool copies 8 bytes; the
+/// metadata lives in [`FrameInner`], reached through `Deref`.
+pub struct Frame(Box<FrameInner>);
+
+/// The metadata and buffer of a [`Frame`].
+pub struct FrameInner {
     buf: Box<[u8]>,
     start: usize,
     len: usize,
@@ -74,7 +79,7 @@ pub struct Frame {
 impl Frame {
     /// Allocates a buffer. Only pools call this, at start-up.
     pub fn alloc() -> Frame {
-        Frame {
+        Frame(Box::new(FrameInner {
             // Zeroed allocation of this size comes from mmap: pages become
             // resident only when touched, so small frames cost one page.
             buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
@@ -82,28 +87,50 @@ impl Frame {
             len: 0,
             vnet: VirtioNetHdr::NONE,
             meta: Meta::default(),
-        }
+        }))
     }
+}
 
-    /// Forgets content and metadata.
+impl core::ops::Deref for Frame {
+    type Target = FrameInner;
+    #[inline]
+    fn deref(&self) -> &FrameInner {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for Frame {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut FrameInner {
+        &mut self.0
+    }
+}
+
+impl FrameInner {
+    /// Forgets content and the decision. The rest of the metadata is
+    /// rewritten by every receive and stage, so it is left as is.
+    #[inline]
     pub fn reset(&mut self) {
         self.start = HEADROOM;
         self.len = 0;
         self.vnet = VirtioNetHdr::NONE;
-        self.meta = Meta::default();
+        self.meta.action = Action::Continue;
     }
 
     /// The frame's bytes.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
     /// The frame's bytes, writable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
 
     /// Length of the frame.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -135,7 +162,7 @@ impl Frame {
     }
 
     /// Makes this frame a copy of `other` (data, offload header and metadata).
-    pub fn copy_from(&mut self, other: &Frame) {
+    pub fn copy_from(&mut self, other: &FrameInner) {
         self.fill(other.data());
         self.vnet = other.vnet;
         self.meta = other.meta;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::Receiver;
 use crossbeam::queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -69,14 +69,9 @@ pub enum Command {
         /// Its counters (shared with the stats reader).
         counters: Arc<PortCounters>,
     },
-    /// Stop polling a port and hand it back (its topology entry must already
-    /// be gone, so no new frames are sent to it).
-    RemovePort {
-        /// Which port.
-        id: PortId,
-        /// Where the port is returned (dropped if nobody listens).
-        reply: Option<Sender<Box<dyn Port>>>,
-    },
+    /// Stop polling a port and close it. Its topology entry must already be
+    /// gone, so no new frames are routed to it.
+    RemovePort(PortId),
     /// Forget MAC entries of a port that was removed from any worker.
     FlushPort(PortId),
     /// Forget MAC entries of a removed network.
@@ -227,13 +222,7 @@ impl Worker {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::AddPort { id, port, counters } => self.add_port(id, port, counters),
-                Command::RemovePort { id, reply } => {
-                    if let Some(port) = self.remove_port(id) {
-                        if let Some(tx) = reply {
-                            let _ = tx.send(port);
-                        }
-                    }
-                }
+                Command::RemovePort(id) => self.remove_port(id),
                 Command::FlushPort(id) => {
                     self.mac.flush_port(id);
                 }
@@ -276,8 +265,10 @@ impl Worker {
         });
     }
 
-    fn remove_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
-        let mut slot = self.slots.get_mut(id.0 as usize)?.take()?;
+    fn remove_port(&mut self, id: PortId) {
+        let Some(mut slot) = self.slots.get_mut(id.0 as usize).and_then(Option::take) else {
+            return;
+        };
         if slot.has_fd {
             if let (Some(fd), Some(poll)) = (slot.port.raw_fd(), &self.poll) {
                 let _ = poll.registry().deregister(&mut SourceFd(&fd));
@@ -290,7 +281,6 @@ impl Worker {
         self.ready.retain(|p| *p != id);
         self.dirty.retain(|p| *p != id);
         self.mac.flush_port(id);
-        Some(slot.port)
     }
 
     fn drain_inboxes(&mut self) {
@@ -303,7 +293,7 @@ impl Worker {
         }
         // Bounded, so a busy peer cannot starve this worker's own ports.
         let mut n = 0;
-        while n < BATCH_SIZE * 4 {
+        while n < BATCH_SIZE * self.config.port_budget {
             let Some(f) = self.me.inbox.pop() else { break };
             n += 1;
             match f.meta.action {
@@ -323,7 +313,9 @@ impl Worker {
             self.read_port(id);
         }
         for _ in 0..self.ready.len() {
-            let Some(id) = self.ready.pop_front() else { break };
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
             if self.read_port(id) {
                 self.ready.push_back(id);
             }
@@ -336,7 +328,6 @@ impl Worker {
             let Some(Some(slot)) = self.slots.get_mut(id.0 as usize) else {
                 return false;
             };
-            let before = self.batch.len();
             let got = match slot.port.recv(&mut self.pool, &mut self.batch, BATCH_SIZE) {
                 Ok(n) => n,
                 Err(e) => {
@@ -344,11 +335,14 @@ impl Worker {
                     0
                 }
             };
+            // A short read either hit EAGAIN (drained: the next arrival
+            // raises a new edge) or ran out of buffers (keep the port ready).
+            let starved = self.pool.local_len() == 0;
             if got == 0 {
-                if self.batch.len() == before && self.pool.local_len() == 0 {
+                if starved {
                     self.me.counters.count_drop(DropReason::NoBuffer);
                 }
-                return false;
+                return starved;
             }
             let bytes: u64 = self.batch.iter().map(|f| f.len() as u64).sum();
             bump(&slot.counters.rx_packets, got as u64);
@@ -357,6 +351,9 @@ impl Worker {
                 f.meta.in_port = id;
             }
             self.process_batch();
+            if got < BATCH_SIZE {
+                return starved;
+            }
         }
         true
     }

@@ -69,12 +69,25 @@ impl Learned {
     }
 }
 
+/// 24 bytes, so more of a large table stays in cache. Times are the low 32
+/// bits of the millisecond clock; ages are computed with wrapping arithmetic,
+/// exact while an entry is younger than 49 days (aging removes it long before).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     key: u64,
     port: PortId,
-    seen: Millis,
-    announced: Millis,
+    seen: u32,
+    announced: u32,
+}
+
+#[inline]
+fn t32(ms: Millis) -> u32 {
+    ms as u32
+}
+
+#[inline]
+fn age(now: Millis, then: u32) -> Millis {
+    t32(now).wrapping_sub(then) as Millis
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +167,7 @@ impl MacTable {
         let k = key(network, mac);
         self.entries
             .find(hash(k), |e| e.key == k)
-            .filter(|e| now.saturating_sub(e.seen) <= self.config.aging_ms)
+            .filter(|e| age(now, e.seen) <= self.config.aging_ms)
             .map(|e| e.port)
     }
 
@@ -173,17 +186,17 @@ impl MacTable {
         let h = hash(k);
         if let Some(e) = self.entries.find_mut(h, |e| e.key == k) {
             if e.port == port {
-                e.seen = now;
-                let announce = now.saturating_sub(e.announced) > self.config.aging_ms / 4;
+                e.seen = t32(now);
+                let announce = age(now, e.announced) > self.config.aging_ms / 4;
                 if announce {
-                    e.announced = now;
+                    e.announced = t32(now);
                 }
                 return Learned::Refreshed { announce };
             }
             let old = e.port;
             e.port = port;
-            e.seen = now;
-            e.announced = now;
+            e.seen = t32(now);
+            e.announced = t32(now);
             self.moved(k, old, port);
             return Learned::Moved;
         }
@@ -195,12 +208,13 @@ impl MacTable {
         let k = key(msg.network, msg.mac);
         let h = hash(k);
         if let Some(e) = self.entries.find_mut(h, |e| e.key == k) {
-            if msg.seen < e.seen {
+            // Older than what we know (wrapping: "msg.seen before e.seen").
+            if (t32(msg.seen).wrapping_sub(e.seen) as i32) < 0 {
                 return Learned::Refreshed { announce: false };
             }
             let old = e.port;
-            e.seen = msg.seen;
-            e.announced = msg.seen;
+            e.seen = t32(msg.seen);
+            e.announced = t32(msg.seen);
             if old == msg.port {
                 return Learned::Refreshed { announce: false };
             }
@@ -234,8 +248,8 @@ impl MacTable {
             Entry {
                 key: k,
                 port,
-                seen,
-                announced,
+                seen: t32(seen),
+                announced: t32(announced),
             },
             |e| hash(e.key),
         );
@@ -308,7 +322,7 @@ impl MacTable {
     /// Forgets entries not refreshed within the aging time; returns how many.
     pub fn age(&mut self, now: Millis) -> usize {
         let aging = self.config.aging_ms;
-        self.remove_where(|e| now.saturating_sub(e.seen) > aging)
+        self.remove_where(|e| age(now, e.seen) > aging)
     }
 
     /// Forgets every entry pointing at `port` (port removed).
@@ -378,10 +392,10 @@ impl MacTable {
     pub fn dump(&self, now: Millis) -> Vec<(NetworkId, MacAddr, PortId, Millis)> {
         self.entries
             .iter()
-            .filter(|e| now.saturating_sub(e.seen) <= self.config.aging_ms)
+            .filter(|e| age(now, e.seen) <= self.config.aging_ms)
             .map(|e| {
                 let mac = MacAddr::from_bytes(&e.key.to_be_bytes()[2..]);
-                (network_of(e.key), mac, e.port, now.saturating_sub(e.seen))
+                (network_of(e.key), mac, e.port, age(now, e.seen))
             })
             .collect()
     }
@@ -514,11 +528,25 @@ mod tests {
             port: PortId(2),
             seen: 50,
         };
-        assert_eq!(t.learn_remote(stale, 8), Learned::Refreshed { announce: false });
+        assert_eq!(
+            t.learn_remote(stale, 8),
+            Learned::Refreshed { announce: false }
+        );
         assert_eq!(t.lookup(N, mac(1), 100), Some(PortId(1)));
         let fresh = LearnMsg { seen: 200, ..stale };
         assert_eq!(t.learn_remote(fresh, 8), Learned::Moved);
         assert_eq!(t.lookup(N, mac(1), 200), Some(PortId(2)));
+    }
+
+    #[test]
+    fn entry_is_small_and_ages_across_u32_wrap() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        let mut t = table(8);
+        let start = u32::MAX as Millis - 1_000;
+        t.learn(N, mac(1), PortId(1), start, 8);
+        assert_eq!(t.lookup(N, mac(1), start + 200_000), Some(PortId(1)));
+        assert_eq!(t.age(start + 200_000), 0);
+        assert_eq!(t.age(start + 300_001), 1);
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! L2 switching through the whole pipeline with in-memory ports and workers
+//! driven by hand: learning, flooding, isolation, port security, cross-worker
+//! hand-off and learn synchronisation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::clock::FakeClock;
+use switchyard::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use switchyard::pipeline::drop::DropReason;
+use switchyard::pipeline::worker::Worker;
+use switchyard::ports::memory::{MemoryPort, MemoryPortHandle};
+use switchyard::ports::PortCaps;
+use switchyard::tables::topology::{NetworkId, PortSecurity};
+use switchyard::wire::MacAddr;
+
+const CAPS: PortCaps = PortCaps {
+    offload: true,
+    mtu: 1500,
+};
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0, i])
+}
+
+fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    f.extend_from_slice(&[0xab; 50]);
+    f
+}
+
+struct Switch {
+    dp: Dataplane,
+    workers: Vec<Worker>,
+    clock: FakeClock,
+}
+
+impl Switch {
+    fn new(workers: usize) -> Switch {
+        let clock = FakeClock::new();
+        let config = DataplaneConfig {
+            workers,
+            pool_frames: 2048,
+            ..DataplaneConfig::default()
+        };
+        let (dp, workers) = Dataplane::inline(config, Arc::new(clock.clone())).unwrap();
+        Switch { dp, workers, clock }
+    }
+
+    fn network(&mut self, name: &str, isolate: bool) -> NetworkId {
+        self.dp
+            .add_network(NetworkSpec {
+                name: name.into(),
+                gateway: None,
+                isolate,
+                internal: false,
+                mac_cap: None,
+            })
+            .unwrap()
+    }
+
+    fn port(&mut self, net: NetworkId, worker: usize, sec: PortSecurity) -> MemoryPortHandle {
+        let (port, handle) = MemoryPort::new("mem", CAPS, 256);
+        self.dp
+            .add_port(
+                PortSpec {
+                    network: net,
+                    security: sec,
+                    worker: Some(worker),
+                },
+                Box::new(port),
+            )
+            .unwrap();
+        handle
+    }
+
+    /// Runs every worker a few times so frames and learn messages settle.
+    fn settle(&mut self) {
+        for _ in 0..4 {
+            for w in self.workers.iter_mut() {
+                w.run_once(Duration::ZERO);
+            }
+        }
+    }
+}
+
+fn drain(h: &MemoryPortHandle) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| h.take_sent()).collect()
+}
+
+#[test]
+fn learns_then_forwards_only_to_the_known_port() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("n", false);
+    let [a, b, c] = [0, 1, 2].map(|_| sw.port(n, 0, PortSecurity::default()));
+    sw.settle();
+
+    // Unknown destination: flooded to everyone but the sender.
+    a.inject(&frame(mac(2), mac(1)));
+    sw.settle();
+    assert_eq!(drain(&a).len(), 0);
+    assert_eq!(drain(&b).len(), 1);
+    assert_eq!(drain(&c).len(), 1);
+
+    // The reply goes to A only: its address was learned.
+    b.inject(&frame(mac(1), mac(2)));
+    sw.settle();
+    assert_eq!(drain(&a), vec![frame(mac(1), mac(2))]);
+    assert!(drain(&c).is_empty());
+
+    // Broadcast reaches everyone but the sender.
+    c.inject(&frame(MacAddr::BROADCAST, mac(3)));
+    sw.settle();
+    assert_eq!(
+        (drain(&a).len(), drain(&b).len(), drain(&c).len()),
+        (1, 1, 0)
+    );
+
+    let stats = sw.dp.stats();
+    assert_eq!(stats.events["mac-learned"], 3);
+    assert_eq!(stats.events["flooded"], 2);
+    assert_eq!(stats.total_drops(), 0);
+}
+
+#[test]
+fn networks_never_see_each_other() {
+    let mut sw = Switch::new(1);
+    let n1 = sw.network("one", false);
+    let n2 = sw.network("two", false);
+    let a = sw.port(n1, 0, PortSecurity::default());
+    let b = sw.port(n1, 0, PortSecurity::default());
+    let x = sw.port(n2, 0, PortSecurity::default());
+    sw.settle();
+    a.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    // Even a destination learned on the other network is not reachable.
+    x.inject(&frame(mac(9), mac(7)));
+    a.inject(&frame(mac(7), mac(1)));
+    sw.settle();
+    assert_eq!(drain(&x).len(), 0);
+    assert_eq!(drain(&b).len(), 2);
+}
+
+#[test]
+fn isolated_network_drops_endpoint_to_endpoint() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("iso", true);
+    let a = sw.port(n, 0, PortSecurity::default());
+    let b = sw.port(n, 0, PortSecurity::default());
+    sw.settle();
+    a.inject(&frame(mac(2), mac(1)));
+    a.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    sw.settle();
+    assert!(drain(&b).is_empty());
+    assert_eq!(sw.dp.stats().drops_for(DropReason::Isolated), 2);
+}
+
+#[test]
+fn bad_frames_are_counted_drops() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("n", false);
+    let sec = PortSecurity {
+        mac: Some(mac(1)),
+        ipv4: vec![],
+    };
+    let a = sw.port(n, 0, sec);
+    let b = sw.port(n, 0, PortSecurity::default());
+    sw.settle();
+    a.inject(&[1, 2, 3]); // too short
+    a.inject(&frame(mac(2), mac(66))); // not A's address
+    a.inject(&frame(mac(2), MacAddr::BROADCAST)); // multicast source
+    a.inject(&frame(mac(2), mac(1))); // fine
+    sw.settle();
+    assert_eq!(drain(&b).len(), 1);
+    let s = sw.dp.stats();
+    assert_eq!(s.drops_for(DropReason::Malformed), 1);
+    assert_eq!(s.drops_for(DropReason::Spoofed), 1);
+    assert_eq!(s.drops_for(DropReason::InvalidSource), 1);
+    let a_stats = s.ports.iter().find(|p| p.rx_packets == 4).unwrap();
+    assert_eq!(a_stats.tx_packets, 0);
+}
+
+#[test]
+fn frames_cross_workers_and_learning_syncs() {
+    let mut sw = Switch::new(2);
+    let n = sw.network("n", false);
+    let a = sw.port(n, 0, PortSecurity::default());
+    let b = sw.port(n, 1, PortSecurity::default());
+    let c = sw.port(n, 1, PortSecurity::default());
+    sw.settle();
+    a.inject(&frame(mac(2), mac(1)));
+    sw.settle();
+    assert_eq!(drain(&b).len(), 1);
+    assert_eq!(drain(&c).len(), 1);
+    // Worker 1 learned from worker 0's announcement where mac(1) lives, so
+    // B's reply is not flooded to C.
+    b.inject(&frame(mac(1), mac(2)));
+    sw.settle();
+    assert_eq!(drain(&a).len(), 1);
+    assert!(drain(&c).is_empty());
+    assert!(sw.workers[1].mac_table().lookup(n, mac(1), 0).is_some());
+    let s = sw.dp.stats();
+    // Two flooded copies from worker 0 plus the reply from worker 1.
+    assert_eq!(s.events["cross-worker-sent"], 3);
+    assert_eq!(s.events["cross-worker-received"], 3);
+}
+
+#[test]
+fn moved_address_follows_its_new_port_and_removed_ports_are_forgotten() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("n", false);
+    let a = sw.port(n, 0, PortSecurity::default());
+    let b = sw.port(n, 0, PortSecurity::default());
+    let c = sw.port(n, 0, PortSecurity::default());
+    sw.settle();
+    a.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    sw.settle();
+    b.inject(&frame(MacAddr::BROADCAST, mac(1))); // mac(1) moved to B
+    sw.settle();
+    drain(&a);
+    drain(&b);
+    drain(&c);
+    c.inject(&frame(mac(1), mac(3)));
+    sw.settle();
+    assert_eq!(drain(&b).len(), 1);
+    assert!(drain(&a).is_empty());
+    assert_eq!(sw.dp.stats().events["mac-moved"], 1);
+
+    let b_id = sw.dp.topology().network(n).unwrap().ports[1];
+    sw.dp.remove_port(b_id).unwrap();
+    sw.settle();
+    // mac(1) is unknown again: flooded to the remaining port.
+    c.inject(&frame(mac(1), mac(3)));
+    sw.settle();
+    assert_eq!(drain(&a).len(), 1);
+}
+
+#[test]
+fn aging_forgets_silent_addresses() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("n", false);
+    let a = sw.port(n, 0, PortSecurity::default());
+    let b = sw.port(n, 0, PortSecurity::default());
+    let c = sw.port(n, 0, PortSecurity::default());
+    sw.settle();
+    a.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    sw.settle();
+    sw.clock.advance(301_000);
+    sw.settle();
+    drain(&b);
+    drain(&c);
+    b.inject(&frame(mac(1), mac(2)));
+    sw.settle();
+    // Forgotten after 300 s: flooded again.
+    assert_eq!(drain(&c).len(), 1);
+    assert_eq!(sw.dp.stats().events["mac-aged"], 1);
+}
