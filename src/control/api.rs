@@ -414,7 +414,7 @@ mod tests {
         let line = String::from_utf8(ok.to_line()).unwrap();
         assert_eq!(
             line,
-            "{\"ok\":true,\"result\":{\"version\":\"x\",\"pid\":1}}\n"
+            "{\"ok\":true,\"result\":{\"pid\":1,\"version\":\"x\"}}\n"
         );
         let bad = Response::failure(ApiError::new(ErrorKind::NotFound, "no"));
         let line = String::from_utf8(bad.clone().to_line()).unwrap();
