@@ -106,10 +106,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Starts `config.workers` workers running the standard pipeline.
-    pub fn start(
-        config: DataplaneConfig,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Dataplane, DataplaneError> {
+    pub fn start(config: DataplaneConfig, clock: Arc<dyn Clock>) -> Result<Dataplane, DataplaneError> {
         Self::start_with(config, clock, |_| Pipeline::standard())
     }
 
@@ -178,8 +175,7 @@ impl Dataplane {
             .commands
             .get(worker)
             .ok_or(DataplaneError::WorkerGone(worker))?;
-        tx.send(cmd)
-            .map_err(|_| DataplaneError::WorkerGone(worker))?;
+        tx.send(cmd).map_err(|_| DataplaneError::WorkerGone(worker))?;
         if let Some(w) = self.shared[worker].waker.as_ref() {
             let _ = w.wake();
         }
@@ -224,11 +220,7 @@ impl Dataplane {
     }
 
     /// Attaches a port; the chosen worker starts polling it at once.
-    pub fn add_port(
-        &mut self,
-        spec: PortSpec,
-        port: Box<dyn Port>,
-    ) -> Result<PortId, DataplaneError> {
+    pub fn add_port(&mut self, spec: PortSpec, port: Box<dyn Port>) -> Result<PortId, DataplaneError> {
         let topo = self.topo.load_full();
         if topo.network(spec.network).is_none() {
             return Err(DataplaneError::UnknownNetwork(spec.network));

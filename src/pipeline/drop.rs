@@ -67,9 +67,6 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), DropReason::COUNT);
-        assert_eq!(
-            DropReason::ALL[DropReason::QueueFull as usize],
-            DropReason::QueueFull
-        );
+        assert_eq!(DropReason::ALL[DropReason::QueueFull as usize], DropReason::QueueFull);
     }
 }

@@ -33,9 +33,7 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
     match f.meta.ethertype {
         ETHERTYPE_ARP => {
             let b = f.data();
-            let op = b
-                .get(l3 + 6..l3 + 8)
-                .map(|o| u16::from_be_bytes([o[0], o[1]]));
+            let op = b.get(l3 + 6..l3 + 8).map(|o| u16::from_be_bytes([o[0], o[1]]));
             let target = ipv4_at(b, l3 + 24);
             if gw.ipv4.is_none() || target != gw.ipv4 {
                 // ARP between endpoints; a reply to us we do not need.
@@ -59,12 +57,10 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
             if !is_echo_to_us {
                 return Some(Action::Drop(DropReason::GatewayUnhandled));
             }
-            Some(
-                match icmpv4::make_echo_reply_in_place(f.data_mut(), l3, gw.mac) {
-                    Ok(()) => Action::Output(f.meta.in_port),
-                    Err(_) => Action::Drop(DropReason::Malformed),
-                },
-            )
+            Some(match icmpv4::make_echo_reply_in_place(f.data_mut(), l3, gw.mac) {
+                Ok(()) => Action::Output(f.meta.in_port),
+                Err(_) => Action::Drop(DropReason::Malformed),
+            })
         }
         _ if to_gateway_mac => Some(Action::Drop(DropReason::GatewayUnhandled)),
         _ => None,
@@ -81,11 +77,7 @@ impl Stage for Gateway {
             if f.meta.action.is_final() {
                 continue;
             }
-            let Some(gw) = cx
-                .topo
-                .network(f.meta.network)
-                .and_then(|n| n.gateway.as_ref())
-            else {
+            let Some(gw) = cx.topo.network(f.meta.network).and_then(|n| n.gateway.as_ref()) else {
                 continue;
             };
             if let Some(action) = decide(gw, f) {

@@ -27,9 +27,9 @@ pub fn adapt(
     if caps.offload {
         return;
     }
-    let needs_work = pending.iter().any(|f| {
-        f.vnet.is_gso() || f.vnet.needs_csum() || f.len() > caps.mtu as usize + L2_OVERHEAD
-    });
+    let needs_work = pending
+        .iter()
+        .any(|f| f.vnet.is_gso() || f.vnet.needs_csum() || f.len() > caps.mtu as usize + L2_OVERHEAD);
     if !needs_work {
         for f in pending.iter_mut() {
             f.vnet = VirtioNetHdr::NONE;

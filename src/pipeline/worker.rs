@@ -323,9 +323,7 @@ impl Worker {
             self.read_port(id);
         }
         for _ in 0..self.ready.len() {
-            let Some(id) = self.ready.pop_front() else {
-                break;
-            };
+            let Some(id) = self.ready.pop_front() else { break };
             if self.read_port(id) {
                 self.ready.push_back(id);
             }

@@ -59,12 +59,8 @@ pub trait Port: Send {
 
     /// Appends up to `max` received frames to `out`, taking buffers from
     /// `pool`. `Ok(0)` means nothing more is ready now (`EAGAIN`).
-    fn recv(
-        &mut self,
-        pool: &mut BufferPool,
-        out: &mut Vec<Frame>,
-        max: usize,
-    ) -> io::Result<usize>;
+    fn recv(&mut self, pool: &mut BufferPool, out: &mut Vec<Frame>, max: usize)
+        -> io::Result<usize>;
 
     /// Writes every frame in `frames` (draining it) and returns the buffers to
     /// `pool`. Frames it cannot write are counted in `failed`, never retried.

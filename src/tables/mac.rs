@@ -514,10 +514,7 @@ mod tests {
             port: PortId(2),
             seen: 50,
         };
-        assert_eq!(
-            t.learn_remote(stale, 8),
-            Learned::Refreshed { announce: false }
-        );
+        assert_eq!(t.learn_remote(stale, 8), Learned::Refreshed { announce: false });
         assert_eq!(t.lookup(N, mac(1), 100), Some(PortId(1)));
         let fresh = LearnMsg { seen: 200, ..stale };
         assert_eq!(t.learn_remote(fresh, 8), Learned::Moved);

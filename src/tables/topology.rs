@@ -212,10 +212,7 @@ mod tests {
         t.add_port(port(0, 0));
         t.add_port(port(3, 0));
         t.add_port(port(1, 2));
-        assert_eq!(
-            t.network(NetworkId(0)).unwrap().ports,
-            vec![PortId(0), PortId(3)]
-        );
+        assert_eq!(t.network(NetworkId(0)).unwrap().ports, vec![PortId(0), PortId(3)]);
         assert_eq!(t.free_port_id(), PortId(2));
         t.remove_port(PortId(0));
         assert_eq!(t.network(NetworkId(0)).unwrap().ports, vec![PortId(3)]);

@@ -1,5 +1,3 @@
 //! TEMP STUB
-use super::{Error, MacAddr, Result};
-pub fn make_reply_in_place(_f: &mut [u8], _l3: usize, _m: MacAddr) -> Result<()> {
-    Err(Error::Unsupported)
-}
+use super::{MacAddr, Result, Error};
+pub fn make_reply_in_place(_f: &mut [u8], _l3: usize, _m: MacAddr) -> Result<()> { Err(Error::Unsupported) }
