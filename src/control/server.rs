@@ -129,8 +129,9 @@ impl Server {
         }
     }
 
-    /// Serves until stopped, one thread per connection, then removes the
-    /// socket file.
+    /// Serves until stopped, one thread per connection; the socket file is
+    /// removed when the server is dropped (also when startup fails after
+    /// binding).
     pub fn serve(self, daemon: Arc<Mutex<Daemon>>) {
         for conn in self.listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
@@ -155,6 +156,11 @@ impl Server {
                 tracing::warn!("cannot start a thread for an API client: {e}");
             }
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
 }
