@@ -9,10 +9,20 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod dataplane;
 pub mod pipeline;
 pub mod ports;
 pub mod stats;
 pub mod tables;
 pub mod wire;
+
+/// Internal entry points run instead of the CLI when the binary is re-executed
+/// as a helper (`switchyard __attach ...`). Returns the exit code if `args`
+/// named one; `None` lets the CLI run.
+pub fn internal_entry(args: &[String]) -> Option<i32> {
+    let _ = args;
+    None
+}

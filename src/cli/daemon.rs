@@ -1,0 +1,94 @@
+//! `switchyard daemon`: starts the data plane and serves the API until
+//! SIGINT or SIGTERM.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+
+use super::CliError;
+use crate::control::attach::UnavailableAttacher;
+use crate::control::daemon::{Daemon, DaemonConfig};
+use crate::control::ipam::ProcRoutes;
+use crate::control::paths;
+use crate::control::server::Server;
+use crate::dataplane::DataplaneConfig;
+
+/// Arguments of `switchyard daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// State directory (default: $XDG_STATE_HOME/switchyard, or /var/lib/switchyard as root).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API socket (overrides the global --socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Data-plane worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Cluster store URL, e.g. etcd://HOST:PORT (not yet supported).
+    #[arg(long, value_name = "URL")]
+    pub cluster_store: Option<String>,
+    /// Address advertised to overlay peers (not yet supported).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Static overlay peer IP[:PORT] (not yet supported).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub peer: Vec<String>,
+    /// VXLAN UDP port (not yet supported).
+    #[arg(long, value_name = "N")]
+    pub vxlan_port: Option<u16>,
+}
+
+/// Runs the daemon in the foreground.
+pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
+    if args.cluster_store.is_some()
+        || args.advertise.is_some()
+        || !args.peer.is_empty()
+        || args.vxlan_port.is_some()
+    {
+        return Err(CliError::Unsupported(
+            "overlay/cluster (--cluster-store, --advertise, --peer, --vxlan-port) is".into(),
+        ));
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let socket = args.socket.unwrap_or_else(|| global_socket.to_path_buf());
+    // Blocked before any thread starts so every thread inherits the mask and
+    // only the waiter below receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().map_err(CliError::Signals)?;
+    let server = Server::bind(&socket)?;
+    let mut dataplane = DataplaneConfig::default();
+    if let Some(n) = args.workers {
+        dataplane.workers = usize::from(n);
+    }
+    let config = DaemonConfig {
+        state_dir: args.state_dir.unwrap_or_else(paths::default_state_dir),
+        dataplane,
+        routes: Box::new(ProcRoutes::default()),
+    };
+    let daemon = Daemon::new(config, Box::new(UnavailableAttacher))?;
+    tracing::info!("switchyard daemon listening on {}", socket.display());
+    let stop = server.stop_handle();
+    std::thread::Builder::new()
+        .name("sy-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("received {sig}, stopping");
+            }
+            stop.stop();
+        })
+        .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    server.serve(Arc::new(Mutex::new(daemon)));
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! The daemon's JSON protocol: newline-delimited JSON over a Unix stream, one
+//! [`Request`] per line answered by one [`Response`] line, as many per
+//! connection as the client likes. Requests are decoded straight into typed
+//! values (CIDRs, addresses, publications), so bad input is rejected here.
+
+use std::net::Ipv4Addr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::model::{Driver, Endpoint, Network, Publication, SandboxTarget};
+use super::net::{Ipv4Net, Ipv6Net};
+use crate::ports::PortId;
+use crate::stats::StatsSnapshot;
+
+/// Longest request line accepted (newline excluded).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Every op name, as written in the `op` field.
+pub const OPS: [&str; 11] = [
+    "network_create",
+    "network_list",
+    "network_inspect",
+    "network_remove",
+    "connect",
+    "disconnect",
+    "publish",
+    "unpublish",
+    "ps",
+    "stats",
+    "ping",
+];
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Creates a network.
+    NetworkCreate(NetworkCreate),
+    /// Lists networks.
+    NetworkList,
+    /// One network and its endpoints.
+    NetworkInspect(ByName),
+    /// Removes a network without endpoints.
+    NetworkRemove(ByName),
+    /// Attaches a sandbox to a network.
+    Connect(Connect),
+    /// Detaches an endpoint.
+    Disconnect(Disconnect),
+    /// Adds a publication to an endpoint (stored only for now).
+    Publish(PublishSpec),
+    /// Removes a publication from an endpoint.
+    Unpublish(PublishSpec),
+    /// Lists endpoints.
+    Ps,
+    /// Data-plane counters.
+    Stats,
+    /// Health check.
+    Ping,
+}
+
+/// Arguments of `network_create`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    /// Name.
+    pub name: String,
+    /// Driver (default bridge).
+    #[serde(default)]
+    pub driver: Driver,
+    /// IPv4 subnet (default: from the pool).
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    /// IPv4 gateway (default: first host).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// IPv6 subnet.
+    #[serde(default)]
+    pub ipv6_subnet: Option<Ipv6Net>,
+    /// No outside access.
+    #[serde(default)]
+    pub internal: bool,
+    /// No traffic between endpoints.
+    #[serde(default)]
+    pub isolate: bool,
+    /// VXLAN id (overlay).
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// MTU (default 1500).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// MAC table cap.
+    #[serde(default)]
+    pub mac_cap: Option<usize>,
+}
+
+/// A network named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByName {
+    /// The network's name.
+    pub name: String,
+}
+
+/// Arguments of `connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connect {
+    /// Network name.
+    pub network: String,
+    /// The sandbox.
+    pub target: SandboxTarget,
+    /// Endpoint name (default generated).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Extra DNS names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Static IPv4 address.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Publications, as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]` strings.
+    #[serde(default)]
+    pub publish: Vec<Publication>,
+}
+
+/// Arguments of `disconnect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    /// Network name.
+    pub network: String,
+    /// Endpoint name or id.
+    pub endpoint: String,
+}
+
+/// Arguments of `publish` and `unpublish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSpec {
+    /// Endpoint id, name (if unique) or `NETWORK/NAME`.
+    pub endpoint: String,
+    /// The publication, as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]`.
+    pub spec: Publication,
+}
+
+/// Result of `network_inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDetail {
+    /// The network.
+    pub network: Network,
+    /// Its endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Which endpoint a data-plane port belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortOwner {
+    /// Data-plane port.
+    pub port: PortId,
+    /// Network name.
+    pub network: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Endpoint id.
+    pub endpoint_id: String,
+}
+
+/// Result of `stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The counters.
+    pub stats: StatsSnapshot,
+    /// Owners of the ports in `stats`.
+    pub endpoints: Vec<PortOwner>,
+}
+
+/// Result of `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Daemon version.
+    pub version: String,
+    /// Daemon process id.
+    pub pid: u32,
+}
+
+/// Class of a failed request, for programs; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line is not JSON.
+    MalformedJson,
+    /// The `op` is missing or unknown.
+    UnknownOp,
+    /// The op's arguments are wrong.
+    BadRequest,
+    /// The line is longer than [`MAX_LINE`].
+    TooLarge,
+    /// A named network or endpoint does not exist.
+    NotFound,
+    /// The name is taken.
+    AlreadyExists,
+    /// Addresses or subnets conflict.
+    Conflict,
+    /// Still in use (network with endpoints).
+    InUse,
+    /// Out of addresses.
+    Exhausted,
+    /// Not yet supported.
+    Unsupported,
+    /// The sandbox could not be attached.
+    Attach,
+    /// Saving state failed.
+    State,
+    /// The data plane refused.
+    Dataplane,
+}
+
+/// A failure as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Class.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// True if the request succeeded.
+    pub ok: bool,
+    /// The op's result (when ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The failure (when not ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn success<T: Serialize>(result: &T) -> Response {
+        match serde_json::to_value(result) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::failure(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("cannot encode the result: {e}"),
+            )),
+        }
+    }
+
+    /// A failure.
+    pub fn failure(error: ApiError) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    /// The typed result, or the error.
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        if let Some(e) = self.error.filter(|_| !self.ok) {
+            return Err(e);
+        }
+        serde_json::from_value(self.result.unwrap_or(Value::Null)).map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("the daemon's reply has an unexpected shape ({e}); are the CLI and daemon the same version?"),
+            )
+        })
+    }
+
+    /// The response as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"ok":false,"error":{"kind":"bad_request","message":"unencodable response"}}"#
+                .to_vec()
+        });
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Decodes one request line (without its newline), telling malformed JSON,
+/// unknown ops and bad arguments apart.
+pub fn decode_request(line: &[u8]) -> Result<Request, ApiError> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        ApiError::new(
+            ErrorKind::MalformedJson,
+            format!("request is not valid JSON ({e}); send one JSON object per line"),
+        )
+    })?;
+    let op = match value.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        _ => {
+            return Err(ApiError::new(
+                ErrorKind::UnknownOp,
+                format!(
+                    "request has no \"op\" string; use one of: {}",
+                    OPS.join(", ")
+                ),
+            ))
+        }
+    };
+    if !OPS.contains(&op.as_str()) {
+        return Err(ApiError::new(
+            ErrorKind::UnknownOp,
+            format!("unknown op {op:?}; use one of: {}", OPS.join(", ")),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("bad arguments for {op:?}: {e}"),
+        )
+    })
+}
+
+/// Encodes a request as one line, newline included.
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    let mut v = serde_json::to_vec(req).unwrap_or_default();
+    v.push(b'\n');
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(line: &str) -> ErrorKind {
+        decode_request(line.as_bytes()).unwrap_err().kind
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        let lines = [
+            r#"{"op":"network_create","name":"a","subnet":"10.1.0.0/24","isolate":true}"#,
+            r#"{"op":"network_list"}"#,
+            r#"{"op":"network_inspect","name":"a"}"#,
+            r#"{"op":"network_remove","name":"a"}"#,
+            r#"{"op":"connect","network":"a","target":{"pid":1},"publish":["8080:80"]}"#,
+            r#"{"op":"disconnect","network":"a","endpoint":"web"}"#,
+            r#"{"op":"publish","endpoint":"web","spec":"8080:80/udp"}"#,
+            r#"{"op":"unpublish","endpoint":"web","spec":"8080:80/udp"}"#,
+            r#"{"op":"ps"}"#,
+            r#"{"op":"stats"}"#,
+            r#"{"op":"ping"}"#,
+        ];
+        for l in lines {
+            let r = decode_request(l.as_bytes()).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let again = decode_request(&encode_request(&r)[..]).unwrap();
+            assert_eq!(r, again);
+        }
+    }
+
+    #[test]
+    fn classifies_errors() {
+        assert_eq!(kind("{"), ErrorKind::MalformedJson);
+        assert_eq!(kind("not json"), ErrorKind::MalformedJson);
+        assert_eq!(kind(""), ErrorKind::MalformedJson);
+        assert_eq!(kind("[1]"), ErrorKind::UnknownOp);
+        assert_eq!(kind(r#"{"op":"launch"}"#), ErrorKind::UnknownOp);
+        assert_eq!(kind(r#"{"op":7}"#), ErrorKind::UnknownOp);
+        assert_eq!(kind(r#"{"op":"network_inspect"}"#), ErrorKind::BadRequest);
+        assert_eq!(
+            kind(r#"{"op":"network_create","name":"a","subnet":"10.1.0.0/33"}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(r#"{"op":"network_create","name":"a","subnett":"10.1.0.0/24"}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(r#"{"op":"network_create","name":"a","driver":"macvlan"}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(r#"{"op":"publish","endpoint":"w","spec":"80"}"#),
+            ErrorKind::BadRequest
+        );
+        let e = decode_request(br#"{"op":"network_create","name":"a","subnet":"10.1.0.1/24"}"#)
+            .unwrap_err();
+        assert!(
+            e.message.contains("did you mean 10.1.0.0/24"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn response_shapes() {
+        let ok = Response::success(&Pong {
+            version: "x".into(),
+            pid: 1,
+        });
+        let line = String::from_utf8(ok.to_line()).unwrap();
+        assert_eq!(
+            line,
+            "{\"ok\":true,\"result\":{\"pid\":1,\"version\":\"x\"}}\n"
+        );
+        let bad = Response::failure(ApiError::new(ErrorKind::NotFound, "no"));
+        let line = String::from_utf8(bad.clone().to_line()).unwrap();
+        assert_eq!(
+            line,
+            "{\"ok\":false,\"error\":{\"kind\":\"not_found\",\"message\":\"no\"}}\n"
+        );
+        assert_eq!(
+            bad.into_result::<Pong>().unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! The daemon's state machine: owns the model, IPAM, the store, the attacher
+//! and the [`Dataplane`], and applies requests so that each one either takes
+//! effect everywhere (data plane, sandbox, disk, memory) or nowhere.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+mod publish;
+
+use super::api::{
+    self, NetworkCreate, NetworkDetail, Pong, PortOwner, Request, Response, StatsReply,
+};
+use super::attach::{netns_file, AttachSpec, Attacher};
+use super::error::DaemonError;
+use super::ipam::{self, Ipam, RouteSource};
+use super::model::{
+    endpoint_mac, fnv1a, validate_mtu, validate_name, Driver, Endpoint, Network, Publication,
+    DEFAULT_MTU,
+};
+use super::store::{State, Store, StoreError};
+use crate::clock::SystemClock;
+use crate::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use crate::ports::PortId;
+use crate::tables::topology::{GatewayInfo, NetworkId, PortSecurity};
+
+/// Name of the network that always exists.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// How to start a daemon.
+pub struct DaemonConfig {
+    /// Where state is kept.
+    pub state_dir: PathBuf,
+    /// Data-plane settings.
+    pub dataplane: DataplaneConfig,
+    /// Host routes IPAM avoids.
+    pub routes: Box<dyn RouteSource>,
+}
+
+/// The running control plane.
+pub struct Daemon {
+    state: State,
+    store: Store,
+    ipam: Ipam,
+    dataplane: Dataplane,
+    attacher: Box<dyn Attacher>,
+    net_ids: HashMap<String, NetworkId>,
+    ports: HashMap<String, Vec<PortId>>,
+}
+
+impl Daemon {
+    /// Opens the state directory, loads state (a corrupt file is moved aside
+    /// and logged), starts the data plane, re-creates networks, re-attaches
+    /// endpoints whose sandboxes still exist, drops the others, and makes
+    /// sure the `default` network exists.
+    pub fn new(config: DaemonConfig, attacher: Box<dyn Attacher>) -> Result<Daemon, DaemonError> {
+        let store = Store::open(&config.state_dir)?;
+        let state = match store.load() {
+            Ok(s) => s,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!("{e}");
+                State::empty()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let dataplane = Dataplane::start(config.dataplane, Arc::new(SystemClock::new()))?;
+        let mut d = Daemon {
+            state: State::empty(),
+            store,
+            ipam: Ipam::new(config.routes),
+            dataplane,
+            attacher,
+            net_ids: HashMap::new(),
+            ports: HashMap::new(),
+        };
+        d.restore(state)?;
+        if d.network(DEFAULT_NETWORK).is_none() {
+            d.create_network(NetworkCreate {
+                name: DEFAULT_NETWORK.into(),
+                ..NetworkCreate::default()
+            })?;
+        }
+        Ok(d)
+    }
+
+    fn restore(&mut self, loaded: State) -> Result<(), DaemonError> {
+        let mut state = loaded.clone();
+        for net in &loaded.networks {
+            let id = self.dataplane.add_network(network_spec(net))?;
+            self.net_ids.insert(net.name.clone(), id);
+        }
+        state.endpoints.clear();
+        for ep in loaded.endpoints.iter().cloned() {
+            let Some(net) = loaded.networks.iter().find(|n| n.name == ep.network) else {
+                tracing::warn!(
+                    "dropping endpoint {} of unknown network {}",
+                    ep.name,
+                    ep.network
+                );
+                continue;
+            };
+            if self.attacher.namespace_id(&ep.sandbox) != Some(ep.netns_id) {
+                tracing::warn!(
+                    "sandbox {} of endpoint {}/{} is gone; released {}",
+                    ep.sandbox,
+                    ep.network,
+                    ep.name,
+                    ep.ipv4
+                );
+                continue;
+            }
+            match self.attach_ports(&ep, net) {
+                Ok(ports) => {
+                    self.ports.insert(ep.id.clone(), ports);
+                    state.endpoints.push(ep);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot re-attach endpoint {}/{}: {e}; released {}",
+                    ep.network,
+                    ep.name,
+                    ep.ipv4
+                ),
+            }
+        }
+        if state != loaded {
+            self.store.save(&state)?;
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The data plane (for tests and stats).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// Data-plane ports of an endpoint, by endpoint id.
+    pub fn endpoint_ports(&self, id: &str) -> &[PortId] {
+        self.ports.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    fn network(&self, name: &str) -> Option<&Network> {
+        self.state.networks.iter().find(|n| n.name == name)
+    }
+
+    /// Saves `next`, then makes it current: on failure nothing changes.
+    fn commit(&mut self, next: State) -> Result<(), DaemonError> {
+        self.store.save(&next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Applies one request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let result = match req {
+            Request::NetworkCreate(c) => self.create_network(c).map(|n| Response::success(&n)),
+            Request::NetworkList => Ok(Response::success(&self.state.networks)),
+            Request::NetworkInspect(b) => self.inspect(&b.name).map(|d| Response::success(&d)),
+            Request::NetworkRemove(b) => {
+                self.remove_network(&b.name).map(|n| Response::success(&n))
+            }
+            Request::Connect(c) => self.connect(c).map(|e| Response::success(&e)),
+            Request::Disconnect(d) => self
+                .disconnect(&d.network, &d.endpoint)
+                .map(|e| Response::success(&e)),
+            Request::Publish(p) => self.publish(p).map(|e| Response::success(&e)),
+            Request::Unpublish(p) => self.unpublish(p).map(|e| Response::success(&e)),
+            Request::Ps => Ok(Response::success(&self.state.endpoints)),
+            Request::Stats => Ok(Response::success(&self.stats())),
+            Request::Ping => Ok(Response::success(&Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+            })),
+        };
+        result.unwrap_or_else(|e| Response::failure(api::ApiError::from(e)))
+    }
+
+    /// Creates a network.
+    pub fn create_network(&mut self, req: NetworkCreate) -> Result<Network, DaemonError> {
+        validate_name("network", &req.name)?;
+        if self.network(&req.name).is_some() {
+            return Err(DaemonError::NetworkExists(req.name));
+        }
+        if req.driver == Driver::Overlay {
+            return Err(DaemonError::Unsupported("the overlay driver is".into()));
+        }
+        if req.vni.is_some() {
+            return Err(DaemonError::Invalid(
+                "--vni applies only to overlay networks; drop it for a bridge network".into(),
+            ));
+        }
+        if req.mac_cap == Some(0) {
+            return Err(DaemonError::Invalid("mac_cap must be at least 1".into()));
+        }
+        let mtu = validate_mtu(req.mtu.unwrap_or(u32::from(DEFAULT_MTU)))?;
+        let existing: Vec<(String, _)> = self
+            .state
+            .networks
+            .iter()
+            .map(|n| (n.name.clone(), n.subnet4))
+            .collect();
+        let subnet4 = match req.subnet {
+            Some(s) => {
+                self.ipam.check_subnet(s, &existing)?;
+                s
+            }
+            None => {
+                let taken: Vec<_> = existing.iter().map(|(_, s)| *s).collect();
+                self.ipam.pick_subnet(&taken)?
+            }
+        };
+        let gateway4 = ipam::gateway4(subnet4, req.gateway)?;
+        let gateway6 = match req.ipv6_subnet {
+            Some(s6) => {
+                if let Some(o) = self
+                    .state
+                    .networks
+                    .iter()
+                    .find(|n| n.subnet6.is_some_and(|o| o.overlaps(&s6)))
+                {
+                    return Err(ipam::IpamError::SubnetOverlap {
+                        subnet: s6.to_string(),
+                        other: o.name.clone(),
+                        other_subnet: o.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+                    }
+                    .into());
+                }
+                Some(ipam::gateway6(s6)?)
+            }
+            None => None,
+        };
+        let net = Network {
+            name: req.name,
+            driver: req.driver,
+            subnet4,
+            gateway4,
+            subnet6: req.ipv6_subnet,
+            gateway6,
+            internal: req.internal,
+            isolate: req.isolate,
+            mtu,
+            mac_cap: req.mac_cap,
+            vni: None,
+        };
+        let id = self.dataplane.add_network(network_spec(&net))?;
+        let mut next = self.state.clone();
+        next.networks.push(net.clone());
+        if let Err(e) = self.commit(next) {
+            let _ = self.dataplane.remove_network(id);
+            return Err(e);
+        }
+        self.net_ids.insert(net.name.clone(), id);
+        Ok(net)
+    }
+
+    fn inspect(&self, name: &str) -> Result<NetworkDetail, DaemonError> {
+        let network = self
+            .network(name)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(name.into()))?
+            .clone();
+        let endpoints = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .cloned()
+            .collect();
+        Ok(NetworkDetail { network, endpoints })
+    }
+
+    /// Removes a network that has no endpoints.
+    pub fn remove_network(&mut self, name: &str) -> Result<Network, DaemonError> {
+        let net = self
+            .network(name)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(name.into()))?
+            .clone();
+        if name == DEFAULT_NETWORK {
+            return Err(DaemonError::DefaultNetwork);
+        }
+        let count = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .count();
+        if count > 0 {
+            return Err(DaemonError::NetworkInUse {
+                name: name.into(),
+                count,
+            });
+        }
+        let mut next = self.state.clone();
+        next.networks.retain(|n| n.name != name);
+        self.commit(next)?;
+        if let Some(id) = self.net_ids.remove(name) {
+            if let Err(e) = self.dataplane.remove_network(id) {
+                tracing::warn!("data plane kept network {name}: {e}");
+            }
+        }
+        Ok(net)
+    }
+
+    /// Connects a sandbox to a network.
+    pub fn connect(&mut self, req: api::Connect) -> Result<Endpoint, DaemonError> {
+        let net = self
+            .network(&req.network)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(req.network.clone()))?
+            .clone();
+        let on_net: Vec<&Endpoint> = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == net.name)
+            .collect();
+        let name = match req.name {
+            Some(n) => n,
+            None => (1..)
+                .map(|i| format!("ep{i}"))
+                .find(|n| on_net.iter().all(|e| &e.name != n))
+                .unwrap_or_default(),
+        };
+        validate_name("endpoint", &name)?;
+        for a in &req.aliases {
+            validate_name("alias", a)?;
+        }
+        if on_net.iter().any(|e| e.name == name) {
+            return Err(DaemonError::EndpointExists {
+                network: net.name.clone(),
+                name,
+            });
+        }
+        let netns_id =
+            self.attacher
+                .namespace_id(&req.target)
+                .ok_or_else(|| DaemonError::SandboxGone {
+                    target: req.target.to_string(),
+                    path: netns_file(&req.target).display().to_string(),
+                })?;
+        if let Some(e) = on_net.iter().find(|e| e.netns_id == netns_id) {
+            return Err(DaemonError::AlreadyConnected {
+                target: req.target.to_string(),
+                network: net.name.clone(),
+                endpoint: e.name.clone(),
+            });
+        }
+        let siblings: Vec<&Endpoint> = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.netns_id == netns_id)
+            .collect();
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| siblings.iter().all(|e| &e.ifname != n))
+            .unwrap_or_default();
+        let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
+        let ipv4 = ipam::allocate4(&net.name, net.subnet4, net.gateway4, &used4, req.ip)?;
+        let ipv6 = match (net.subnet6, net.gateway6) {
+            (Some(s6), Some(g6)) => {
+                let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
+                Some(ipam::allocate6(&net.name, s6, g6, &used6)?)
+            }
+            _ => None,
+        };
+        let mac = (0..)
+            .map(|salt| endpoint_mac(&net.name, &name, salt))
+            .find(|m| on_net.iter().all(|e| e.mac != *m))
+            .unwrap_or_else(|| endpoint_mac(&net.name, &name, 0));
+        let mut publications: Vec<Publication> = Vec::new();
+        for p in req.publish {
+            self.check_publication(&p)?;
+            if !publications.contains(&p) {
+                publications.push(p);
+            }
+        }
+        let seq = self.state.next_seq;
+        let id = format!(
+            "{:012x}",
+            fnv1a(&[net.name.as_bytes(), name.as_bytes(), &seq.to_be_bytes()]) >> 16
+        );
+        let ep = Endpoint {
+            id,
+            name,
+            network: net.name.clone(),
+            aliases: req.aliases,
+            sandbox: req.target,
+            netns_id,
+            ifname,
+            mac,
+            ipv4,
+            ipv6,
+            default_route: siblings.is_empty(),
+            publications,
+        };
+        let ports = self.attach_ports(&ep, &net)?;
+        let mut next = self.state.clone();
+        next.endpoints.push(ep.clone());
+        next.next_seq = seq + 1;
+        if let Err(e) = self.commit(next) {
+            self.release_ports(&ep, ports);
+            return Err(e);
+        }
+        self.ports.insert(ep.id.clone(), ports);
+        Ok(ep)
+    }
+
+    /// Creates the endpoint's interface and switches its ports; on failure
+    /// undoes whatever it did.
+    fn attach_ports(&mut self, ep: &Endpoint, net: &Network) -> Result<Vec<PortId>, DaemonError> {
+        let network = *self
+            .net_ids
+            .get(&net.name)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(net.name.clone()))?;
+        let spec = AttachSpec {
+            target: ep.sandbox.clone(),
+            ifname: ep.ifname.clone(),
+            mac: ep.mac,
+            ipv4: Some((ep.ipv4, net.subnet4.prefix())),
+            ipv6: ep.ipv6.zip(net.subnet6.map(|s| s.prefix())),
+            mtu: net.mtu,
+            gateway4: Some(net.gateway4),
+            gateway6: net.gateway6,
+            default_route: ep.default_route,
+        };
+        let attached = self
+            .attacher
+            .attach(&spec)
+            .map_err(|source| DaemonError::Attach {
+                target: ep.sandbox.to_string(),
+                network: net.name.clone(),
+                source,
+            })?;
+        let mut ids = Vec::with_capacity(attached.len());
+        for port in attached {
+            let security = PortSecurity {
+                mac: Some(ep.mac),
+                ipv4: vec![ep.ipv4],
+            };
+            match self.dataplane.add_port(
+                PortSpec {
+                    network,
+                    security,
+                    worker: None,
+                },
+                port,
+            ) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.release_ports(ep, ids);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Takes the ports out of the data plane (closing them) and removes the
+    /// interface, logging failures: teardown keeps going.
+    fn release_ports(&mut self, ep: &Endpoint, ports: Vec<PortId>) {
+        for id in ports {
+            if let Err(e) = self.dataplane.remove_port(id) {
+                tracing::warn!("removing port {id} of endpoint {}: {e}", ep.name);
+            }
+        }
+        if let Err(e) = self.attacher.detach(&ep.sandbox, &ep.ifname) {
+            tracing::warn!("removing {} from {}: {e}", ep.ifname, ep.sandbox);
+        }
+    }
+
+    /// Disconnects endpoint `endpoint` (name or id) from `network`.
+    pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<Endpoint, DaemonError> {
+        if self.network(network).is_none() {
+            return Err(DaemonError::NoSuchNetwork(network.into()));
+        }
+        let ep = self
+            .state
+            .endpoints
+            .iter()
+            .find(|e| e.network == network && (e.name == endpoint || e.id == endpoint))
+            .cloned()
+            .ok_or_else(|| DaemonError::NoSuchEndpoint(format!("{network}/{endpoint}")))?;
+        let mut next = self.state.clone();
+        next.endpoints.retain(|e| e.id != ep.id);
+        self.commit(next)?;
+        let ports = self.ports.remove(&ep.id).unwrap_or_default();
+        self.release_ports(&ep, ports);
+        Ok(ep)
+    }
+
+    /// Counters plus which endpoint owns each port.
+    pub fn stats(&self) -> StatsReply {
+        let mut endpoints = Vec::new();
+        for ep in &self.state.endpoints {
+            for port in self.endpoint_ports(&ep.id) {
+                endpoints.push(PortOwner {
+                    port: *port,
+                    network: ep.network.clone(),
+                    endpoint: ep.name.clone(),
+                    endpoint_id: ep.id.clone(),
+                });
+            }
+        }
+        endpoints.sort_by_key(|o| o.port);
+        StatsReply {
+            stats: self.dataplane.stats(),
+            endpoints,
+        }
+    }
+}
+
+fn network_spec(net: &Network) -> NetworkSpec {
+    NetworkSpec {
+        name: net.name.clone(),
+        gateway: Some(GatewayInfo {
+            mac: net.gateway_mac(),
+            ipv4: Some(net.gateway4),
+            ipv6: net.gateway6,
+        }),
+        isolate: net.isolate,
+        internal: net.internal,
+        mac_cap: net.mac_cap,
+    }
+}

@@ -1,0 +1,154 @@
+//! The daemon's request failures: one enum whose messages tell the user what
+//! to do, each mapped to an API [`ErrorKind`].
+
+use super::api::{ApiError, ErrorKind};
+use super::attach::AttachFailure;
+use super::ipam::IpamError;
+use super::model::ModelError;
+use super::store::StoreError;
+use crate::dataplane::DataplaneError;
+
+/// Why a daemon operation failed; state is unchanged whenever one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Network name taken.
+    #[error("network {0:?} already exists; pick another name or remove it with `switchyard network rm {0}`")]
+    NetworkExists(String),
+    /// Unknown network.
+    #[error("network {0:?} does not exist; list networks with `switchyard network ls` or create it with `switchyard network create {0}`")]
+    NoSuchNetwork(String),
+    /// Network still has endpoints.
+    #[error("network {name:?} still has {count} endpoint(s); disconnect them first (`switchyard ps` lists them)")]
+    NetworkInUse {
+        /// Network.
+        name: String,
+        /// Endpoints left.
+        count: usize,
+    },
+    /// The built-in network cannot be removed.
+    #[error("network \"default\" is built in and cannot be removed")]
+    DefaultNetwork,
+    /// Unknown endpoint.
+    #[error(
+        "endpoint {0:?} not found; `switchyard ps` lists endpoints (name, id or NETWORK/NAME)"
+    )]
+    NoSuchEndpoint(String),
+    /// Endpoint name matches several networks.
+    #[error("endpoint name {name:?} exists on networks {networks}; say which with NETWORK/{name}")]
+    AmbiguousEndpoint {
+        /// Name.
+        name: String,
+        /// Networks it is on.
+        networks: String,
+    },
+    /// Endpoint name taken in the network.
+    #[error("endpoint {name:?} already exists on network {network:?}; pick another --name or disconnect it with `switchyard disconnect {network} {name}`")]
+    EndpointExists {
+        /// Network.
+        network: String,
+        /// Name.
+        name: String,
+    },
+    /// Sandbox already on the network.
+    #[error("{target} is already connected to network {network:?} as endpoint {endpoint:?}")]
+    AlreadyConnected {
+        /// Sandbox.
+        target: String,
+        /// Network.
+        network: String,
+        /// Its endpoint.
+        endpoint: String,
+    },
+    /// Sandbox namespace does not exist.
+    #[error("{target} not found: {path} does not exist or cannot be inspected; check the --netns path or --pid")]
+    SandboxGone {
+        /// Sandbox.
+        target: String,
+        /// Namespace file.
+        path: String,
+    },
+    /// Attaching failed.
+    #[error("cannot attach {target} to network {network:?}: {source}")]
+    Attach {
+        /// Sandbox.
+        target: String,
+        /// Network.
+        network: String,
+        /// What the attacher said.
+        #[source]
+        source: AttachFailure,
+    },
+    /// Not yet supported.
+    #[error("{0} not yet supported")]
+    Unsupported(String),
+    /// An argument that is well-formed but not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// Publication host ports already taken.
+    #[error(
+        "host port(s) {spec} already published by endpoint {endpoint:?}; pick other host ports"
+    )]
+    PortTaken {
+        /// The spec.
+        spec: String,
+        /// Who has them.
+        endpoint: String,
+    },
+    /// Publication not present.
+    #[error(
+        "endpoint {endpoint:?} has no publication {spec}; `switchyard ps` shows what is published"
+    )]
+    NoSuchPublication {
+        /// Endpoint.
+        endpoint: String,
+        /// The spec.
+        spec: String,
+    },
+    /// Bad names, MTU, publications.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Address management.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// Persistence.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Data plane.
+    #[error("the data plane refused the change: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+impl DaemonError {
+    /// The API class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        use DaemonError as E;
+        match self {
+            E::NetworkExists(_) | E::EndpointExists { .. } | E::AlreadyConnected { .. } => {
+                ErrorKind::AlreadyExists
+            }
+            E::NoSuchNetwork(_)
+            | E::NoSuchEndpoint(_)
+            | E::SandboxGone { .. }
+            | E::NoSuchPublication { .. } => ErrorKind::NotFound,
+            E::NetworkInUse { .. } | E::DefaultNetwork => ErrorKind::InUse,
+            E::AmbiguousEndpoint { .. } | E::Invalid(_) | E::Model(_) => ErrorKind::BadRequest,
+            E::Attach { .. } => ErrorKind::Attach,
+            E::Unsupported(_) => ErrorKind::Unsupported,
+            E::PortTaken { .. } => ErrorKind::Conflict,
+            E::Ipam(e) => match e {
+                IpamError::PoolExhausted | IpamError::Exhausted { .. } => ErrorKind::Exhausted,
+                IpamError::SubnetOverlap { .. } | IpamError::InUse { .. } => ErrorKind::Conflict,
+                IpamError::Routes { .. } => ErrorKind::State,
+                _ => ErrorKind::BadRequest,
+            },
+            E::Store(_) => ErrorKind::State,
+            E::Dataplane(_) => ErrorKind::Dataplane,
+        }
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> ApiError {
+        ApiError::new(e.kind(), e.to_string())
+    }
+}

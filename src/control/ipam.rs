@@ -1,0 +1,458 @@
+//! IP address management: picks subnets for new networks from the default
+//! pool (skipping the host's routes and existing networks) and allocates
+//! endpoint addresses inside a network's subnet. Leases are the endpoints'
+//! addresses themselves, so releasing an endpoint releases its address and the
+//! persisted state has a single source of truth.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use super::net::{Ipv4Net, Ipv6Net};
+
+/// The default pool, tried in order and split into /24s. 10.89-10.91 follow
+/// Podman's convention (10.88/16 is its default network, so we skip it);
+/// 172.28-172.31 sit at the top of 172.16/12, far from Docker's 172.17 start.
+pub const DEFAULT_POOL: [&str; 7] = [
+    "10.89.0.0/16",
+    "10.90.0.0/16",
+    "10.91.0.0/16",
+    "172.28.0.0/16",
+    "172.29.0.0/16",
+    "172.30.0.0/16",
+    "172.31.0.0/16",
+];
+
+/// Length of the subnets carved out of the pool.
+pub const POOL_SUBNET_PREFIX: u8 = 24;
+
+/// Longest IPv4 prefix a network may have: /30 leaves one endpoint address
+/// next to the network, gateway and broadcast addresses.
+pub const MAX_V4_PREFIX: u8 = 30;
+
+/// Longest IPv6 prefix a network may have (gateway ::1 and one endpoint).
+pub const MAX_V6_PREFIX: u8 = 126;
+
+/// IPAM failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// Every pool subnet overlaps a host route or an existing network.
+    #[error("the default address pool is exhausted (every /24 of {} overlaps a host route or a network); give the network an explicit --subnet", DEFAULT_POOL.join(", "))]
+    PoolExhausted,
+    /// A requested subnet overlaps another network.
+    #[error(
+        "subnet {subnet} overlaps network {other:?} ({other_subnet}); pick a different --subnet"
+    )]
+    SubnetOverlap {
+        /// Requested subnet.
+        subnet: String,
+        /// The network it overlaps.
+        other: String,
+        /// That network's subnet.
+        other_subnet: String,
+    },
+    /// Subnet too small to hold an endpoint.
+    #[error("subnet {0} is too small: use a prefix of /{MAX_V4_PREFIX} or shorter (/{MAX_V6_PREFIX} for IPv6)")]
+    SubnetTooSmall(String),
+    /// Gateway address not usable in the subnet.
+    #[error("gateway {gateway} is not a host address of subnet {subnet}; pick one inside it (not the network or broadcast address)")]
+    BadGateway {
+        /// The gateway.
+        gateway: String,
+        /// The subnet.
+        subnet: String,
+    },
+    /// Every host address of the network is taken.
+    #[error("network {network:?} ({subnet}) has no free addresses; disconnect an endpoint or create a network with a larger subnet")]
+    Exhausted {
+        /// Network name.
+        network: String,
+        /// Its subnet.
+        subnet: String,
+    },
+    /// A static address outside the network's subnet.
+    #[error(
+        "address {ip} is outside subnet {subnet} of network {network:?}; pick an address inside it"
+    )]
+    OutsideSubnet {
+        /// Requested address.
+        ip: String,
+        /// Network name.
+        network: String,
+        /// Its subnet.
+        subnet: String,
+    },
+    /// A static address that is the network, broadcast or gateway address.
+    #[error("address {ip} is reserved in network {network:?} (network, broadcast or gateway address); pick another")]
+    Reserved {
+        /// Requested address.
+        ip: String,
+        /// Network name.
+        network: String,
+    },
+    /// A static address already leased.
+    #[error("address {ip} is already in use in network {network:?}; pick another or let switchyard choose")]
+    InUse {
+        /// Requested address.
+        ip: String,
+        /// Network name.
+        network: String,
+    },
+    /// The host routing table could not be read.
+    #[error("cannot read host routes from {path}: {source}")]
+    Routes {
+        /// File read.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the host's IPv4 routes come from (injectable for tests).
+pub trait RouteSource: Send + Sync {
+    /// The destination subnets of the host's routes, default route excluded.
+    fn routes(&self) -> Result<Vec<Ipv4Net>, IpamError>;
+}
+
+/// Reads `/proc/net/route` (or another file of the same format).
+#[derive(Debug, Clone)]
+pub struct ProcRoutes {
+    /// File to read.
+    pub path: PathBuf,
+}
+
+impl Default for ProcRoutes {
+    fn default() -> Self {
+        ProcRoutes {
+            path: PathBuf::from("/proc/net/route"),
+        }
+    }
+}
+
+impl RouteSource for ProcRoutes {
+    fn routes(&self) -> Result<Vec<Ipv4Net>, IpamError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| IpamError::Routes {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(parse_proc_route(&text))
+    }
+}
+
+/// A fixed list of routes.
+#[derive(Debug, Clone, Default)]
+pub struct StaticRoutes(pub Vec<Ipv4Net>);
+
+impl RouteSource for StaticRoutes {
+    fn routes(&self) -> Result<Vec<Ipv4Net>, IpamError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Parses the `/proc/net/route` format: a header line, then whitespace
+/// separated columns where Destination (2nd) and Mask (8th) are hex in host
+/// (little-endian) byte order. Unparsable lines and the default route are
+/// skipped.
+pub fn parse_proc_route(text: &str) -> Vec<Ipv4Net> {
+    // The kernel prints the big-endian address as a native u32.
+    let addr = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let dest = addr(cols.get(1)?)?;
+            let mask = u32::from(addr(cols.get(7)?)?);
+            let prefix = mask.leading_ones() as u8;
+            let contiguous = mask.count_ones() == u32::from(prefix);
+            (prefix > 0 && contiguous).then_some(())?;
+            Ipv4Net::new(dest, prefix)
+        })
+        .collect()
+}
+
+/// Address management policy over the host's routes.
+pub struct Ipam {
+    routes: Box<dyn RouteSource>,
+}
+
+impl Ipam {
+    /// IPAM that consults `routes` when picking subnets.
+    pub fn new(routes: Box<dyn RouteSource>) -> Ipam {
+        Ipam { routes }
+    }
+
+    /// The first pool /24 that overlaps neither a host route nor an existing
+    /// network.
+    pub fn pick_subnet(&self, existing: &[Ipv4Net]) -> Result<Ipv4Net, IpamError> {
+        let routes = self.routes.routes()?;
+        DEFAULT_POOL
+            .iter()
+            .filter_map(|s| s.parse::<Ipv4Net>().ok())
+            .flat_map(|block| block.subnets(POOL_SUBNET_PREFIX).collect::<Vec<_>>())
+            .find(|cand| {
+                !routes.iter().any(|r| r.overlaps(cand))
+                    && !existing.iter().any(|e| e.overlaps(cand))
+            })
+            .ok_or(IpamError::PoolExhausted)
+    }
+
+    /// Checks a user-chosen subnet against the existing networks
+    /// (`(name, subnet)` pairs). Host routes are not checked: the user chose.
+    pub fn check_subnet(
+        &self,
+        subnet: Ipv4Net,
+        existing: &[(String, Ipv4Net)],
+    ) -> Result<(), IpamError> {
+        if subnet.prefix() > MAX_V4_PREFIX {
+            return Err(IpamError::SubnetTooSmall(subnet.to_string()));
+        }
+        match existing.iter().find(|(_, s)| s.overlaps(&subnet)) {
+            Some((name, s)) => Err(IpamError::SubnetOverlap {
+                subnet: subnet.to_string(),
+                other: name.clone(),
+                other_subnet: s.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The default gateway of a subnet (its first host address) or checks a
+/// chosen one.
+pub fn gateway4(subnet: Ipv4Net, chosen: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    if subnet.prefix() > MAX_V4_PREFIX {
+        return Err(IpamError::SubnetTooSmall(subnet.to_string()));
+    }
+    let gw = chosen.unwrap_or_else(|| subnet.nth(1).unwrap_or(subnet.addr()));
+    if !subnet.contains(gw) || gw == subnet.addr() || gw == subnet.broadcast() {
+        return Err(IpamError::BadGateway {
+            gateway: gw.to_string(),
+            subnet: subnet.to_string(),
+        });
+    }
+    Ok(gw)
+}
+
+/// The IPv6 gateway of a subnet: its `::1` address.
+pub fn gateway6(subnet: Ipv6Net) -> Result<Ipv6Addr, IpamError> {
+    if subnet.prefix() > MAX_V6_PREFIX {
+        return Err(IpamError::SubnetTooSmall(subnet.to_string()));
+    }
+    subnet
+        .nth(1)
+        .ok_or_else(|| IpamError::SubnetTooSmall(subnet.to_string()))
+}
+
+/// Allocates an IPv4 address in `subnet` for network `network`: the static
+/// `requested` one if usable, else the lowest free host address. `used` holds
+/// the current leases.
+pub fn allocate4(
+    network: &str,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    used: &BTreeSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
+    let reserved = |ip: Ipv4Addr| ip == subnet.addr() || ip == subnet.broadcast() || ip == gateway;
+    if let Some(ip) = requested {
+        if !subnet.contains(ip) {
+            return Err(IpamError::OutsideSubnet {
+                ip: ip.to_string(),
+                network: network.to_string(),
+                subnet: subnet.to_string(),
+            });
+        }
+        if reserved(ip) {
+            return Err(IpamError::Reserved {
+                ip: ip.to_string(),
+                network: network.to_string(),
+            });
+        }
+        if used.contains(&ip) {
+            return Err(IpamError::InUse {
+                ip: ip.to_string(),
+                network: network.to_string(),
+            });
+        }
+        return Ok(ip);
+    }
+    (1..subnet.size().saturating_sub(1))
+        .filter_map(|n| subnet.nth(n))
+        .find(|ip| !reserved(*ip) && !used.contains(ip))
+        .ok_or_else(|| IpamError::Exhausted {
+            network: network.to_string(),
+            subnet: subnet.to_string(),
+        })
+}
+
+/// Allocates an IPv6 address sequentially from `::2`, skipping `used` and the
+/// gateway.
+pub fn allocate6(
+    network: &str,
+    subnet: Ipv6Net,
+    gateway: Ipv6Addr,
+    used: &BTreeSet<Ipv6Addr>,
+) -> Result<Ipv6Addr, IpamError> {
+    (2u128..)
+        .map_while(|n| subnet.nth(n))
+        .take(used.len() + 2)
+        .find(|ip| *ip != gateway && !used.contains(ip))
+        .ok_or_else(|| IpamError::Exhausted {
+            network: network.to_string(),
+            subnet: subnet.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    const PROC_ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0100590A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0000590A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+garbage line
+";
+
+    #[test]
+    fn parses_proc_net_route() {
+        let r = parse_proc_route(PROC_ROUTE);
+        assert_eq!(r, vec![net("10.89.0.0/24"), net("172.17.0.0/16")]);
+    }
+
+    #[test]
+    fn picks_first_free_pool_subnet_skipping_routes_and_networks() {
+        let ipam = Ipam::new(Box::new(StaticRoutes(parse_proc_route(PROC_ROUTE))));
+        assert_eq!(ipam.pick_subnet(&[]).unwrap(), net("10.89.1.0/24"));
+        assert_eq!(
+            ipam.pick_subnet(&[net("10.89.1.0/24")]).unwrap(),
+            net("10.89.2.0/24")
+        );
+        let ipam = Ipam::new(Box::new(StaticRoutes(vec![net("10.0.0.0/8")])));
+        assert_eq!(ipam.pick_subnet(&[]).unwrap(), net("172.28.0.0/24"));
+    }
+
+    #[test]
+    fn pool_exhaustion_is_an_error() {
+        let ipam = Ipam::new(Box::new(StaticRoutes(vec![
+            net("10.0.0.0/8"),
+            net("172.16.0.0/12"),
+        ])));
+        assert!(matches!(
+            ipam.pick_subnet(&[]),
+            Err(IpamError::PoolExhausted)
+        ));
+    }
+
+    #[test]
+    fn explicit_subnet_checks() {
+        let ipam = Ipam::new(Box::new(StaticRoutes::default()));
+        let existing = vec![("a".to_string(), net("10.1.0.0/16"))];
+        assert!(ipam.check_subnet(net("10.2.0.0/16"), &existing).is_ok());
+        let e = ipam
+            .check_subnet(net("10.1.5.0/24"), &existing)
+            .unwrap_err();
+        assert!(e.to_string().contains("overlaps network \"a\""));
+        assert!(ipam.check_subnet(net("10.0.0.0/8"), &existing).is_err());
+        assert!(matches!(
+            ipam.check_subnet(net("10.3.0.0/31"), &existing),
+            Err(IpamError::SubnetTooSmall(_))
+        ));
+    }
+
+    #[test]
+    fn gateway_defaults_and_checks() {
+        let s = net("10.5.0.0/24");
+        assert_eq!(gateway4(s, None).unwrap(), Ipv4Addr::new(10, 5, 0, 1));
+        assert_eq!(
+            gateway4(s, Some(Ipv4Addr::new(10, 5, 0, 254))).unwrap(),
+            Ipv4Addr::new(10, 5, 0, 254)
+        );
+        for bad in [
+            Ipv4Addr::new(10, 5, 0, 0),
+            Ipv4Addr::new(10, 5, 0, 255),
+            Ipv4Addr::new(10, 6, 0, 1),
+        ] {
+            assert!(matches!(
+                gateway4(s, Some(bad)),
+                Err(IpamError::BadGateway { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn allocates_sequentially_and_static() {
+        let s = net("10.5.0.0/29");
+        let gw = Ipv4Addr::new(10, 5, 0, 1);
+        let mut used = BTreeSet::new();
+        let a = allocate4("n", s, gw, &used, None).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 5, 0, 2));
+        used.insert(a);
+        let b = allocate4("n", s, gw, &used, Some(Ipv4Addr::new(10, 5, 0, 6))).unwrap();
+        used.insert(b);
+        let err = |ip| allocate4("n", s, gw, &used, Some(ip)).unwrap_err();
+        assert!(matches!(
+            err(Ipv4Addr::new(10, 5, 0, 6)),
+            IpamError::InUse { .. }
+        ));
+        assert!(matches!(
+            err(Ipv4Addr::new(10, 5, 0, 9)),
+            IpamError::OutsideSubnet { .. }
+        ));
+        assert!(matches!(
+            err(Ipv4Addr::new(10, 5, 0, 7)),
+            IpamError::Reserved { .. }
+        ));
+        assert!(matches!(err(gw), IpamError::Reserved { .. }));
+        for want in [3, 4, 5] {
+            let ip = allocate4("n", s, gw, &used, None).unwrap();
+            assert_eq!(ip, Ipv4Addr::new(10, 5, 0, want));
+            used.insert(ip);
+        }
+        assert!(matches!(
+            allocate4("n", s, gw, &used, None),
+            Err(IpamError::Exhausted { .. })
+        ));
+        used.remove(&Ipv4Addr::new(10, 5, 0, 4));
+        assert_eq!(
+            allocate4("n", s, gw, &used, None).unwrap(),
+            Ipv4Addr::new(10, 5, 0, 4)
+        );
+    }
+
+    #[test]
+    fn slash_30_holds_one_endpoint() {
+        let s = net("10.7.0.0/30");
+        let gw = gateway4(s, None).unwrap();
+        let mut used = BTreeSet::new();
+        used.insert(allocate4("n", s, gw, &used, None).unwrap());
+        assert!(matches!(
+            allocate4("n", s, gw, &used, None),
+            Err(IpamError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn v6_sequential() {
+        let s: Ipv6Net = "fd00::/126".parse().unwrap();
+        let gw = gateway6(s).unwrap();
+        let mut used = BTreeSet::new();
+        let a = allocate6("n", s, gw, &used).unwrap();
+        assert_eq!(a.to_string(), "fd00::2");
+        used.insert(a);
+        used.insert(allocate6("n", s, gw, &used).unwrap());
+        assert!(allocate6("n", s, gw, &used).is_err());
+        assert!(gateway6("fd00::/127".parse().unwrap()).is_err());
+    }
+}

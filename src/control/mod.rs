@@ -1,0 +1,17 @@
+//! The control plane (slow path): the network/endpoint model, IPAM,
+//! persistence, the daemon that applies changes to the data plane, and the
+//! JSON API over a Unix socket with its server and client. It decides and
+//! publishes tables; it never touches a packet.
+
+pub mod api;
+pub mod attach;
+pub mod attach_fake;
+pub mod client;
+pub mod daemon;
+pub mod error;
+pub mod ipam;
+pub mod model;
+pub mod net;
+pub mod paths;
+pub mod server;
+pub mod store;

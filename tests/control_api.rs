@@ -1,0 +1,582 @@
+//! The control API end to end: every bad input gets a clear error while the
+//! daemon keeps serving and its state stays unchanged; state survives a
+//! restart; the binary reports startup and connection problems clearly.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchyard::control::api::{ErrorKind, Pong, Response};
+use switchyard::control::client::{Client, ClientError};
+use switchyard::control::model::{Endpoint, Network};
+use switchyard::control::store::State;
+
+use common::{make_daemon, TempDir, TestDaemon};
+
+fn call(c: &mut Client, line: &str) -> Response {
+    c.call_line(line.as_bytes()).expect("daemon answers")
+}
+
+fn err_kind(c: &mut Client, line: &str) -> (ErrorKind, String) {
+    let r = call(c, line);
+    assert!(!r.ok, "{line} succeeded: {r:?}");
+    let e = r.error.expect("error body");
+    (e.kind, e.message)
+}
+
+fn ok(c: &mut Client, line: &str) -> Value {
+    let r = call(c, line);
+    assert!(r.ok, "{line} failed: {:?}", r.error);
+    r.result.unwrap_or(Value::Null)
+}
+
+fn state(t: &TestDaemon) -> State {
+    t.daemon.lock().expect("lock").state().clone()
+}
+
+fn alive(c: &mut Client) {
+    let p: Pong = c
+        .call_raw(&switchyard::control::api::Request::Ping)
+        .expect("ping")
+        .into_result()
+        .expect("pong");
+    assert_eq!(p.pid, std::process::id());
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let dir = TempDir::new("bad");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"web","subnet":"10.1.0.0/24"}"#,
+    );
+    let before = state(&t);
+    let saved = std::fs::read(dir.path().join("state/state.json")).expect("state file");
+
+    let cases: &[(&str, ErrorKind, &str)] = &[
+        ("{not json", ErrorKind::MalformedJson, "not valid JSON"),
+        (
+            r#"{"op":"explode"}"#,
+            ErrorKind::UnknownOp,
+            "unknown op \"explode\"",
+        ),
+        (r#"{"name":"x"}"#, ErrorKind::UnknownOp, "no \"op\""),
+        (
+            r#"{"op":"network_inspect","name":"nope"}"#,
+            ErrorKind::NotFound,
+            "network \"nope\" does not exist",
+        ),
+        (
+            r#"{"op":"connect","network":"nope","target":{"pid":1}}"#,
+            ErrorKind::NotFound,
+            "switchyard network create nope",
+        ),
+        (
+            r#"{"op":"network_create","name":"web","subnet":"10.2.0.0/24"}"#,
+            ErrorKind::AlreadyExists,
+            "switchyard network rm web",
+        ),
+        (
+            r#"{"op":"network_create","name":"web2","subnet":"10.1.0.128/25"}"#,
+            ErrorKind::Conflict,
+            "overlaps network \"web\"",
+        ),
+        (
+            r#"{"op":"network_create","name":"w3","subnet":"10.3.0.0/33"}"#,
+            ErrorKind::BadRequest,
+            "prefix length must be a number from 0 to 32",
+        ),
+        (
+            r#"{"op":"network_create","name":"w3","subnet":"10.3.0.1/24"}"#,
+            ErrorKind::BadRequest,
+            "did you mean 10.3.0.0/24",
+        ),
+        (
+            r#"{"op":"network_create","name":"-x"}"#,
+            ErrorKind::BadRequest,
+            "invalid network name",
+        ),
+        (
+            r#"{"op":"network_create","name":"w4","mtu":100}"#,
+            ErrorKind::BadRequest,
+            "576 to 65520",
+        ),
+        (
+            r#"{"op":"network_create","name":"w5","driver":"overlay"}"#,
+            ErrorKind::Unsupported,
+            "not yet supported",
+        ),
+        (
+            r#"{"op":"network_create","name":"w6","subnet":"10.6.0.0/24","gateway":"10.7.0.1"}"#,
+            ErrorKind::BadRequest,
+            "not a host address",
+        ),
+        (
+            r#"{"op":"connect","network":"web","target":{"netns":{"path":"/nonexistent"}}}"#,
+            ErrorKind::NotFound,
+            "/nonexistent does not exist",
+        ),
+        (
+            r#"{"op":"disconnect","network":"web","endpoint":"ghost"}"#,
+            ErrorKind::NotFound,
+            "not found",
+        ),
+        (
+            r#"{"op":"publish","endpoint":"ghost","spec":"80:80"}"#,
+            ErrorKind::NotFound,
+            "not found",
+        ),
+        (
+            r#"{"op":"publish","endpoint":"ghost","spec":"80"}"#,
+            ErrorKind::BadRequest,
+            "HOSTPORT:PORT",
+        ),
+        (
+            r#"{"op":"network_remove","name":"default"}"#,
+            ErrorKind::InUse,
+            "built in",
+        ),
+    ];
+    for (line, kind, needle) in cases {
+        let (k, msg) = err_kind(&mut c, line);
+        assert_eq!(k, *kind, "{line}: {msg}");
+        assert!(
+            msg.contains(needle),
+            "{line}: message {msg:?} lacks {needle:?}"
+        );
+    }
+    let line = format!(
+        r#"{{"op":"connect","network":"web","target":{{"pid":{}}},"ip":"10.9.0.5"}}"#,
+        std::process::id()
+    );
+    let (k, msg) = err_kind(&mut c, &line);
+    assert_eq!(k, ErrorKind::BadRequest, "{msg}");
+    assert!(msg.contains("outside subnet 10.1.0.0/24"), "{msg}");
+    alive(&mut c);
+    assert_eq!(state(&t), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("state/state.json")).expect("state"),
+        saved
+    );
+}
+
+#[test]
+fn oversized_line_is_refused_and_connection_keeps_serving() {
+    let dir = TempDir::new("big");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    let mut line = br#"{"op":"ping","pad":""#.to_vec();
+    line.resize(line.len() + (1 << 20) + 10, b'x');
+    line.extend_from_slice(b"\"}");
+    let (kind, msg) = {
+        let r = c.call_line(&line).expect("answer");
+        let e = r.error.expect("error");
+        (e.kind, e.message)
+    };
+    assert_eq!(kind, ErrorKind::TooLarge, "{msg}");
+    alive(&mut c);
+    // Several requests in one write, answered in order.
+    let mut raw = UnixStream::connect(&t.socket).expect("connect");
+    raw.write_all(b"{\"op\":\"ping\"}\n\n{\"op\":\"nope\"}\n{\"op\":\"network_list\"}\n")
+        .expect("write");
+    raw.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut out).expect("read");
+    let kinds: Vec<bool> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Response>(l).expect("response").ok)
+        .collect();
+    assert_eq!(kinds, vec![true, false, true]);
+}
+
+#[test]
+fn connect_allocates_rolls_back_and_releases() {
+    let dir = TempDir::new("conn");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    let ns = dir.path().join("ns-a");
+    std::fs::write(&ns, b"").expect("ns file");
+    let target = format!(r#"{{"netns":{{"path":"{}"}}}}"#, ns.display());
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"tiny","subnet":"10.5.0.0/30"}"#,
+    );
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"second","subnet":"10.6.0.0/24","isolate":true}"#,
+    );
+
+    let ep: Endpoint = serde_json::from_value(ok(
+        &mut c,
+        &format!(r#"{{"op":"connect","network":"tiny","target":{target},"name":"a","publish":["8080:80"]}}"#),
+    ))
+    .expect("endpoint");
+    assert_eq!(
+        (
+            ep.ipv4.to_string().as_str(),
+            ep.ifname.as_str(),
+            ep.default_route
+        ),
+        ("10.5.0.2", "eth0", true)
+    );
+    assert_eq!(
+        t.daemon.lock().expect("lock").endpoint_ports(&ep.id).len(),
+        1
+    );
+
+    // The /30 holds one endpoint: the next is refused and nothing changes.
+    let ns_b = dir.path().join("ns-b");
+    std::fs::write(&ns_b, b"").expect("ns file");
+    let before = state(&t);
+    let (k, msg) = err_kind(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"tiny","target":{{"netns":{{"path":"{}"}}}}}}"#,
+            ns_b.display()
+        ),
+    );
+    assert_eq!(k, ErrorKind::Exhausted, "{msg}");
+    assert!(msg.contains("no free addresses"), "{msg}");
+    // Same host port published twice.
+    let (k, _) = err_kind(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"second","target":{{"netns":{{"path":"{}"}}}},"publish":["8080:80"]}}"#,
+            ns_b.display()
+        ),
+    );
+    assert_eq!(k, ErrorKind::Conflict);
+    // Attach failure rolls back.
+    t.attacher.fail.store(true, Ordering::Relaxed);
+    let (k, msg) = err_kind(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"second","target":{{"netns":{{"path":"{}"}}}}}}"#,
+            ns_b.display()
+        ),
+    );
+    assert_eq!(k, ErrorKind::Attach, "{msg}");
+    t.attacher.fail.store(false, Ordering::Relaxed);
+    assert_eq!(state(&t), before);
+    assert_eq!(
+        t.daemon
+            .lock()
+            .expect("lock")
+            .dataplane()
+            .topology()
+            .ports()
+            .count(),
+        1
+    );
+
+    // The same sandbox on a second network gets eth1 without default route.
+    let ep2: Endpoint = serde_json::from_value(ok(
+        &mut c,
+        &format!(r#"{{"op":"connect","network":"second","target":{target},"name":"a"}}"#),
+    ))
+    .expect("endpoint");
+    assert_eq!((ep2.ifname.as_str(), ep2.default_route), ("eth1", false));
+    let (k, _) = err_kind(
+        &mut c,
+        &format!(r#"{{"op":"connect","network":"second","target":{target}}}"#),
+    );
+    assert_eq!(k, ErrorKind::AlreadyExists);
+    let (k, msg) = err_kind(
+        &mut c,
+        r#"{"op":"publish","endpoint":"a","spec":"9090:90"}"#,
+    );
+    assert_eq!(k, ErrorKind::BadRequest, "{msg}");
+    ok(
+        &mut c,
+        r#"{"op":"publish","endpoint":"second/a","spec":"9090:90"}"#,
+    );
+    ok(
+        &mut c,
+        r#"{"op":"unpublish","endpoint":"second/a","spec":"9090:90/tcp"}"#,
+    );
+    let (k, _) = err_kind(&mut c, r#"{"op":"network_remove","name":"tiny"}"#);
+    assert_eq!(k, ErrorKind::InUse);
+
+    let stats = ok(&mut c, r#"{"op":"stats"}"#);
+    assert_eq!(stats["endpoints"].as_array().map(Vec::len), Some(2));
+    assert!(stats["stats"]["drops"]
+        .as_object()
+        .is_some_and(|d| !d.is_empty()));
+
+    ok(
+        &mut c,
+        r#"{"op":"disconnect","network":"tiny","endpoint":"a"}"#,
+    );
+    assert_eq!(
+        t.daemon
+            .lock()
+            .expect("lock")
+            .dataplane()
+            .topology()
+            .ports()
+            .count(),
+        1
+    );
+    // Released: the address is free again.
+    let again: Endpoint = serde_json::from_value(ok(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"tiny","target":{{"netns":{{"path":"{}"}}}}}}"#,
+            ns_b.display()
+        ),
+    ))
+    .expect("endpoint");
+    assert_eq!(again.ipv4.to_string(), "10.5.0.2");
+    assert_eq!(again.name, "ep1");
+    ok(
+        &mut c,
+        r#"{"op":"disconnect","network":"tiny","endpoint":"ep1"}"#,
+    );
+    ok(&mut c, r#"{"op":"network_remove","name":"tiny"}"#);
+    let nets: Vec<Network> =
+        serde_json::from_value(ok(&mut c, r#"{"op":"network_list"}"#)).expect("list");
+    let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, vec!["default", "second"]);
+}
+
+#[test]
+fn unwritable_state_refuses_changes_and_keeps_memory() {
+    let dir = TempDir::new("ro");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("file");
+    let e = make_daemon(&file.join("sub"), Default::default())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("not writable"), "{e}");
+
+    let state_dir = dir.path().join("state");
+    let t = TestDaemon::start(&state_dir, &dir.path().join("api.sock"));
+    let mut c = t.client();
+    let before = state(&t);
+    // Pull the directory away and put a file in its place.
+    std::fs::remove_dir_all(&state_dir).expect("rm");
+    std::fs::write(&state_dir, b"x").expect("file");
+    let (k, msg) = err_kind(
+        &mut c,
+        r#"{"op":"network_create","name":"x","subnet":"10.8.0.0/24"}"#,
+    );
+    assert_eq!(k, ErrorKind::State, "{msg}");
+    assert!(msg.contains("the change was not made"), "{msg}");
+    assert_eq!(state(&t), before);
+    assert_eq!(
+        t.daemon
+            .lock()
+            .expect("lock")
+            .dataplane()
+            .topology()
+            .networks()
+            .count(),
+        1
+    );
+    alive(&mut c);
+}
+
+#[test]
+fn state_survives_restart_and_gone_sandboxes_are_dropped() {
+    let dir = TempDir::new("restart");
+    let state_dir = dir.path().join("state");
+    let sock = dir.path().join("api.sock");
+    let ns_keep = dir.path().join("ns-keep");
+    let ns_gone = dir.path().join("ns-gone");
+    std::fs::write(&ns_keep, b"").expect("ns");
+    std::fs::write(&ns_gone, b"").expect("ns");
+    {
+        let t = TestDaemon::start(&state_dir, &sock);
+        let mut c = t.client();
+        ok(
+            &mut c,
+            r#"{"op":"network_create","name":"keep","subnet":"10.4.0.0/24","isolate":true}"#,
+        );
+        for (name, ns) in [("k", &ns_keep), ("g", &ns_gone)] {
+            ok(
+                &mut c,
+                &format!(
+                    r#"{{"op":"connect","network":"keep","target":{{"netns":{{"path":"{}"}}}},"name":"{name}"}}"#,
+                    ns.display()
+                ),
+            );
+        }
+        // A second daemon on the same socket is refused.
+        let e = switchyard::control::server::Server::bind(&sock)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("another switchyard daemon"), "{e}");
+        t.stop();
+    }
+    assert!(!sock.exists(), "socket removed on stop");
+    std::fs::remove_file(&ns_gone).expect("rm ns");
+    let t = TestDaemon::start(&state_dir, &sock);
+    let s = state(&t);
+    let net = s
+        .networks
+        .iter()
+        .find(|n| n.name == "keep")
+        .expect("network kept");
+    assert!(net.isolate);
+    let eps: Vec<&str> = s.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(eps, vec!["k"]);
+    let log = t.attacher.log.lock().expect("log");
+    assert_eq!(log.attached.len(), 1, "k re-attached");
+    assert_eq!(log.attached[0].0.ifname, "eth0");
+    drop(log);
+    let k = &s.endpoints[0];
+    assert_eq!(
+        t.daemon.lock().expect("lock").endpoint_ports(&k.id).len(),
+        1
+    );
+    // The gone endpoint's address is free again.
+    let mut c = t.client();
+    std::fs::write(&ns_gone, b"").expect("ns");
+    let ep: Endpoint = serde_json::from_value(ok(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"keep","target":{{"netns":{{"path":"{}"}}}}}}"#,
+            ns_gone.display()
+        ),
+    ))
+    .expect("endpoint");
+    assert_eq!(ep.ipv4.to_string(), "10.4.0.3");
+}
+
+#[test]
+fn corrupt_state_is_moved_aside() {
+    let dir = TempDir::new("corrupt");
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).expect("dir");
+    std::fs::write(state_dir.join("state.json"), b"{ this is not json").expect("write");
+    let t = TestDaemon::start(&state_dir, &dir.path().join("api.sock"));
+    let names: Vec<String> = state(&t).networks.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(names, vec!["default"]);
+    let aside: Vec<_> = std::fs::read_dir(&state_dir)
+        .expect("ls")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        std::fs::read(aside[0].path()).expect("read"),
+        b"{ this is not json"
+    );
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+#[test]
+fn binary_reports_problems_clearly() {
+    let dir = TempDir::new("bin");
+    let sock = dir.path().join("run/api.sock");
+    // No daemon yet.
+    let out = bin()
+        .arg("--socket")
+        .arg(&sock)
+        .arg("ps")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the switchyard daemon") && err.contains("switchyard daemon"),
+        "{err}"
+    );
+    // Unwritable state dir.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("file");
+    let out = bin()
+        .args(["daemon", "--workers", "1", "--state-dir"])
+        .arg(file.join("sub"))
+        .arg("--socket")
+        .arg(dir.path().join("other.sock"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not writable"), "{err}");
+    // Cluster options are refused.
+    let out = bin()
+        .args(["daemon", "--peer", "10.0.0.1"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+
+    let mut daemon = bin()
+        .env("SWITCHYARD_SOCKET", &sock)
+        .args(["daemon", "--workers", "1", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Client::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&sock).expect("sock").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let cli = |args: &[&str]| {
+        bin()
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("cli")
+    };
+    let out = cli(&["network", "create", "web", "--subnet", "10.30.0.0/24"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["network", "ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ls.contains("web") && ls.contains("10.30.0.0/24") && ls.contains("default"),
+        "{ls}"
+    );
+    let out = cli(&["connect", "web", "--netns", "/nonexistent"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent does not exist"));
+    let ns = dir.path().join("ns");
+    std::fs::write(&ns, b"").expect("ns");
+    let out = cli(&["connect", "web", "--netns", ns.to_str().expect("utf8")]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("namespace attach not available in this build"));
+    let out = cli(&["network", "create", "web"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = cli(&["stats", "--json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["stats"]["drops"].is_object());
+    let out = cli(&["run", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not wired yet"));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = daemon.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists());
+    let _ = ClientError::Timeout(sock);
+}
