@@ -13,9 +13,11 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod dataplane;
+pub mod ns;
 pub mod pipeline;
 pub mod ports;
 pub mod stats;
+pub mod sys;
 pub mod tables;
 pub mod wire;
 
@@ -23,6 +25,8 @@ pub mod wire;
 /// as a helper (`switchyard __attach ...`). Returns the exit code if `args`
 /// named one; `None` lets the CLI run.
 pub fn internal_entry(args: &[String]) -> Option<i32> {
-    let _ = args;
-    None
+    match args.get(1).map(String::as_str) {
+        Some("__sandbox") => Some(ns::sandbox::sandbox_helper_main(&args[2..])),
+        _ => None,
+    }
 }

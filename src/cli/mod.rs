@@ -81,6 +81,12 @@ pub enum CliError {
     /// Arguments that clap cannot rule out on its own.
     #[error("{0}")]
     Usage(&'static str),
+    /// A topology file for `up` is unreadable or invalid.
+    #[error("topology: {0}")]
+    Topology(String),
+    /// Creating, attaching or running a sandbox failed.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     /// Signal setup failed.
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] nix::Error),
@@ -94,7 +100,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let socket = cli.socket.unwrap_or_else(paths::default_socket);
     match cli.command {
         Command::Daemon(a) => daemon::daemon(&socket, a).map(|()| 0),
-        Command::Up(a) => up::up(a),
+        Command::Up(a) => up::up(&socket, a),
         Command::Network(c) => network::network(&socket, c).map(|()| 0),
         Command::Run(a) => run::run(&socket, a),
         Command::Connect(a) => connect::connect(&socket, a).map(|()| 0),

@@ -1,10 +1,28 @@
-//! `switchyard up`: arguments only; the implementation is merged separately.
+//! `switchyard up FILE.toml`: the daemon in the foreground with the networks
+//! and sandboxes a topology file declares. Prints what is up, serves the API
+//! (so `switchyard ps`/`stats` work meanwhile), and tears everything down on
+//! Ctrl-C or SIGTERM. State is kept in a temporary directory: an `up` run
+//! leaves nothing behind.
 
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
 
-use super::CliError;
+use super::run::{prepare, Launched, SandboxSpec};
+use super::{print, table, CliError};
+use crate::control::api::{NetworkCreate, Request};
+use crate::control::client::Client;
+use crate::control::daemon::{Daemon, DaemonConfig};
+use crate::control::ipam::ProcRoutes;
+use crate::control::model::{Network, Publication};
+use crate::control::server::Server;
+use crate::dataplane::DataplaneConfig;
 
 /// Arguments of `up`.
 #[derive(Debug, Args)]
@@ -12,10 +30,235 @@ pub struct UpArgs {
     /// Topology file (TOML).
     #[arg(value_name = "FILE.toml")]
     pub file: PathBuf,
+    /// Data-plane worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+}
+
+/// A sandbox in a topology file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDecl {
+    /// Endpoint name.
+    pub name: String,
+    /// Networks to join (default: "default").
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Extra DNS names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Static IPv4 address on the first network.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Published ports.
+    #[serde(default)]
+    pub publish: Vec<Publication>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+}
+
+/// A topology file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Networks to create (besides `default`).
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkCreate>,
+    /// Sandboxes to start.
+    #[serde(default, rename = "sandbox")]
+    pub sandboxes: Vec<SandboxDecl>,
+}
+
+impl Topology {
+    /// Reads and checks a topology file.
+    pub fn load(path: &Path) -> Result<Topology, CliError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Topology(format!("cannot read {}: {e}", path.display())))?;
+        let topo: Topology = toml::from_str(&text)
+            .map_err(|e| CliError::Topology(format!("{}: {e}", path.display())))?;
+        for s in &topo.sandboxes {
+            if s.command.is_empty() {
+                return Err(CliError::Topology(format!(
+                    "{}: sandbox {:?} has an empty command",
+                    path.display(),
+                    s.name
+                )));
+            }
+        }
+        Ok(topo)
+    }
+}
+
+fn temp_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("switchyard-up-{}", std::process::id()))
 }
 
 /// Runs `up`; returns the exit status.
-pub fn up(args: UpArgs) -> Result<i32, CliError> {
-    let _ = args;
-    Err(CliError::NotWired("up"))
+pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
+    let topo = Topology::load(&args.file)?;
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().map_err(CliError::Signals)?;
+
+    let server = Server::bind(socket)?;
+    let mut dataplane = DataplaneConfig::default();
+    if let Some(n) = args.workers {
+        dataplane.workers = usize::from(n);
+    }
+    let state_dir = temp_state_dir();
+    let config = DaemonConfig {
+        state_dir: state_dir.clone(),
+        dataplane,
+        routes: Box::new(ProcRoutes::default()),
+    };
+    let daemon = Daemon::new(
+        config,
+        Box::new(crate::control::attach::UnavailableAttacher),
+    )?;
+    let stop = server.stop_handle();
+    let serving = std::thread::Builder::new()
+        .name("sy-api".into())
+        .spawn(move || server.serve(Arc::new(Mutex::new(daemon))))
+        .map_err(|e| CliError::Sandbox(format!("cannot start the API thread: {e}")))?;
+
+    let mut client = Client::connect(socket)?;
+    let result = bring_up(&mut client, &topo);
+    let code = match result {
+        Ok(launched) => {
+            report(&mut client, &launched)?;
+            let waiter = wait_for_signal(signals);
+            let pids: Vec<u32> = launched.iter().map(|l| l.sandbox.pid()).collect();
+            tracing::info!("stopping: {waiter}");
+            tear_down(socket, launched, &pids);
+            0
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            1
+        }
+    };
+    stop.stop();
+    let _ = serving.join();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    Ok(code)
+}
+
+fn bring_up(client: &mut Client, topo: &Topology) -> Result<Vec<Launched>, CliError> {
+    for n in &topo.networks {
+        let _: Network = client.call(&Request::NetworkCreate(n.clone()))?;
+    }
+    let mut launched: Vec<Launched> = Vec::new();
+    // Attach everyone first so each sandbox's /etc/hosts lists all the others.
+    for s in &topo.sandboxes {
+        let spec = SandboxSpec {
+            name: Some(s.name.clone()),
+            networks: s.networks.clone(),
+            aliases: s.aliases.clone(),
+            ip: s.ip,
+            publish: s.publish.clone(),
+            command: s.command.clone(),
+        };
+        match prepare(client, &spec) {
+            Ok(l) => launched.push(l),
+            Err(e) => {
+                for mut l in launched {
+                    l.abort(client);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for i in 0..launched.len() {
+        if let Err(e) = launched[i].start(client) {
+            for mut l in launched {
+                l.abort(client);
+            }
+            return Err(e);
+        }
+    }
+    Ok(launched)
+}
+
+fn report(client: &mut Client, launched: &[Launched]) -> Result<(), CliError> {
+    let networks: Vec<Network> = client.call(&Request::NetworkList)?;
+    let rows: Vec<Vec<String>> = networks
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.subnet4.to_string(),
+                n.gateway4.to_string(),
+                [
+                    n.internal.then_some("internal"),
+                    n.isolate.then_some("isolate"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(",")
+                .chars()
+                .collect::<String>(),
+            ]
+        })
+        .collect();
+    print(&table(&["NETWORK", "SUBNET", "GATEWAY", "OPTIONS"], &rows))?;
+    print("\n")?;
+    let rows: Vec<Vec<String>> = launched
+        .iter()
+        .flat_map(|l| {
+            l.endpoints.iter().map(move |e| {
+                vec![
+                    e.name.clone(),
+                    l.sandbox.pid().to_string(),
+                    e.network.clone(),
+                    e.ifname.clone(),
+                    e.ipv4.to_string(),
+                    e.mac.to_string(),
+                ]
+            })
+        })
+        .collect();
+    print(&table(
+        &["SANDBOX", "PID", "NETWORK", "IF", "IP", "MAC"],
+        &rows,
+    ))?;
+    print("\nswitchyard is up; press Ctrl-C to tear everything down.\n")
+}
+
+fn wait_for_signal(signals: SigSet) -> String {
+    match signals.wait() {
+        Ok(sig) => format!("received {sig}"),
+        Err(e) => format!("signal wait failed: {e}"),
+    }
+}
+
+fn tear_down(socket: &Path, launched: Vec<Launched>, pids: &[u32]) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut client = match Client::connect(socket) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            None
+        }
+    };
+    for mut l in launched {
+        while !l.sandbox.try_wait() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        l.sandbox.kill();
+        let _ = l.sandbox.wait();
+        if let Some(c) = client.as_mut() {
+            for e in l.teardown(c) {
+                eprintln!("switchyard: {e}");
+            }
+        }
+    }
 }
