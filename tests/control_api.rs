@@ -567,8 +567,11 @@ fn binary_reports_problems_clearly() {
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["stats"]["drops"].is_object());
+    // `run` fails cleanly when attaching fails, and leaves no endpoint behind.
     let out = cli(&["run", "--", "true"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not wired yet"));
+    assert!(!out.status.success());
+    let out = cli(&["ps"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
