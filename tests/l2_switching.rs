@@ -257,3 +257,62 @@ fn aging_forgets_silent_addresses() {
     assert_eq!(drain(&c).len(), 1);
     assert_eq!(sw.dp.stats().events["mac-aged"], 1);
 }
+
+#[test]
+fn gateway_answers_arp_and_ping_and_drops_the_rest() {
+    use switchyard::tables::topology::GatewayInfo;
+    let mut sw = Switch::new(1);
+    let gw_mac = MacAddr([2, 0x5e, 0, 0, 0, 1]);
+    let n = sw
+        .dp
+        .add_network(NetworkSpec {
+            name: "gw".into(),
+            gateway: Some(GatewayInfo {
+                mac: gw_mac,
+                ipv4: Some([10, 7, 0, 1].into()),
+                ipv6: None,
+            }),
+            isolate: false,
+            internal: false,
+            mac_cap: None,
+        })
+        .unwrap();
+    let a = sw.port(n, 0, PortSecurity::default());
+    let b = sw.port(n, 0, PortSecurity::default());
+    sw.settle();
+    // ARP who-has 10.7.0.1 from 10.7.0.2.
+    let mut arp = MacAddr::BROADCAST.0.to_vec();
+    arp.extend_from_slice(&mac(1).0);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&mac(1).0);
+    arp.extend_from_slice(&[10, 7, 0, 2, 0, 0, 0, 0, 0, 0, 10, 7, 0, 1]);
+    a.inject(&arp);
+    sw.settle();
+    let reply = a.take_sent().expect("ARP reply");
+    assert_eq!(&reply[0..6], &mac(1).0);
+    assert_eq!(&reply[20..22], &[0, 2]);
+    assert_eq!(&reply[22..28], &gw_mac.0);
+    assert!(drain(&b).is_empty(), "ARP for the gateway is not flooded");
+
+    let mut ping = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(1).0, gw_mac.0)
+        .ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut ping, b"abc")
+        .unwrap();
+    a.inject(&ping);
+    let mut udp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(1).0, gw_mac.0)
+        .ipv4([10, 7, 0, 2], [192, 0, 2, 1], 64)
+        .udp(1, 2)
+        .write(&mut udp, b"abc")
+        .unwrap();
+    a.inject(&udp);
+    sw.settle();
+    let reply = a.take_sent().expect("echo reply");
+    assert_eq!(&reply[26..30], &[10, 7, 0, 1]);
+    assert_eq!(reply[34], 0);
+    assert!(a.take_sent().is_none());
+    assert!(drain(&b).is_empty());
+    assert_eq!(sw.dp.stats().drops_for(DropReason::GatewayUnhandled), 1);
+}
