@@ -1,0 +1,8 @@
+//! System calls: TAP devices, rtnetlink, namespaces and fd passing. The only
+//! module allowed `unsafe`, and every block says why it is sound.
+#![allow(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod netlink;
+pub mod netns;
+pub mod tun;
