@@ -5,7 +5,8 @@
 //! [`pipeline`] decides what happens to frames, in batches, on worker
 //! threads; [`tables`] holds what the pipeline reads per packet; [`ports`]
 //! moves frames in and out; [`dataplane`] is the control plane's handle on all
-//! of it; [`sys`] holds the system calls that need `unsafe`.
+//! of it; [`ns`] reaches into sandboxes' namespaces; [`sys`] holds the
+//! system calls that need `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,7 +27,8 @@ pub mod wire;
 /// named one; `None` lets the CLI run.
 pub fn internal_entry(args: &[String]) -> Option<i32> {
     match args.get(1).map(String::as_str) {
-        Some("__sandbox") => Some(ns::sandbox::sandbox_helper_main(&args[2..])),
+        Some(ns::ATTACH_VERB) => Some(ns::attach::attach_helper_main()),
+        Some(ns::SANDBOX_VERB) => Some(ns::sandbox::sandbox_helper_main(&args[2..])),
         _ => None,
     }
 }

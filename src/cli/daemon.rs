@@ -9,7 +9,6 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::CliError;
-use crate::control::attach::UnavailableAttacher;
 use crate::control::daemon::{Daemon, DaemonConfig};
 use crate::control::ipam::ProcRoutes;
 use crate::control::paths;
@@ -77,7 +76,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dataplane,
         routes: Box::new(ProcRoutes::default()),
     };
-    let daemon = Daemon::new(config, Box::new(UnavailableAttacher))?;
+    let daemon = Daemon::new(config, Box::new(crate::ns::NsAttacher::from_current_exe()))?;
     tracing::info!("switchyard daemon listening on {}", socket.display());
     let stop = server.stop_handle();
     std::thread::Builder::new()

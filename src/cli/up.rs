@@ -118,7 +118,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     };
     let daemon = Daemon::new(
         config,
-        Box::new(crate::control::attach::UnavailableAttacher),
+        Box::new(crate::ns::NsAttacher::from_current_exe()),
     )?;
     let stop = server.stop_handle();
     let serving = std::thread::Builder::new()

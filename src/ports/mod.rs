@@ -2,6 +2,7 @@
 //! exactly one worker, which is also the only one that writes to it.
 
 pub mod memory;
+pub mod tap;
 
 use std::io;
 use std::os::fd::RawFd;

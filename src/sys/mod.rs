@@ -1,6 +1,9 @@
-//! System calls that need `unsafe`: the only place in the crate where it is
-//! allowed. Every block says why it is sound.
+//! System calls: TAP devices, rtnetlink, namespaces and fd passing. The only
+//! module allowed `unsafe`, and every block says why it is sound.
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod netlink;
+pub mod netns;
+pub mod tun;
 pub mod fd;
