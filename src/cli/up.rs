@@ -116,10 +116,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         dataplane,
         routes: Box::new(ProcRoutes::default()),
     };
-    let daemon = Daemon::new(
-        config,
-        Box::new(crate::ns::NsAttacher::from_current_exe()),
-    )?;
+    let daemon = Daemon::new(config, Box::new(crate::ns::NsAttacher::from_current_exe()))?;
     let stop = server.stop_handle();
     let serving = std::thread::Builder::new()
         .name("sy-api".into())

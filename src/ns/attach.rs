@@ -143,7 +143,10 @@ impl Failure {
 #[derive(Debug, Serialize, Deserialize)]
 enum HelperRequest {
     Attach(AttachRequest),
-    Detach { target: SandboxTarget, ifname: String },
+    Detach {
+        target: SandboxTarget,
+        ifname: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

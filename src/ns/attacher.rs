@@ -48,9 +48,9 @@ impl Attacher for NsAttacher {
         };
         let attachment =
             attach_detailed(&self.helper_exe, &req).map_err(|e| AttachFailure(e.to_string()))?;
-        let ports = attachment
-            .into_ports(spec.mtu)
-            .map_err(|e| AttachFailure(format!("cannot use the TAP queues of {}: {e}", spec.ifname)))?;
+        let ports = attachment.into_ports(spec.mtu).map_err(|e| {
+            AttachFailure(format!("cannot use the TAP queues of {}: {e}", spec.ifname))
+        })?;
         Ok(ports
             .into_iter()
             .map(|p| Box::new(p) as Box<dyn Port>)
@@ -58,6 +58,10 @@ impl Attacher for NsAttacher {
     }
 
     fn detach(&self, target: &SandboxTarget, ifname: &str) -> Result<(), AttachFailure> {
+        // A sandbox that is gone took its interfaces with it.
+        if stat_namespace(target).is_none() {
+            return Ok(());
+        }
         detach(&self.helper_exe, target, ifname).map_err(|e| AttachFailure(e.to_string()))
     }
 

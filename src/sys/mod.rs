@@ -3,7 +3,7 @@
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod fd;
 pub mod netlink;
 pub mod netns;
 pub mod tun;
-pub mod fd;
