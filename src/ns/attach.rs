@@ -63,6 +63,15 @@ pub enum AttachError {
         #[source]
         source: io::Error,
     },
+    /// The path is not a namespace file.
+    #[error("{target} is not a network namespace ({source}); give a /proc/PID/ns/net or /run/netns/NAME path")]
+    NotNamespace {
+        /// Which path.
+        target: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The namespace exists but we may not enter it.
     #[error(
         "no permission to enter {target}: it belongs to another user; run as that user or root \
@@ -238,6 +247,10 @@ fn to_error(f: Failure, ifname: &str, target: String) -> AttachError {
                 source: source(),
             }
         }
+        Step::EnterNamespace if f.errno == Some(libc::EINVAL) => AttachError::NotNamespace {
+            target,
+            source: source(),
+        },
         Step::OpenNamespace | Step::EnterNamespace => AttachError::NoPermission {
             target,
             source: source(),
