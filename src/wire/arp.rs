@@ -292,7 +292,12 @@ mod tests {
         let me = MacAddr([2, 0, 0, 0, 0, 0xee]);
         let peer = MacAddr([2, 0, 0, 0, 0, 1]);
         let mut f = [0u8; 60];
-        let eth = EthernetRepr { dst: MacAddr::BROADCAST, src: peer, vlan: None, ethertype: EtherType::Arp };
+        let eth = EthernetRepr {
+            dst: MacAddr::BROADCAST,
+            src: peer,
+            vlan: None,
+            ethertype: EtherType::Arp,
+        };
         let n = eth.emit(&mut f).unwrap();
         let req = ArpRepr {
             operation: Operation::Request,
@@ -306,18 +311,27 @@ mod tests {
         let fr = Frame::new_checked(&f[..]).unwrap();
         assert_eq!((fr.dst(), fr.src()), (peer, me));
         let rep = ArpRepr::parse(&Packet::new_checked(fr.payload()).unwrap()).unwrap();
-        assert_eq!(rep, ArpRepr {
-            operation: Operation::Reply,
-            source_mac: me,
-            source_ip: req.target_ip,
-            target_mac: peer,
-            target_ip: req.source_ip,
-        });
+        assert_eq!(
+            rep,
+            ArpRepr {
+                operation: Operation::Reply,
+                source_mac: me,
+                source_ip: req.target_ip,
+                target_mac: peer,
+                target_ip: req.source_ip,
+            }
+        );
         // A reply is not answered again.
         assert_eq!(make_reply_in_place(&mut f, n, me), Err(Error::Unsupported));
-        assert_eq!(make_reply_in_place(&mut f[..41], n, me), Err(Error::Truncated));
+        assert_eq!(
+            make_reply_in_place(&mut f[..41], n, me),
+            Err(Error::Truncated)
+        );
         assert_eq!(make_reply_in_place(&mut f, 1, me), Err(Error::Malformed));
-        assert_eq!(make_reply_in_place(&mut f, usize::MAX, me), Err(Error::Truncated));
+        assert_eq!(
+            make_reply_in_place(&mut f, usize::MAX, me),
+            Err(Error::Truncated)
+        );
     }
 
     proptest! {

@@ -377,7 +377,10 @@ mod tests {
         assert_eq!(f.payload(), &[0xaa, 0xbb]);
         assert_eq!(f.vlan(), None);
         let h = parse_l2(&UNTAGGED).unwrap();
-        assert_eq!((h.l3_offset, h.vlan, h.ethertype), (14, None, EtherType::Ipv4));
+        assert_eq!(
+            (h.l3_offset, h.vlan, h.ethertype),
+            (14, None, EtherType::Ipv4)
+        );
     }
 
     #[test]
@@ -390,11 +393,21 @@ mod tests {
         b[20..22].copy_from_slice(&[0x86, 0xdd]);
         let f = Frame::new_checked(&b[..]).unwrap();
         assert_eq!(f.payload_offset(), 22);
-        assert_eq!(f.vlan(), Some(VlanTag { pcp: 1, dei: false, vid: 10 }));
+        assert_eq!(
+            f.vlan(),
+            Some(VlanTag {
+                pcp: 1,
+                dei: false,
+                vid: 10
+            })
+        );
         assert_eq!(f.inner_vlan().unwrap().vid, 20);
         assert_eq!(f.ethertype(), EtherType::Ipv6);
         let h = parse_l2(&b).unwrap();
-        assert_eq!((h.l3_offset, h.vlan, h.ethertype), (22, Some(10), EtherType::Ipv6));
+        assert_eq!(
+            (h.l3_offset, h.vlan, h.ethertype),
+            (22, Some(10), EtherType::Ipv6)
+        );
         assert_eq!(Frame::new_checked(&b[..21]).err(), Some(Error::Truncated));
         assert_eq!(parse_l2(&b[..21]), Err(Error::Truncated));
         assert_eq!(parse_l2(&b[..17]), Err(Error::Truncated));

@@ -41,7 +41,11 @@ impl<'a> Segmenter<'a> {
     /// other GSO types are `Unsupported`. `mss_override` replaces
     /// `hdr.gso_size`; an MSS of 0 or one making a segment's IP length exceed
     /// 65535 is `Malformed`.
-    pub fn new(frame: &'a [u8], hdr: &VirtioNetHdr, mss_override: Option<u16>) -> Result<Segmenter<'a>> {
+    pub fn new(
+        frame: &'a [u8],
+        hdr: &VirtioNetHdr,
+        mss_override: Option<u16>,
+    ) -> Result<Segmenter<'a>> {
         let v6 = match hdr.gso_type {
             GsoType::TcpV4 => false,
             GsoType::TcpV6 => true,
@@ -66,7 +70,8 @@ impl<'a> Segmenter<'a> {
             if p.version() != 6 {
                 return Err(Error::Malformed);
             }
-            let (proto, off) = ipv6::walk_extension_headers(&ip[ipv6::HEADER_LEN..], p.next_header())?;
+            let (proto, off) =
+                ipv6::walk_extension_headers(&ip[ipv6::HEADER_LEN..], p.next_header())?;
             if proto != IpProtocol::Tcp {
                 return Err(Error::Malformed);
             }
@@ -77,7 +82,11 @@ impl<'a> Segmenter<'a> {
             }
             let p = ipv4::Packet::new_unchecked(ip);
             let ihl = p.header_len() as usize;
-            if p.version() != 4 || ihl < ipv4::HEADER_LEN || p.protocol() != IpProtocol::Tcp || p.is_fragment() {
+            if p.version() != 4
+                || ihl < ipv4::HEADER_LEN
+                || p.protocol() != IpProtocol::Tcp
+                || p.is_fragment()
+            {
                 return Err(Error::Malformed);
             }
             if ip.len() < ihl {

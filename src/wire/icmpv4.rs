@@ -295,7 +295,11 @@ impl<'a> Icmpv4Repr<'a> {
             }),
             (Message::DstUnreachable, code) => {
                 let reason = DstUnreachable::from(code);
-                let mtu = if reason == DstUnreachable::FragRequired { p.next_hop_mtu() } else { 0 };
+                let mtu = if reason == DstUnreachable::FragRequired {
+                    p.next_hop_mtu()
+                } else {
+                    0
+                };
                 Ok(Icmpv4Repr::DstUnreachable { reason, mtu, data })
             }
             (Message::EchoRequest | Message::EchoReply, _) => Err(Error::Malformed),
@@ -318,7 +322,16 @@ impl<'a> Icmpv4Repr<'a> {
         let b = buf.get_mut(..len).ok_or(Error::BufferTooSmall)?;
         let mut p = Packet::new_unchecked(b);
         let data = match *self {
-            Icmpv4Repr::EchoRequest { ident, seq_no, data } | Icmpv4Repr::EchoReply { ident, seq_no, data } => {
+            Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            }
+            | Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            } => {
                 let t = if matches!(self, Icmpv4Repr::EchoRequest { .. }) {
                     Message::EchoRequest
                 } else {
@@ -351,7 +364,11 @@ impl<'a> Icmpv4Repr<'a> {
 /// Verified first: EtherType IPv4, version 4, lengths (`Truncated` /
 /// `Malformed`), IP header and ICMP checksums (`Checksum`). Fragments, other
 /// protocols and other ICMP messages are `Unsupported`.
-pub fn make_echo_reply_in_place(frame: &mut [u8], l3_offset: usize, our_mac: MacAddr) -> Result<()> {
+pub fn make_echo_reply_in_place(
+    frame: &mut [u8],
+    l3_offset: usize,
+    our_mac: MacAddr,
+) -> Result<()> {
     if l3_offset < super::ethernet::HEADER_LEN {
         return Err(Error::Malformed);
     }
@@ -412,11 +429,19 @@ mod tests {
         let eth = EthernetRepr {
             dst: MacAddr([2, 0, 0, 0, 0, 0xee]),
             src: MacAddr([2, 0, 0, 0, 0, 1]),
-            vlan: vlan.then_some(VlanTag { pcp: 0, dei: false, vid: 5 }),
+            vlan: vlan.then_some(VlanTag {
+                pcp: 0,
+                dei: false,
+                vid: 5,
+            }),
             ethertype: EtherType::Ipv4,
         };
         let l3 = eth.emit(buf).unwrap();
-        let icmp = Icmpv4Repr::EchoRequest { ident: 0x1234, seq_no: 7, data };
+        let icmp = Icmpv4Repr::EchoRequest {
+            ident: 0x1234,
+            seq_no: 7,
+            data,
+        };
         let ip = Ipv4Repr {
             src_addr: Ipv4Addr::new(10, 0, 0, 2),
             dst_addr: Ipv4Addr::new(10, 0, 0, 1),
@@ -490,11 +515,20 @@ mod tests {
         let mut buf = [0u8; 200];
         let (l3, len) = echo_frame(&mut buf, b"abcd", false);
         let me = MacAddr([2, 0, 0, 0, 0, 0x99]);
-        assert_eq!(make_echo_reply_in_place(&mut buf[..len - 5], l3, me), Err(Error::Truncated));
+        assert_eq!(
+            make_echo_reply_in_place(&mut buf[..len - 5], l3, me),
+            Err(Error::Truncated)
+        );
         buf[l3 + 20 + 8] ^= 1;
-        assert_eq!(make_echo_reply_in_place(&mut buf[..len], l3, me), Err(Error::Checksum));
+        assert_eq!(
+            make_echo_reply_in_place(&mut buf[..len], l3, me),
+            Err(Error::Checksum)
+        );
         buf[l3 + 20 + 8] ^= 1;
         buf[l3 + 8] = 1;
-        assert_eq!(make_echo_reply_in_place(&mut buf[..len], l3, me), Err(Error::Checksum));
+        assert_eq!(
+            make_echo_reply_in_place(&mut buf[..len], l3, me),
+            Err(Error::Checksum)
+        );
     }
 }

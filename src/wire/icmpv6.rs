@@ -381,7 +381,9 @@ impl NdpOption<'_> {
     /// The link-layer address of a source/target link-layer address option.
     pub fn link_layer_addr(&self) -> Option<MacAddr> {
         match self.kind {
-            NdpOptionType::SourceLinkLayerAddr | NdpOptionType::TargetLinkLayerAddr if self.data.len() >= 6 => {
+            NdpOptionType::SourceLinkLayerAddr | NdpOptionType::TargetLinkLayerAddr
+                if self.data.len() >= 6 =>
+            {
                 Some(MacAddr::from_bytes(self.data))
             }
             _ => None,
@@ -417,7 +419,10 @@ impl<'a> Iterator for NdpOptions<'a> {
             return Some(Err(Error::Truncated));
         };
         self.buf = &b[n..];
-        Some(Ok(NdpOption { kind: kind.into(), data: opt }))
+        Some(Ok(NdpOption {
+            kind: kind.into(),
+            data: opt,
+        }))
     }
 }
 
@@ -507,7 +512,10 @@ impl<'a> Icmpv6Repr<'a> {
         let t = p.msg_type();
         let ndp = matches!(
             t,
-            Message::RouterSolicit | Message::RouterAdvert | Message::NeighborSolicit | Message::NeighborAdvert
+            Message::RouterSolicit
+                | Message::RouterAdvert
+                | Message::NeighborSolicit
+                | Message::NeighborAdvert
         );
         if !ndp && !matches!(t, Message::EchoRequest | Message::EchoReply) {
             return Err(Error::Unsupported);
@@ -534,8 +542,16 @@ impl<'a> Icmpv6Repr<'a> {
             }
         }
         match t {
-            Message::EchoRequest => Ok(Icmpv6Repr::EchoRequest { ident: p.echo_ident(), seq_no: p.echo_seq_no(), data: body }),
-            Message::EchoReply => Ok(Icmpv6Repr::EchoReply { ident: p.echo_ident(), seq_no: p.echo_seq_no(), data: body }),
+            Message::EchoRequest => Ok(Icmpv6Repr::EchoRequest {
+                ident: p.echo_ident(),
+                seq_no: p.echo_seq_no(),
+                data: body,
+            }),
+            Message::EchoReply => Ok(Icmpv6Repr::EchoReply {
+                ident: p.echo_ident(),
+                seq_no: p.echo_seq_no(),
+                data: body,
+            }),
             Message::RouterSolicit => Ok(Icmpv6Repr::RouterSolicit { lladdr: src_ll }),
             Message::RouterAdvert => Ok(Icmpv6Repr::RouterAdvert {
                 hop_limit: p.ra_hop_limit(),
@@ -546,7 +562,10 @@ impl<'a> Icmpv6Repr<'a> {
                 lladdr: src_ll,
                 mtu,
             }),
-            Message::NeighborSolicit => Ok(Icmpv6Repr::NeighborSolicit { target_addr: p.target_addr(), lladdr: src_ll }),
+            Message::NeighborSolicit => Ok(Icmpv6Repr::NeighborSolicit {
+                target_addr: p.target_addr(),
+                lladdr: src_ll,
+            }),
             Message::NeighborAdvert => Ok(Icmpv6Repr::NeighborAdvert {
                 flags: p.na_flags() & 0xe0,
                 target_addr: p.target_addr(),
@@ -562,10 +581,13 @@ impl<'a> Icmpv6Repr<'a> {
             Icmpv6Repr::EchoRequest { data, .. } => (Message::EchoRequest, HEADER_LEN + data.len()),
             Icmpv6Repr::EchoReply { data, .. } => (Message::EchoReply, HEADER_LEN + data.len()),
             Icmpv6Repr::RouterSolicit { lladdr } => (Message::RouterSolicit, 8 + ll(lladdr)),
-            Icmpv6Repr::RouterAdvert { lladdr, mtu, .. } => {
-                (Message::RouterAdvert, 16 + ll(lladdr) + if mtu.is_some() { 8 } else { 0 })
+            Icmpv6Repr::RouterAdvert { lladdr, mtu, .. } => (
+                Message::RouterAdvert,
+                16 + ll(lladdr) + if mtu.is_some() { 8 } else { 0 },
+            ),
+            Icmpv6Repr::NeighborSolicit { lladdr, .. } => {
+                (Message::NeighborSolicit, 24 + ll(lladdr))
             }
-            Icmpv6Repr::NeighborSolicit { lladdr, .. } => (Message::NeighborSolicit, 24 + ll(lladdr)),
             Icmpv6Repr::NeighborAdvert { lladdr, .. } => (Message::NeighborAdvert, 24 + ll(lladdr)),
         }
     }
@@ -582,7 +604,16 @@ impl<'a> Icmpv6Repr<'a> {
         b.fill(0);
         b[0] = t.into();
         match *self {
-            Icmpv6Repr::EchoRequest { ident, seq_no, data } | Icmpv6Repr::EchoReply { ident, seq_no, data } => {
+            Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            }
+            | Icmpv6Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            } => {
                 b[4..6].copy_from_slice(&ident.to_be_bytes());
                 b[6..8].copy_from_slice(&seq_no.to_be_bytes());
                 b[8..].copy_from_slice(data);
@@ -592,7 +623,15 @@ impl<'a> Icmpv6Repr<'a> {
                     emit_lladdr(&mut b[8..], NdpOptionType::SourceLinkLayerAddr, m);
                 }
             }
-            Icmpv6Repr::RouterAdvert { hop_limit, flags, router_lifetime, reachable_time, retrans_time, lladdr, mtu } => {
+            Icmpv6Repr::RouterAdvert {
+                hop_limit,
+                flags,
+                router_lifetime,
+                reachable_time,
+                retrans_time,
+                lladdr,
+                mtu,
+            } => {
                 b[4] = hop_limit;
                 b[5] = flags;
                 b[6..8].copy_from_slice(&router_lifetime.to_be_bytes());
@@ -609,13 +648,20 @@ impl<'a> Icmpv6Repr<'a> {
                     b[o + 4..o + 8].copy_from_slice(&m.to_be_bytes());
                 }
             }
-            Icmpv6Repr::NeighborSolicit { target_addr, lladdr } => {
+            Icmpv6Repr::NeighborSolicit {
+                target_addr,
+                lladdr,
+            } => {
                 b[8..24].copy_from_slice(&target_addr.octets());
                 if let Some(m) = lladdr {
                     emit_lladdr(&mut b[24..], NdpOptionType::SourceLinkLayerAddr, m);
                 }
             }
-            Icmpv6Repr::NeighborAdvert { flags, target_addr, lladdr } => {
+            Icmpv6Repr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr,
+            } => {
                 b[4] = flags & 0xe0;
                 b[8..24].copy_from_slice(&target_addr.octets());
                 if let Some(m) = lladdr {
@@ -640,22 +686,51 @@ mod tests {
     fn arb_repr(data: &[u8]) -> impl Strategy<Value = Icmpv6Repr<'_>> {
         prop_oneof![
             (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(move |(i, s, req)| if req {
-                Icmpv6Repr::EchoRequest { ident: i, seq_no: s, data }
+                Icmpv6Repr::EchoRequest {
+                    ident: i,
+                    seq_no: s,
+                    data,
+                }
             } else {
-                Icmpv6Repr::EchoReply { ident: i, seq_no: s, data }
+                Icmpv6Repr::EchoReply {
+                    ident: i,
+                    seq_no: s,
+                    data,
+                }
             }),
             arb_mac().prop_map(|lladdr| Icmpv6Repr::RouterSolicit { lladdr }),
-            (any::<(u8, u8, u16, u32, u32)>(), arb_mac(), proptest::option::of(any::<u32>())).prop_map(
-                |((hop_limit, flags, router_lifetime, reachable_time, retrans_time), lladdr, mtu)| {
-                    Icmpv6Repr::RouterAdvert { hop_limit, flags, router_lifetime, reachable_time, retrans_time, lladdr, mtu }
-                }
-            ),
-            (any::<u128>(), arb_mac())
-                .prop_map(|(t, lladdr)| Icmpv6Repr::NeighborSolicit { target_addr: t.into(), lladdr }),
-            (any::<u8>(), any::<u128>(), arb_mac()).prop_map(|(f, t, lladdr)| Icmpv6Repr::NeighborAdvert {
-                flags: f & 0xe0,
+            (
+                any::<(u8, u8, u16, u32, u32)>(),
+                arb_mac(),
+                proptest::option::of(any::<u32>())
+            )
+                .prop_map(
+                    |(
+                        (hop_limit, flags, router_lifetime, reachable_time, retrans_time),
+                        lladdr,
+                        mtu,
+                    )| {
+                        Icmpv6Repr::RouterAdvert {
+                            hop_limit,
+                            flags,
+                            router_lifetime,
+                            reachable_time,
+                            retrans_time,
+                            lladdr,
+                            mtu,
+                        }
+                    }
+                ),
+            (any::<u128>(), arb_mac()).prop_map(|(t, lladdr)| Icmpv6Repr::NeighborSolicit {
                 target_addr: t.into(),
                 lladdr
+            }),
+            (any::<u8>(), any::<u128>(), arb_mac()).prop_map(|(f, t, lladdr)| {
+                Icmpv6Repr::NeighborAdvert {
+                    flags: f & 0xe0,
+                    target_addr: t.into(),
+                    lladdr,
+                }
             }),
         ]
     }

@@ -396,7 +396,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_repr() -> impl Strategy<Value = Ipv4Repr> {
-        (any::<u32>(), any::<u32>(), any::<u8>(), 0u16..64, any::<u8>(), any::<u8>(), any::<u16>(), any::<bool>())
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u8>(),
+            0u16..64,
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<bool>(),
+        )
             .prop_map(|(s, d, p, l, t, x, i, df)| Ipv4Repr {
                 src_addr: s.into(),
                 dst_addr: d.into(),

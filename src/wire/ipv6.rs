@@ -292,18 +292,38 @@ mod tests {
         b[8] = 60;
         b[16] = 6;
         b[17] = 1;
-        assert_eq!(walk_extension_headers(&b, IpProtocol::HopByHop), Ok((IpProtocol::Tcp, 32)));
-        assert_eq!(walk_extension_headers(&b[..31], IpProtocol::HopByHop), Err(Error::Truncated));
+        assert_eq!(
+            walk_extension_headers(&b, IpProtocol::HopByHop),
+            Ok((IpProtocol::Tcp, 32))
+        );
+        assert_eq!(
+            walk_extension_headers(&b[..31], IpProtocol::HopByHop),
+            Err(Error::Truncated)
+        );
         // non-first fragment
         b[10] = 0x01;
-        assert_eq!(walk_extension_headers(&b, IpProtocol::HopByHop), Ok((IpProtocol::Ipv6Frag, 8)));
+        assert_eq!(
+            walk_extension_headers(&b, IpProtocol::HopByHop),
+            Ok((IpProtocol::Ipv6Frag, 8))
+        );
         // loop of hop-by-hop headers is bounded
         let z = [0u8; 200];
-        assert_eq!(walk_extension_headers(&z, IpProtocol::HopByHop), Err(Error::Malformed));
+        assert_eq!(
+            walk_extension_headers(&z, IpProtocol::HopByHop),
+            Err(Error::Malformed)
+        );
     }
 
     fn arb_repr() -> impl Strategy<Value = Ipv6Repr> {
-        (any::<u128>(), any::<u128>(), any::<u8>(), 0u16..64, any::<u8>(), any::<u8>(), 0u32..0x10_0000)
+        (
+            any::<u128>(),
+            any::<u128>(),
+            any::<u8>(),
+            0u16..64,
+            any::<u8>(),
+            any::<u8>(),
+            0u32..0x10_0000,
+        )
             .prop_map(|(s, d, n, l, h, tc, fl)| Ipv6Repr {
                 src_addr: s.into(),
                 dst_addr: d.into(),

@@ -327,12 +327,20 @@ impl<'a> TcpRepr<'a> {
     /// sits right after it in `buf`, then fills the checksum. Returns the
     /// header length. `Malformed` if the options are not 4-byte aligned or
     /// longer than 40 bytes.
-    pub fn emit(&self, buf: &mut [u8], payload_len: usize, src: &IpAddr, dst: &IpAddr) -> Result<usize> {
+    pub fn emit(
+        &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        src: &IpAddr,
+        dst: &IpAddr,
+    ) -> Result<usize> {
         let hl = self.buffer_len();
         if self.options.len() % 4 != 0 || hl > MAX_HEADER_LEN {
             return Err(Error::Malformed);
         }
-        let b = buf.get_mut(..hl + payload_len).ok_or(Error::BufferTooSmall)?;
+        let b = buf
+            .get_mut(..hl + payload_len)
+            .ok_or(Error::BufferTooSmall)?;
         b[HEADER_LEN..hl].copy_from_slice(self.options);
         let mut p = Packet::new_unchecked(b);
         p.set_src_port(self.src_port);

@@ -199,7 +199,13 @@ impl UdpRepr {
 
     /// Like [`UdpRepr::emit_header`], then computes the checksum over the
     /// header and the payload already at `buf[8..8 + payload_len]`.
-    pub fn emit(&self, buf: &mut [u8], payload_len: usize, src: &IpAddr, dst: &IpAddr) -> Result<usize> {
+    pub fn emit(
+        &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        src: &IpAddr,
+        dst: &IpAddr,
+    ) -> Result<usize> {
         let total = payload_len + HEADER_LEN;
         let b = buf.get_mut(..total).ok_or(Error::BufferTooSmall)?;
         self.emit_header(b, payload_len)?;
@@ -218,7 +224,10 @@ mod tests {
         if v6 {
             (Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into())
         } else {
-            (Ipv4Addr::from(a as u32).into(), Ipv4Addr::from(b as u32).into())
+            (
+                Ipv4Addr::from(a as u32).into(),
+                Ipv4Addr::from(b as u32).into(),
+            )
         }
     }
 

@@ -71,7 +71,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// True when all reserved bits (flags other than I, bytes 1-3 and 7) are zero.
     pub fn reserved_ok(&self) -> bool {
         let b = self.buffer.as_ref();
-        b[field::FLAGS] & !FLAG_I == 0 && b[field::RESERVED1] == [0, 0, 0] && b[field::RESERVED2] == 0
+        b[field::FLAGS] & !FLAG_I == 0
+            && b[field::RESERVED1] == [0, 0, 0]
+            && b[field::RESERVED2] == 0
     }
 
     /// The VNI if the I flag is set and reserved bits are zero, else `Malformed`.
@@ -156,15 +158,27 @@ mod tests {
         let mut b = [0x08, 0, 0, 0, 0, 0, 42, 0];
         assert_eq!(Packet::new_checked(&b[..]).unwrap().validate(), Ok(42));
         b[0] = 0;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap().validate(), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap().validate(),
+            Err(Error::Malformed)
+        );
         b[0] = 0x08;
         b[7] = 1;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap().validate(), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap().validate(),
+            Err(Error::Malformed)
+        );
         b[7] = 0;
         b[2] = 1;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap().validate(), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap().validate(),
+            Err(Error::Malformed)
+        );
         assert_eq!(Packet::new_checked(&b[..7]).err(), Some(Error::Truncated));
-        assert_eq!(VxlanRepr { vni: 1 << 24 }.emit(&mut b), Err(Error::Malformed));
+        assert_eq!(
+            VxlanRepr { vni: 1 << 24 }.emit(&mut b),
+            Err(Error::Malformed)
+        );
     }
 
     proptest! {

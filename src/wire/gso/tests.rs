@@ -30,7 +30,11 @@ fn build(v6: bool, vlan: bool, hbh: bool, payload_len: usize, flags: TcpFlags) -
     let eth = EthernetRepr {
         dst: MacAddr([2, 0, 0, 0, 0, 2]),
         src: MacAddr([2, 0, 0, 0, 0, 1]),
-        vlan: vlan.then_some(VlanTag { pcp: 0, dei: false, vid: 100 }),
+        vlan: vlan.then_some(VlanTag {
+            pcp: 0,
+            dei: false,
+            vid: 100,
+        }),
         ethertype: if v6 { EtherType::Ipv6 } else { EtherType::Ipv4 },
     };
     let l3 = eth.emit(&mut f).unwrap();
@@ -43,7 +47,11 @@ fn build(v6: bool, vlan: bool, hbh: bool, payload_len: usize, flags: TcpFlags) -
         Ipv6Repr {
             src_addr: s,
             dst_addr: d,
-            next_header: if hbh { IpProtocol::HopByHop } else { IpProtocol::Tcp },
+            next_header: if hbh {
+                IpProtocol::HopByHop
+            } else {
+                IpProtocol::Tcp
+            },
             payload_len: (ext + tcp_len).min(0xffff) as u16,
             hop_limit: 64,
             traffic_class: 0,
@@ -96,7 +104,11 @@ fn build(v6: bool, vlan: bool, hbh: bool, payload_len: usize, flags: TcpFlags) -
         csum_start: l4 as u16,
         csum_offset: 16,
     };
-    Built { frame: f, hdr, payload }
+    Built {
+        frame: f,
+        hdr,
+        payload,
+    }
 }
 
 /// Segments and checks every frame; returns the segment count.
@@ -111,11 +123,16 @@ fn check(b: &Built, mss: u16, flags: TcpFlags) -> usize {
         let len = r.unwrap();
         let frame = &out[..len];
         let p = SlicedPacket::from_ethernet(frame).unwrap();
-        let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("no tcp") };
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("no tcp")
+        };
         let csum = match &p.net {
             Some(NetSlice::Ipv4(ip)) => {
                 let h = ip.header();
-                assert_eq!(h.total_len() as usize, len - (frame.len() - ip.payload().payload.len() - h.slice().len()));
+                assert_eq!(
+                    h.total_len() as usize,
+                    len - (frame.len() - ip.payload().payload.len() - h.slice().len())
+                );
                 assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
                 let id = h.identification();
                 assert_eq!(id, ident.map_or(0xfffe, |x: u16| x.wrapping_add(1)));
@@ -124,7 +141,14 @@ fn check(b: &Built, mss: u16, flags: TcpFlags) -> usize {
             }
             Some(NetSlice::Ipv6(ip)) => {
                 let h = ip.header();
-                assert_eq!(h.payload_length() as usize, len - (frame.len() - ip.payload().payload.len() - 40 - ip.extensions().slice().len()) - 40);
+                assert_eq!(
+                    h.payload_length() as usize,
+                    len - (frame.len()
+                        - ip.payload().payload.len()
+                        - 40
+                        - ip.extensions().slice().len())
+                        - 40
+                );
                 t.calc_checksum_ipv6(h.source(), h.destination()).unwrap()
             }
             _ => panic!("no ip"),
@@ -146,7 +170,8 @@ fn check(b: &Built, mss: u16, flags: TcpFlags) -> usize {
     n
 }
 
-const ALL: TcpFlags = TcpFlags(TcpFlags::ACK.0 | TcpFlags::PSH.0 | TcpFlags::FIN.0 | TcpFlags::CWR.0);
+const ALL: TcpFlags =
+    TcpFlags(TcpFlags::ACK.0 | TcpFlags::PSH.0 | TcpFlags::FIN.0 | TcpFlags::CWR.0);
 
 #[test]
 fn tcpv4_64k() {
@@ -167,11 +192,23 @@ fn errors() {
     let b = build(false, false, false, 3000, ALL);
     let mut h = b.hdr;
     h.gso_type = GsoType::UdpL4;
-    assert_eq!(Segmenter::new(&b.frame, &h, None).err(), Some(Error::Unsupported));
-    assert_eq!(Segmenter::new(&b.frame, &b.hdr, Some(0)).err(), Some(Error::Malformed));
+    assert_eq!(
+        Segmenter::new(&b.frame, &h, None).err(),
+        Some(Error::Unsupported)
+    );
+    assert_eq!(
+        Segmenter::new(&b.frame, &b.hdr, Some(0)).err(),
+        Some(Error::Malformed)
+    );
     h.gso_type = GsoType::TcpV6;
-    assert_eq!(Segmenter::new(&b.frame, &h, None).err(), Some(Error::Malformed));
-    assert_eq!(Segmenter::new(&b.frame[..40], &b.hdr, None).err(), Some(Error::Truncated));
+    assert_eq!(
+        Segmenter::new(&b.frame, &h, None).err(),
+        Some(Error::Malformed)
+    );
+    assert_eq!(
+        Segmenter::new(&b.frame[..40], &b.hdr, None).err(),
+        Some(Error::Truncated)
+    );
     let mut s = Segmenter::new(&b.frame, &b.hdr, None).unwrap();
     let mut small = [0u8; 100];
     assert_eq!(s.next_into(&mut small), Some(Err(Error::BufferTooSmall)));
@@ -188,11 +225,16 @@ fn complete_checksum_like_linux() {
     // Linux partial sum for NEEDS_CSUM without GSO includes the length.
     let l4 = b.hdr.csum_start as usize;
     let tcp_len = (b.frame.len() - l4) as u32;
-    let (s, d) = (IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)), IpAddr::from(Ipv4Addr::new(10, 0, 0, 2)));
+    let (s, d) = (
+        IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::from(Ipv4Addr::new(10, 0, 0, 2)),
+    );
     let partial = partial_pseudo_csum(&s, &d, IpProtocol::Tcp, tcp_len);
     b.frame[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
     complete_checksum(&mut b.frame, &b.hdr).unwrap();
-    assert!(tcp::Packet::new_checked(&b.frame[l4..]).unwrap().verify_checksum(&s, &d));
+    assert!(tcp::Packet::new_checked(&b.frame[l4..])
+        .unwrap()
+        .verify_checksum(&s, &d));
     let mut h = b.hdr;
     h.csum_offset = 60_000;
     assert_eq!(complete_checksum(&mut b.frame, &h), Err(Error::Truncated));
