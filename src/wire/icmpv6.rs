@@ -6,6 +6,10 @@ use super::checksum;
 use super::{Error, MacAddr, Result};
 use core::net::Ipv6Addr;
 
+mod ndp;
+use ndp::emit_lladdr;
+pub use ndp::{NdpOption, NdpOptionType, NdpOptions};
+
 const PROTO: u8 = 58;
 /// Length of the common header plus the 4-byte message body start.
 pub const HEADER_LEN: usize = 8;
@@ -257,7 +261,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// NDP options following the fixed part.
     pub fn ndp_options(&self) -> NdpOptions<'_> {
-        NdpOptions { buf: self.body() }
+        NdpOptions::new(self.body())
     }
 
     /// Verifies the checksum with the IPv6 pseudo header.
@@ -323,114 +327,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let s = checksum::pseudo_header_v6(src, dst, PROTO, d.len() as u32) + checksum::sum(d);
         self.set_checksum(checksum::finish(s));
     }
-}
-
-/// NDP option type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NdpOptionType {
-    /// Source link-layer address (1).
-    SourceLinkLayerAddr,
-    /// Target link-layer address (2).
-    TargetLinkLayerAddr,
-    /// Prefix information (3).
-    PrefixInformation,
-    /// Redirected header (4).
-    RedirectedHeader,
-    /// MTU (5).
-    Mtu,
-    /// Anything else, kept verbatim.
-    Unknown(u8),
-}
-
-impl From<u8> for NdpOptionType {
-    fn from(v: u8) -> NdpOptionType {
-        match v {
-            1 => NdpOptionType::SourceLinkLayerAddr,
-            2 => NdpOptionType::TargetLinkLayerAddr,
-            3 => NdpOptionType::PrefixInformation,
-            4 => NdpOptionType::RedirectedHeader,
-            5 => NdpOptionType::Mtu,
-            other => NdpOptionType::Unknown(other),
-        }
-    }
-}
-
-impl From<NdpOptionType> for u8 {
-    fn from(v: NdpOptionType) -> u8 {
-        match v {
-            NdpOptionType::SourceLinkLayerAddr => 1,
-            NdpOptionType::TargetLinkLayerAddr => 2,
-            NdpOptionType::PrefixInformation => 3,
-            NdpOptionType::RedirectedHeader => 4,
-            NdpOptionType::Mtu => 5,
-            NdpOptionType::Unknown(other) => other,
-        }
-    }
-}
-
-/// One NDP option: its type and the bytes after the type/length pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NdpOption<'a> {
-    /// Option type.
-    pub kind: NdpOptionType,
-    /// Option data (`8 * length - 2` bytes).
-    pub data: &'a [u8],
-}
-
-impl NdpOption<'_> {
-    /// The link-layer address of a source/target link-layer address option.
-    pub fn link_layer_addr(&self) -> Option<MacAddr> {
-        match self.kind {
-            NdpOptionType::SourceLinkLayerAddr | NdpOptionType::TargetLinkLayerAddr
-                if self.data.len() >= 6 =>
-            {
-                Some(MacAddr::from_bytes(self.data))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Iterator over NDP options. Yields `Err(Malformed)` for a zero-length
-/// option and `Err(Truncated)` for one running past the buffer, then stops.
-/// Every step consumes at least 8 bytes, so iteration is bounded.
-#[derive(Debug, Clone)]
-pub struct NdpOptions<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Iterator for NdpOptions<'a> {
-    type Item = Result<NdpOption<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let b = self.buf;
-        self.buf = &[];
-        let Some(&[kind, len]) = b.first_chunk::<2>() else {
-            return Some(Err(Error::Truncated));
-        };
-        let n = len as usize * 8;
-        if n == 0 {
-            return Some(Err(Error::Malformed));
-        }
-        let Some(opt) = b.get(2..n) else {
-            return Some(Err(Error::Truncated));
-        };
-        self.buf = &b[n..];
-        Some(Ok(NdpOption {
-            kind: kind.into(),
-            data: opt,
-        }))
-    }
-}
-
-/// Emits a link-layer address option (8 bytes) at the start of `buf`.
-fn emit_lladdr(buf: &mut [u8], kind: NdpOptionType, mac: MacAddr) {
-    buf[0] = kind.into();
-    buf[1] = 1;
-    buf[2..8].copy_from_slice(&mac.0);
 }
 
 /// High-level ICMPv6 messages this switch handles.
@@ -528,7 +424,7 @@ impl<'a> Icmpv6Repr<'a> {
         let mut tgt_ll = None;
         let mut mtu = None;
         if ndp {
-            for opt in (NdpOptions { buf: body }) {
+            for opt in NdpOptions::new(body) {
                 let opt = opt?;
                 match opt.kind {
                     NdpOptionType::SourceLinkLayerAddr => src_ll = opt.link_layer_addr(),
@@ -675,116 +571,4 @@ impl<'a> Icmpv6Repr<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn arb_mac() -> impl Strategy<Value = Option<MacAddr>> {
-        proptest::option::of(any::<[u8; 6]>().prop_map(MacAddr))
-    }
-
-    fn arb_repr(data: &[u8]) -> impl Strategy<Value = Icmpv6Repr<'_>> {
-        prop_oneof![
-            (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(move |(i, s, req)| if req {
-                Icmpv6Repr::EchoRequest {
-                    ident: i,
-                    seq_no: s,
-                    data,
-                }
-            } else {
-                Icmpv6Repr::EchoReply {
-                    ident: i,
-                    seq_no: s,
-                    data,
-                }
-            }),
-            arb_mac().prop_map(|lladdr| Icmpv6Repr::RouterSolicit { lladdr }),
-            (
-                any::<(u8, u8, u16, u32, u32)>(),
-                arb_mac(),
-                proptest::option::of(any::<u32>())
-            )
-                .prop_map(
-                    |(
-                        (hop_limit, flags, router_lifetime, reachable_time, retrans_time),
-                        lladdr,
-                        mtu,
-                    )| {
-                        Icmpv6Repr::RouterAdvert {
-                            hop_limit,
-                            flags,
-                            router_lifetime,
-                            reachable_time,
-                            retrans_time,
-                            lladdr,
-                            mtu,
-                        }
-                    }
-                ),
-            (any::<u128>(), arb_mac()).prop_map(|(t, lladdr)| Icmpv6Repr::NeighborSolicit {
-                target_addr: t.into(),
-                lladdr
-            }),
-            (any::<u8>(), any::<u128>(), arb_mac()).prop_map(|(f, t, lladdr)| {
-                Icmpv6Repr::NeighborAdvert {
-                    flags: f & 0xe0,
-                    target_addr: t.into(),
-                    lladdr,
-                }
-            }),
-        ]
-    }
-
-    const DATA: [u8; 13] = *b"hello, world!";
-
-    proptest! {
-        #[test]
-        fn repr_round_trip(r in arb_repr(&DATA), s in any::<u128>(), d in any::<u128>()) {
-            let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
-            let mut b = [0u8; 64];
-            let n = r.emit(&mut b, &s, &d).unwrap();
-            prop_assert_eq!(n, r.buffer_len());
-            let p = Packet::new_checked(&b[..n]).unwrap();
-            prop_assert_eq!(Icmpv6Repr::parse(&p, &s, &d).unwrap(), r);
-            let e = etherparse::Icmpv6Slice::from_slice(&b[..n]).unwrap();
-            prop_assert_eq!(e.icmp_type().calc_checksum(s.octets(), d.octets(), e.payload()).unwrap(), p.checksum());
-        }
-
-        #[test]
-        fn any_bytes_never_panic(mut b in proptest::collection::vec(any::<u8>(), 0..80), t in 128u8..138) {
-            if b.len() > 1 && b[1] & 1 == 0 { b[0] = t; b[1] = 0; }
-            let (s, d) = (Ipv6Addr::LOCALHOST, Ipv6Addr::UNSPECIFIED);
-            if let Ok(mut p) = Packet::new_checked(&mut b[..]) {
-                let _ = (p.msg_type(), p.msg_code(), p.checksum(), p.echo_ident(), p.echo_seq_no());
-                let _ = (p.ra_hop_limit(), p.ra_flags(), p.ra_router_lifetime(), p.ra_reachable_time());
-                let _ = (p.ra_retrans_time(), p.na_flags(), p.target_addr(), p.body().len());
-                for o in p.ndp_options() { let _ = o.map(|o| o.link_layer_addr()); }
-                p.fill_checksum(&s, &d);
-                prop_assert!(p.verify_checksum(&s, &d));
-            }
-            if let Ok(p) = Packet::new_checked(&b[..]) {
-                let _ = Icmpv6Repr::parse(&p, &s, &d);
-            }
-        }
-    }
-
-    #[test]
-    fn zero_length_option_rejected() {
-        let (s, d) = (Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
-        let mut b = [0u8; 32];
-        b[0] = 135;
-        b[24] = 1; // source lladdr, length 0
-        Packet::new_unchecked(&mut b[..]).fill_checksum(&s, &d);
-        let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(Icmpv6Repr::parse(&p, &s, &d), Err(Error::Malformed));
-        assert_eq!(p.ndp_options().count(), 1);
-        let mut b = [0u8; 30];
-        b[0] = 135;
-        b[24] = 1;
-        b[25] = 1; // runs past the end
-        Packet::new_unchecked(&mut b[..]).fill_checksum(&s, &d);
-        let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(Icmpv6Repr::parse(&p, &s, &d), Err(Error::Truncated));
-        assert_eq!(Packet::new_checked(&b[..20]).err(), Some(Error::Truncated));
-    }
-}
+mod tests;
