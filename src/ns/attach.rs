@@ -493,7 +493,7 @@ mod tests {
         let e = to_error(f, "eth0", SandboxTarget::Pid(123).to_string());
         assert_eq!(
             e.to_string(),
-            "no permission to enter the network namespace of PID 123: it belongs to another \
+            "no permission to enter pid 123: it belongs to another \
              user; run as that user or root (Operation not permitted (os error 1))"
         );
         let f = Failure {

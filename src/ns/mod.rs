@@ -175,7 +175,7 @@ mod tests {
         );
         assert_eq!(
             SandboxTarget::Pid(123).to_string(),
-            "the network namespace of PID 123"
+            "pid 123"
         );
     }
 }

@@ -19,6 +19,7 @@ pub mod virtio_net;
 pub mod vxlan;
 
 mod mac;
+pub use ipv4::IpProtocol;
 pub use mac::MacAddr;
 
 /// Why a packet could not be parsed or built.
