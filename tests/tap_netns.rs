@@ -1,0 +1,357 @@
+//! System tests of TAP ports and namespace attach: endpoints in two network
+//! namespaces ping each other through the switch; an unprivileged user's
+//! sandboxes are attached by PID. Need root (skipped otherwise).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{require_root_or_skip, unique_octet, TestNetns};
+use switchyard::clock::SystemClock;
+use switchyard::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use switchyard::ns::attach::{attach, attach_detailed, detach, AttachError};
+use switchyard::ns::sandbox::{BindFiles, Sandbox};
+use switchyard::ns::{namespace_id, AttachRequest, SandboxRef};
+use switchyard::ports::tap::TapPort;
+use switchyard::ports::Port;
+use switchyard::tables::topology::PortSecurity;
+use switchyard::wire::MacAddr;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn request(target: SandboxRef, subnet: u8, host: u8) -> AttachRequest {
+    AttachRequest {
+        target,
+        ifname: "eth0".into(),
+        mac: MacAddr([0x02, 0x5a, 0, subnet, 0, host]),
+        ipv4: Some((Ipv4Addr::new(10, 123, subnet, host), 24)),
+        ipv6: None,
+        mtu: 1500,
+        gateway4: None,
+        gateway6: None,
+        default_route: false,
+        queues: 1,
+    }
+}
+
+fn dataplane_with(ports: Vec<TapPort>) -> Dataplane {
+    let config = DataplaneConfig {
+        workers: 1,
+        ..DataplaneConfig::default()
+    };
+    let mut dp = Dataplane::start(config, Arc::new(SystemClock::new())).expect("start data plane");
+    let net = dp
+        .add_network(NetworkSpec {
+            name: "test".into(),
+            gateway: None,
+            isolate: false,
+            internal: false,
+            mac_cap: None,
+        })
+        .expect("add network");
+    for p in ports {
+        assert!(p.caps().offload, "TAP {} refused offloads", p.name());
+        let spec = PortSpec {
+            network: net,
+            security: PortSecurity::default(),
+            worker: None,
+        };
+        dp.add_port(spec, Box::new(p)).expect("add port");
+    }
+    dp
+}
+
+fn ping(ns: &TestNetns, to: &str) -> std::process::Output {
+    ns.exec(&["ping", "-c", "3", "-W", "1", to])
+}
+
+#[test]
+fn endpoints_in_two_namespaces_ping_through_the_switch() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
+    let x = unique_octet();
+    let mut ports = Vec::new();
+    for (ns, host) in [(&a, 2), (&b, 3)] {
+        let target = SandboxRef::Netns {
+            path: ns.path(),
+            userns: None,
+        };
+        let att = attach_detailed(Path::new(HELPER), &request(target, x, host)).expect("attach");
+        assert_eq!(att.ifname, "eth0");
+        assert!(att.offload);
+        ports.extend(att.into_ports(1500).expect("wrap fds"));
+    }
+    let show = a.exec(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains(&format!("10.123.{x}.2/24")), "{show}");
+    let lo = a.exec(&["ip", "-o", "link", "show", "lo"]);
+    assert!(String::from_utf8_lossy(&lo.stdout).contains("UP"));
+
+    let mut dp = dataplane_with(ports);
+    let out = ping(&a, &format!("10.123.{x}.3"));
+    assert!(
+        out.status.success(),
+        "ping failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = dp.stats();
+    dp.shutdown();
+    eprintln!("{stats:?}");
+}
+
+#[test]
+fn tcp_crosses_the_switch_unsegmented() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
+    let x = unique_octet();
+    let mut ports = Vec::new();
+    for (ns, host) in [(&a, 2), (&b, 3)] {
+        let target = SandboxRef::Netns {
+            path: ns.path(),
+            userns: None,
+        };
+        let att = attach_detailed(Path::new(HELPER), &request(target, x, host)).expect("attach");
+        ports.extend(att.into_ports(1500).expect("wrap fds"));
+    }
+    let _dp = dataplane_with(ports);
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            b.name(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5301",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    let mut server = scopeguard(server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = Instant::now();
+    let out = a.exec(&[
+        "iperf3",
+        "-c",
+        &format!("10.123.{x}.3"),
+        "-p",
+        "5301",
+        "-t",
+        "2",
+        "-J",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 failed: {text}");
+    let bps = text
+        .split("\"sum_received\"")
+        .nth(1)
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!(
+        "iperf3 through the switch: {:.2} Gbit/s ({:?})",
+        bps / 1e9,
+        start.elapsed()
+    );
+    assert!(bps > 0.0);
+    let _ = server.0.wait();
+}
+
+/// Kills a child process when dropped.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+#[test]
+fn multi_queue_attach_and_detach() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let c = TestNetns::new("c");
+    let target = SandboxRef::Netns {
+        path: c.path(),
+        userns: None,
+    };
+    let mut req = request(target.clone(), unique_octet(), 2);
+    req.queues = 3;
+    req.mtu = 9000;
+    req.ipv6 = Some(("fd00:5a::2".parse().expect("ipv6"), 64));
+    req.gateway4 = Some(Ipv4Addr::new(10, 123, 0, 1));
+    req.ipv4 = Some((Ipv4Addr::new(10, 123, 0, 2), 24));
+    req.gateway6 = Some("fd00:5a::1".parse().expect("ipv6"));
+    req.default_route = true;
+    let fds = attach(Path::new(HELPER), &req).expect("attach 3 queues");
+    assert_eq!(fds.len(), 3);
+    let link = c.exec(&["ip", "-d", "link", "show", "eth0"]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("mtu 9000") && link.contains("multi_queue"),
+        "{link}"
+    );
+    assert!(link.contains("02:5a:00:"), "{link}");
+    let r4 = c.exec(&["ip", "route", "show", "default"]);
+    assert!(String::from_utf8_lossy(&r4.stdout).contains("via 10.123.0.1 dev eth0"));
+    let r6 = c.exec(&["ip", "-6", "route", "show", "default"]);
+    assert!(String::from_utf8_lossy(&r6.stdout).contains("via fd00:5a::1 dev eth0"));
+    // Attaching the same name again fails with a message about the TAP.
+    let again = attach(Path::new(HELPER), &req).expect_err("name in use");
+    assert!(
+        matches!(
+            again,
+            AttachError::CreateTap { .. } | AttachError::Configure { .. }
+        ),
+        "{again}"
+    );
+    // detach deletes a live link; closing the fds alone would too.
+    detach(Path::new(HELPER), &target, "eth0").expect("detach");
+    let gone = c.exec(&["ip", "link", "show", "eth0"]);
+    assert!(!gone.status.success());
+    detach(Path::new(HELPER), &target, "eth0").expect("detach of a missing link is fine");
+    drop(fds);
+    assert_eq!(
+        namespace_id(&target).expect("netns id"),
+        namespace_id(&target).expect("netns id")
+    );
+}
+
+#[test]
+fn missing_namespaces_are_reported_as_such() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let gone = SandboxRef::Pid(u32::MAX - 1);
+    let e = attach(Path::new(HELPER), &request(gone, 1, 2)).expect_err("no such pid");
+    assert!(matches!(e, AttachError::NamespaceGone { .. }), "{e}");
+    let gone = SandboxRef::Netns {
+        path: "/run/netns/sytap-does-not-exist".into(),
+        userns: None,
+    };
+    let e = attach(Path::new(HELPER), &request(gone, 1, 2)).expect_err("no such netns");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+const TEST_USER: &str = "sytest";
+
+/// Runs `sandboxes_of_an_unprivileged_user_ping_each_other` as user `sytest`
+/// (created if absent). Needs `/dev/net/tun` mode 0666, which this test sets
+/// for its duration and then restores.
+#[test]
+fn unprivileged_sandboxes_attach_by_pid() {
+    if !require_root_or_skip() {
+        return;
+    }
+    if !common::run("id", &["-u", TEST_USER]).status.success() {
+        let made = common::run("useradd", &["-m", TEST_USER]);
+        assert!(made.status.success(), "useradd: {made:?}");
+    }
+    let uid: u32 = String::from_utf8_lossy(&common::run("id", &["-u", TEST_USER]).stdout)
+        .trim()
+        .parse()
+        .expect("uid");
+    let gid: u32 = String::from_utf8_lossy(&common::run("id", &["-g", TEST_USER]).stdout)
+        .trim()
+        .parse()
+        .expect("gid");
+    let tun = Path::new("/dev/net/tun");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tun).expect("tun").permissions(),
+    );
+    let _restore = TunMode::set(tun, mode, 0o666);
+    let out = std::process::Command::new(std::env::current_exe().expect("test exe"))
+        .args([
+            "--exact",
+            "as_user_sandboxes_ping_each_other",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SYTAP_AS_USER", "1")
+        .env_remove("CI")
+        .current_dir("/tmp")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("run as sytest");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && log.contains("1 passed"), "{log}");
+}
+
+/// Restores `/dev/net/tun`'s mode on drop.
+struct TunMode<'a>(&'a Path, u32);
+impl<'a> TunMode<'a> {
+    fn set(path: &'a Path, old: u32, new: u32) -> TunMode<'a> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(new)).expect("chmod tun");
+        TunMode(path, old)
+    }
+}
+impl Drop for TunMode<'_> {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(self.1 & 0o7777));
+    }
+}
+
+/// Body of [`unprivileged_sandboxes_attach_by_pid`], run as `sytest`: two
+/// sandboxes from `Sandbox::spawn`, attached by PID, ping each other; one
+/// also checks its bind-mounted `/etc/hosts`.
+#[test]
+#[ignore = "run by unprivileged_sandboxes_attach_by_pid as an unprivileged user"]
+fn as_user_sandboxes_ping_each_other() {
+    if std::env::var("SYTAP_AS_USER").is_err() {
+        return;
+    }
+    assert!(!nix::unistd::geteuid().is_root());
+    let x = unique_octet();
+    let dir = std::env::temp_dir().join(format!("sytap-{}", common::unique_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let files = BindFiles {
+        resolv_conf: dir.join("resolv.conf"),
+        hosts: dir.join("hosts"),
+    };
+    std::fs::write(&files.resolv_conf, "nameserver 10.123.0.1\n").expect("write");
+    std::fs::write(&files.hosts, "127.0.0.1 localhost sytap-marker\n").expect("write");
+    let script = |peer: u8| {
+        vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("grep -q sytap-marker /etc/hosts && ping -c 3 -W 1 10.123.{x}.{peer}"),
+        ]
+    };
+    let mut sa = Sandbox::spawn(Path::new(HELPER), &script(3), &[]).expect("sandbox a");
+    let mut sb = Sandbox::spawn(Path::new(HELPER), &script(2), &[]).expect("sandbox b");
+    let mut ports = Vec::new();
+    for (sb, host) in [(&sa, 2), (&sb, 3)] {
+        let req = request(SandboxRef::Pid(sb.pid()), x, host);
+        let att = attach_detailed(Path::new(HELPER), &req).expect("attach by pid");
+        ports.extend(att.into_ports(1500).expect("wrap"));
+    }
+    let _dp = dataplane_with(ports);
+    sb.release(&files).expect("release b");
+    sa.release(&files).expect("release a");
+    let (ca, cb) = (sa.wait().expect("wait a"), sb.wait().expect("wait b"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((ca, cb), (0, 0), "sandbox exit codes");
+}
