@@ -355,3 +355,87 @@ fn as_user_sandboxes_ping_each_other() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!((ca, cb), (0, 0), "sandbox exit codes");
 }
+
+/// `TapPort::create` and the netlink client used directly from a thread that
+/// entered a test namespace (`setns` of a network namespace is per thread).
+#[test]
+fn tap_created_in_place_is_configured_by_netlink() {
+    if !require_root_or_skip() {
+        return;
+    }
+    use switchyard::sys::netlink::{LinkChange, Netlink};
+    use switchyard::sys::netns::{enter, NsKind};
+    let d = TestNetns::new("d");
+    let path = d.path();
+    let ports = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        enter(&ns, NsKind::Net).expect("enter netns");
+        let ports = TapPort::create("sy%d", 2, 1400).expect("create TAP");
+        let name = ports[0].name().to_string();
+        let mut nl = Netlink::open().expect("netlink");
+        let change = LinkChange {
+            up: Some(true),
+            mtu: Some(1400),
+            mac: Some(MacAddr([2, 0x5a, 1, 2, 3, 4])),
+        };
+        nl.set_link(&name, &change).expect("set link");
+        let down = LinkChange {
+            up: Some(false),
+            ..LinkChange::default()
+        };
+        nl.set_link(&name, &down).expect("set down");
+        let e = nl.set_up("sytap-none").expect_err("missing link");
+        assert!(e.to_string().contains("no interface named"), "{e}");
+        ports
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(ports.len(), 2);
+    assert!(ports[0].name().starts_with("sy"), "{}", ports[0].name());
+    assert_eq!(ports[0].name(), ports[1].name());
+    let link = d.exec(&["ip", "-o", "link", "show", ports[0].name()]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("mtu 1400") && link.contains("02:5a:01:02:03:04"),
+        "{link}"
+    );
+    assert!(link.contains("state DOWN"), "{link}");
+    let name = ports[0].name().to_string();
+    drop(ports);
+    let gone = d.exec(&["ip", "link", "show", &name]);
+    assert!(
+        !gone.status.success(),
+        "closing every queue removes the TAP"
+    );
+}
+
+#[test]
+fn sandbox_reports_a_command_it_cannot_run() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sytap-{}", common::unique_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let files = BindFiles {
+        resolv_conf: dir.join("resolv.conf"),
+        hosts: dir.join("hosts"),
+    };
+    std::fs::write(&files.resolv_conf, "").expect("write");
+    std::fs::write(&files.hosts, "").expect("write");
+    let cmd = vec!["/nonexistent/sytap-cmd".to_string()];
+    let mut sb = Sandbox::spawn(Path::new(HELPER), &cmd, &[]).expect("spawn");
+    let own = namespace_id(&SandboxRef::Pid(std::process::id())).expect("own");
+    let theirs = namespace_id(&SandboxRef::Pid(sb.pid())).expect("sandbox netns");
+    assert_ne!(own, theirs, "the sandbox has its own network namespace");
+    let e = sb.release(&files).expect_err("no such command");
+    assert!(e.to_string().contains("/nonexistent/sytap-cmd"), "{e}");
+    assert_eq!(sb.wait().expect("wait"), 127);
+    // An unreleased sandbox is killed when dropped and never runs its command.
+    let marker = dir.join("ran");
+    let cmd = vec!["touch".to_string(), marker.to_string_lossy().into_owned()];
+    let sb = Sandbox::spawn(Path::new(HELPER), &cmd, &[]).expect("spawn");
+    drop(sb);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!marker.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
