@@ -173,9 +173,6 @@ mod tests {
             namespace_id(&me).expect("own netns"),
             netns::ns_id(Path::new("/proc/self/ns/net")).expect("stat")
         );
-        assert_eq!(
-            SandboxTarget::Pid(123).to_string(),
-            "pid 123"
-        );
+        assert_eq!(SandboxTarget::Pid(123).to_string(), "pid 123");
     }
 }

@@ -178,6 +178,16 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    /// An unreleased sandbox never runs CMD: it is killed and reaped.
+    fn drop(&mut self) {
+        if self.release.is_some() && self.status.is_none() {
+            self.kill();
+            let _ = self.wait();
+        }
+    }
+}
+
 fn exit_code(st: std::process::ExitStatus) -> i32 {
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }

@@ -15,7 +15,9 @@ const TUN_PATH: &str = "/dev/net/tun";
 const OFFLOADS: libc::c_uint =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
 
-nix::ioctl_write_ptr_bad!(
+// TUNSETIFF is numbered as a write, but the kernel copies the ifreq back
+// with the assigned name, so the binding takes a mutable pointer.
+nix::ioctl_readwrite_bad!(
     /// `TUNSETIFF`: attach the fd to a (new) TAP device.
     tun_set_iff, libc::TUNSETIFF, libc::ifreq);
 nix::ioctl_write_ptr_bad!(

@@ -116,3 +116,7 @@ impl Drop for TestDaemon {
         self.shutdown();
     }
 }
+
+pub mod netns;
+#[allow(unused_imports)]
+pub use netns::*;

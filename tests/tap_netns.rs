@@ -1,0 +1,333 @@
+//! System tests of TAP ports and namespace attach: endpoints in two network
+//! namespaces ping each other through the switch and carry iperf3 unsplit;
+//! multi-queue attach; sandboxes. (`run_system.rs` covers sandboxes of an
+//! unprivileged user.) Need root (skipped otherwise, failed under CI).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{require_root_or_skip, unique_octet, TestNetns};
+use switchyard::clock::SystemClock;
+use switchyard::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use switchyard::ns::attach::{attach, attach_detailed, detach, AttachError};
+use switchyard::ns::sandbox::{BindFiles, Sandbox};
+use switchyard::ns::{namespace_id, AttachRequest, SandboxTarget};
+use switchyard::ports::tap::TapPort;
+use switchyard::ports::Port;
+use switchyard::tables::topology::PortSecurity;
+use switchyard::wire::MacAddr;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn request(target: SandboxTarget, subnet: u8, host: u8) -> AttachRequest {
+    AttachRequest {
+        target,
+        ifname: "eth0".into(),
+        mac: MacAddr([0x02, 0x5a, 0, subnet, 0, host]),
+        ipv4: Some((Ipv4Addr::new(10, 123, subnet, host), 24)),
+        ipv6: None,
+        mtu: 1500,
+        gateway4: None,
+        gateway6: None,
+        default_route: false,
+        queues: 1,
+    }
+}
+
+fn dataplane_with(ports: Vec<TapPort>) -> Dataplane {
+    let config = DataplaneConfig {
+        workers: 1,
+        ..DataplaneConfig::default()
+    };
+    let mut dp = Dataplane::start(config, Arc::new(SystemClock::new())).expect("start data plane");
+    let net = dp
+        .add_network(NetworkSpec {
+            name: "test".into(),
+            gateway: None,
+            isolate: false,
+            internal: false,
+            mac_cap: None,
+        })
+        .expect("add network");
+    for p in ports {
+        assert!(p.caps().offload, "TAP {} refused offloads", p.name());
+        let spec = PortSpec {
+            network: net,
+            security: PortSecurity::default(),
+            worker: None,
+        };
+        dp.add_port(spec, Box::new(p)).expect("add port");
+    }
+    dp
+}
+
+fn ping(ns: &TestNetns, to: &str) -> std::process::Output {
+    ns.exec(&["ping", "-c", "3", "-W", "1", to])
+}
+
+#[test]
+fn endpoints_in_two_namespaces_ping_through_the_switch() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
+    let x = unique_octet();
+    let mut ports = Vec::new();
+    for (ns, host) in [(&a, 2), (&b, 3)] {
+        let target = SandboxTarget::Netns {
+            path: ns.path(),
+            userns: None,
+        };
+        let att = attach_detailed(Path::new(HELPER), &request(target, x, host)).expect("attach");
+        assert_eq!(att.ifname, "eth0");
+        assert!(att.offload);
+        ports.extend(att.into_ports(1500).expect("wrap fds"));
+    }
+    let show = a.exec(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains(&format!("10.123.{x}.2/24")), "{show}");
+    let lo = a.exec(&["ip", "-o", "link", "show", "lo"]);
+    assert!(String::from_utf8_lossy(&lo.stdout).contains("UP"));
+
+    let mut dp = dataplane_with(ports);
+    let out = ping(&a, &format!("10.123.{x}.3"));
+    assert!(
+        out.status.success(),
+        "ping failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = dp.stats();
+    dp.shutdown();
+    eprintln!("{stats:?}");
+}
+
+#[test]
+fn tcp_crosses_the_switch_unsegmented() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
+    let x = unique_octet();
+    let mut ports = Vec::new();
+    for (ns, host) in [(&a, 2), (&b, 3)] {
+        let target = SandboxTarget::Netns {
+            path: ns.path(),
+            userns: None,
+        };
+        let att = attach_detailed(Path::new(HELPER), &request(target, x, host)).expect("attach");
+        ports.extend(att.into_ports(1500).expect("wrap fds"));
+    }
+    let _dp = dataplane_with(ports);
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            b.name(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5301",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    let mut server = scopeguard(server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = Instant::now();
+    let out = a.exec(&[
+        "iperf3",
+        "-c",
+        &format!("10.123.{x}.3"),
+        "-p",
+        "5301",
+        "-t",
+        "3",
+        "-J",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 failed: {text}");
+    let bps = text
+        .split("\"sum_received\"")
+        .nth(1)
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!(
+        "iperf3 through the switch: {:.2} Gbit/s ({:?})",
+        bps / 1e9,
+        start.elapsed()
+    );
+    assert!(bps > 0.0);
+    let _ = server.0.wait();
+}
+
+/// Kills a child process when dropped.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+#[test]
+fn multi_queue_attach_and_detach() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let c = TestNetns::new("c");
+    let target = SandboxTarget::Netns {
+        path: c.path(),
+        userns: None,
+    };
+    let mut req = request(target.clone(), unique_octet(), 2);
+    req.queues = 3;
+    req.mtu = 9000;
+    req.ipv6 = Some(("fd00:5a::2".parse().expect("ipv6"), 64));
+    req.gateway4 = Some(Ipv4Addr::new(10, 123, 0, 1));
+    req.ipv4 = Some((Ipv4Addr::new(10, 123, 0, 2), 24));
+    req.gateway6 = Some("fd00:5a::1".parse().expect("ipv6"));
+    req.default_route = true;
+    let fds = attach(Path::new(HELPER), &req).expect("attach 3 queues");
+    assert_eq!(fds.len(), 3);
+    let link = c.exec(&["ip", "-d", "link", "show", "eth0"]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("mtu 9000") && link.contains("multi_queue"),
+        "{link}"
+    );
+    assert!(link.contains("02:5a:00:"), "{link}");
+    let r4 = c.exec(&["ip", "route", "show", "default"]);
+    assert!(String::from_utf8_lossy(&r4.stdout).contains("via 10.123.0.1 dev eth0"));
+    let r6 = c.exec(&["ip", "-6", "route", "show", "default"]);
+    assert!(String::from_utf8_lossy(&r6.stdout).contains("via fd00:5a::1 dev eth0"));
+    // Attaching the same name again fails with a message about the TAP.
+    let again = attach(Path::new(HELPER), &req).expect_err("name in use");
+    assert!(
+        matches!(
+            again,
+            AttachError::CreateTap { .. } | AttachError::Configure { .. }
+        ),
+        "{again}"
+    );
+    // detach deletes a live link; closing the fds alone would too.
+    detach(Path::new(HELPER), &target, "eth0").expect("detach");
+    let gone = c.exec(&["ip", "link", "show", "eth0"]);
+    assert!(!gone.status.success());
+    detach(Path::new(HELPER), &target, "eth0").expect("detach of a missing link is fine");
+    drop(fds);
+    assert_eq!(
+        namespace_id(&target).expect("netns id"),
+        namespace_id(&target).expect("netns id")
+    );
+}
+
+#[test]
+fn missing_namespaces_are_reported_as_such() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let gone = SandboxTarget::Pid(u32::MAX - 1);
+    let e = attach(Path::new(HELPER), &request(gone, 1, 2)).expect_err("no such pid");
+    assert!(matches!(e, AttachError::NamespaceGone { .. }), "{e}");
+    let gone = SandboxTarget::Netns {
+        path: "/run/netns/sytap-does-not-exist".into(),
+        userns: None,
+    };
+    let e = attach(Path::new(HELPER), &request(gone, 1, 2)).expect_err("no such netns");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+/// `TapPort::create` and the netlink client used directly from a thread that
+/// entered a test namespace (`setns` of a network namespace is per thread).
+#[test]
+fn tap_created_in_place_is_configured_by_netlink() {
+    if !require_root_or_skip() {
+        return;
+    }
+    use switchyard::sys::netlink::{LinkChange, Netlink};
+    use switchyard::sys::netns::{enter, NsKind};
+    let d = TestNetns::new("d");
+    let path = d.path();
+    let ports = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        enter(&ns, NsKind::Net).expect("enter netns");
+        let ports = TapPort::create("sy%d", 2, 1400).expect("create TAP");
+        let name = ports[0].name().to_string();
+        let mut nl = Netlink::open().expect("netlink");
+        let change = LinkChange {
+            up: Some(true),
+            mtu: Some(1400),
+            mac: Some(MacAddr([2, 0x5a, 1, 2, 3, 4])),
+        };
+        nl.set_link(&name, &change).expect("set link");
+        let down = LinkChange {
+            up: Some(false),
+            ..LinkChange::default()
+        };
+        nl.set_link(&name, &down).expect("set down");
+        let e = nl.set_up("sytap-none").expect_err("missing link");
+        assert!(e.to_string().contains("no interface named"), "{e}");
+        ports
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(ports.len(), 2);
+    assert!(ports[0].name().starts_with("sy"), "{}", ports[0].name());
+    assert_eq!(ports[0].name(), ports[1].name());
+    let link = d.exec(&["ip", "-o", "link", "show", ports[0].name()]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("mtu 1400") && link.contains("02:5a:01:02:03:04"),
+        "{link}"
+    );
+    assert!(link.contains("state DOWN"), "{link}");
+    let name = ports[0].name().to_string();
+    drop(ports);
+    let gone = d.exec(&["ip", "link", "show", &name]);
+    assert!(
+        !gone.status.success(),
+        "closing every queue removes the TAP"
+    );
+}
+
+#[test]
+fn sandbox_reports_a_command_it_cannot_run() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sytap-{}", common::unique_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let files = BindFiles {
+        resolv_conf: dir.join("resolv.conf"),
+        hosts: dir.join("hosts"),
+    };
+    std::fs::write(&files.resolv_conf, "").expect("write");
+    std::fs::write(&files.hosts, "").expect("write");
+    let cmd = vec!["/nonexistent/sytap-cmd".to_string()];
+    let mut sb = Sandbox::spawn_with(Path::new(HELPER), &cmd, &files).expect("spawn");
+    let own = namespace_id(&SandboxTarget::Pid(std::process::id())).expect("own");
+    let theirs = namespace_id(&SandboxTarget::Pid(sb.pid())).expect("sandbox netns");
+    assert_ne!(own, theirs, "the sandbox has its own network namespace");
+    sb.release().expect("release");
+    assert_eq!(sb.wait().expect("wait"), 127);
+    // An unreleased sandbox never runs its command: dropping the handle
+    // closes its release pipe and it exits.
+    let marker = dir.join("ran");
+    let cmd = vec!["touch".to_string(), marker.to_string_lossy().into_owned()];
+    let sb = Sandbox::spawn_with(Path::new(HELPER), &cmd, &files).expect("spawn");
+    drop(sb);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!marker.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
