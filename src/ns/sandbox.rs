@@ -1,8 +1,8 @@
-//! Sandboxes for `switchyard run` and `up`: CMD runs in a new user + network
-//! + mount namespace (as `unshare -Urnm` would: the caller is root inside;
-//! real root gets only the network and mount namespaces),
-//! held back until the daemon has attached its interfaces, then given its own
-//! `/etc/resolv.conf` and `/etc/hosts` by bind mounts.
+//! Sandboxes for `switchyard run` and `up`: CMD runs in new user, network
+//! and mount namespaces (as `unshare -Urnm` would: the caller is root inside;
+//! real root gets only the network and mount namespaces), held back until the
+//! daemon has attached its interfaces, then given its own `/etc/resolv.conf`
+//! and `/etc/hosts` by bind mounts.
 //!
 //! The namespaces are created by a fresh `switchyard __sandbox` process, not
 //! after `fork()` in the caller: a process whose CMD must wait for a release
