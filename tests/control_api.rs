@@ -604,3 +604,46 @@ fn binary_reports_problems_clearly() {
     assert!(!sock.exists());
     let _ = ClientError::Timeout(sock);
 }
+
+#[test]
+fn endpoints_of_vanished_sandboxes_are_reaped() {
+    let dir = TempDir::new("reap");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"r","subnet":"10.7.0.0/24"}"#,
+    );
+    let mut ids = Vec::new();
+    for name in ["live", "dead"] {
+        let ns = dir.path().join(name);
+        std::fs::write(&ns, b"").expect("ns file");
+        let target = format!(r#"{{"netns":{{"path":"{}"}}}}"#, ns.display());
+        let ep: Endpoint = serde_json::from_value(ok(
+            &mut c,
+            &format!(r#"{{"op":"connect","network":"r","target":{target},"name":"{name}"}}"#),
+        ))
+        .expect("endpoint");
+        ids.push(ep);
+    }
+    std::fs::remove_file(dir.path().join("dead")).expect("remove");
+    let reaped = t.daemon.lock().expect("lock").reap_vanished();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].name, "dead");
+    let st = state(&t);
+    assert_eq!(st.endpoints.len(), 1);
+    assert_eq!(st.endpoints[0].name, "live");
+    // The address is free again.
+    let ns = dir.path().join("again");
+    std::fs::write(&ns, b"").expect("ns file");
+    let target = format!(r#"{{"netns":{{"path":"{}"}}}}"#, ns.display());
+    let ep: Endpoint = serde_json::from_value(ok(
+        &mut c,
+        &format!(
+            r#"{{"op":"connect","network":"r","target":{target},"ip":"{}"}}"#,
+            ids[1].ipv4
+        ),
+    ))
+    .expect("endpoint");
+    assert_eq!(ep.ipv4, ids[1].ipv4);
+}

@@ -41,6 +41,27 @@ pub struct DaemonArgs {
     pub vxlan_port: Option<u16>,
 }
 
+/// How often endpoints of vanished sandboxes are looked for.
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts the thread that releases endpoints whose sandbox is gone; it ends
+/// with the daemon (when only it still holds the daemon).
+pub fn spawn_reaper(daemon: &Arc<Mutex<Daemon>>) {
+    let weak = Arc::downgrade(daemon);
+    let spawned = std::thread::Builder::new()
+        .name("sy-reaper".into())
+        .spawn(move || loop {
+            std::thread::sleep(REAP_INTERVAL);
+            let Some(daemon) = weak.upgrade() else { return };
+            if let Ok(mut d) = daemon.lock() {
+                d.reap_vanished();
+            };
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the endpoint reaper: {e}");
+    }
+}
+
 /// Runs the daemon in the foreground.
 pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     if args.cluster_store.is_some()
@@ -88,6 +109,8 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
             stop.stop();
         })
         .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    server.serve(Arc::new(Mutex::new(daemon)));
+    let daemon = Arc::new(Mutex::new(daemon));
+    spawn_reaper(&daemon);
+    server.serve(daemon);
     Ok(())
 }

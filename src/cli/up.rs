@@ -118,9 +118,11 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     };
     let daemon = Daemon::new(config, Box::new(crate::ns::NsAttacher::from_current_exe()))?;
     let stop = server.stop_handle();
+    let daemon = Arc::new(Mutex::new(daemon));
+    super::daemon::spawn_reaper(&daemon);
     let serving = std::thread::Builder::new()
         .name("sy-api".into())
-        .spawn(move || server.serve(Arc::new(Mutex::new(daemon))))
+        .spawn(move || server.serve(daemon))
         .map_err(|e| CliError::Sandbox(format!("cannot start the API thread: {e}")))?;
 
     let mut client = Client::connect(socket)?;

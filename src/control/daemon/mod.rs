@@ -492,6 +492,36 @@ impl Daemon {
         Ok(ep)
     }
 
+    /// Disconnects endpoints whose sandbox no longer exists (the process
+    /// exited or was killed without detaching) and returns them, so their
+    /// addresses and ports are freed without waiting for a restart.
+    pub fn reap_vanished(&mut self) -> Vec<Endpoint> {
+        let gone: Vec<Endpoint> = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|ep| self.attacher.namespace_id(&ep.sandbox) != Some(ep.netns_id))
+            .cloned()
+            .collect();
+        let mut reaped = Vec::new();
+        for ep in gone {
+            match self.disconnect(&ep.network, &ep.id) {
+                Ok(ep) => {
+                    tracing::info!(
+                        "sandbox {} of endpoint {}/{} is gone; released {}",
+                        ep.sandbox,
+                        ep.network,
+                        ep.name,
+                        ep.ipv4
+                    );
+                    reaped.push(ep);
+                }
+                Err(e) => tracing::warn!("cannot release vanished endpoint {}: {e}", ep.id),
+            }
+        }
+        reaped
+    }
+
     /// Counters plus which endpoint owns each port.
     pub fn stats(&self) -> StatsReply {
         let mut endpoints = Vec::new();
