@@ -277,7 +277,7 @@ pub fn parse_l2(buf: &[u8]) -> Result<L2Header> {
     parse_tagged(buf, dst, src)
 }
 
-#[cold]
+#[inline(never)]
 fn parse_tagged(buf: &[u8], dst: MacAddr, src: MacAddr) -> Result<L2Header> {
     let Some(t) = buf.first_chunk::<22>().map(|a| &a[..]).or(buf.get(..18)) else {
         return Err(Error::Truncated);

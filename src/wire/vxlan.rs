@@ -68,12 +68,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u32::from_be_bytes([0, b[0], b[1], b[2]])
     }
 
-    /// True when all reserved bits (flags other than I, bytes 1-3 and 7) are zero.
+    /// True when the reserved fields (the 24 bits after the flags and the
+    /// last byte) are zero. Flag bits other than I are not inspected
+    /// (extensions such as VXLAN-GBP use them).
     pub fn reserved_ok(&self) -> bool {
         let b = self.buffer.as_ref();
-        b[field::FLAGS] & !FLAG_I == 0
-            && b[field::RESERVED1] == [0, 0, 0]
-            && b[field::RESERVED2] == 0
+        b[field::RESERVED1] == [0, 0, 0] && b[field::RESERVED2] == 0
     }
 
     /// The VNI if the I flag is set and reserved bits are zero, else `Malformed`.
@@ -174,6 +174,9 @@ mod tests {
             Packet::new_checked(&b[..]).unwrap().validate(),
             Err(Error::Malformed)
         );
+        b[2] = 0;
+        b[0] = 0x88; // other flag bits are ignored
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().validate(), Ok(42));
         assert_eq!(Packet::new_checked(&b[..7]).err(), Some(Error::Truncated));
         assert_eq!(
             VxlanRepr { vni: 1 << 24 }.emit(&mut b),
