@@ -29,13 +29,24 @@ impl Stage for Forward {
                     *slot = cx.mac.lookup(f.meta.network, f.meta.dst, cx.now);
                 }
             }
+            // A batch comes from one port, so its frames share a network.
+            let mut net_cache = None;
             for (f, known) in chunk.iter_mut().zip(found) {
                 if f.meta.action.is_final() {
                     continue;
                 }
-                let Some(net) = cx.topo.network(f.meta.network) else {
-                    f.meta.action = Action::Drop(DropReason::UnknownPort);
-                    continue;
+                let net = match net_cache {
+                    Some((id, n)) if id == f.meta.network => n,
+                    _ => match cx.topo.network(f.meta.network) {
+                        Some(n) => {
+                            net_cache = Some((f.meta.network, n));
+                            n
+                        }
+                        None => {
+                            f.meta.action = Action::Drop(DropReason::UnknownPort);
+                            continue;
+                        }
+                    },
                 };
                 let action = match known {
                     Some(p) if p == f.meta.in_port => Action::Drop(DropReason::Hairpin),

@@ -20,11 +20,10 @@ impl Stage for Learn {
             if f.meta.action.is_final() {
                 continue;
             }
-            let cap = cx
-                .topo
-                .network(f.meta.network)
-                .map_or(cx.mac.config().default_cap, |n| n.mac_cap);
             let m = &f.meta;
+            let topo = cx.topo;
+            let default_cap = cx.mac.config().default_cap;
+            let cap = || topo.network(m.network).map_or(default_cap, |n| n.mac_cap);
             let learned = cx.mac.learn(m.network, m.src, m.in_port, cx.now, cap);
             match learned {
                 Learned::Refreshed { .. } => {}

@@ -171,8 +171,8 @@ impl MacTable {
             .map(|e| e.port)
     }
 
-    /// Records that `mac` sent from `port` on `network` at `now`. `cap` is the
-    /// network's cap.
+    /// Records that `mac` sent from `port` on `network` at `now`. `cap` gives
+    /// the network's cap; it is only asked for when a new entry is inserted.
     #[inline]
     pub fn learn(
         &mut self,
@@ -180,7 +180,7 @@ impl MacTable {
         mac: MacAddr,
         port: PortId,
         now: Millis,
-        cap: usize,
+        cap: impl FnOnce() -> usize,
     ) -> Learned {
         let k = key(network, mac);
         let h = hash(k);
@@ -200,7 +200,7 @@ impl MacTable {
             self.moved(k, old, port);
             return Learned::Moved;
         }
-        self.insert_new(k, port, now, now, cap)
+        self.insert_new(k, port, now, now, cap())
     }
 
     /// Applies what another worker learned. Never asks to announce.
@@ -425,11 +425,11 @@ mod tests {
     #[test]
     fn learns_and_looks_up_per_network() {
         let mut t = table(8);
-        assert_eq!(t.learn(N, mac(1), PortId(3), 0, 8), Learned::New);
+        assert_eq!(t.learn(N, mac(1), PortId(3), 0, || 8), Learned::New);
         assert_eq!(t.lookup(N, mac(1), 0), Some(PortId(3)));
         assert_eq!(t.lookup(NetworkId(2), mac(1), 0), None);
         assert_eq!(
-            t.learn(N, mac(1), PortId(3), 10, 8),
+            t.learn(N, mac(1), PortId(3), 10, || 8),
             Learned::Refreshed { announce: false }
         );
     }
@@ -438,9 +438,9 @@ mod tests {
     fn ages_with_the_fake_clock() {
         let clock = FakeClock::new();
         let mut t = table(8);
-        t.learn(N, mac(1), PortId(1), clock.now(), 8);
+        t.learn(N, mac(1), PortId(1), clock.now(), || 8);
         clock.advance(299_000);
-        t.learn(N, mac(2), PortId(1), clock.now(), 8);
+        t.learn(N, mac(2), PortId(1), clock.now(), || 8);
         assert_eq!(t.lookup(N, mac(1), clock.now()), Some(PortId(1)));
         clock.advance(2_000);
         // Expired entries miss at once, before the sweep removes them.
@@ -454,16 +454,16 @@ mod tests {
     #[test]
     fn refresh_is_announced_after_a_quarter_of_aging() {
         let mut t = table(8);
-        t.learn(N, mac(1), PortId(1), 0, 8);
-        assert!(!t.learn(N, mac(1), PortId(1), 75_000, 8).announce());
-        assert!(t.learn(N, mac(1), PortId(1), 75_001, 8).announce());
+        t.learn(N, mac(1), PortId(1), 0, || 8);
+        assert!(!t.learn(N, mac(1), PortId(1), 75_000, || 8).announce());
+        assert!(t.learn(N, mac(1), PortId(1), 75_001, || 8).announce());
     }
 
     #[test]
     fn moves_update_port_counts() {
         let mut t = table(8);
-        t.learn(N, mac(1), PortId(1), 0, 8);
-        assert_eq!(t.learn(N, mac(1), PortId(2), 1, 8), Learned::Moved);
+        t.learn(N, mac(1), PortId(1), 0, || 8);
+        assert_eq!(t.learn(N, mac(1), PortId(2), 1, || 8), Learned::Moved);
         assert_eq!(t.lookup(N, mac(1), 1), Some(PortId(2)));
         assert_eq!(t.port_len(N, PortId(1)), 0);
         assert_eq!(t.port_len(N, PortId(2)), 1);
@@ -475,13 +475,13 @@ mod tests {
         let mut t = table(10);
         // Two quiet neighbours with two addresses each.
         for i in 0..2 {
-            t.learn(N, mac(i), PortId(1), 0, 10);
-            t.learn(N, mac(100 + i), PortId(2), 0, 10);
+            t.learn(N, mac(i), PortId(1), 0, || 10);
+            t.learn(N, mac(100 + i), PortId(2), 0, || 10);
         }
         // A port floods 1000 random sources.
         let mut evictions = 0;
         for i in 0..1000 {
-            if t.learn(N, mac(10_000 + i), PortId(3), 1, 10) == Learned::NewEvicted {
+            if t.learn(N, mac(10_000 + i), PortId(3), 1, || 10) == Learned::NewEvicted {
                 evictions += 1;
             }
         }
@@ -500,9 +500,12 @@ mod tests {
     #[test]
     fn cap_is_per_network() {
         let mut t = table(2);
-        t.learn(N, mac(1), PortId(1), 0, 2);
-        t.learn(N, mac(2), PortId(1), 0, 2);
-        assert_eq!(t.learn(NetworkId(2), mac(3), PortId(5), 0, 2), Learned::New);
+        t.learn(N, mac(1), PortId(1), 0, || 2);
+        t.learn(N, mac(2), PortId(1), 0, || 2);
+        assert_eq!(
+            t.learn(NetworkId(2), mac(3), PortId(5), 0, || 2),
+            Learned::New
+        );
         assert_eq!(t.network_len(N), 2);
     }
 
@@ -511,7 +514,7 @@ mod tests {
         let mut t = table(100);
         for round in 0..1000u64 {
             let port = PortId((round % 2) as u32);
-            t.learn(N, mac(7), port, round, 100);
+            t.learn(N, mac(7), port, round, || 100);
         }
         for pe in t.networks[&N].ports.values() {
             assert!(pe.order.len() <= 2 * pe.count + 17);
@@ -521,7 +524,7 @@ mod tests {
     #[test]
     fn remote_learning_keeps_newest() {
         let mut t = table(8);
-        t.learn(N, mac(1), PortId(1), 100, 8);
+        t.learn(N, mac(1), PortId(1), 100, || 8);
         let stale = LearnMsg {
             network: N,
             mac: mac(1),
@@ -543,7 +546,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 24);
         let mut t = table(8);
         let start = u32::MAX as Millis - 1_000;
-        t.learn(N, mac(1), PortId(1), start, 8);
+        t.learn(N, mac(1), PortId(1), start, || 8);
         assert_eq!(t.lookup(N, mac(1), start + 200_000), Some(PortId(1)));
         assert_eq!(t.age(start + 200_000), 0);
         assert_eq!(t.age(start + 300_001), 1);
@@ -552,9 +555,9 @@ mod tests {
     #[test]
     fn flush_port_and_network() {
         let mut t = table(8);
-        t.learn(N, mac(1), PortId(1), 0, 8);
-        t.learn(N, mac(2), PortId(2), 0, 8);
-        t.learn(NetworkId(2), mac(3), PortId(3), 0, 8);
+        t.learn(N, mac(1), PortId(1), 0, || 8);
+        t.learn(N, mac(2), PortId(2), 0, || 8);
+        t.learn(NetworkId(2), mac(3), PortId(3), 0, || 8);
         assert_eq!(t.flush_port(PortId(1)), 1);
         assert_eq!(t.flush_network(N), 1);
         assert_eq!(t.len(), 1);
