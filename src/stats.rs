@@ -64,6 +64,8 @@ pub struct PortCounters {
     pub rx_packets: AtomicU64,
     /// Bytes received.
     pub rx_bytes: AtomicU64,
+    /// Frames read but discarded by the port (too short to be a frame).
+    pub rx_errors: AtomicU64,
     /// Frames sent.
     pub tx_packets: AtomicU64,
     /// Bytes sent.
@@ -83,6 +85,8 @@ pub struct PortStats {
     pub rx_packets: u64,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// Frames read but discarded by the port.
+    pub rx_errors: u64,
     /// Frames sent.
     pub tx_packets: u64,
     /// Bytes sent.
@@ -158,6 +162,7 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
             name: p.name.clone(),
             rx_packets: sum(|b| &b.rx_packets),
             rx_bytes: sum(|b| &b.rx_bytes),
+            rx_errors: sum(|b| &b.rx_errors),
             tx_packets: sum(|b| &b.tx_packets),
             tx_bytes: sum(|b| &b.tx_bytes),
             tx_errors: sum(|b| &b.tx_errors),

@@ -39,6 +39,7 @@ pub fn stats(socket: &Path, a: StatsArgs) -> Result<(), CliError> {
                 owner(p.port),
                 p.rx_packets.to_string(),
                 p.rx_bytes.to_string(),
+                p.rx_errors.to_string(),
                 p.tx_packets.to_string(),
                 p.tx_bytes.to_string(),
                 p.tx_errors.to_string(),
@@ -47,7 +48,8 @@ pub fn stats(socket: &Path, a: StatsArgs) -> Result<(), CliError> {
         .collect();
     let mut out = table(
         &[
-            "PORT", "NAME", "ENDPOINT", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "TX_ERR",
+            "PORT", "NAME", "ENDPOINT", "RX_PKTS", "RX_BYTES", "RX_ERR", "TX_PKTS", "TX_BYTES",
+            "TX_ERR",
         ],
         &ports,
     );

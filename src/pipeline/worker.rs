@@ -335,6 +335,14 @@ impl Worker {
                     0
                 }
             };
+            let errors = slot.port.take_rx_errors();
+            if errors > 0 {
+                bump(&slot.counters.rx_errors, errors);
+                bump(
+                    &self.me.counters.drops[DropReason::Malformed as usize],
+                    errors,
+                );
+            }
             // A short read either hit EAGAIN (drained: the next arrival
             // raises a new edge) or ran out of buffers (keep the port ready).
             let starved = self.pool.local_len() == 0;

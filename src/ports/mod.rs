@@ -67,6 +67,13 @@ pub trait Port: Send {
         max: usize,
     ) -> io::Result<usize>;
 
+    /// Frames the port read but had to discard (e.g. shorter than an
+    /// Ethernet header) since the last call; the worker counts them as
+    /// `malformed` drops and port rx errors.
+    fn take_rx_errors(&mut self) -> u64 {
+        0
+    }
+
     /// Writes every frame in `frames` (draining it) and returns the buffers to
     /// `pool`. Frames it cannot write are counted in `failed`, never retried.
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult;

@@ -22,6 +22,7 @@ pub struct TapPort {
     name: String,
     caps: PortCaps,
     malformed: u64,
+    malformed_reported: u64,
 }
 
 impl TapPort {
@@ -35,6 +36,7 @@ impl TapPort {
             name: name.to_string(),
             caps: PortCaps { offload, mtu },
             malformed: 0,
+            malformed_reported: 0,
         })
     }
 
@@ -52,6 +54,7 @@ impl TapPort {
                     mtu,
                 },
                 malformed: 0,
+                malformed_reported: 0,
             })
             .collect())
     }
@@ -70,6 +73,12 @@ impl Port for TapPort {
 
     fn caps(&self) -> PortCaps {
         self.caps
+    }
+
+    fn take_rx_errors(&mut self) -> u64 {
+        let n = self.malformed - self.malformed_reported;
+        self.malformed_reported = self.malformed;
+        n
     }
 
     fn raw_fd(&self) -> Option<RawFd> {
@@ -184,6 +193,8 @@ mod tests {
         assert_eq!(out[0].len(), 60);
         assert_eq!(out[0].vnet, hdr);
         assert_eq!(port.malformed(), 1);
+        assert_eq!(port.take_rx_errors(), 1);
+        assert_eq!(port.take_rx_errors(), 0);
         assert_eq!(port.recv(&mut pool, &mut out, 8).expect("recv"), 0);
 
         let res = port.send(&mut out, &mut pool);
