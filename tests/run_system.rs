@@ -355,6 +355,36 @@ fn scenario(tag: &str, user: Option<&str>, k: u8) {
         "internal network",
     );
 
+    // Reconfiguration never stops traffic: a ping stream between two
+    // endpoints loses nothing while others attach, detach, and a network
+    // comes and goes.
+    let out_file = env.dir.join("ping-during-reconfig");
+    let pinger = format!("ping -c 40 -i 0.1 -W 1 target > {}", out_file.display());
+    let p = env.spawn(&[
+        "run",
+        "--network",
+        "n1",
+        "--name",
+        "pinger",
+        "--",
+        "sh",
+        "-c",
+        &pinger,
+    ]);
+    env.wait_endpoints(&["pinger"]);
+    for i in 0..3 {
+        ok(
+            &env.sy(&["run", "--network", "n1", "--", "true"]),
+            "attach and detach",
+        );
+        let name = format!("tmp{i}");
+        ok(&env.sy(&["network", "create", &name]), "create");
+        ok(&env.sy(&["network", "rm", &name]), "remove");
+    }
+    assert!(env.wait_child(p).success(), "pinger");
+    let text = std::fs::read_to_string(&out_file).expect("ping output");
+    assert!(text.contains(" 0% packet loss"), "{text}");
+
     // Restart: sandboxes survive and are re-attached.
     env.spawn(&[
         "run",

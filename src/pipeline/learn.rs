@@ -16,11 +16,19 @@ impl Stage for Learn {
     }
 
     fn process(&mut self, cx: &mut StageContext<'_>, frames: &mut [Frame]) {
+        // A batch usually carries one flow: a source just learned at the same
+        // time needs no second lookup.
+        let mut last = None;
         for f in frames.iter() {
             if f.meta.action.is_final() {
                 continue;
             }
             let m = &f.meta;
+            let key = (m.network, m.src, m.in_port);
+            if last == Some(key) {
+                continue;
+            }
+            last = Some(key);
             let topo = cx.topo;
             let default_cap = cx.mac.config().default_cap;
             let cap = || topo.network(m.network).map_or(default_cap, |n| n.mac_cap);
