@@ -10,6 +10,7 @@ use crossbeam::channel::{self, Sender};
 
 use crate::clock::Clock;
 use crate::pipeline::pool::{shared_pool, BufferPool};
+use crate::pipeline::trace::TraceReport;
 use crate::pipeline::worker::{self, Command, Worker, WorkerConfig, WorkerParts, WorkerShared};
 use crate::pipeline::Pipeline;
 use crate::ports::{Port, PortId};
@@ -319,6 +320,28 @@ impl Dataplane {
         self.load[owner] = self.load[owner].saturating_sub(1);
         self.port_counters.retain(|p| p.port != id);
         Ok(())
+    }
+
+    /// Explains what the pipeline does with `frame` arriving on `port` (run
+    /// by the port's worker on a copy of its tables; nothing is sent).
+    pub fn trace(&self, port: PortId, frame: Vec<u8>) -> Result<TraceReport, DataplaneError> {
+        let owner = self
+            .topo
+            .load()
+            .port(port)
+            .ok_or(DataplaneError::UnknownPort(port))?
+            .owner;
+        let (tx, rx) = channel::bounded(1);
+        self.send(
+            owner,
+            Command::Trace {
+                in_port: port,
+                frame,
+                reply: tx,
+            },
+        )?;
+        rx.recv_timeout(std::time::Duration::from_secs(2))
+            .map_err(|_| DataplaneError::WorkerGone(owner))
     }
 
     /// Counters summed over workers.

@@ -647,3 +647,68 @@ fn endpoints_of_vanished_sandboxes_are_reaped() {
     .expect("endpoint");
     assert_eq!(ep.ipv4, ids[1].ipv4);
 }
+
+#[test]
+fn trace_explains_decisions_without_side_effects() {
+    let dir = TempDir::new("trace");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"t","subnet":"10.8.0.0/24"}"#,
+    );
+    for name in ["a", "b"] {
+        let ns = dir.path().join(name);
+        std::fs::write(&ns, b"").expect("ns file");
+        let target = format!(r#"{{"netns":{{"path":"{}"}}}}"#, ns.display());
+        ok(
+            &mut c,
+            &format!(r#"{{"op":"connect","network":"t","target":{target},"name":"{name}"}}"#),
+        );
+    }
+    let trace = |c: &mut Client, spec: &str| -> Value {
+        ok(
+            c,
+            &format!(r#"{{"op":"trace","network":"t","frame":"{spec}"}}"#),
+        )
+    };
+    // Ping to the gateway: answered back out of a's port.
+    let r = trace(&mut c, "in=a,icmp=10.8.0.1");
+    let result = r["report"]["result"].as_str().expect("result");
+    assert!(result.starts_with("output to"), "{r}");
+    let stages: Vec<&str> = r["report"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(stages, ["parse", "ingress", "learn", "gateway", "forward"]);
+    // b's address has never been seen: flooded (to b only).
+    let r = trace(&mut c, "in=a,udp=10.8.0.3:53");
+    assert!(
+        r["report"]["result"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("flood to"),
+        "{r}"
+    );
+    // A spoofed source is dropped by ingress port security.
+    let r = trace(&mut c, "in=a,icmp=10.8.0.1,src=02:99:99:99:99:99");
+    assert_eq!(r["report"]["result"], "drop: spoofed", "{r}");
+    // Tracing did not count anything or learn anything.
+    let stats: Value = ok(&mut c, r#"{"op":"stats"}"#);
+    assert_eq!(stats["stats"]["drops"]["spoofed"], 0);
+    assert_eq!(stats["stats"]["events"]["mac-learned"], 0);
+    // Bad specs are clear errors.
+    let (k, msg) = err_kind(
+        &mut c,
+        r#"{"op":"trace","network":"t","frame":"in=a,icmp=nope"}"#,
+    );
+    assert_eq!(k, ErrorKind::BadRequest);
+    assert!(msg.contains("invalid frame spec"), "{msg}");
+    let (k, _) = err_kind(
+        &mut c,
+        r#"{"op":"trace","network":"t","frame":"in=zz,icmp=10.8.0.1"}"#,
+    );
+    assert_eq!(k, ErrorKind::NotFound);
+}

@@ -9,6 +9,7 @@ pub mod ps;
 pub mod publish;
 pub mod run;
 pub mod stats;
+pub mod trace;
 pub mod unpublish;
 pub mod up;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Show per-port and per-drop-reason counters.
     Stats(stats::StatsArgs),
+    /// Explain the pipeline's decision for a described frame.
+    Trace(trace::TraceArgs),
 }
 
 /// CLI failures (printed to stderr; the process exits non-zero).
@@ -109,6 +112,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Unpublish(a) => unpublish::unpublish(&socket, a).map(|()| 0),
         Command::Ps(a) => ps::ps(&socket, a).map(|()| 0),
         Command::Stats(a) => stats::stats(&socket, a).map(|()| 0),
+        Command::Trace(a) => trace::trace(&socket, a).map(|()| 0),
     }
 }
 
@@ -179,6 +183,7 @@ mod tests {
             "switchyard stats --json",
             "switchyard run --network a --network b --name n -p 80:80 -- sh -c true",
             "switchyard up demo.toml",
+            "switchyard trace web in=a,icmp=10.1.0.1",
         ];
         for l in ok {
             Cli::try_parse_from(l.split(' ')).unwrap_or_else(|e| panic!("{l}: {e}"));

@@ -18,7 +18,7 @@ use crate::stats::StatsSnapshot;
 pub const MAX_LINE: usize = 1 << 20;
 
 /// Every op name, as written in the `op` field.
-pub const OPS: [&str; 11] = [
+pub const OPS: [&str; 12] = [
     "network_create",
     "network_list",
     "network_inspect",
@@ -30,6 +30,7 @@ pub const OPS: [&str; 11] = [
     "ps",
     "stats",
     "ping",
+    "trace",
 ];
 
 /// A request to the daemon.
@@ -58,6 +59,27 @@ pub enum Request {
     Stats,
     /// Health check.
     Ping,
+    /// Explains the pipeline's decision for a described frame.
+    Trace(TraceRequest),
+}
+
+/// Arguments of `trace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// Network of the ingress endpoint.
+    pub network: String,
+    /// The frame, e.g. `in=a,icmp=10.89.0.1`.
+    pub frame: crate::control::trace::FrameSpec,
+}
+
+/// Result of `trace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReply {
+    /// The frame as built (addresses filled in).
+    pub frame: String,
+    /// What the pipeline did.
+    pub report: crate::pipeline::trace::TraceReport,
 }
 
 /// Arguments of `network_create`.

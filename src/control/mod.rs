@@ -15,3 +15,4 @@ pub mod net;
 pub mod paths;
 pub mod server;
 pub mod store;
+pub mod trace;

@@ -17,6 +17,7 @@ pub mod offload;
 pub mod parse;
 pub mod pool;
 pub mod stage;
+pub mod trace;
 pub mod worker;
 
 pub use stage::{Pipeline, Stage, StageContext};

@@ -21,6 +21,7 @@ use super::frame::{Action, Frame};
 use super::offload;
 use super::pool::BufferPool;
 use super::stage::{Pipeline, StageContext};
+use super::trace::{self, TraceReport, TraceStep};
 use super::BATCH_SIZE;
 use crate::clock::{Clock, Millis};
 use crate::ports::{Port, PortCaps, PortId};
@@ -76,6 +77,15 @@ pub enum Command {
     FlushPort(PortId),
     /// Forget MAC entries of a removed network.
     FlushNetwork(NetworkId),
+    /// Explain what the pipeline does with a frame arriving on a port.
+    Trace {
+        /// Ingress port.
+        in_port: PortId,
+        /// The frame.
+        frame: Vec<u8>,
+        /// Where the report goes.
+        reply: crossbeam::channel::Sender<TraceReport>,
+    },
     /// Leave the run loop.
     Stop,
 }
@@ -228,6 +238,13 @@ impl Worker {
                 }
                 Command::FlushNetwork(id) => {
                     self.mac.flush_network(id);
+                }
+                Command::Trace {
+                    in_port,
+                    frame,
+                    reply,
+                } => {
+                    let _ = reply.send(self.trace(in_port, &frame));
                 }
                 Command::Stop => return false,
             }
@@ -384,6 +401,47 @@ impl Worker {
         self.dispatch(&topo);
         self.flush();
         self.announce();
+    }
+
+    /// Runs `bytes` through the pipeline as if received on `in_port`, on a
+    /// copy of the MAC table and with scratch counters; nothing is sent.
+    pub fn trace(&mut self, in_port: PortId, bytes: &[u8]) -> TraceReport {
+        let topo = self.topo.load_full();
+        let mut report = TraceReport {
+            in_port,
+            steps: Vec::new(),
+            result: String::new(),
+        };
+        let Some(mut f) = self.pool.alloc() else {
+            report.result = "drop: no-buffer".into();
+            return report;
+        };
+        f.fill(bytes);
+        f.meta.in_port = in_port;
+        let mut frames = vec![f];
+        let mut mac = self.mac.clone();
+        let mut learned = Vec::new();
+        let scratch = WorkerCounters::default();
+        let mut cx = StageContext {
+            now: self.clock.now(),
+            topo: &topo,
+            mac: &mut mac,
+            learned: &mut learned,
+            counters: &scratch,
+        };
+        self.pipeline.run_traced(&mut cx, &mut frames, |stage, fs| {
+            if let Some(f) = fs.first() {
+                report.steps.push(TraceStep {
+                    stage: stage.to_string(),
+                    action: trace::describe(f.meta.action, &topo),
+                });
+            }
+        });
+        for f in frames {
+            report.result = trace::outcome(&f, &topo);
+            self.pool.free(f);
+        }
+        report
     }
 
     fn dispatch(&mut self, topo: &Topology) {

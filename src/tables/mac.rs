@@ -90,7 +90,7 @@ fn age(now: Millis, then: u32) -> Millis {
     t32(now).wrapping_sub(then) as Millis
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct PortEntries {
     count: usize,
     /// Keys in learning order; may hold stale keys (moved or aged away),
@@ -98,7 +98,7 @@ struct PortEntries {
     order: VecDeque<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct NetworkEntries {
     count: usize,
     ports: HashMap<PortId, PortEntries>,
@@ -122,7 +122,9 @@ impl Default for MacConfig {
     }
 }
 
-/// One worker's MAC table.
+/// One worker's MAC table. Cloned only by `switchyard trace`, which must not
+/// change the real one.
+#[derive(Clone)]
 pub struct MacTable {
     config: MacConfig,
     entries: HashTable<Entry>,

@@ -19,10 +19,12 @@ use super::model::{
     DEFAULT_MTU,
 };
 use super::store::{State, Store, StoreError};
+use super::trace;
 use crate::clock::SystemClock;
 use crate::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
 use crate::ports::PortId;
 use crate::tables::topology::{GatewayInfo, NetworkId, PortSecurity};
+use crate::wire::MacAddr;
 
 /// Name of the network that always exists.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -172,6 +174,7 @@ impl Daemon {
             Request::Unpublish(p) => self.unpublish(p).map(|e| Response::success(&e)),
             Request::Ps => Ok(Response::success(&self.state.endpoints)),
             Request::Stats => Ok(Response::success(&self.stats())),
+            Request::Trace(t) => self.trace(t).map(|r| Response::success(&r)),
             Request::Ping => Ok(Response::success(&Pong {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pid: std::process::id(),
@@ -490,6 +493,51 @@ impl Daemon {
         let ports = self.ports.remove(&ep.id).unwrap_or_default();
         self.release_ports(&ep, ports);
         Ok(ep)
+    }
+
+    /// Explains what the data plane does with a described frame from an
+    /// endpoint.
+    pub fn trace(&self, req: api::TraceRequest) -> Result<api::TraceReply, DaemonError> {
+        let net = self
+            .network(&req.network)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(req.network.clone()))?;
+        let on_net = |e: &&Endpoint| e.network == req.network;
+        let ep = self
+            .state
+            .endpoints
+            .iter()
+            .filter(on_net)
+            .find(|e| e.name == req.frame.ingress || e.id == req.frame.ingress)
+            .ok_or_else(|| {
+                DaemonError::NoSuchEndpoint(format!("{}/{}", req.network, req.frame.ingress))
+            })?;
+        let port = *self
+            .endpoint_ports(&ep.id)
+            .first()
+            .ok_or_else(|| DaemonError::NoSuchEndpoint(ep.id.clone()))?;
+        let spec = &req.frame;
+        let dst = spec.dst.unwrap_or_else(|| match spec.probe {
+            trace::Probe::Arp(_) | trace::Probe::Raw(_) => MacAddr::BROADCAST,
+            probe => self
+                .state
+                .endpoints
+                .iter()
+                .filter(on_net)
+                .find(|e| Some(e.ipv4) == probe.dst_ip())
+                .map_or_else(|| net.gateway_mac(), |e| e.mac),
+        });
+        let src = spec.src.unwrap_or(ep.mac);
+        let frame = trace::build(spec.probe, src, ep.ipv4, dst);
+        let report = self.dataplane.trace(port, frame)?;
+        let built = trace::FrameSpec {
+            src: Some(src),
+            dst: Some(dst),
+            ..spec.clone()
+        };
+        Ok(api::TraceReply {
+            frame: built.to_string(),
+            report,
+        })
     }
 
     /// Disconnects endpoints whose sandbox no longer exists (the process
