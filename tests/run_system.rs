@@ -115,11 +115,9 @@ impl Env {
 
     fn start_daemon(&mut self) {
         let state = self.state.to_str().expect("utf8").to_string();
-        let child = self
-            .cmd(&["daemon", "--workers", "2", "--state-dir", &state])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start daemon");
+        let mut child = self.cmd(&["daemon", "--workers", "2", "--state-dir", &state]);
+        child.stdout(Stdio::null());
+        let child = spawn_retry(&mut child).expect("start daemon");
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -141,12 +139,9 @@ impl Env {
 
     /// Runs a client command to completion (at most 60 s).
     fn sy(&self, args: &[&str]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn client");
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = spawn_retry(&mut c).expect("spawn client");
         let out_pipe = child.stdout.take();
         let err_pipe = child.stderr.take();
         let reader = std::thread::spawn(move || {
@@ -178,11 +173,9 @@ impl Env {
 
     /// Starts a long-running client command (killed on drop).
     fn spawn(&mut self, args: &[&str]) -> usize {
-        let child = self
-            .cmd(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn client");
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::null());
+        let child = spawn_retry(&mut c).expect("spawn client");
         self.children.push(child);
         self.children.len() - 1
     }
@@ -209,6 +202,21 @@ impl Env {
         }
         panic!("endpoints {names:?} did not appear:\n{}", self.ps());
     }
+}
+
+/// Spawns, retrying while the binary is "text file busy": another test
+/// thread may fork while our copy of the binary is still open for writing,
+/// and the child holds that descriptor until it execs.
+fn spawn_retry(c: &mut Command) -> std::io::Result<Child> {
+    for _ in 0..50 {
+        match c.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+    c.spawn()
 }
 
 fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -397,9 +405,12 @@ fn scenario(tag: &str, user: Option<&str>, k: u8) {
         "60",
     ]);
     let go = env.dir.join("go");
+    let r2_log = env.dir.join("r2.log");
     let wait_go = format!(
-        "i=0; while [ ! -e {} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ping -c 3 -W 2 r1",
-        go.display()
+        "i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         (ip addr; ip route; ip neigh; ping -c 5 -W 2 r1) > {log} 2>&1",
+        go = go.display(),
+        log = r2_log.display()
     );
     let r2 = env.spawn(&[
         "run",
@@ -417,7 +428,15 @@ fn scenario(tag: &str, user: Option<&str>, k: u8) {
     env.start_daemon();
     env.wait_endpoints(&["r1", "r2", "target"]);
     std::fs::write(&go, b"").expect("go");
-    assert!(env.wait_child(r2).success(), "ping after daemon restart");
+    let st = env.wait_child(r2);
+    if !st.success() {
+        let log = std::fs::read_to_string(&r2_log).unwrap_or_default();
+        let stats = String::from_utf8_lossy(&env.sy(&["stats"]).stdout).into_owned();
+        panic!(
+            "ping after daemon restart failed:\n{log}\n{}\n{stats}",
+            env.ps()
+        );
+    }
     let _ = keep;
 }
 

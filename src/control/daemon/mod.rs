@@ -111,7 +111,7 @@ impl Daemon {
                 );
                 continue;
             }
-            match self.attach_ports(&ep, net) {
+            match self.reattach_ports(&ep, net) {
                 Ok(ports) => {
                     self.ports.insert(ep.id.clone(), ports);
                     state.endpoints.push(ep);
@@ -129,6 +129,23 @@ impl Daemon {
         }
         self.state = state;
         Ok(())
+    }
+
+    /// Re-creates an endpoint's interface after a restart. The previous
+    /// daemon's TAP disappears when its fds close, but the kernel may still be
+    /// unregistering it (its name taken) for a moment, so failures are retried
+    /// for up to three seconds.
+    fn reattach_ports(&mut self, ep: &Endpoint, net: &Network) -> Result<Vec<PortId>, DaemonError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match self.attach_ports(ep, net) {
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("re-attaching {}/{}: {e}; retrying", ep.network, ep.name);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The current state.
