@@ -161,7 +161,10 @@ def cmd_sy_drops(setup, *paths):
             ev = st.get("events", {})
             evs = ", ".join("%s=%s" % kv for kv in sorted(ev.items()) if kv[1])
             print("%s: Switchyard final counters: %s; events: %s" % (setup, pt, evs or "none"))
-            if not drops:
+            if drops:
+                print("%s: Switchyard drop counters at the end (cumulative, non-zero): %s" % (
+                    setup, ", ".join("%s=%d" % kv for kv in sorted(drops.items()))))
+            else:
                 print("%s: Switchyard drop counters all zero" % setup)
         prev = drops
 
@@ -232,7 +235,9 @@ def cmd_table(argv):
         d = res.get(s, {})
         bits = []
         if "pps_tx_dropped" in d:
-            bits.append("sender tx_dropped %s/s" % fmt(d["pps_tx_dropped"]))
+            off = (num(d.get("pps_tx")) or 0) + (num(d["pps_tx_dropped"]) or 0)
+            bits.append("sender's device tx_dropped %s/s (trafgen offered ~%s pps)" % (
+                fmt(d["pps_tx_dropped"]), fmt(off)))
         if "pps_rx_frames" in d:
             bits.append("trafgen %s frames sent, %s received in %s s" % (
                 d.get("pps_tx_frames"), d.get("pps_rx_frames"), d.get("pps_secs")))

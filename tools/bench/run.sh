@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ "$QUICK" = 1 ]; then IPERF_T=3; PPS_T=3; PING_N=200; else IPERF_T=5; PPS_T=5; PING_N=500; fi
+if [ "$QUICK" = 1 ]; then IPERF_T=3; PPS_T=2; PING_N=200; else IPERF_T=5; PPS_T=5; PING_N=500; fi
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 SUF=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
