@@ -198,7 +198,7 @@ def cmd_table(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("notes")
-    for k in ("setups", "cmd", "nproc", "kernel", "date", "elapsed", "params", "version", "ovs"):
+    for k in ("setups", "cmd", "nproc", "kernel", "date", "elapsed", "params", "version", "ovs", "load"):
         ap.add_argument("--" + k, default="")
     a = ap.parse_args(argv)
     res = {}
@@ -254,7 +254,8 @@ def cmd_table(argv):
         out.append("Notes:")
         out.extend("- " + n for n in notes)
         out.append("")
-    out.append("Machine: nproc=%s, kernel %s, %s" % (a.nproc, a.kernel, a.date))
+    out.append("Machine: nproc=%s, kernel %s, %s; loadavg at start: %s" % (
+        a.nproc, a.kernel, a.date, a.load))
     out.append("Switchyard: %s; %s" % (a.version, a.ovs))
     out.append("Parameters: %s; run took %s s" % (a.params, a.elapsed))
     out.append("Command: %s" % a.cmd)

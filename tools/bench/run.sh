@@ -37,6 +37,7 @@ TMP=$(mktemp -d /tmp/sybench-XXXXXX)
 RES=$TMP/results.tsv; : > "$RES"
 NOTES=$TMP/notes.txt; : > "$NOTES"
 T_START=$(date +%s)
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 log() { echo "[$(date +%T)] $*" >&2; }
 note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
@@ -292,5 +293,5 @@ python3 "$HERE/report.py" table "$RES" "$NOTES" \
   --setups "${SETUPS# }" --cmd "$CMDLINE" --nproc "$(nproc)" --kernel "$(uname -sr)" \
   --date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" --elapsed $(( T_END - T_START )) \
   --params "iperf3 -t $IPERF_T; trafgen ${PPS_T} s; ping -i 0.01 -c $PING_N" \
-  --version "$VER (git $GIT)" --ovs "$(ovs-vswitchd --version 2>/dev/null | head -1)" \
+  --load "$LOAD0" --version "$VER (git $GIT)" --ovs "$(ovs-vswitchd --version 2>/dev/null | head -1)" \
   | tee "$HERE/last-run.txt"
