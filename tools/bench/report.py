@@ -67,6 +67,8 @@ def cmd_ping(path):
     if times:
         print("rtt_med_ms %.3f" % median(times))
         print("rtt_p99_ms %.3f" % pct(times, 99))
+        print("rtt_max_ms %.3f" % max(times))
+        print("rtt_over_1ms %d" % sum(1 for t in times if t > 1.0))
     else:
         print("rtt_med_ms err")
         print("rtt_p99_ms err")
@@ -242,7 +244,9 @@ def cmd_table(argv):
             bits.append("trafgen %s frames sent, %s received in %s s" % (
                 d.get("pps_tx_frames"), d.get("pps_rx_frames"), d.get("pps_secs")))
         if "ping_loss_pct" in d:
-            bits.append("ping loss %s%%" % d["ping_loss_pct"])
+            bits.append("ping loss %s%%, max RTT %s ms, %s of %s replies over 1 ms" % (
+                d["ping_loss_pct"], d.get("rtt_max_ms", "?"), d.get("rtt_over_1ms", "?"),
+                d.get("ping_replies", "?")))
         if bits:
             extra.append("- %s: %s" % (LABELS.get(s, s), "; ".join(bits)))
     if extra:
