@@ -47,6 +47,7 @@ put() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RES"; }   # setup metric value
 NS_A=""; NS_B=""; NS_SW=""; DEV_A=""; DEV_B=""
 SW_PIDS=""        # switch processes (CPU accounting)
 KILL_PIDS=""      # every process we started and must stop
+AUX_PIDS=""       # helpers (iperf3 servers) started by the measurements
 OVS_DIR=""; SY_DIR=""; SY_SOCK=""; SY_PID=""
 
 stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
@@ -60,12 +61,12 @@ stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
 
 teardown() {
   local p n
-  for p in $KILL_PIDS; do stop_pid "$p"; done
+  for p in $AUX_PIDS $KILL_PIDS; do stop_pid "$p"; done
   for n in $NS_A $NS_B $NS_SW; do ip netns del "$n" 2>/dev/null; done
   [ -n "$OVS_DIR" ] && rm -rf "$OVS_DIR"
   [ -n "$SY_DIR" ] && rm -rf "$SY_DIR"
   NS_A=""; NS_B=""; NS_SW=""; DEV_A=""; DEV_B=""; SW_PIDS=""; KILL_PIDS=""
-  OVS_DIR=""; SY_DIR=""; SY_SOCK=""; SY_PID=""
+  OVS_DIR=""; SY_DIR=""; SY_SOCK=""; SY_PID=""; AUX_PIDS=""
 }
 
 on_exit() {
@@ -210,7 +211,7 @@ m_ping() {  # m_ping SETUP
 m_iperf() {  # m_iperf SETUP STREAMS -> gbps (and CPU for 1 stream)
   local s=$1 P=$2 port=5201 json=$TMP/iperf-$1-$2.json
   ip netns exec "$NS_B" timeout $(( IPERF_T + 30 )) iperf3 -s -1 -p $port > "$TMP/iperf-srv-$s-$P.log" 2>&1 &
-  local srv=$!
+  local srv=$!; AUX_PIDS="$AUX_PIDS $srv"
   if ! wait_listen "$NS_B" $port; then note "$s: iperf3 server did not start"; stop_pid $srv; return 1; fi
   local c0 c1 w0 w1
   c0=$(cpu_ticks $SW_PIDS); w0=$(date +%s.%N)
