@@ -347,8 +347,9 @@ impl Worker {
             };
             let got = match slot.port.recv(&mut self.pool, &mut self.batch, BATCH_SIZE) {
                 Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(port = %slot.port.name(), error = %e, "port read failed");
+                // Counted, not logged: a dead TAP would log per wake-up.
+                Err(_) => {
+                    bump(&slot.counters.rx_errors, 1);
                     0
                 }
             };
