@@ -39,6 +39,9 @@ pub enum DataplaneError {
     /// More networks than the data plane can index.
     #[error("too many networks")]
     TooManyNetworks,
+    /// A port was given without any queue.
+    #[error("a port needs at least one queue")]
+    NoQueues,
     /// A worker stopped.
     #[error("data-plane worker {0} is not running")]
     WorkerGone(WorkerId),
@@ -147,7 +150,8 @@ impl Dataplane {
         make_pipeline: impl Fn(WorkerId) -> Pipeline,
         polled: bool,
     ) -> Result<(Dataplane, Vec<Worker>), DataplaneError> {
-        let n = config.workers.max(1);
+        // Port queue masks are 64 bits wide.
+        let n = config.workers.clamp(1, 64);
         let topo = shared_topology();
         let pool = shared_pool(config.pool_frames.max(n * 256));
         let (shared, polls) = if polled {
@@ -261,63 +265,93 @@ impl Dataplane {
         spec: PortSpec,
         port: Box<dyn Port>,
     ) -> Result<PortId, DataplaneError> {
+        self.add_port_queues(spec, vec![port])
+    }
+
+    /// Attaches a port with several queues (a multi-queue TAP): queue `i` is
+    /// polled and written by its own worker, so frames to and from the port
+    /// never cross between workers. With one queue, the worker is
+    /// `spec.worker` or the one with the fewest queues. Queues beyond the
+    /// number of workers are closed.
+    pub fn add_port_queues(
+        &mut self,
+        spec: PortSpec,
+        mut queues: Vec<Box<dyn Port>>,
+    ) -> Result<PortId, DataplaneError> {
         let topo = self.topo.load_full();
         if topo.network(spec.network).is_none() {
             return Err(DataplaneError::UnknownNetwork(spec.network));
         }
-        let owner = spec
-            .worker
-            .filter(|w| *w < self.workers())
-            .unwrap_or_else(|| {
-                (0..self.load.len())
-                    .min_by_key(|w| self.load[*w])
-                    .unwrap_or(0)
-            });
+        let Some(first) = queues.first() else {
+            return Err(DataplaneError::NoQueues);
+        };
+        let (name, caps) = (first.name().to_string(), first.caps());
+        queues.truncate(self.workers().min(64));
+        let owners: Vec<WorkerId> = if queues.len() == 1 {
+            vec![spec
+                .worker
+                .filter(|w| *w < self.workers())
+                .unwrap_or_else(|| {
+                    (0..self.load.len())
+                        .min_by_key(|w| self.load[*w])
+                        .unwrap_or(0)
+                })]
+        } else {
+            (0..queues.len()).collect()
+        };
         let id = topo.free_port_id();
-        let name = port.name().to_string();
+        let mut blocks = Vec::with_capacity(queues.len());
+        // Every worker must own its queue before others route frames to it.
+        for (port, &w) in queues.into_iter().zip(&owners) {
+            let counters = Arc::new(PortCounters::default());
+            self.send(
+                w,
+                Command::AddPort {
+                    id,
+                    port,
+                    counters: counters.clone(),
+                },
+            )?;
+            self.load[w] += 1;
+            blocks.push(counters);
+        }
         let info = PortInfo {
             id,
             name: name.clone(),
             network: spec.network,
-            owner,
-            caps: port.caps(),
+            owner: owners[0],
+            queue_workers: owners.iter().fold(0u64, |m, w| m | 1 << w),
+            caps,
             security: spec.security,
         };
-        let counters = Arc::new(PortCounters::default());
-        // The worker must own the port before others route frames to it.
-        self.send(
-            owner,
-            Command::AddPort {
-                id,
-                port,
-                counters: counters.clone(),
-            },
-        )?;
         self.publish(|t| t.add_port(info));
-        self.load[owner] += 1;
         self.port_counters.push(PortCounterEntry {
             port: id,
             name,
-            blocks: vec![counters],
+            blocks,
         });
         Ok(id)
     }
 
-    /// Detaches a port; its worker closes it, and every worker forgets its
-    /// MAC entries.
+    /// Detaches a port; its workers close its queues, and every worker
+    /// forgets its MAC entries.
     pub fn remove_port(&mut self, id: PortId) -> Result<(), DataplaneError> {
         let topo = self.topo.load_full();
-        let owner = topo.port(id).ok_or(DataplaneError::UnknownPort(id))?.owner;
+        let mask = topo
+            .port(id)
+            .ok_or(DataplaneError::UnknownPort(id))?
+            .queue_workers;
         self.publish(|t| {
             t.remove_port(id);
         });
-        self.send(owner, Command::RemovePort(id))?;
         for w in 0..self.workers() {
-            if w != owner {
+            if mask & (1 << w) != 0 {
+                self.send(w, Command::RemovePort(id))?;
+                self.load[w] = self.load[w].saturating_sub(1);
+            } else {
                 self.send(w, Command::FlushPort(id))?;
             }
         }
-        self.load[owner] = self.load[owner].saturating_sub(1);
         self.port_counters.retain(|p| p.port != id);
         Ok(())
     }

@@ -316,3 +316,51 @@ fn gateway_answers_arp_and_ping_and_drops_the_rest() {
     assert!(drain(&b).is_empty());
     assert_eq!(sw.dp.stats().drops_for(DropReason::GatewayUnhandled), 1);
 }
+
+#[test]
+fn multi_queue_ports_never_cross_workers() {
+    let mut sw = Switch::new(2);
+    let n = sw.network("mq", false);
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let (q0, h0) = MemoryPort::new("mq", CAPS, 256);
+        let (q1, h1) = MemoryPort::new("mq", CAPS, 256);
+        sw.dp
+            .add_port_queues(
+                PortSpec {
+                    network: n,
+                    security: PortSecurity::default(),
+                    worker: None,
+                },
+                vec![Box::new(q0), Box::new(q1)],
+            )
+            .unwrap();
+        handles.push((h0, h1));
+    }
+    sw.settle();
+    // A's second queue (worker 1) sends; both workers learn where mac(1) is.
+    handles[0].1.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    sw.settle();
+    assert_eq!(
+        drain(&handles[1].1).len(),
+        1,
+        "flooded on worker 1's queue of B"
+    );
+    assert!(drain(&handles[1].0).is_empty());
+    // B answers through its first queue (worker 0): out of A's worker-0 queue.
+    handles[1].0.inject(&frame(mac(1), mac(2)));
+    sw.settle();
+    assert_eq!(drain(&handles[0].0).len(), 1);
+    assert!(drain(&handles[0].1).is_empty());
+    let s = sw.dp.stats();
+    assert_eq!(s.events["cross-worker-sent"], 0);
+    assert_eq!(s.ports.len(), 2);
+    assert_eq!(s.ports[0].rx_packets + s.ports[1].rx_packets, 2);
+    // Removing a port closes every queue.
+    let a = sw.dp.topology().network(n).unwrap().ports[0];
+    sw.dp.remove_port(a).unwrap();
+    sw.settle();
+    handles[1].0.inject(&frame(MacAddr::BROADCAST, mac(2)));
+    sw.settle();
+    assert!(drain(&handles[0].0).is_empty() && drain(&handles[0].1).is_empty());
+}

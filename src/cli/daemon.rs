@@ -25,7 +25,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Data-plane worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
     /// Cluster store URL, e.g. etcd://HOST:PORT (not yet supported).
     #[arg(long, value_name = "URL")]
@@ -97,7 +97,9 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dataplane,
         routes: Box::new(ProcRoutes::default()),
     };
-    let daemon = Daemon::new(config, Box::new(crate::ns::NsAttacher::from_current_exe()))?;
+    let queues = config.dataplane.workers;
+    let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);
+    let daemon = Daemon::new(config, Box::new(attacher))?;
     tracing::info!("switchyard daemon listening on {}", socket.display());
     let stop = server.stop_handle();
     std::thread::Builder::new()

@@ -31,7 +31,7 @@ pub struct UpArgs {
     #[arg(value_name = "FILE.toml")]
     pub file: PathBuf,
     /// Data-plane worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
 }
 
@@ -110,13 +110,17 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     if let Some(n) = args.workers {
         dataplane.workers = usize::from(n);
     }
+    let queues = dataplane.workers;
     let state_dir = temp_state_dir();
     let config = DaemonConfig {
         state_dir: state_dir.clone(),
         dataplane,
         routes: Box::new(ProcRoutes::default()),
     };
-    let daemon = Daemon::new(config, Box::new(crate::ns::NsAttacher::from_current_exe()))?;
+    let daemon = Daemon::new(
+        config,
+        Box::new(crate::ns::NsAttacher::from_current_exe().with_queues(queues)),
+    )?;
     let stop = server.stop_handle();
     let daemon = Arc::new(Mutex::new(daemon));
     super::daemon::spawn_reaper(&daemon);

@@ -23,6 +23,12 @@ impl NsAttacher {
         NsAttacher::new(exe)
     }
 
+    /// Creates TAPs with `queues` queues (one per data-plane worker).
+    pub fn with_queues(mut self, queues: usize) -> NsAttacher {
+        self.queues = queues.clamp(1, 16);
+        self
+    }
+
     /// Uses `helper_exe` as the helper.
     pub fn new(helper_exe: PathBuf) -> NsAttacher {
         NsAttacher {

@@ -502,7 +502,7 @@ impl Worker {
             self.pool.free(f);
             return;
         };
-        if info.owner == self.id {
+        if info.queue_workers & (1 << self.id) != 0 {
             self.enqueue_local(p, f);
             return;
         }

@@ -69,8 +69,11 @@ pub struct PortInfo {
     pub name: String,
     /// The network it is attached to.
     pub network: NetworkId,
-    /// The worker that polls it and writes to it.
+    /// The worker that polls its first queue (and runs traces for it).
     pub owner: WorkerId,
+    /// Bit `w` set: worker `w` has a queue of this port and writes to it
+    /// itself; other workers hand frames for it to `owner`.
+    pub queue_workers: u64,
     /// What it can take.
     pub caps: PortCaps,
     /// What it may send.
@@ -195,6 +198,7 @@ mod tests {
             name: format!("p{id}"),
             network: NetworkId(net),
             owner: 0,
+            queue_workers: 1,
             caps: PortCaps {
                 offload: true,
                 mtu: 1500,

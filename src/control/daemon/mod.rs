@@ -455,28 +455,19 @@ impl Daemon {
                 network: net.name.clone(),
                 source,
             })?;
-        let mut ids = Vec::with_capacity(attached.len());
-        for port in attached {
-            let security = PortSecurity {
-                mac: Some(ep.mac),
-                ipv4: vec![ep.ipv4],
-            };
-            match self.dataplane.add_port(
-                PortSpec {
-                    network,
-                    security,
-                    worker: None,
-                },
-                port,
-            ) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    self.release_ports(ep, ids);
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(ids)
+        let security = PortSecurity {
+            mac: Some(ep.mac),
+            ipv4: vec![ep.ipv4],
+        };
+        let spec = PortSpec {
+            network,
+            security,
+            worker: None,
+        };
+        // One port, one queue per worker: no frame to or from it crosses
+        // between workers.
+        let id = self.dataplane.add_port_queues(spec, attached)?;
+        Ok(vec![id])
     }
 
     /// Takes the ports out of the data plane (closing them) and removes the
