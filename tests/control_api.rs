@@ -712,3 +712,35 @@ fn trace_explains_decisions_without_side_effects() {
     );
     assert_eq!(k, ErrorKind::NotFound);
 }
+
+#[test]
+fn too_many_clients_are_refused_and_served_again_later() {
+    use std::io::{BufRead, BufReader};
+    use switchyard::control::server::MAX_CLIENTS;
+    let dir = TempDir::new("busy");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CLIENTS {
+        let mut c = t.client();
+        ok(&mut c, r#"{"op":"ping"}"#);
+        idle.push(c);
+    }
+    let extra = std::os::unix::net::UnixStream::connect(&t.socket).expect("connect");
+    let mut line = String::new();
+    BufReader::new(extra).read_line(&mut line).expect("reply");
+    assert!(
+        line.contains("exhausted") && line.contains("try again"),
+        "{line}"
+    );
+    drop(idle.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = t.client();
+        let r = call(&mut c, r#"{"op":"ping"}"#);
+        if r.ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -222,6 +222,9 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, CliError> {
         launched.abort(&mut client);
         return Err(e);
     }
+    // No connection is held while CMD runs: the daemon serves a bounded
+    // number of clients.
+    drop(client);
     let status = launched
         .sandbox
         .wait()

@@ -134,6 +134,8 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     let code = match result {
         Ok(launched) => {
             report(&mut client, &launched)?;
+            // Idle API connections count against the daemon's client cap.
+            drop(client);
             let waiter = wait_for_signal(signals);
             let pids: Vec<u32> = launched.iter().map(|l| l.sandbox.pid()).collect();
             tracing::info!("stopping: {waiter}");

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::api::{decode_request, ApiError, ErrorKind, Response, MAX_LINE};
@@ -57,6 +57,7 @@ pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    clients: Arc<AtomicUsize>,
 }
 
 /// Stops a serving [`Server`] from another thread.
@@ -113,6 +114,7 @@ impl Server {
             listener,
             path: path.to_path_buf(),
             stop: Arc::new(AtomicBool::new(false)),
+            clients: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -144,10 +146,19 @@ impl Server {
                     continue;
                 }
             };
+            if self.clients.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                refuse_busy(stream);
+                continue;
+            }
+            // An idle client is dropped after a while, so clients that never
+            // hang up cannot pin threads forever.
+            let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             let daemon = daemon.clone();
+            let slot = ClientSlot::take(self.clients.clone());
             let spawned = std::thread::Builder::new()
                 .name("sy-api".into())
                 .spawn(move || {
+                    let _slot = slot;
                     if let Err(e) = serve_connection(stream, &daemon) {
                         tracing::debug!("API connection ended: {e}");
                     }
@@ -157,6 +168,35 @@ impl Server {
             }
         }
     }
+}
+
+/// Most API clients served at once.
+pub const MAX_CLIENTS: usize = 64;
+/// A client silent for this long is disconnected.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Counts a client while its thread runs.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn take(count: Arc<AtomicUsize>) -> ClientSlot {
+        count.fetch_add(1, Ordering::SeqCst);
+        ClientSlot(count)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn refuse_busy(mut stream: UnixStream) {
+    let reply = Response::failure(ApiError::new(
+        ErrorKind::Exhausted,
+        format!("the daemon already serves {MAX_CLIENTS} clients; try again later"),
+    ));
+    let _ = stream.write_all(&reply.to_line());
 }
 
 impl Drop for Server {
