@@ -90,11 +90,7 @@ impl Topology {
 }
 
 fn temp_state_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("switchyard-up-{}", std::process::id()))
+    crate::control::paths::runtime_dir().join(format!("switchyard-up-{}", std::process::id()))
 }
 
 /// Runs `up`; returns the exit status.
@@ -205,9 +201,7 @@ fn report(client: &mut Client, launched: &[Launched]) -> Result<(), CliError> {
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>()
-                .join(",")
-                .chars()
-                .collect::<String>(),
+                .join(","),
             ]
         })
         .collect();

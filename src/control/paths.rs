@@ -30,6 +30,14 @@ pub fn default_socket() -> PathBuf {
         .join("api.sock")
 }
 
+/// Where per-run files go: `$XDG_RUNTIME_DIR` when it exists, else the
+/// system temp directory.
+pub fn runtime_dir() -> PathBuf {
+    env_dir("XDG_RUNTIME_DIR")
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// `/var/lib/switchyard` as root; `$XDG_STATE_HOME/switchyard` or
 /// `~/.local/state/switchyard` otherwise.
 pub fn default_state_dir() -> PathBuf {

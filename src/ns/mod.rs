@@ -58,7 +58,7 @@ pub struct AttachRequest {
     /// Interface name inside the sandbox (e.g. `eth0`).
     pub ifname: String,
     /// The interface's MAC address.
-    #[serde(with = "mac_string")]
+    #[serde(with = "crate::control::model::mac_text")]
     pub mac: MacAddr,
     /// IPv4 address and prefix length.
     pub ipv4: Option<(Ipv4Addr, u8)>,
@@ -74,22 +74,6 @@ pub struct AttachRequest {
     pub default_route: bool,
     /// TAP queues (one fd each); more than one makes a multi-queue TAP.
     pub queues: usize,
-}
-
-/// Serializes a [`MacAddr`] as `"02:00:00:00:00:01"`.
-mod mac_string {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    use crate::wire::MacAddr;
-
-    pub fn serialize<S: Serializer>(mac: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(mac)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(D::Error::custom)
-    }
 }
 
 /// The (device, inode) of `target`'s network namespace: the same pair means
