@@ -4,6 +4,7 @@
 
 use crate::ports::PortId;
 use crate::tables::topology::NetworkId;
+use crate::wire::ethernet::EtherType;
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::MacAddr;
 
@@ -53,7 +54,7 @@ pub struct Meta {
     /// Source MAC (set by the parse stage).
     pub src: MacAddr,
     /// EtherType after any VLAN tags.
-    pub ethertype: u16,
+    pub ethertype: EtherType,
     /// Offset of the L3 header in the frame.
     pub l3_offset: u16,
     /// The decision so far.

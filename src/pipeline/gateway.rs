@@ -10,10 +10,9 @@ use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::GatewayInfo;
+use crate::wire::ethernet::EtherType;
 use crate::wire::{arp, icmpv4};
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
 const ARP_REQUEST: u16 = 1;
 const PROTO_ICMP: u8 = 1;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -31,7 +30,7 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
     let l3 = f.meta.l3_offset as usize;
     let to_gateway_mac = f.meta.dst == gw.mac;
     match f.meta.ethertype {
-        ETHERTYPE_ARP => {
+        EtherType::Arp => {
             let b = f.data();
             let op = b
                 .get(l3 + 6..l3 + 8)
@@ -49,7 +48,7 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
                 Err(_) => Action::Drop(DropReason::Malformed),
             })
         }
-        ETHERTYPE_IPV4 if to_gateway_mac => {
+        EtherType::Ipv4 if to_gateway_mac => {
             let b = f.data();
             let ihl = b.get(l3).map_or(0, |v| ((v & 0x0f) as usize) * 4);
             let is_echo_to_us = gw.ipv4.is_some()

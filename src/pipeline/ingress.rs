@@ -8,9 +8,7 @@ use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::PortSecurity;
-
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
+use crate::wire::ethernet::EtherType;
 
 /// The ingress-checks stage.
 pub struct Ingress;
@@ -19,8 +17,8 @@ pub struct Ingress;
 fn claimed_ipv4(f: &Frame) -> Option<Ipv4Addr> {
     let l3 = f.meta.l3_offset as usize;
     let at = match f.meta.ethertype {
-        ETHERTYPE_IPV4 => l3 + 12,
-        ETHERTYPE_ARP => l3 + 14,
+        EtherType::Ipv4 => l3 + 12,
+        EtherType::Arp => l3 + 14,
         _ => return None,
     };
     let b = f.data().get(at..at + 4)?;

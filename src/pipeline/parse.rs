@@ -23,7 +23,7 @@ impl Stage for Parse {
                 Ok(h) => {
                     f.meta.dst = h.dst;
                     f.meta.src = h.src;
-                    f.meta.ethertype = h.ethertype.into();
+                    f.meta.ethertype = h.ethertype;
                     f.meta.l3_offset = h.l3_offset;
                 }
                 Err(_) => f.meta.action = Action::Drop(DropReason::Malformed),

@@ -25,6 +25,13 @@ pub enum EtherType {
     Unknown(u16),
 }
 
+impl Default for EtherType {
+    /// Zero: not a valid EtherType, the value of a frame not parsed yet.
+    fn default() -> EtherType {
+        EtherType::Unknown(0)
+    }
+}
+
 impl From<u16> for EtherType {
     fn from(v: u16) -> EtherType {
         match v {
