@@ -5,7 +5,6 @@
 //! builds without namespace support.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use super::model::{NamespaceId, SandboxTarget};
@@ -63,11 +62,8 @@ pub fn netns_file(target: &SandboxTarget) -> PathBuf {
 /// Identity of the sandbox's network namespace file, if it exists and can be
 /// inspected.
 pub fn stat_namespace(target: &SandboxTarget) -> Option<NamespaceId> {
-    let m = std::fs::metadata(netns_file(target)).ok()?;
-    Some(NamespaceId {
-        dev: m.dev(),
-        inode: m.ino(),
-    })
+    let (dev, inode) = crate::sys::netns::ns_id(&netns_file(target)).ok()?;
+    Some(NamespaceId { dev, inode })
 }
 
 /// The attacher of builds without namespace support: every attach fails with
