@@ -9,12 +9,13 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{self, Sender};
 
 use crate::clock::Clock;
-use crate::pipeline::pool::{shared_pool, BufferPool};
+use crate::pipeline::inject::Injector;
+use crate::pipeline::pool::{shared_pool, BufferPool, SharedPool};
 use crate::pipeline::trace::TraceReport;
 use crate::pipeline::worker::{self, Command, Worker, WorkerConfig, WorkerParts, WorkerShared};
 use crate::pipeline::Pipeline;
 use crate::ports::{Port, PortId};
-use crate::stats::{self, PortCounterEntry, PortCounters, StatsSnapshot};
+use crate::stats::{self, PortCounterEntry, PortCounters, StatsSnapshot, WorkerCounters};
 use crate::tables::mac::DEFAULT_CAP;
 use crate::tables::topology::{
     shared_topology, GatewayInfo, NetworkId, NetworkInfo, PortInfo, PortSecurity, SharedTopology,
@@ -105,6 +106,9 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     port_counters: Vec<PortCounterEntry>,
     load: Vec<usize>,
+    pool: SharedPool,
+    /// Counters of injectors (summed with the workers').
+    injector_counters: Vec<Arc<WorkerCounters>>,
 }
 
 impl Dataplane {
@@ -189,6 +193,8 @@ impl Dataplane {
             threads: Vec::with_capacity(n),
             port_counters: Vec::new(),
             load: vec![0; n],
+            pool,
+            injector_counters: Vec::new(),
         };
         Ok((dp, workers))
     }
@@ -378,9 +384,27 @@ impl Dataplane {
             .map_err(|_| DataplaneError::WorkerGone(owner))
     }
 
-    /// Counters summed over workers.
+    /// A sender of frames into the data plane for one non-worker thread
+    /// (its drops are counted with the workers').
+    pub fn injector(&mut self) -> Injector {
+        let counters = Arc::new(WorkerCounters::default());
+        self.injector_counters.push(counters.clone());
+        Injector::new(
+            BufferPool::new(self.pool.clone(), 128),
+            self.shared.clone(),
+            self.topo.clone(),
+            counters,
+        )
+    }
+
+    /// Counters summed over workers and injectors.
     pub fn stats(&self) -> StatsSnapshot {
-        let workers: Vec<_> = self.shared.iter().map(|s| s.counters.clone()).collect();
+        let workers: Vec<_> = self
+            .shared
+            .iter()
+            .map(|s| s.counters.clone())
+            .chain(self.injector_counters.iter().cloned())
+            .collect();
         stats::snapshot(&workers, &self.port_counters)
     }
 

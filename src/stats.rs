@@ -46,6 +46,20 @@ pub struct WorkerCounters {
     pub learn_msgs_lost: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
+    /// DNS queries to a gateway.
+    pub dns_queries: AtomicU64,
+    /// DNS queries answered from the network's records.
+    pub dns_answered: AtomicU64,
+    /// Local answers that were NXDOMAIN.
+    pub dns_nxdomain: AtomicU64,
+    /// Local answers sent with TC (too large for UDP).
+    pub dns_truncated: AtomicU64,
+    /// Queries refused (internal network, name not ours).
+    pub dns_refused: AtomicU64,
+    /// Queries answered FORMERR, NOTIMP or BADVERS.
+    pub dns_formerr: AtomicU64,
+    /// Queries handed to the upstream forwarder.
+    pub dns_forwarded: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -138,7 +152,7 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         s.drops.insert(r.name().to_string(), v);
     }
     type Field = fn(&WorkerCounters) -> &AtomicU64;
-    let events: [(&str, Field); 9] = [
+    let events: [(&str, Field); 16] = [
         ("mac-learned", |w| &w.mac_learned),
         ("mac-moved", |w| &w.mac_moved),
         ("mac-evicted", |w| &w.mac_evicted),
@@ -148,6 +162,13 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         ("cross-worker-received", |w| &w.cross_received),
         ("learn-msgs-lost", |w| &w.learn_msgs_lost),
         ("batches", |w| &w.batches),
+        ("dns-queries", |w| &w.dns_queries),
+        ("dns-answered", |w| &w.dns_answered),
+        ("dns-nxdomain", |w| &w.dns_nxdomain),
+        ("dns-truncated", |w| &w.dns_truncated),
+        ("dns-refused", |w| &w.dns_refused),
+        ("dns-formerr", |w| &w.dns_formerr),
+        ("dns-forwarded", |w| &w.dns_forwarded),
     ];
     for (name, get) in events {
         let v = workers.iter().map(|w| load(get(w))).sum();

@@ -682,7 +682,25 @@ fn trace_explains_decisions_without_side_effects() {
         .iter()
         .map(|s| s["stage"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(stages, ["parse", "ingress", "learn", "gateway", "forward"]);
+    assert_eq!(
+        stages,
+        ["parse", "ingress", "learn", "dns", "gateway", "forward"]
+    );
+    // A datagram to the gateway's port 53 is answered by the dns stage
+    // (FORMERR here: the spec's payload is no DNS query).
+    let r = trace(&mut c, "in=a,udp=10.8.0.1:53");
+    assert_eq!(r["report"]["steps"][3]["stage"], "dns", "{r}");
+    assert_eq!(
+        r["report"]["steps"][3]["action"], r["report"]["result"],
+        "{r}"
+    );
+    assert!(
+        r["report"]["result"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("output to"),
+        "{r}"
+    );
     // b's address has never been seen: flooded (to b only).
     let r = trace(&mut c, "in=a,udp=10.8.0.3:53");
     assert!(

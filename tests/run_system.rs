@@ -404,7 +404,7 @@ fn scenario(tag: &str, user: Option<&str>, k: u8) {
         "sleep",
         "60",
     ]);
-    // r2's /etc/hosts must list r1: start r2 once r1 is attached.
+    // r2 resolves r1 through the gateway's DNS once r1 is attached.
     env.wait_endpoints(&["r1"]);
     let go = env.dir.join("go");
     let r2_log = env.dir.join("r2.log");

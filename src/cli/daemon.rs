@@ -39,6 +39,9 @@ pub struct DaemonArgs {
     /// VXLAN UDP port (not yet supported).
     #[arg(long, value_name = "N")]
     pub vxlan_port: Option<u16>,
+    /// DNS settings.
+    #[command(flatten)]
+    pub dns: super::dns_args::DnsArgs,
 }
 
 /// How often endpoints of vanished sandboxes are looked for.
@@ -96,6 +99,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         state_dir: args.state_dir.unwrap_or_else(paths::default_state_dir),
         dataplane,
         routes: Box::new(ProcRoutes::default()),
+        dns: args.dns.settings()?,
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);

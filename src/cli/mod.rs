@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod daemon;
 pub mod disconnect;
+pub mod dns_args;
 pub mod network;
 pub mod ps;
 pub mod publish;
@@ -84,6 +85,9 @@ pub enum CliError {
     /// Arguments that clap cannot rule out on its own.
     #[error("{0}")]
     Usage(&'static str),
+    /// An option value that is not valid.
+    #[error("{0}")]
+    Invalid(String),
     /// A topology file for `up` is unreadable or invalid.
     #[error("topology: {0}")]
     Topology(String),

@@ -33,6 +33,9 @@ pub struct UpArgs {
     /// Data-plane worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
+    /// DNS settings.
+    #[command(flatten)]
+    pub dns: super::dns_args::DnsArgs,
 }
 
 /// A sandbox in a topology file.
@@ -112,6 +115,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         state_dir: state_dir.clone(),
         dataplane,
         routes: Box::new(ProcRoutes::default()),
+        dns: args.dns.settings()?,
     };
     let daemon = Daemon::new(
         config,

@@ -174,6 +174,9 @@ pub struct NetworkDetail {
     pub network: Network,
     /// Its endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// Search domain its gateway's DNS answers sandbox names under.
+    #[serde(default)]
+    pub dns_domain: String,
 }
 
 /// Which endpoint a data-plane port belongs to.

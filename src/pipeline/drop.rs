@@ -55,6 +55,11 @@ drop_reasons! {
     MacCap => "mac-cap",
     /// A gateway-addressed packet the gateway does not serve.
     GatewayUnhandled => "gateway-unhandled",
+    /// A DNS packet to the gateway that gets no answer (shorter than a DNS
+    /// header, a response, or an IP fragment).
+    DnsMalformed => "dns-malformed",
+    /// The DNS forwarder's queue was full.
+    DnsForwardFull => "dns-forward-full",
 }
 
 #[cfg(test)]

@@ -2,16 +2,18 @@
 //! function over the batch that only sets each frame's [`frame::Action`];
 //! the worker then sends the batch out grouped by output port.
 //!
-//! Standard order: `parse -> ingress -> learn -> gateway -> forward`, then the
+//! Standard order: `parse -> ingress -> learn -> [dns] -> gateway -> forward`, then the
 //! worker's dispatch (flood expansion, cross-worker hand-off, offload
 //! adaptation, tx). A new stage is added with [`Pipeline::insert_before`]
 //! without touching the others.
 
+pub mod dns;
 pub mod drop;
 pub mod forward;
 pub mod frame;
 pub mod gateway;
 pub mod ingress;
+pub mod inject;
 pub mod learn;
 pub mod offload;
 pub mod parse;

@@ -51,6 +51,13 @@ impl Pipeline {
         }
     }
 
+    /// The standard switch with the gateway's DNS answering from `dns`.
+    pub fn with_dns(dns: std::sync::Arc<crate::dns::DnsService>) -> Pipeline {
+        let mut p = Self::standard();
+        p.insert_before("gateway", Box::new(super::dns::Dns::new(dns)));
+        p
+    }
+
     /// A pipeline with exactly these stages.
     pub fn from_stages(stages: Vec<Box<dyn Stage>>) -> Pipeline {
         Pipeline { stages }

@@ -15,6 +15,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
 pub mod udp;
+pub mod udp_frame;
 pub mod virtio_net;
 pub mod vxlan;
 

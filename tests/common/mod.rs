@@ -59,6 +59,7 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             state_dir: state_dir.to_path_buf(),
             dataplane: small_dataplane(),
             routes: Box::new(StaticRoutes(vec!["10.89.0.0/24".parse().expect("cidr")])),
+            dns: Default::default(),
         },
         Box::new(attacher),
     )

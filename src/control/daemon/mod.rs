@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod dns;
 mod publish;
 
 use super::api::{
@@ -22,6 +23,9 @@ use super::store::{State, Store, StoreError};
 use super::trace;
 use crate::clock::SystemClock;
 use crate::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use crate::dns::records::DnsSettings;
+use crate::dns::DnsService;
+use crate::pipeline::Pipeline;
 use crate::ports::PortId;
 use crate::tables::topology::{GatewayInfo, NetworkId, PortSecurity};
 use crate::wire::MacAddr;
@@ -37,6 +41,8 @@ pub struct DaemonConfig {
     pub dataplane: DataplaneConfig,
     /// Host routes IPAM avoids.
     pub routes: Box<dyn RouteSource>,
+    /// The gateways' DNS.
+    pub dns: DnsSettings,
 }
 
 /// The running control plane.
@@ -48,6 +54,7 @@ pub struct Daemon {
     attacher: Box<dyn Attacher>,
     net_ids: HashMap<String, NetworkId>,
     ports: HashMap<String, Vec<PortId>>,
+    dns: Arc<DnsService>,
 }
 
 impl Daemon {
@@ -65,7 +72,11 @@ impl Daemon {
             }
             Err(e) => return Err(e.into()),
         };
-        let dataplane = Dataplane::start(config.dataplane, Arc::new(SystemClock::new()))?;
+        let dns = DnsService::new(config.dns);
+        let dataplane =
+            Dataplane::start_with(config.dataplane, Arc::new(SystemClock::new()), |_| {
+                Pipeline::with_dns(dns.clone())
+            })?;
         let mut d = Daemon {
             state: State::empty(),
             store,
@@ -74,6 +85,7 @@ impl Daemon {
             attacher,
             net_ids: HashMap::new(),
             ports: HashMap::new(),
+            dns,
         };
         d.restore(state)?;
         if d.network(DEFAULT_NETWORK).is_none() {
@@ -128,6 +140,7 @@ impl Daemon {
             self.store.save(&state)?;
         }
         self.state = state;
+        self.publish_dns();
         Ok(())
     }
 
@@ -158,6 +171,11 @@ impl Daemon {
         &self.dataplane
     }
 
+    /// The gateways' DNS (records and forwarder).
+    pub fn dns(&self) -> &Arc<DnsService> {
+        &self.dns
+    }
+
     /// Data-plane ports of an endpoint, by endpoint id.
     pub fn endpoint_ports(&self, id: &str) -> &[PortId] {
         self.ports.get(id).map_or(&[], Vec::as_slice)
@@ -171,6 +189,7 @@ impl Daemon {
     fn commit(&mut self, next: State) -> Result<(), DaemonError> {
         self.store.save(&next)?;
         self.state = next;
+        self.publish_dns();
         Ok(())
     }
 
@@ -275,6 +294,7 @@ impl Daemon {
             return Err(e);
         }
         self.net_ids.insert(net.name.clone(), id);
+        self.publish_dns();
         Ok(net)
     }
 
@@ -290,7 +310,11 @@ impl Daemon {
             .filter(|e| e.network == name)
             .cloned()
             .collect();
-        Ok(NetworkDetail { network, endpoints })
+        Ok(NetworkDetail {
+            network,
+            endpoints,
+            dns_domain: self.dns.table.load().settings.domain.clone(),
+        })
     }
 
     /// Removes a network that has no endpoints.

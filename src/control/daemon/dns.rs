@@ -1,0 +1,60 @@
+//! The DNS records the daemon publishes: rebuilt from the model after every
+//! change (networks, endpoints, aliases, publications) and swapped in whole,
+//! so the next query sees the change and no query waits for it.
+
+use std::net::IpAddr;
+
+use super::Daemon;
+use crate::control::model::{Endpoint, Network};
+use crate::dns::records::{DnsTable, EndpointRecord, NetworkRecords};
+
+fn endpoint_record(ep: &Endpoint) -> EndpointRecord {
+    EndpointRecord {
+        name: ep.name.clone(),
+        aliases: ep.aliases.clone(),
+        ipv4: Some(ep.ipv4),
+        ipv6: ep.ipv6,
+        srv_port: ep
+            .publications
+            .first()
+            .map_or(0, |p| p.container_ports.start),
+    }
+}
+
+fn network_records(
+    net: &Network,
+    id: crate::tables::topology::NetworkId,
+    endpoints: &[Endpoint],
+) -> NetworkRecords {
+    let mut subnets = vec![(IpAddr::V4(net.subnet4.addr()), net.subnet4.prefix())];
+    subnets.extend(net.subnet6.map(|s| (IpAddr::V6(s.addr()), s.prefix())));
+    NetworkRecords {
+        id,
+        name: net.name.clone(),
+        forward: !net.internal,
+        mtu: net.mtu,
+        subnets,
+        endpoints: endpoints
+            .iter()
+            .filter(|e| e.network == net.name)
+            .map(endpoint_record)
+            .collect(),
+    }
+}
+
+impl Daemon {
+    /// Rebuilds and publishes the DNS records from the current state.
+    pub(super) fn publish_dns(&self) {
+        let networks: Vec<NetworkRecords> = self
+            .state
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let id = *self.net_ids.get(&n.name)?;
+                Some(network_records(n, id, &self.state.endpoints))
+            })
+            .collect();
+        let settings = self.dns.table.load().settings.clone();
+        self.dns.publish(DnsTable::build(settings, &networks));
+    }
+}

@@ -1,0 +1,83 @@
+//! Embedded DNS at every network's gateway: records published by the control
+//! plane ([`records`]), the allocation-free responder the data-plane workers
+//! call per query ([`answer`]), and the hand-off of names that are not ours
+//! to an upstream forwarder ([`QueryForwarder`]).
+
+pub mod answer;
+pub mod records;
+
+use std::net::SocketAddrV4;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+
+use crate::ports::PortId;
+use crate::wire::udp_frame::UdpFrameAddrs;
+use crate::wire::MacAddr;
+use records::{DnsSettings, DnsTable};
+
+/// The UDP and TCP port the gateway serves DNS on.
+pub const DNS_PORT: u16 = 53;
+
+/// Where the answer to a forwarded query goes: back out of the port the
+/// query came in on, from the gateway to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyRoute {
+    /// The client's port.
+    pub port: PortId,
+    /// Gateway to client, as the answer's frame carries it.
+    pub addrs: UdpFrameAddrs,
+}
+
+impl ReplyRoute {
+    /// The route answering a query sent from `client` (MAC, address) to the
+    /// gateway (MAC, address).
+    pub fn new(
+        port: PortId,
+        gateway: (MacAddr, SocketAddrV4),
+        client: (MacAddr, SocketAddrV4),
+    ) -> ReplyRoute {
+        ReplyRoute {
+            port,
+            addrs: UdpFrameAddrs {
+                src_mac: gateway.0,
+                dst_mac: client.0,
+                src: gateway.1,
+                dst: client.1,
+            },
+        }
+    }
+}
+
+/// Takes queries for names that are not ours. Called from data-plane workers:
+/// must not block.
+pub trait QueryForwarder: Send + Sync {
+    /// Queues `query` (a DNS message); its answer, at most `max_len` bytes,
+    /// goes to `reply`. False if the queue is full.
+    fn submit(&self, query: &[u8], reply: ReplyRoute, max_len: u16) -> bool;
+}
+
+/// What the data plane's DNS stage shares with the control plane: the
+/// published records and, once started, the forwarder.
+pub struct DnsService {
+    /// Current records (single writer: the control plane).
+    pub table: ArcSwap<DnsTable>,
+    /// The forwarder, set once at start-up; without it, names that are not
+    /// ours get SERVFAIL.
+    pub forwarder: OnceLock<Arc<dyn QueryForwarder>>,
+}
+
+impl DnsService {
+    /// A service with no records yet.
+    pub fn new(settings: DnsSettings) -> Arc<DnsService> {
+        Arc::new(DnsService {
+            table: ArcSwap::from_pointee(DnsTable::build(settings, &[])),
+            forwarder: OnceLock::new(),
+        })
+    }
+
+    /// Publishes a new table.
+    pub fn publish(&self, table: DnsTable) {
+        self.table.store(Arc::new(table));
+    }
+}
