@@ -122,8 +122,8 @@ impl GatewayStack {
     ) -> io::Result<GatewayStack> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        // The punt queue wakes through a second handle to the same poller.
-        let _ = punt.waker.set(Waker::new(poll.registry(), WAKER)?);
+        // Workers wake the stack through the punt queue.
+        let _ = punt.waker.set(waker.clone());
         let answers = Arc::new(TcpAnswers {
             queue: ArrayQueue::new(1024),
             punt: punt.clone(),

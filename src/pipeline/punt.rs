@@ -4,7 +4,7 @@
 //! is a counted drop; the stack is woken only when it sleeps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam::queue::ArrayQueue;
 use mio::Waker;
@@ -18,7 +18,7 @@ pub struct PuntQueue {
     /// Set while the stack is (about to be) blocked in its poll.
     pub sleeping: AtomicBool,
     /// Wakes the stack; set once when it starts.
-    pub waker: OnceLock<Waker>,
+    pub waker: OnceLock<Arc<Waker>>,
 }
 
 impl PuntQueue {
