@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod ns;
 pub mod pipeline;
 pub mod ports;
