@@ -100,6 +100,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dataplane,
         routes: Box::new(ProcRoutes::default()),
         dns: args.dns.settings()?,
+        dns_upstream: args.dns.upstream(),
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);

@@ -116,6 +116,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         dataplane,
         routes: Box::new(ProcRoutes::default()),
         dns: args.dns.settings()?,
+        dns_upstream: args.dns.upstream(),
     };
     let daemon = Daemon::new(
         config,

@@ -1,10 +1,12 @@
 //! Embedded DNS at every network's gateway: records published by the control
 //! plane ([`records`]), the allocation-free responder the data-plane workers
-//! call per query ([`answer`]), and the hand-off of names that are not ours
-//! to an upstream forwarder ([`QueryForwarder`]).
+//! call per query ([`answer`]), and the forwarder that takes names that are
+//! not ours to the host's upstream resolvers ([`forward`], [`upstream`]).
 
 pub mod answer;
+pub mod forward;
 pub mod records;
+pub mod upstream;
 
 use std::net::SocketAddrV4;
 use std::sync::{Arc, OnceLock};

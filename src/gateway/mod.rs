@@ -4,5 +4,6 @@
 //! in.
 
 pub mod device;
+pub mod dns_reply;
 pub mod dns_tcp;
 pub mod stack;

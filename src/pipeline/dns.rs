@@ -180,13 +180,7 @@ impl Dns {
 
 /// Replaces the frame's content with `payload` from the gateway to the client.
 fn write_answer(f: &mut Frame, addrs: &UdpFrameAddrs, payload: &[u8]) -> Action {
-    let space = f.receive_space();
-    let Some(dst) = space.get_mut(udp_frame::HEADERS_LEN..udp_frame::HEADERS_LEN + payload.len())
-    else {
-        return Action::Drop(DropReason::TooBig);
-    };
-    dst.copy_from_slice(payload);
-    match udp_frame::emit(space, addrs, payload.len()) {
+    match udp_frame::write(f.receive_space(), addrs, payload) {
         Ok(len) => {
             f.set_len(len);
             f.vnet = VirtioNetHdr::NONE;

@@ -52,6 +52,15 @@ pub fn emit(buf: &mut [u8], a: &UdpFrameAddrs, payload_len: usize) -> Result<usi
     Ok(total)
 }
 
+/// Copies `payload` into place and writes the headers around it; returns the
+/// frame length.
+pub fn write(buf: &mut [u8], a: &UdpFrameAddrs, payload: &[u8]) -> Result<usize> {
+    buf.get_mut(HEADERS_LEN..HEADERS_LEN + payload.len())
+        .ok_or(super::Error::BufferTooSmall)?
+        .copy_from_slice(payload);
+    emit(buf, a, payload.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Adds the gateway stack's counters to `events`.
+    /// Adds the gateway stack's and the forwarder's counters to `events`.
     pub(super) fn stack_events(&self, events: &mut std::collections::BTreeMap<String, u64>) {
         use std::sync::atomic::Ordering::Relaxed;
         let c = self.stack.counters();
@@ -73,6 +73,21 @@ impl Daemon {
             ("gateway-stack-unroutable", &c.unroutable),
         ] {
             events.insert(name.to_string(), v.load(Relaxed));
+        }
+        let f = self.forwarder.stats();
+        for (name, v) in [
+            ("dns-upstream-forwarded", f.forwarded),
+            ("dns-upstream-answered", f.answered),
+            ("dns-upstream-merged", f.merged),
+            ("dns-upstream-queue-full", f.queue_full),
+            ("dns-upstream-over-cap", f.over_cap),
+            ("dns-upstream-timeouts", f.timeouts),
+            ("dns-upstream-servfail", f.servfail),
+            ("dns-upstream-mismatched", f.mismatched),
+            ("dns-upstream-malformed", f.malformed),
+            ("dns-upstream-none", f.no_upstream),
+        ] {
+            events.insert(name.to_string(), v);
         }
     }
 }

@@ -23,8 +23,10 @@ use super::store::{State, Store, StoreError};
 use super::trace;
 use crate::clock::SystemClock;
 use crate::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use crate::dns::forward::{Forwarder, ForwarderConfig, UpstreamSource};
 use crate::dns::records::DnsSettings;
-use crate::dns::DnsService;
+use crate::dns::{DnsService, ReplyRoute};
+use crate::gateway::dns_reply::GatewaySink;
 use crate::gateway::stack::GatewayStack;
 use crate::pipeline::Pipeline;
 use crate::ports::PortId;
@@ -44,6 +46,8 @@ pub struct DaemonConfig {
     pub routes: Box<dyn RouteSource>,
     /// The gateways' DNS.
     pub dns: DnsSettings,
+    /// Where names that are not ours are resolved.
+    pub dns_upstream: UpstreamSource,
 }
 
 /// The running control plane.
@@ -57,6 +61,7 @@ pub struct Daemon {
     ports: HashMap<String, Vec<PortId>>,
     dns: Arc<DnsService>,
     stack: GatewayStack,
+    forwarder: Arc<Forwarder<ReplyRoute>>,
 }
 
 impl Daemon {
@@ -86,6 +91,30 @@ impl Daemon {
             dataplane.shared_topology(),
         )
         .map_err(crate::dataplane::DataplaneError::Start)?;
+        let topo = dataplane.shared_topology();
+        // Never forward to one of our own gateways: that would loop.
+        let is_own = Arc::new(move |ip: std::net::IpAddr| {
+            topo.load()
+                .networks()
+                .filter_map(|n| n.gateway.as_ref())
+                .any(|g| g.ipv4.map(Into::into) == Some(ip) || g.ipv6.map(Into::into) == Some(ip))
+        });
+        let sink = GatewaySink {
+            injector: dataplane.injector(),
+            tcp: stack.tcp_answers(),
+        };
+        let forwarder = Arc::new(
+            Forwarder::start(
+                ForwarderConfig {
+                    upstreams: config.dns_upstream,
+                    ..ForwarderConfig::default()
+                },
+                is_own,
+                Box::new(sink),
+            )
+            .map_err(crate::dataplane::DataplaneError::Start)?,
+        );
+        let _ = dns.forwarder.set(forwarder.clone());
         let mut d = Daemon {
             state: State::empty(),
             store,
@@ -96,6 +125,7 @@ impl Daemon {
             ports: HashMap::new(),
             dns,
             stack,
+            forwarder,
         };
         d.restore(state)?;
         if d.network(DEFAULT_NETWORK).is_none() {

@@ -1,0 +1,251 @@
+//! System test of the gateway's embedded DNS with real clients (`dig`,
+//! `getent`, `nc`) inside sandboxes started by `switchyard run`, as the
+//! unprivileged user `sytest`: names, aliases, service round robin,
+//! `tasks.`, PTR, scoping between networks, forwarding to an upstream (a fake
+//! one this test runs on a loopback address), TCP fallback for a large
+//! answer, internal networks refusing to forward, and malformed queries
+//! counted while good ones keep being answered.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::sysenv::{ok, Env, USER};
+use domain::base::iana::{Class, Rcode, Rtype};
+use domain::base::{Message, MessageBuilder, Name};
+use domain::rdata::A;
+
+/// The only name the fake upstream knows.
+const EXTERNAL: &str = "external.example.";
+const EXTERNAL_ADDR: [u8; 4] = [192, 0, 2, 77];
+
+/// A DNS server on 127.0.0.1 answering `EXTERNAL`; NXDOMAIN for the rest.
+struct FakeUpstream {
+    port: u16,
+    queries: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start() -> FakeUpstream {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let queries = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, st) = (queries.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                q.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = answer(&buf[..n]) {
+                    let _ = sock.send_to(&answer, from);
+                }
+            }
+        });
+        FakeUpstream {
+            port,
+            queries,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_octets(query).ok()?;
+    let q = msg.sole_question().ok()?;
+    let known = q
+        .qname()
+        .to_string()
+        .eq_ignore_ascii_case(EXTERNAL.trim_end_matches('.'));
+    let rcode = if known {
+        Rcode::NOERROR
+    } else {
+        Rcode::NXDOMAIN
+    };
+    let mut ans = MessageBuilder::new_vec().start_answer(&msg, rcode).ok()?;
+    ans.header_mut().set_ra(true);
+    if known && q.qtype() == Rtype::A {
+        let name = Name::<Vec<u8>>::from_str(EXTERNAL).ok()?;
+        ans.push((name, Class::IN, 60, A::new(EXTERNAL_ADDR.into())))
+            .ok()?;
+    }
+    Some(ans.finish())
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value printed after `key=` on its own line.
+fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}=");
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect()
+}
+
+#[test]
+fn gateway_dns_end_to_end() {
+    let Some(mut env) = Env::with_tools("dns", Some(USER), &["dig", "getent", "nc"]) else {
+        return;
+    };
+    let upstream = FakeUpstream::start();
+    let up = format!("127.0.0.1:{}", upstream.port);
+    env.start_daemon_with(&["--dns-upstream", &up]);
+    for (name, subnet, extra) in [
+        ("n1", "10.211.0.0/24", None),
+        ("n2", "10.212.0.0/24", None),
+        ("n3", "10.213.0.0/24", Some("--internal")),
+    ] {
+        let mut args = vec!["network", "create", name, "--subnet", subnet];
+        args.extend(extra);
+        ok(&env.sy(&args), "network create");
+    }
+    let sleeper = |env: &mut Env, net: &str, name: &str, alias: Option<&str>, ip: &str| {
+        let mut args = vec!["run", "--network", net, "--name", name, "--ip", ip];
+        if let Some(a) = alias {
+            args.extend(["--alias", a]);
+        }
+        args.extend(["--", "sleep", "120"]);
+        env.spawn(&args);
+    };
+    sleeper(&mut env, "n1", "web1", Some("web"), "10.211.0.11");
+    sleeper(&mut env, "n1", "web2", Some("web"), "10.211.0.12");
+    sleeper(&mut env, "n2", "other", None, "10.212.0.11");
+    sleeper(&mut env, "n3", "inner", None, "10.213.0.11");
+    // A service too large for a 512-byte UDP answer.
+    let mut bulk = Vec::new();
+    for i in 0..32 {
+        let name = format!("bulk{i}");
+        let ip = format!("10.211.0.{}", 100 + i);
+        sleeper(&mut env, "n1", &name, Some("big"), &ip);
+        bulk.push(name);
+    }
+    let mut all: Vec<&str> = vec!["web1", "web2", "other", "inner"];
+    all.extend(bulk.iter().map(String::as_str));
+    env.wait_endpoints(&all);
+
+    let script = r#"
+        q() { echo "$1=$(dig +short +time=2 +tries=2 $2 | tr '\n' ' ')"; }
+        q web1 web1
+        q web1fqdn web1.switchyard.internal
+        q web1net WEB1.n1
+        echo "getent=$(getent hosts web2 | tr -s ' ' | tr '\n' ' ')"
+        for i in 1 2 3 4; do q web web; done
+        q tasks tasks.web
+        q ptr "-x 10.211.0.11"
+        echo "other=$(dig +time=2 other | grep -o 'status: [A-Z]*')"
+        echo "aaaa=$(dig +time=2 web1 AAAA | grep -o 'status: [A-Z]*')"
+        q external external.example
+        echo "nx=$(dig +time=2 nosuch.example | grep -o 'status: [A-Z]*')"
+        echo "bigudp=$(dig +noedns +ignore +time=2 big | grep -c 'flags:.* tc')"
+        echo "bigtcp=$(dig +noedns +time=2 big +short | wc -l)"
+        echo "tcp=$(dig +tcp +short +time=2 web1)"
+        printf 'garbage' | nc -u -w1 10.211.0.1 53 >/dev/null 2>&1
+        head -c 300 /dev/urandom | nc -u -w1 10.211.0.1 53 >/dev/null 2>&1
+        q after web1
+    "#;
+    let out = env.sy(&[
+        "run",
+        "--network",
+        "n1",
+        "--name",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    ok(&out, "client on n1");
+    let o = text(&out);
+    let first = |k: &str| {
+        field(&o, k)
+            .first()
+            .copied()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(first("web1"), "10.211.0.11", "{o}");
+    assert_eq!(first("web1fqdn"), "10.211.0.11", "{o}");
+    assert_eq!(first("web1net"), "10.211.0.11", "{o}");
+    assert!(first("getent").starts_with("10.211.0.12 web2"), "{o}");
+    let rotations: std::collections::BTreeSet<&str> = field(&o, "web")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(rotations.len(), 2, "service answers rotate:\n{o}");
+    let tasks_line = first("tasks");
+    let mut tasks: Vec<&str> = tasks_line.split_whitespace().collect();
+    tasks.sort();
+    assert_eq!(tasks, ["10.211.0.11", "10.211.0.12"], "{o}");
+    assert_eq!(first("ptr"), "web1.switchyard.internal.", "{o}");
+    assert_eq!(
+        first("other"),
+        "status: NXDOMAIN",
+        "other network's name:\n{o}"
+    );
+    assert_eq!(first("aaaa"), "status: NOERROR", "{o}");
+    assert_eq!(first("external"), "192.0.2.77", "forwarded upstream:\n{o}");
+    assert_eq!(first("nx"), "status: NXDOMAIN", "upstream's NXDOMAIN:\n{o}");
+    assert_eq!(
+        first("bigudp"),
+        "1",
+        "large answer truncated over UDP:\n{o}"
+    );
+    assert_eq!(first("bigtcp"), "32", "and complete over TCP:\n{o}");
+    assert_eq!(first("tcp"), "10.211.0.11", "{o}");
+    assert_eq!(first("after"), "10.211.0.11", "still answering:\n{o}");
+    let forwarded_before = upstream.queries.load(Ordering::Relaxed);
+    assert!(forwarded_before >= 2, "upstream saw {forwarded_before}");
+
+    // An internal network answers its own names and never forwards.
+    let script = r#"
+        echo "inner=$(dig +short +time=2 inner)"
+        echo "ext=$(dig +time=2 +tries=1 external.example | grep -o 'status: [A-Z]*')"
+    "#;
+    let out = env.sy(&["run", "--network", "n3", "--", "sh", "-c", script]);
+    ok(&out, "client on n3");
+    let o = text(&out);
+    assert_eq!(field(&o, "inner"), ["10.213.0.11"], "{o}");
+    assert_eq!(field(&o, "ext"), ["status: REFUSED"], "{o}");
+    assert_eq!(
+        upstream.queries.load(Ordering::Relaxed),
+        forwarded_before,
+        "internal network forwarded"
+    );
+
+    let stats = env.sy(&["stats", "--json"]);
+    ok(&stats, "stats");
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
+    let drop = |k: &str| v["stats"]["drops"][k].as_u64().unwrap_or(0);
+    assert!(ev("dns-answered") >= 10, "{v}");
+    assert!(ev("dns-forwarded") >= 2, "{v}");
+    assert!(ev("dns-refused") >= 1, "{v}");
+    assert!(ev("dns-tcp-queries") >= 2, "{v}");
+    assert!(
+        drop("dns-malformed") + ev("dns-formerr") >= 2,
+        "malformed queries counted: {v}"
+    );
+}
