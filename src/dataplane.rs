@@ -11,6 +11,7 @@ use crossbeam::channel::{self, Sender};
 use crate::clock::Clock;
 use crate::pipeline::inject::Injector;
 use crate::pipeline::pool::{shared_pool, BufferPool, SharedPool};
+use crate::pipeline::punt::PuntQueue;
 use crate::pipeline::trace::TraceReport;
 use crate::pipeline::worker::{self, Command, Worker, WorkerConfig, WorkerParts, WorkerShared};
 use crate::pipeline::Pipeline;
@@ -107,6 +108,7 @@ pub struct Dataplane {
     port_counters: Vec<PortCounterEntry>,
     load: Vec<usize>,
     pool: SharedPool,
+    punt: Arc<PuntQueue>,
     /// Counters of injectors (summed with the workers').
     injector_counters: Vec<Arc<WorkerCounters>>,
 }
@@ -168,6 +170,7 @@ impl Dataplane {
                 .collect();
             (s, (0..n).map(|_| None).collect::<Vec<_>>())
         };
+        let punt = Arc::new(PuntQueue::new(config.inbox_depth));
         let mut commands = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         for (id, poll) in polls.into_iter().enumerate() {
@@ -183,6 +186,7 @@ impl Dataplane {
                 topo: topo.clone(),
                 clock: clock.clone(),
                 poll,
+                punt: punt.clone(),
             }));
             commands.push(tx);
         }
@@ -194,6 +198,7 @@ impl Dataplane {
             port_counters: Vec::new(),
             load: vec![0; n],
             pool,
+            punt,
             injector_counters: Vec::new(),
         };
         Ok((dp, workers))
@@ -382,6 +387,16 @@ impl Dataplane {
         )?;
         rx.recv_timeout(std::time::Duration::from_secs(2))
             .map_err(|_| DataplaneError::WorkerGone(owner))
+    }
+
+    /// The published topology (for control-plane threads that read it).
+    pub fn shared_topology(&self) -> SharedTopology {
+        self.topo.clone()
+    }
+
+    /// Frames the workers hand to the gateway stack.
+    pub fn punted(&self) -> Arc<PuntQueue> {
+        self.punt.clone()
     }
 
     /// A sender of frames into the data plane for one non-worker thread

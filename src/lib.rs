@@ -15,6 +15,7 @@ pub mod clock;
 pub mod control;
 pub mod dataplane;
 pub mod dns;
+pub mod gateway;
 pub mod ns;
 pub mod pipeline;
 pub mod ports;

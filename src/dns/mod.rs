@@ -19,25 +19,33 @@ use records::{DnsSettings, DnsTable};
 /// The UDP and TCP port the gateway serves DNS on.
 pub const DNS_PORT: u16 = 53;
 
-/// Where the answer to a forwarded query goes: back out of the port the
-/// query came in on, from the gateway to the client.
+/// Where the answer to a forwarded query goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyRoute {
-    /// The client's port.
-    pub port: PortId,
-    /// Gateway to client, as the answer's frame carries it.
-    pub addrs: UdpFrameAddrs,
+pub enum ReplyRoute {
+    /// A UDP client: the answer leaves as a frame from the gateway, out of
+    /// the port the query came in on.
+    Udp {
+        /// The client's port.
+        port: PortId,
+        /// Gateway to client, as the answer's frame carries it.
+        addrs: UdpFrameAddrs,
+    },
+    /// A TCP client of the gateway stack.
+    Tcp {
+        /// The stack's connection id.
+        conn: u64,
+    },
 }
 
 impl ReplyRoute {
-    /// The route answering a query sent from `client` (MAC, address) to the
-    /// gateway (MAC, address).
-    pub fn new(
+    /// The route answering a UDP query sent from `client` (MAC, address) to
+    /// the gateway (MAC, address).
+    pub fn udp(
         port: PortId,
         gateway: (MacAddr, SocketAddrV4),
         client: (MacAddr, SocketAddrV4),
     ) -> ReplyRoute {
-        ReplyRoute {
+        ReplyRoute::Udp {
             port,
             addrs: UdpFrameAddrs {
                 src_mac: gateway.0,

@@ -1,7 +1,8 @@
 //! Stage `dns`: UDP queries to a network's gateway on port 53. Local names
 //! are answered right here, in the worker, by rewriting the query frame into
 //! the answer (no syscall, no allocation); other names go to the forwarder
-//! (REFUSED on internal networks). Everything else passes untouched.
+//! (REFUSED on internal networks). TCP segments to port 53 go to the gateway
+//! stack, which serves DNS over TCP. Everything else passes untouched.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::wire::udp_frame::{self, UdpFrameAddrs};
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::MacAddr;
 
+const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 /// IPv4 (20) + UDP (8): what the answer's payload must leave room for.
 const IP_UDP_LEN: u16 = 28;
@@ -48,9 +50,17 @@ struct Query {
     end: usize,
 }
 
+/// What a frame to the gateway's DNS is.
+enum Located {
+    /// A UDP query.
+    Udp(Query),
+    /// A TCP segment to port 53.
+    Tcp,
+}
+
 /// Finds a DNS query to `gw` in the frame; `Err` for one that must be
 /// dropped, `Ok(None)` for any other frame.
-fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Query>, DropReason> {
+fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Located>, DropReason> {
     let Some(gw4) = gw.ipv4 else { return Ok(None) };
     if f.meta.dst != gw.mac || f.meta.ethertype != EtherType::Ipv4 {
         return Ok(None);
@@ -61,7 +71,14 @@ fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Query>, DropReason> {
         return Ok(None);
     };
     let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ip[9] != PROTO_UDP || ip[16..20] != gw4.octets() {
+    if ip[0] >> 4 != 4 || ip[16..20] != gw4.octets() {
+        return Ok(None);
+    }
+    if ip[9] == PROTO_TCP {
+        let port = b.get(l3 + ihl + 2..l3 + ihl + 4);
+        return Ok((port == Some(&DNS_PORT.to_be_bytes()[..])).then_some(Located::Tcp));
+    }
+    if ip[9] != PROTO_UDP {
         return Ok(None);
     }
     let udp = l3 + ihl;
@@ -77,14 +94,14 @@ fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Query>, DropReason> {
     if ihl < 20 || frag & 0x3fff != 0 || udp_len < 8 || udp + udp_len > (l3 + total).min(b.len()) {
         return Err(DropReason::DnsMalformed);
     }
-    Ok(Some(Query {
+    Ok(Some(Located::Udp(Query {
         client: SocketAddrV4::new(
             Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
             u16::from_be_bytes([u[0], u[1]]),
         ),
         start: udp + 8,
         end: udp + udp_len,
-    }))
+    })))
 }
 
 /// Counts the outcome of a local answer.
@@ -106,7 +123,8 @@ fn count(c: &WorkerCounters, rcode: domain::base::iana::Rcode, truncated: bool, 
 impl Dns {
     fn handle(&mut self, cx: &StageContext<'_>, gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
         let q = match locate(gw, f) {
-            Ok(Some(q)) => q,
+            Ok(Some(Located::Udp(q))) => q,
+            Ok(Some(Located::Tcp)) => return Some(Action::Punt),
             Ok(None) => return None,
             Err(reason) => return Some(Action::Drop(reason)),
         };
@@ -142,7 +160,7 @@ impl Dns {
             }
             Outcome::Forward { max_len } => {
                 let route =
-                    ReplyRoute::new(f.meta.in_port, (gw.mac, gw_addr), (f.meta.src, q.client));
+                    ReplyRoute::udp(f.meta.in_port, (gw.mac, gw_addr), (f.meta.src, q.client));
                 let accepted = self
                     .service
                     .forwarder

@@ -33,6 +33,8 @@ pub enum Action {
     Flood,
     /// A stage took care of the frame (its buffer goes back to the pool).
     Consumed,
+    /// Hand the frame to the gateway stack (userspace TCP/IP).
+    Punt,
 }
 
 impl Action {

@@ -38,26 +38,34 @@ impl Injector {
         }
     }
 
-    /// Builds a frame with `build` (false: abandon it) and sends it out of
-    /// `port`. True if it was handed to the port's worker.
-    pub fn send(&mut self, port: PortId, build: impl FnOnce(&mut Frame) -> bool) -> bool {
-        let Some(owner) = self.topo.load().port(port).map(|p| p.owner) else {
-            self.counters.count_drop(DropReason::NoRoute);
-            return false;
-        };
-        let Some(peer) = self.peers.get(owner) else {
-            self.counters.count_drop(DropReason::NoRoute);
-            return false;
-        };
-        let Some(mut f) = self.pool.alloc() else {
+    /// Returns a frame taken from the data plane (e.g. a punted one).
+    pub fn free(&mut self, f: Frame) {
+        self.pool.free(f);
+    }
+
+    /// Takes a clean frame to build into, or `None` (counted) when the pool
+    /// is empty.
+    pub fn alloc(&mut self) -> Option<Frame> {
+        let f = self.pool.alloc();
+        if f.is_none() {
             self.counters.count_drop(DropReason::NoBuffer);
+        }
+        f
+    }
+
+    /// Sends a built frame out of `port`. True if it was handed to the
+    /// port's worker.
+    pub fn send_frame(&mut self, port: PortId, mut f: Frame) -> bool {
+        let Some(peer) = self
+            .topo
+            .load()
+            .port(port)
+            .and_then(|p| self.peers.get(p.owner))
+        else {
+            self.counters.count_drop(DropReason::NoRoute);
+            self.pool.free(f);
             return false;
         };
-        if !build(&mut f) {
-            self.pool.free(f);
-            self.counters.count_drop(DropReason::TooBig);
-            return false;
-        }
         f.meta.action = Action::Output(port);
         match peer.inbox.push(f) {
             Ok(()) => {
@@ -70,5 +78,19 @@ impl Injector {
                 false
             }
         }
+    }
+
+    /// Builds a frame with `build` (false: abandon it) and sends it out of
+    /// `port`. True if it was handed to the port's worker.
+    pub fn send(&mut self, port: PortId, build: impl FnOnce(&mut Frame) -> bool) -> bool {
+        let Some(mut f) = self.alloc() else {
+            return false;
+        };
+        if !build(&mut f) {
+            self.pool.free(f);
+            self.counters.count_drop(DropReason::TooBig);
+            return false;
+        }
+        self.send_frame(port, f)
     }
 }

@@ -18,6 +18,7 @@ pub mod learn;
 pub mod offload;
 pub mod parse;
 pub mod pool;
+pub mod punt;
 pub mod stage;
 pub mod trace;
 pub mod worker;

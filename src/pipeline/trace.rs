@@ -41,6 +41,7 @@ pub fn describe(action: Action, topo: &Topology) -> String {
         Action::Output(p) => format!("output to {}", port_name(topo, p)),
         Action::Flood => "flood".into(),
         Action::Consumed => "consumed by the gateway".into(),
+        Action::Punt => "to the gateway stack".into(),
     }
 }
 

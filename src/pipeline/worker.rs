@@ -20,6 +20,7 @@ use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::offload;
 use super::pool::BufferPool;
+use super::punt::PuntQueue;
 use super::stage::{Pipeline, StageContext};
 use super::trace::{self, TraceReport, TraceStep};
 use super::BATCH_SIZE;
@@ -148,6 +149,8 @@ pub struct Worker {
     scratch: Vec<Frame>,
     learned: Vec<LearnMsg>,
     last_sweep: Millis,
+    punt: Arc<PuntQueue>,
+    punted: bool,
 }
 
 /// Everything needed to build a worker.
@@ -173,6 +176,8 @@ pub struct WorkerParts {
     /// The poller whose registry made `me.waker`, or `None` for a worker driven
     /// by hand (tests, benches) with only fd-less ports.
     pub poll: Option<Poll>,
+    /// Where `Action::Punt` frames go.
+    pub punt: Arc<PuntQueue>,
 }
 
 impl Worker {
@@ -202,6 +207,8 @@ impl Worker {
             scratch: Vec::with_capacity(BATCH_SIZE * 4),
             learned: Vec::with_capacity(BATCH_SIZE),
             last_sweep: now,
+            punt: parts.punt,
+            punted: false,
         }
     }
 
@@ -460,9 +467,19 @@ impl Worker {
                 }
                 Action::Output(p) => self.route(topo, p, f),
                 Action::Flood => self.flood(topo, f),
+                Action::Punt => match self.punt.push(f) {
+                    Ok(()) => self.punted = true,
+                    Err(f) => {
+                        self.me.counters.count_drop(DropReason::PuntFull);
+                        self.pool.free(f);
+                    }
+                },
             }
         }
         self.batch = batch;
+        if std::mem::take(&mut self.punted) {
+            self.punt.wake();
+        }
     }
 
     fn flood(&mut self, topo: &Topology, f: Frame) {

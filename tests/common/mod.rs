@@ -119,5 +119,6 @@ impl Drop for TestDaemon {
 }
 
 pub mod netns;
+pub mod sysenv;
 #[allow(unused_imports)]
 pub use netns::*;

@@ -58,3 +58,21 @@ impl Daemon {
         self.dns.publish(DnsTable::build(settings, &networks));
     }
 }
+
+impl Daemon {
+    /// Adds the gateway stack's counters to `events`.
+    pub(super) fn stack_events(&self, events: &mut std::collections::BTreeMap<String, u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.stack.counters();
+        for (name, v) in [
+            ("dns-tcp-connections", &c.dns_tcp_connections),
+            ("dns-tcp-queries", &c.dns_tcp_queries),
+            ("dns-tcp-forwarded", &c.dns_tcp_forwarded),
+            ("dns-tcp-malformed", &c.dns_tcp_malformed),
+            ("punt-unhandled", &c.punt_unhandled),
+            ("gateway-stack-unroutable", &c.unroutable),
+        ] {
+            events.insert(name.to_string(), v.load(Relaxed));
+        }
+    }
+}

@@ -25,6 +25,7 @@ use crate::clock::SystemClock;
 use crate::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
 use crate::dns::records::DnsSettings;
 use crate::dns::DnsService;
+use crate::gateway::stack::GatewayStack;
 use crate::pipeline::Pipeline;
 use crate::ports::PortId;
 use crate::tables::topology::{GatewayInfo, NetworkId, PortSecurity};
@@ -55,6 +56,7 @@ pub struct Daemon {
     net_ids: HashMap<String, NetworkId>,
     ports: HashMap<String, Vec<PortId>>,
     dns: Arc<DnsService>,
+    stack: GatewayStack,
 }
 
 impl Daemon {
@@ -73,10 +75,17 @@ impl Daemon {
             Err(e) => return Err(e.into()),
         };
         let dns = DnsService::new(config.dns);
-        let dataplane =
+        let mut dataplane =
             Dataplane::start_with(config.dataplane, Arc::new(SystemClock::new()), |_| {
                 Pipeline::with_dns(dns.clone())
             })?;
+        let stack = GatewayStack::start(
+            dataplane.punted(),
+            dataplane.injector(),
+            dns.clone(),
+            dataplane.shared_topology(),
+        )
+        .map_err(crate::dataplane::DataplaneError::Start)?;
         let mut d = Daemon {
             state: State::empty(),
             store,
@@ -86,6 +95,7 @@ impl Daemon {
             net_ids: HashMap::new(),
             ports: HashMap::new(),
             dns,
+            stack,
         };
         d.restore(state)?;
         if d.network(DEFAULT_NETWORK).is_none() {
@@ -616,10 +626,9 @@ impl Daemon {
             }
         }
         endpoints.sort_by_key(|o| o.port);
-        StatsReply {
-            stats: self.dataplane.stats(),
-            endpoints,
-        }
+        let mut stats = self.dataplane.stats();
+        self.stack_events(&mut stats.events);
+        StatsReply { stats, endpoints }
     }
 }
 

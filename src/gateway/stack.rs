@@ -1,0 +1,419 @@
+//! The gateway stack: one control-plane thread running a smoltcp interface
+//! per network, fed with the frames workers punt to it and sending through an
+//! [`Injector`]. It terminates TCP connections to the gateway (DNS over TCP).
+//!
+//! smoltcp learns neighbours only from ARP, so before a new client's first
+//! segment the stack feeds it a synthetic ARP request from that client (the
+//! MAC and address of the punted frame); smoltcp's reply to it is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam::queue::ArrayQueue;
+use mio::{Events, Poll, Token, Waker};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+use super::device::{PuntDevice, TxSide};
+use super::dns_tcp::DnsTcp;
+use crate::dns::answer::Responder;
+use crate::dns::DnsService;
+use crate::pipeline::frame::Frame;
+use crate::pipeline::inject::Injector;
+use crate::pipeline::punt::PuntQueue;
+use crate::ports::PortId;
+use crate::stats::bump;
+use crate::tables::topology::{GatewayInfo, NetworkId, SharedTopology};
+use crate::wire::arp::{ArpRepr, Operation};
+use crate::wire::ethernet::EtherType;
+use crate::wire::MacAddr;
+
+const WAKER: Token = Token(0);
+/// Frames taken from the punt queue per round, so answers keep flowing.
+const ROUND: usize = 1024;
+/// A client's neighbour entry is refreshed this often (smoltcp keeps them
+/// for a minute).
+const NEIGHBOUR_REFRESH_MS: i64 = 20_000;
+/// Longest sleep when nothing is scheduled.
+const MAX_SLEEP_MS: u64 = 500;
+
+/// Counters of the gateway stack (single writer: its thread).
+#[derive(Debug, Default)]
+pub struct StackCounters {
+    /// TCP connections to the gateway's DNS.
+    pub dns_tcp_connections: AtomicU64,
+    /// Queries read from them.
+    pub dns_tcp_queries: AtomicU64,
+    /// Of those, forwarded upstream.
+    pub dns_tcp_forwarded: AtomicU64,
+    /// Connections aborted for an unparsable message.
+    pub dns_tcp_malformed: AtomicU64,
+    /// Punted frames the stack could not take (unknown network, GSO).
+    pub punt_unhandled: AtomicU64,
+    /// Frames from the stack with no known port (or no buffer).
+    pub unroutable: AtomicU64,
+}
+
+/// Answers for TCP clients coming back from the forwarder.
+pub struct TcpAnswers {
+    queue: ArrayQueue<(u64, Vec<u8>)>,
+    punt: Arc<PuntQueue>,
+}
+
+impl TcpAnswers {
+    /// Queues `answer` for connection `conn` and wakes the stack. False if
+    /// the queue is full (the client times out and retries).
+    pub fn push(&self, conn: u64, answer: &[u8]) -> bool {
+        let ok = self.queue.push((conn, answer.to_vec())).is_ok();
+        self.punt.wake();
+        ok
+    }
+}
+
+/// The running stack; stopped on drop.
+pub struct GatewayStack {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    answers: Arc<TcpAnswers>,
+    counters: Arc<StackCounters>,
+}
+
+struct NetStack {
+    gw: GatewayInfo,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    rx: VecDeque<Frame>,
+    clients: HashMap<MacAddr, PortId>,
+    neighbours: HashMap<Ipv4Addr, (MacAddr, i64)>,
+    dns: DnsTcp,
+    mtu: usize,
+}
+
+struct Runner {
+    punt: Arc<PuntQueue>,
+    answers: Arc<TcpAnswers>,
+    injector: Injector,
+    dns: Arc<DnsService>,
+    topo: SharedTopology,
+    nets: HashMap<NetworkId, NetStack>,
+    responder: Responder,
+    scratch: Vec<u8>,
+    done: Vec<Frame>,
+    next_conn: u64,
+    stop: Arc<AtomicBool>,
+    poll: Poll,
+    epoch: std::time::Instant,
+    counters: Arc<StackCounters>,
+}
+
+impl GatewayStack {
+    /// Starts the stack thread on the frames of `punt`.
+    pub fn start(
+        punt: Arc<PuntQueue>,
+        injector: Injector,
+        dns: Arc<DnsService>,
+        topo: SharedTopology,
+    ) -> io::Result<GatewayStack> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Workers wake the stack through the punt queue.
+        let _ = punt.waker.set(waker.clone());
+        let answers = Arc::new(TcpAnswers {
+            queue: ArrayQueue::new(1024),
+            punt: punt.clone(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(StackCounters::default());
+        let runner = Runner {
+            punt,
+            answers: answers.clone(),
+            injector,
+            dns,
+            topo,
+            nets: HashMap::new(),
+            responder: Responder::default(),
+            scratch: Vec::with_capacity(u16::MAX as usize),
+            done: Vec::new(),
+            next_conn: 0,
+            stop: stop.clone(),
+            poll,
+            epoch: std::time::Instant::now(),
+            counters: counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sy-gwstack".into())
+            .spawn(move || runner.run())?;
+        Ok(GatewayStack {
+            stop,
+            waker,
+            thread: Some(thread),
+            answers,
+            counters,
+        })
+    }
+
+    /// Where the forwarder delivers answers for TCP clients.
+    pub fn tcp_answers(&self) -> Arc<TcpAnswers> {
+        self.answers.clone()
+    }
+
+    /// The stack's counters.
+    pub fn counters(&self) -> &StackCounters {
+        &self.counters
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GatewayStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // Without entropy smoltcp still works; only its ISNs get predictable.
+    let _ = getrandom::fill(&mut b);
+    u64::from_ne_bytes(b)
+}
+
+impl Runner {
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.epoch.elapsed().as_millis() as i64)
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(8);
+        while !self.stop.load(Ordering::SeqCst) {
+            self.take_punted();
+            self.take_answers();
+            let delay = self.service();
+            self.punt.sleeping.store(true, Ordering::SeqCst);
+            let busy = !self.punt.frames.is_empty() || !self.answers.queue.is_empty();
+            let timeout = if busy {
+                std::time::Duration::ZERO
+            } else {
+                delay
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!("gateway stack poll failed: {e}");
+                }
+            }
+            self.punt.sleeping.store(false, Ordering::SeqCst);
+        }
+        for (_, mut net) in self.nets.drain() {
+            for f in net.rx.drain(..) {
+                self.injector.free(f);
+            }
+        }
+    }
+
+    /// The network's stack, (re)built when its gateway changed.
+    fn net(&mut self, id: NetworkId) -> Option<&mut NetStack> {
+        let topo = self.topo.load();
+        let Some(gw) = topo.network(id).and_then(|n| n.gateway.clone()) else {
+            self.drop_net(id);
+            return None;
+        };
+        let gw4 = gw.ipv4?;
+        if self.nets.get(&id).is_some_and(|n| n.gw != gw) {
+            self.drop_net(id);
+        }
+        if !self.nets.contains_key(&id) {
+            let table = self.dns.table.load();
+            let zone = table.zone(id);
+            let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
+            let prefix = zone
+                .and_then(|z| z.subnets.iter().find(|(a, _)| a.is_ipv4()).map(|s| s.1))
+                .unwrap_or(24);
+            let now = self.now();
+            let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gw.mac.0)));
+            config.random_seed = random_seed();
+            let mut rx = VecDeque::new();
+            let mut done = Vec::new();
+            let clients = HashMap::new();
+            let mut unroutable = 0;
+            let mut dev = PuntDevice {
+                rx: &mut rx,
+                done: &mut done,
+                tx: TxSide {
+                    injector: &mut self.injector,
+                    clients: &clients,
+                    unroutable: &mut unroutable,
+                },
+                mtu,
+            };
+            let mut iface = Interface::new(config, &mut dev, now);
+            iface.update_ip_addrs(|a| {
+                let _ = a.push(IpCidr::new(gw4.into(), prefix));
+            });
+            self.nets.insert(
+                id,
+                NetStack {
+                    gw,
+                    iface,
+                    sockets: SocketSet::new(Vec::new()),
+                    rx,
+                    clients,
+                    neighbours: HashMap::new(),
+                    dns: DnsTcp::default(),
+                    mtu,
+                },
+            );
+        }
+        self.nets.get_mut(&id)
+    }
+
+    fn drop_net(&mut self, id: NetworkId) {
+        if let Some(mut n) = self.nets.remove(&id) {
+            for f in n.rx.drain(..) {
+                self.injector.free(f);
+            }
+        }
+    }
+
+    fn take_punted(&mut self) {
+        let now = self.now().total_millis();
+        for _ in 0..ROUND {
+            let Some(f) = self.punt.frames.pop() else {
+                break;
+            };
+            if f.vnet.is_gso() || f.meta.ethertype != EtherType::Ipv4 {
+                bump(&self.counters.punt_unhandled, 1);
+                self.injector.free(f);
+                continue;
+            }
+            let (mac, port, id) = (f.meta.src, f.meta.in_port, f.meta.network);
+            let l3 = f.meta.l3_offset as usize;
+            let src = f
+                .data()
+                .get(l3 + 12..l3 + 16)
+                .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            let arp = self.injector.alloc();
+            let Some(net) = self.net(id) else {
+                bump(&self.counters.punt_unhandled, 1);
+                self.injector.free(f);
+                if let Some(a) = arp {
+                    self.injector.free(a);
+                }
+                continue;
+            };
+            net.clients.insert(mac, port);
+            let stale = src.is_some_and(|ip| {
+                net.neighbours
+                    .get(&ip)
+                    .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS)
+            });
+            let mut spare = arp;
+            if let (true, Some(ip), Some(gw4), Some(a)) = (stale, src, net.gw.ipv4, spare.as_mut())
+            {
+                if fill_arp_request(a, mac, ip, gw4) {
+                    net.rx.push_back(spare.take().expect("checked above"));
+                    net.neighbours.insert(ip, (mac, now));
+                }
+            }
+            net.rx.push_back(f);
+            if let Some(a) = spare {
+                self.injector.free(a);
+            }
+        }
+    }
+
+    fn take_answers(&mut self) {
+        while let Some((conn, answer)) = self.answers.queue.pop() {
+            for net in self.nets.values_mut() {
+                if let Some(h) = net.dns.socket_of(conn) {
+                    net.dns.deliver(&mut net.sockets, h, &answer);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Polls every interface and serves DNS; returns how long to sleep.
+    fn service(&mut self) -> std::time::Duration {
+        let now = self.now();
+        let table = self.dns.table.load();
+        let forwarder = self.dns.forwarder.get().cloned();
+        let mut sleep = std::time::Duration::from_millis(MAX_SLEEP_MS);
+        let mut unroutable = 0u64;
+        for (id, net) in self.nets.iter_mut() {
+            if let Some(gw4) = net.gw.ipv4 {
+                net.dns
+                    .listen(&mut net.sockets, gw4, &mut self.next_conn, now);
+            }
+            for _ in 0..2 {
+                let mut dev = PuntDevice {
+                    rx: &mut net.rx,
+                    done: &mut self.done,
+                    tx: TxSide {
+                        injector: &mut self.injector,
+                        clients: &net.clients,
+                        unroutable: &mut unroutable,
+                    },
+                    mtu: net.mtu,
+                };
+                net.iface.poll(now, &mut dev, &mut net.sockets);
+                let served = net.dns.serve(
+                    &mut net.sockets,
+                    now,
+                    &table.settings,
+                    table.zone(*id),
+                    &mut self.responder,
+                    forwarder.as_deref(),
+                    &mut self.scratch,
+                );
+                bump(&self.counters.dns_tcp_connections, served.accepted);
+                bump(&self.counters.dns_tcp_queries, served.queries);
+                bump(&self.counters.dns_tcp_forwarded, served.forwarded);
+                bump(&self.counters.dns_tcp_malformed, served.malformed);
+            }
+            if let Some(d) = net.iface.poll_delay(now, &net.sockets) {
+                sleep = sleep.min(std::time::Duration::from_millis(d.total_millis()));
+            }
+        }
+        for f in self.done.drain(..) {
+            self.injector.free(f);
+        }
+        bump(&self.counters.unroutable, unroutable);
+        sleep
+    }
+}
+
+/// Makes `f` an ARP request from the client (`mac`, `ip`) for the gateway.
+fn fill_arp_request(f: &mut Frame, mac: MacAddr, ip: Ipv4Addr, gateway: Ipv4Addr) -> bool {
+    let space = f.receive_space();
+    if space.len() < 42 {
+        return false;
+    }
+    space[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
+    space[6..12].copy_from_slice(&mac.0);
+    space[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let repr = ArpRepr {
+        operation: Operation::Request,
+        source_mac: mac,
+        source_ip: ip,
+        target_mac: MacAddr([0; 6]),
+        target_ip: gateway,
+    };
+    if repr.emit(&mut space[14..]).is_err() {
+        return false;
+    }
+    f.set_len(42);
+    true
+}
