@@ -5,8 +5,10 @@
 //! [`pipeline`] decides what happens to frames, in batches, on worker
 //! threads; [`tables`] holds what the pipeline reads per packet; [`ports`]
 //! moves frames in and out; [`dataplane`] is the control plane's handle on all
-//! of it; [`ns`] reaches into sandboxes' namespaces; [`sys`] holds the
-//! system calls that need `unsafe`.
+//! of it; [`dns`] holds the gateway's DNS records, responder and forwarder;
+//! [`gateway`] runs the userspace TCP/IP stack behind the gateway address;
+//! [`ns`] reaches into sandboxes' namespaces; [`sys`] holds the system calls
+//! that need `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

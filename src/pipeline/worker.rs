@@ -102,6 +102,10 @@ pub struct WorkerConfig {
     pub mac_capacity: usize,
     /// Poll timeout when idle.
     pub idle_timeout: Duration,
+    /// How long an idle worker keeps polling without sleeping, so a frame
+    /// arriving soon after the last one needs no wake-up (zero: sleep at
+    /// once).
+    pub busy_poll: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -111,6 +115,7 @@ impl Default for WorkerConfig {
             mac: MacConfig::default(),
             mac_capacity: 1024,
             idle_timeout: Duration::from_millis(100),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -629,6 +634,23 @@ impl Worker {
         let Some(poll) = self.poll.as_mut() else {
             return;
         };
+        if timeout > Duration::ZERO && self.config.busy_poll > Duration::ZERO {
+            let until = std::time::Instant::now() + self.config.busy_poll;
+            loop {
+                let res = poll.poll(&mut self.events, Some(Duration::ZERO));
+                let work = !self.events.is_empty()
+                    || !self.me.inbox.is_empty()
+                    || !self.me.learn_inbox.is_empty();
+                if res.is_err() || work || std::time::Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if !self.events.is_empty() || !self.me.inbox.is_empty() {
+                self.take_events();
+                return;
+            }
+        }
         self.me.sleeping.store(true, Ordering::SeqCst);
         // Re-check after announcing sleep: a peer that pushed just before saw
         // `sleeping == false` and did not wake us.
@@ -645,6 +667,11 @@ impl Worker {
             }
             return;
         }
+        self.take_events();
+    }
+
+    /// Marks the ports of the last poll's events ready.
+    fn take_events(&mut self) {
         for ev in self.events.iter() {
             if ev.token() == WAKER {
                 continue;

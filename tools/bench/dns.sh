@@ -204,7 +204,7 @@ sy() { timeout 20 "$BIN" --socket "$SY_SOCK" "$@"; }
 
 up_switchyard() {
   mkdir -p "$SY_DIR/state"
-  "$BIN" --socket "$SY_SOCK" daemon --state-dir "$SY_DIR/state" --workers "$WORKERS" > "$SY_DIR/daemon.log" 2>&1 &
+  "$BIN" --socket "$SY_SOCK" daemon --state-dir "$SY_DIR/state" --workers "$WORKERS" ${SY_DAEMON_ARGS:-} > "$SY_DIR/daemon.log" 2>&1 &
   SY_PID=$!
   local i ok=0
   for i in $(seq 1 100); do
