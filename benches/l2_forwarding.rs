@@ -98,6 +98,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             mac: MacConfig::default(),
             mac_capacity: learned * 2,
             idle_timeout: Duration::ZERO,
+            busy_poll: Duration::ZERO,
         },
     };
     let (mut dp, mut ws) = Dataplane::inline(config, Arc::new(SystemClock::new())).unwrap();
