@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub dns: DnsSettings,
     /// Where names that are not ours are resolved.
     pub dns_upstream: UpstreamSource,
+    /// Caps on NAT flows.
+    pub nat_limits: crate::gateway::flow::FlowLimits,
 }
 
 /// The running control plane.
@@ -89,7 +91,7 @@ impl Daemon {
             dataplane.injector(),
             dns.clone(),
             dataplane.shared_topology(),
-            crate::gateway::flow::FlowLimits::default(),
+            config.nat_limits,
         )
         .map_err(crate::dataplane::DataplaneError::Start)?;
         let topo = dataplane.shared_topology();
