@@ -79,6 +79,11 @@ pub struct StackCounters {
     pub nat_udp_send_errors: AtomicU64,
     /// Flows open now (a gauge).
     pub nat_active: AtomicU64,
+    /// ICMP echo flows opened through ping sockets.
+    pub nat_icmp_flows: AtomicU64,
+    /// ICMP echo refused: ping sockets are not allowed for the daemon's
+    /// group (net.ipv4.ping_group_range).
+    pub nat_icmp_denied: AtomicU64,
     /// Connections accepted on published TCP ports.
     pub published_tcp: AtomicU64,
     /// Client sessions on published UDP ports.
