@@ -277,8 +277,7 @@ fn raise_mss(f: &mut Frame) {
     let l4 = l3 + ihl;
     let Some(&[doff, flags]) = b
         .get(l4 + 12..l4 + 14)
-        .map(|s| <&[u8; 2]>::try_from(s).ok())
-        .flatten()
+        .and_then(|s| <&[u8; 2]>::try_from(s).ok())
     else {
         return;
     };
