@@ -205,3 +205,51 @@ fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
     }
     hdr
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::gso::complete_checksum;
+
+    /// An Ethernet/IPv4/TCP frame with `payload` bytes and a valid checksum.
+    fn tcp_frame(payload: usize) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(80, 40000, 1, 65535);
+        let mut out = Vec::new();
+        b.write(&mut out, &vec![7u8; payload]).unwrap();
+        out
+    }
+
+    #[test]
+    fn small_tcp_gets_a_partial_checksum_large_gets_gso() {
+        let mut f = tcp_frame(100);
+        let good = f.clone();
+        let h = tcp_offload(&mut f, 1500);
+        assert!(h.needs_csum() && !h.is_gso());
+        complete_checksum(&mut f, &h).unwrap();
+        assert_eq!(f, good, "completing the partial checksum restores it");
+
+        let mut f = tcp_frame(20_000);
+        let h = tcp_offload(&mut f, 1500);
+        assert_eq!(h.gso_type, GsoType::TcpV4);
+        assert_eq!(h.gso_size, 1460);
+        assert_eq!(h.hdr_len, 54);
+        assert_eq!((h.csum_start, h.csum_offset), (34, 16));
+    }
+
+    #[test]
+    fn other_frames_are_left_alone() {
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(tcp_offload(&mut arp, 1500), VirtioNetHdr::NONE);
+        assert_eq!(tcp_offload(&mut [0u8; 20], 1500), VirtioNetHdr::NONE);
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut udp, &[1, 2, 3])
+            .unwrap();
+        assert_eq!(tcp_offload(&mut udp, 1500), VirtioNetHdr::NONE);
+    }
+}

@@ -313,3 +313,56 @@ fn reset_on_close(s: &TcpStream) {
     };
     let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Linger, &linger);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_mss_is_raised_and_other_segments_untouched() {
+        let mut syn = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 2], [192, 0, 2, 1], 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .options(&[
+                etherparse::TcpOptionElement::MaximumSegmentSize(1460),
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::WindowScale(7),
+            ])
+            .unwrap()
+            .write(&mut syn, &[])
+            .unwrap();
+        let mut f = Frame::alloc();
+        f.fill(&syn);
+        f.meta.l3_offset = 14;
+        raise_mss(&mut f);
+        let raised = f.data().to_vec();
+        let p = etherparse::SlicedPacket::from_ethernet(&raised).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+            panic!("tcp")
+        };
+        let mss: Vec<_> = t
+            .options_iterator()
+            .filter_map(|o| match o {
+                Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(mss, [LARGE_MSS]);
+
+        let mut ack = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 2], [192, 0, 2, 1], 64)
+            .tcp(40000, 80, 1, 64240)
+            .ack(5)
+            .write(&mut ack, &[9; 4])
+            .unwrap();
+        f.fill(&ack);
+        raise_mss(&mut f);
+        assert_eq!(f.data(), &ack[..]);
+        // Truncated frames are left alone without panicking.
+        f.fill(&syn[..40]);
+        raise_mss(&mut f);
+    }
+}
