@@ -1,14 +1,16 @@
 //! Stage `nat`: IPv4 packets that leave the network through the gateway
 //! (destination outside the subnet), and connections to the gateway address
-//! itself on networks that map it to the host's loopback, go to the gateway
-//! stack, which carries them over host sockets. Internal networks drop them.
+//! itself (the host's loopback on `--host-loopback` networks, replies to
+//! clients of published ports), go to the gateway stack, which carries them
+//! over host sockets. Internal networks drop them, and so does every network
+//! for another network's subnet.
 
 use std::net::Ipv4Addr;
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::stage::{Stage, StageContext};
-use crate::tables::topology::NetworkInfo;
+use crate::tables::topology::{NetworkInfo, Topology};
 use crate::wire::ethernet::EtherType;
 
 const PROTO_ICMP: u8 = 1;
@@ -18,7 +20,7 @@ const PROTO_UDP: u8 = 17;
 /// The NAT hand-off stage.
 pub struct Nat;
 
-fn decide(net: &NetworkInfo, f: &Frame) -> Option<Action> {
+fn decide(topo: &Topology, net: &NetworkInfo, f: &Frame) -> Option<Action> {
     let gw = net.gateway.as_ref()?;
     let gw4 = gw.ipv4?;
     if f.meta.dst != gw.mac || f.meta.ethertype != EtherType::Ipv4 {
@@ -40,6 +42,12 @@ fn decide(net: &NetworkInfo, f: &Frame) -> Option<Action> {
     if net.internal {
         return Some(Action::Drop(DropReason::InternalNetwork));
     }
+    // Another network of this switch: networks never exchange packets, and
+    // the host has no route there (it would leak to the host's default
+    // route).
+    if topo.networks().any(|n| n.on_subnet(dst)) {
+        return Some(Action::Drop(DropReason::Isolated));
+    }
     Some(match proto {
         PROTO_TCP | PROTO_UDP | PROTO_ICMP => Action::Punt,
         _ => Action::Drop(DropReason::GatewayUnhandled),
@@ -59,7 +67,7 @@ impl Stage for Nat {
             let Some(net) = cx.topo.network(f.meta.network) else {
                 continue;
             };
-            if let Some(action) = decide(net, f) {
+            if let Some(action) = decide(cx.topo, net, f) {
                 f.meta.action = action;
             }
         }
