@@ -1,0 +1,616 @@
+//! System tests of outbound NAT through the gateway with real clients
+//! (`curl`, `nc`, python sockets) inside sandboxes started by `switchyard
+//! run`, as the unprivileged user `sytest`: TCP and UDP to the host's
+//! loopback on `--host-loopback` networks, TCP to "the internet" (a namespace
+//! this test joins to the host by a veth pair), refusals propagating as
+//! resets, internal networks dropping what leaves them, ten thousand idle
+//! flows from one sandbox, and the per-sandbox flow cap holding under a SYN
+//! flood while other sandboxes keep working.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::sysenv::{ok, Env, USER};
+use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
+use mio::{Events, Interest, Poll, Token};
+
+/// What every test server answers.
+const BODY: &str = "hello through the gateway";
+
+/// "The internet": a namespace `synat-inet-PID-K` joined to the host by a
+/// veth pair, host side 10.254.N.1/30, namespace side 10.254.N.2/30. Removed
+/// on drop.
+struct Inet {
+    ns: String,
+    host_if: String,
+    n: u8,
+}
+
+impl Inet {
+    /// Creates the namespace and the link; `k` (0..3) tells apart the
+    /// namespaces of tests running in one process.
+    fn create(k: u8) -> Inet {
+        let pid = std::process::id();
+        let inet = Inet {
+            ns: format!("synat-inet-{pid}-{k}"),
+            host_if: format!("synat-h{pid:x}{k}"),
+            n: ((pid % 83) * 3 + u32::from(k) + 1) as u8,
+        };
+        // Leftovers of a killed run with the same pid.
+        inet.remove();
+        let peer = format!("synat-n{pid:x}{k}");
+        let host_addr = format!("{}/30", inet.host_ip());
+        let ns_addr = format!("{}/30", inet.addr());
+        let ns = inet.ns.as_str();
+        let hi = inet.host_if.as_str();
+        for args in [
+            vec!["netns", "add", ns],
+            vec!["link", "add", hi, "type", "veth", "peer", "name", &peer, "netns", ns],
+            vec!["addr", "add", &host_addr, "dev", hi],
+            vec!["link", "set", hi, "up"],
+            vec!["-n", ns, "addr", "add", &ns_addr, "dev", &peer],
+            vec!["-n", ns, "link", "set", &peer, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            ok(&Command::new("ip").args(&args).output().expect("ip"), "ip");
+        }
+        inet
+    }
+
+    fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 254, self.n, 1)
+    }
+
+    /// The far end's address.
+    fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 254, self.n, 2)
+    }
+
+    /// A listener on the far end's address, inside the namespace: bound by a
+    /// thread that enters the namespace (a socket stays in the namespace it
+    /// was made in).
+    fn listen(&self) -> TcpListener {
+        let path = format!("/run/netns/{}", self.ns);
+        let addr = self.addr();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            TcpListener::bind((addr, 0)).expect("bind in namespace")
+        })
+        .join()
+        .expect("bind thread")
+    }
+
+    fn remove(&self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
+impl Drop for Inet {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A TCP server thread holding every connection it accepts: a request
+/// starting with `GET ` gets `BODY` as an HTTP response and is closed; any
+/// other line gets `BODY` and a newline back.
+struct LineServer {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LineServer {
+    fn start(listener: TcpListener) -> LineServer {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, st) = (open.clone(), stop.clone());
+        let thread = std::thread::spawn(move || serve(MioListener::from_std(listener), &o, &st));
+        LineServer {
+            addr,
+            open,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for LineServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const LISTENER: Token = Token(usize::MAX);
+
+fn serve(mut listener: MioListener, open: &AtomicUsize, stop: &AtomicBool) {
+    let mut poll = Poll::new().expect("poll");
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .expect("register");
+    let mut conns: HashMap<usize, (MioStream, Vec<u8>)> = HashMap::new();
+    let mut next = 0;
+    let mut events = Events::with_capacity(1024);
+    while !stop.load(Ordering::Relaxed) {
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .is_err()
+        {
+            continue;
+        }
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                while let Ok((mut s, _)) = listener.accept() {
+                    next += 1;
+                    if poll
+                        .registry()
+                        .register(&mut s, Token(next), Interest::READABLE)
+                        .is_ok()
+                    {
+                        conns.insert(next, (s, Vec::new()));
+                        open.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            let id = ev.token().0;
+            let Some((s, buf)) = conns.get_mut(&id) else {
+                continue;
+            };
+            if !answer(s, buf) {
+                conns.remove(&id);
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reads what the client sent and answers it; false when the connection is
+/// finished.
+fn answer(s: &mut MioStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    if buf.starts_with(b"GET ") {
+        if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return true;
+        }
+        let reply = format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = s.write_all(reply.as_bytes());
+        return false;
+    }
+    while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        buf.drain(..=end);
+        if s.write_all(format!("{BODY}\n").as_bytes()).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A UDP server thread on 127.0.0.1 sending every datagram back.
+struct UdpEcho {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start() -> UdpEcho {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp echo");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The daemon's counters (`stats --json`).
+fn stats(env: &Env) -> serde_json::Value {
+    let out = env.sy(&["stats", "--json"]);
+    ok(&out, "stats");
+    serde_json::from_slice(&out.stdout).expect("stats json")
+}
+
+fn event(v: &serde_json::Value, key: &str) -> u64 {
+    v["stats"]["events"][key].as_u64().unwrap_or(0)
+}
+
+fn dropped(v: &serde_json::Value, key: &str) -> u64 {
+    v["stats"]["drops"][key].as_u64().unwrap_or(0)
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value after `key=` on its own line of `out`, trimmed.
+fn field(out: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// A port on 127.0.0.1 nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Raises this process's open-file limit (inherited by the daemon and the
+/// sandboxes) to at least `n`.
+fn raise_nofile(n: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let limit = hard.max(n);
+    setrlimit(Resource::RLIMIT_NOFILE, limit, limit).expect("setrlimit");
+}
+
+/// Waits for a file another process writes (by rename, so it is whole).
+fn wait_file(path: &Path, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The value after `key=` among space-separated words.
+fn word(s: &str, key: &str) -> u64 {
+    let prefix = format!("{key}=");
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A python client run inside a sandbox: opens N connections (at most
+/// WINDOW connecting at once), writes `ready connected= refused= failed=
+/// pending=` to OUT, waits (at most 60 s) for the file GO, then sends a line
+/// on every 1000th open connection and writes `done replies=` to OUT.
+const CLIENT: &str = r#"
+import errno, os, select, socket, sys, time, resource
+host, port, n, window, settle, out, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def report(msg):
+    with open(out + ".tmp", "w") as f:
+        f.write(msg + "\n")
+    os.rename(out + ".tmp", out)
+ep = select.epoll()
+pending = {}
+conns = []
+refused = failed = 0
+started = 0
+settle_at = None
+deadline = time.time() + 60
+while started < n or pending:
+    while started < n and len(pending) < window:
+        s = socket.socket()
+        s.setblocking(False)
+        err = s.connect_ex((host, port))
+        started += 1
+        if err in (0, errno.EINPROGRESS):
+            pending[s.fileno()] = s
+            ep.register(s.fileno(), select.EPOLLOUT)
+        else:
+            failed += 1
+            s.close()
+    now = time.time()
+    if started >= n and settle > 0 and settle_at is None:
+        settle_at = now + settle
+    if now > deadline or (settle_at is not None and now > settle_at):
+        break
+    for fd, _ in ep.poll(0.5):
+        s = pending.pop(fd)
+        ep.unregister(fd)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            conns.append(s)
+        elif err == errno.ECONNREFUSED:
+            refused += 1
+            s.close()
+        else:
+            failed += 1
+            s.close()
+report("ready connected=%d refused=%d failed=%d pending=%d" % (len(conns), refused, failed, len(pending)))
+end = time.time() + 60
+while not os.path.exists(go) and time.time() < end:
+    time.sleep(0.1)
+replies = 0
+for s in conns[::1000]:
+    s.setblocking(True)
+    s.settimeout(5)
+    try:
+        s.sendall(b"ping\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        if got == b"HELLO\n":
+            replies += 1
+    except OSError as e:
+        print("probe failed:", e, file=sys.stderr)
+report("done replies=%d of=%d" % (replies, len(conns[::1000])))
+"#;
+
+/// Runs [`CLIENT`] in a sandbox on `net`; returns the child's index and the
+/// paths of its report and of the file that lets it go on.
+fn start_client(
+    env: &mut Env,
+    net: &str,
+    target: (&str, u16),
+    n: usize,
+    window: usize,
+    settle_s: u32,
+) -> (usize, std::path::PathBuf, std::path::PathBuf) {
+    let script = env.dir.join("client.py");
+    std::fs::write(&script, CLIENT.replace("HELLO", BODY)).expect("write client");
+    let out = env.dir.join(format!("client-{net}.out"));
+    let go = env.dir.join(format!("client-{net}.go"));
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--network".into(),
+        net.into(),
+        "--".into(),
+        "python3".into(),
+        script.display().to_string(),
+        target.0.into(),
+        target.1.to_string(),
+        n.to_string(),
+        window.to_string(),
+        settle_s.to_string(),
+        out.display().to_string(),
+        go.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let i = env.spawn(&args);
+    (i, out, go)
+}
+
+fn create_network(env: &Env, name: &str, subnet: &str, extra: &[&str]) {
+    let mut args = vec!["network", "create", name, "--subnet", subnet];
+    args.extend(extra);
+    ok(&env.sy(&args), "network create");
+}
+
+#[test]
+fn outbound_tcp_udp_and_refusals() {
+    let Some(mut env) = Env::with_tools("nat", Some(USER), &["curl", "nc", "python3"]) else {
+        return;
+    };
+    let inet = Inet::create(0);
+    let far = LineServer::start(inet.listen());
+    let local = LineServer::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let echo = UdpEcho::start();
+    let closed = closed_port();
+    env.start_daemon();
+    create_network(&env, "lo", "10.231.0.0/24", &["--host-loopback"]);
+    create_network(&env, "plain", "10.232.0.0/24", &[]);
+    create_network(&env, "int", "10.233.0.0/24", &["--internal"]);
+
+    let far_url = format!("http://{}:{}/", inet.addr(), far.port());
+    let script = format!(
+        r#"
+        c() {{ curl -sS --noproxy '*' -m 5 "$@"; }}
+        echo "tcp=$(c http://10.231.0.1:{lp}/)"
+        echo "udp=$(echo hi | nc -u -w1 10.231.0.1 {up})"
+        start=$(date +%s%N); c http://10.231.0.1:{closed}/; rc=$?
+        echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "inet=$(c {far_url})"
+        echo "dns=$(cat /etc/resolv.conf | grep -c 10.231.0.1)"
+        "#,
+        lp = local.port(),
+        up = echo.port,
+    );
+    let out = env.sy(&["run", "--network", "lo", "--", "sh", "-c", &script]);
+    ok(&out, "client on lo");
+    let o = text(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(field(&o, "tcp"), BODY, "host loopback over TCP:\n{o}{err}");
+    assert_eq!(field(&o, "udp"), "hi", "host loopback over UDP:\n{o}{err}");
+    let refused = field(&o, "refused");
+    let (rc, ms) = refused.split_once(' ').expect("refused line");
+    assert_eq!(rc, "7", "closed port refused:\n{o}{err}");
+    assert!(ms.parse::<u64>().expect("ms") < 2000, "refused quickly:\n{o}");
+    assert_eq!(field(&o, "inet"), BODY, "far host over the veth:\n{o}{err}");
+
+    // Without --host-loopback the gateway address is only the gateway.
+    let script = format!(
+        r#"start=$(date +%s%N); curl -sS --noproxy '*' -m 10 http://10.232.0.1:{lp}/; rc=$?
+        echo "plain=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "inet=$(curl -sS --noproxy '*' -m 5 {far_url})""#,
+        lp = local.port(),
+    );
+    let out = env.sy(&["run", "--network", "plain", "--", "sh", "-c", &script]);
+    ok(&out, "client on plain");
+    let o = text(&out);
+    let plain = field(&o, "plain");
+    let (rc, ms) = plain.split_once(' ').expect("plain line");
+    assert_ne!(rc, "0", "reached the host's loopback:\n{o}");
+    assert!(ms.parse::<u64>().expect("ms") < 2000, "failed quickly:\n{o}");
+    assert_eq!(
+        field(&o, "inet"),
+        BODY,
+        "plain networks still go out:\n{o}"
+    );
+
+    // An internal network has no way out.
+    let before = dropped(&stats(&env), "internal-network");
+    let script = format!("curl -sS --noproxy '*' -m 3 {far_url}; echo \"rc=$?\"");
+    let out = env.sy(&["run", "--network", "int", "--", "sh", "-c", &script]);
+    ok(&out, "client on int");
+    let o = text(&out);
+    assert_ne!(field(&o, "rc"), "0", "internal network went out:\n{o}");
+
+    let v = stats(&env);
+    assert!(
+        dropped(&v, "internal-network") > before,
+        "internal-network drops: {v}"
+    );
+    assert!(event(&v, "nat-tcp-flows") >= 2, "{v}");
+    assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
+    assert!(event(&v, "nat-refused") >= 1, "{v}");
+}
+
+#[test]
+fn ten_thousand_idle_connections() {
+    const N: usize = 10_000;
+    let Some(mut env) = Env::with_tools("nat10k", Some(USER), &["python3"]) else {
+        return;
+    };
+    let started = Instant::now();
+    // Our server holds N connections, the daemon N host sockets, the
+    // sandbox N sockets: all inherit this limit.
+    raise_nofile(32_768);
+    let server = LineServer::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    env.start_daemon();
+    create_network(&env, "lo", "10.234.0.0/24", &["--host-loopback"]);
+    let (child, out, go) = start_client(&mut env, "lo", ("10.234.0.1", server.port()), N, 512, 0);
+    let ready = wait_file(&out, Duration::from_secs(60)).expect("client ready in 60 s");
+    let connected = word(&ready, "connected");
+    let v = stats(&env);
+    let rss = env
+        .daemon
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(format!("/proc/{}/status", d.id())).ok())
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_string))
+        .unwrap_or_default();
+    eprintln!(
+        "{N} connections after {:?}: {ready} server holds {}; daemon {rss}",
+        started.elapsed(),
+        server.open.load(Ordering::Relaxed)
+    );
+    assert_eq!(connected, N as u64, "{ready}");
+    assert!(event(&v, "nat-active-flows") >= N as u64, "{v}");
+    assert!(server.open.load(Ordering::Relaxed) >= N);
+
+    std::fs::write(&go, "").expect("go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let s = std::fs::read_to_string(&out).unwrap_or_default();
+        if s.starts_with("done") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(word(&done, "replies"), 10, "idle connections still work: {done}");
+    assert!(env.wait_child(child).success(), "client");
+    assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+}
+
+#[test]
+fn syn_flood_is_capped() {
+    const CAP: u64 = 200;
+    let Some(mut env) = Env::with_tools("natflood", Some(USER), &["curl", "python3"]) else {
+        return;
+    };
+    // Never accepts: once its backlog is full, host connects hang and their
+    // flows sit waiting for the connect, as under a SYN flood.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let web = LineServer::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    env.start_daemon_with(&["--nat-max-flows-per-sandbox", &CAP.to_string()]);
+    create_network(&env, "lo", "10.235.0.0/24", &["--host-loopback"]);
+    let (child, out, go) = start_client(&mut env, "lo", ("10.235.0.1", silent_port), 1000, 1000, 3);
+    let ready = wait_file(&out, Duration::from_secs(60)).expect("flood reported");
+    let v = stats(&env);
+    eprintln!("flood: {ready}");
+    assert!(event(&v, "nat-flow-cap") > 0, "{v}");
+    assert!(event(&v, "nat-active-flows") <= CAP, "{v}");
+    assert!(word(&ready, "refused") > 0, "capped SYNs refused: {ready}");
+    assert!(
+        word(&ready, "connected") + word(&ready, "pending") <= CAP,
+        "{ready}"
+    );
+
+    // Another sandbox on the same network is not starved.
+    let url = format!("http://10.235.0.1:{}/", web.port());
+    let out2 = env.sy(&[
+        "run",
+        "--network",
+        "lo",
+        "--",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "-m",
+        "5",
+        &url,
+    ]);
+    ok(&out2, "curl beside the flood");
+    assert_eq!(text(&out2), BODY);
+    let v = stats(&env);
+    assert!(event(&v, "nat-active-flows") <= CAP + 1, "{v}");
+    std::fs::write(&go, "").expect("go");
+    assert!(env.wait_child(child).success(), "flood client");
+    drop(silent);
+}
