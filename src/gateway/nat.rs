@@ -27,6 +27,10 @@ const TCP_IDLE_MS: i64 = 2 * 3600 * 1000;
 /// A host connect that has not finished by then is given up (ms).
 const CONNECT_TIMEOUT_MS: i64 = 30_000;
 
+/// IP MTU of the stack towards sandboxes whose port takes offloads: segments
+/// up to 64 KiB, cut by the sandbox's kernel (or the switch) afterwards.
+pub(super) const LARGE_MTU: usize = u16::MAX as usize;
+
 /// ICMP type of an echo request.
 const ICMP_ECHO_REQUEST: u8 = 8;
 
@@ -98,7 +102,10 @@ impl Runner {
 
     fn open_tcp(&mut self, f: Frame, info: PacketInfo, to: SocketAddr, now: i64) {
         let flow = match TcpFlow::connect(to, info.key.remote, now) {
-            Ok(flow) => flow,
+            Ok(mut flow) => {
+                flow.large = self.port_offload(f.meta.in_port);
+                flow
+            }
             Err(_) => {
                 bump(&self.counters.nat_refused, 1);
                 return self.reject(f, &info);
@@ -356,10 +363,17 @@ impl FlowIo<'_> {
                 injector: self.injector,
                 clients: &self.net.clients,
                 unroutable: self.unroutable,
+                offload: t.large,
+                seg_mtu: self.net.mtu,
             },
-            mtu: self.net.mtu,
+            mtu: if t.large { LARGE_MTU } else { self.net.mtu },
         };
-        self.net.iface.poll(now, &mut dev, &mut t.sockets);
+        let iface = if t.large {
+            &mut self.net.large
+        } else {
+            &mut self.net.iface
+        };
+        iface.poll(now, &mut dev, &mut t.sockets);
     }
 }
 
@@ -403,9 +417,12 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
     if t.phase == Phase::Done {
         return None;
     }
-    let next = io
-        .net
-        .iface
+    let iface = if t.large {
+        &mut io.net.large
+    } else {
+        &mut io.net.iface
+    };
+    let next = iface
         .poll_at(now, &t.sockets)
         .map_or(ms + 1000, |at| at.total_millis())
         .min(t.last_active + TCP_IDLE_MS)
