@@ -121,6 +121,7 @@ impl Drop for TestDaemon {
 }
 
 pub mod netns;
+pub mod outside;
 pub mod sysenv;
 #[allow(unused_imports)]
 pub use netns::*;

@@ -1,0 +1,421 @@
+//! System tests of outbound NAT through the gateway with real clients
+//! (`curl`, `nc`, python sockets) inside sandboxes started by `switchyard
+//! run`, as the unprivileged user `sytest`: TCP and UDP to the host's
+//! loopback on `--host-loopback` networks, TCP to "the internet" (a namespace
+//! this test joins to the host by a veth pair), refusals propagating as
+//! resets, internal networks dropping what leaves them, ten thousand idle
+//! flows from one sandbox, and the per-sandbox flow cap holding under a SYN
+//! flood while other sandboxes keep working.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::outside::{closed_port, listen, Inet, LineServer, UdpEcho, BODY};
+use common::sysenv::{ok, Env, USER};
+
+/// The daemon's counters (`stats --json`).
+fn stats(env: &Env) -> serde_json::Value {
+    let out = env.sy(&["stats", "--json"]);
+    ok(&out, "stats");
+    serde_json::from_slice(&out.stdout).expect("stats json")
+}
+
+fn event(v: &serde_json::Value, key: &str) -> u64 {
+    v["stats"]["events"][key].as_u64().unwrap_or(0)
+}
+
+fn dropped(v: &serde_json::Value, key: &str) -> u64 {
+    v["stats"]["drops"][key].as_u64().unwrap_or(0)
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value after `key=` on its own line of `out`, trimmed.
+fn field(out: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Raises this process's open-file limit (inherited by the daemon and the
+/// sandboxes) to its hard limit, which must allow `n`; raising the hard limit
+/// itself needs CAP_SYS_RESOURCE, which containers often drop.
+fn raise_nofile(n: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard >= n,
+        "open-file hard limit {hard} < {n}: raise it (ulimit -Hn) to run this test"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+}
+
+/// Waits for a file another process writes (by rename, so it is whole).
+fn wait_file(path: &Path, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The value after `key=` among space-separated words.
+fn word(s: &str, key: &str) -> u64 {
+    let prefix = format!("{key}=");
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A python client run inside a sandbox: opens N connections (at most
+/// WINDOW connecting at once; with SETTLE > 0 it stops waiting for them
+/// SETTLE seconds after the last connect), writes `ready connected= refused=
+/// failed= pending=` to OUT, waits (at most 60 s) for the file GO, then sends
+/// a line on every EVERY-th open connection (none when 0) and writes `done
+/// replies=` to OUT.
+const CLIENT: &str = r#"
+import errno, os, select, socket, sys, time, resource
+host, port, n, window, settle, every, out, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def report(msg):
+    with open(out + ".tmp", "w") as f:
+        f.write(msg + "\n")
+    os.rename(out + ".tmp", out)
+ep = select.epoll()
+pending = {}
+conns = []
+refused = failed = 0
+started = 0
+settle_at = None
+deadline = time.time() + 60
+while started < n or pending:
+    while started < n and len(pending) < window:
+        s = socket.socket()
+        s.setblocking(False)
+        err = s.connect_ex((host, port))
+        started += 1
+        if err in (0, errno.EINPROGRESS):
+            pending[s.fileno()] = s
+            ep.register(s.fileno(), select.EPOLLOUT)
+        else:
+            failed += 1
+            s.close()
+    now = time.time()
+    if started >= n and settle > 0 and settle_at is None:
+        settle_at = now + settle
+    if now > deadline or (settle_at is not None and now > settle_at):
+        break
+    for fd, _ in ep.poll(0.5):
+        s = pending.pop(fd)
+        ep.unregister(fd)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            conns.append(s)
+        elif err == errno.ECONNREFUSED:
+            refused += 1
+            s.close()
+        else:
+            failed += 1
+            s.close()
+report("ready connected=%d refused=%d failed=%d pending=%d" % (len(conns), refused, failed, len(pending)))
+end = time.time() + 60
+while not os.path.exists(go) and time.time() < end:
+    time.sleep(0.1)
+replies = 0
+probes = conns[::every] if every else []
+for s in probes:
+    s.setblocking(True)
+    s.settimeout(5)
+    try:
+        s.sendall(b"ping\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        if got == b"HELLO\n":
+            replies += 1
+    except OSError as e:
+        print("probe failed:", e, file=sys.stderr)
+report("done replies=%d of=%d" % (replies, len(probes)))
+"#;
+
+/// How [`CLIENT`] connects.
+struct Flood {
+    n: usize,
+    window: usize,
+    settle_s: u32,
+    probe_every: usize,
+}
+
+/// Runs [`CLIENT`] in a sandbox on `net`; returns the child's index and the
+/// paths of its report and of the file that lets it go on.
+fn start_client(
+    env: &mut Env,
+    net: &str,
+    target: (&str, u16),
+    how: Flood,
+) -> (usize, std::path::PathBuf, std::path::PathBuf) {
+    let script = env.dir.join("client.py");
+    std::fs::write(&script, CLIENT.replace("HELLO", BODY)).expect("write client");
+    let out = env.dir.join(format!("client-{net}.out"));
+    let go = env.dir.join(format!("client-{net}.go"));
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--network".into(),
+        net.into(),
+        "--".into(),
+        "python3".into(),
+        script.display().to_string(),
+        target.0.into(),
+        target.1.to_string(),
+        how.n.to_string(),
+        how.window.to_string(),
+        how.settle_s.to_string(),
+        how.probe_every.to_string(),
+        out.display().to_string(),
+        go.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let i = env.spawn(&args);
+    (i, out, go)
+}
+
+fn create_network(env: &Env, name: &str, subnet: &str, extra: &[&str]) {
+    let mut args = vec!["network", "create", name, "--subnet", subnet];
+    args.extend(extra);
+    ok(&env.sy(&args), "network create");
+}
+
+#[test]
+fn outbound_tcp_udp_and_refusals() {
+    let Some(mut env) = Env::with_tools("nat", Some(USER), &["curl", "nc", "python3"]) else {
+        return;
+    };
+    let inet = Inet::create(0);
+    let far = LineServer::start(inet.listen());
+    let local = LineServer::start(listen(Ipv4Addr::LOCALHOST));
+    let echo = UdpEcho::start();
+    let closed = closed_port();
+    env.start_daemon();
+    create_network(&env, "lo", "10.231.0.0/24", &["--host-loopback"]);
+    create_network(&env, "plain", "10.232.0.0/24", &[]);
+    create_network(&env, "int", "10.233.0.0/24", &["--internal"]);
+
+    let far_url = format!("http://{}:{}/", inet.addr(), far.port());
+    let script = format!(
+        r#"
+        c() {{ curl -sS --noproxy '*' -m 5 "$@"; }}
+        echo "tcp=$(c http://10.231.0.1:{lp}/)"
+        echo "udp=$(echo hi | nc -u -w1 10.231.0.1 {up})"
+        start=$(date +%s%N); c http://10.231.0.1:{closed}/; rc=$?
+        echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "inet=$(c {far_url})"
+        echo "dns=$(cat /etc/resolv.conf | grep -c 10.231.0.1)"
+        "#,
+        lp = local.port(),
+        up = echo.port,
+    );
+    let out = env.sy(&["run", "--network", "lo", "--", "sh", "-c", &script]);
+    ok(&out, "client on lo");
+    let o = text(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(field(&o, "tcp"), BODY, "host loopback over TCP:\n{o}{err}");
+    assert_eq!(field(&o, "udp"), "hi", "host loopback over UDP:\n{o}{err}");
+    let refused = field(&o, "refused");
+    let (rc, ms) = refused.split_once(' ').expect("refused line");
+    assert_eq!(rc, "7", "closed port refused:\n{o}{err}");
+    assert!(
+        ms.parse::<u64>().expect("ms") < 2000,
+        "refused quickly:\n{o}"
+    );
+    assert_eq!(field(&o, "inet"), BODY, "far host over the veth:\n{o}{err}");
+
+    // Without --host-loopback the gateway address is only the gateway.
+    let script = format!(
+        r#"start=$(date +%s%N); curl -sS --noproxy '*' -m 10 http://10.232.0.1:{lp}/; rc=$?
+        echo "plain=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "inet=$(curl -sS --noproxy '*' -m 5 {far_url})""#,
+        lp = local.port(),
+    );
+    let out = env.sy(&["run", "--network", "plain", "--", "sh", "-c", &script]);
+    ok(&out, "client on plain");
+    let o = text(&out);
+    let plain = field(&o, "plain");
+    let (rc, ms) = plain.split_once(' ').expect("plain line");
+    assert_eq!(rc, "7", "refused, not reached nor dropped:\n{o}");
+    assert!(
+        ms.parse::<u64>().expect("ms") < 2000,
+        "failed quickly:\n{o}"
+    );
+    assert_eq!(field(&o, "inet"), BODY, "plain networks still go out:\n{o}");
+
+    // An internal network has no way out.
+    let before = dropped(&stats(&env), "internal-network");
+    let script = format!("curl -sS --noproxy '*' -m 3 {far_url}; echo \"rc=$?\"");
+    let out = env.sy(&["run", "--network", "int", "--", "sh", "-c", &script]);
+    ok(&out, "client on int");
+    let o = text(&out);
+    assert_ne!(field(&o, "rc"), "0", "internal network went out:\n{o}");
+
+    let v = stats(&env);
+    assert!(
+        dropped(&v, "internal-network") > before,
+        "internal-network drops: {v}"
+    );
+    assert!(event(&v, "nat-tcp-flows") >= 2, "{v}");
+    assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
+    assert!(event(&v, "nat-refused") >= 1, "{v}");
+}
+
+#[test]
+fn ten_thousand_idle_connections() {
+    const N: usize = 10_000;
+    let Some(mut env) = Env::with_tools("nat10k", Some(USER), &["python3"]) else {
+        return;
+    };
+    let started = Instant::now();
+    // Our server holds N connections, the daemon N host sockets, the
+    // sandbox N sockets: all inherit this limit.
+    raise_nofile(N as u64 + 1000);
+    let server = LineServer::start(listen(Ipv4Addr::LOCALHOST));
+    env.start_daemon();
+    create_network(&env, "lo", "10.234.0.0/24", &["--host-loopback"]);
+    let (child, out, go) = start_client(
+        &mut env,
+        "lo",
+        ("10.234.0.1", server.port()),
+        Flood {
+            n: N,
+            window: 512,
+            settle_s: 0,
+            probe_every: 1000,
+        },
+    );
+    let ready = wait_file(&out, Duration::from_secs(60)).expect("client ready in 60 s");
+    let connected = word(&ready, "connected");
+    let v = stats(&env);
+    let rss = env
+        .daemon
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(format!("/proc/{}/status", d.id())).ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "{N} connections after {:?}: {ready} server holds {}; daemon {rss}",
+        started.elapsed(),
+        server.open.load(Ordering::Relaxed)
+    );
+    assert_eq!(connected, N as u64, "{ready}");
+    assert!(event(&v, "nat-active-flows") >= N as u64, "{v}");
+    // The kernel completes handshakes before our server accepts them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.open.load(Ordering::Relaxed) < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = server.open.load(Ordering::Relaxed);
+    assert!(held >= N, "the server holds {held}");
+
+    std::fs::write(&go, "").expect("go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let s = std::fs::read_to_string(&out).unwrap_or_default();
+        if s.starts_with("done") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        word(&done, "replies"),
+        10,
+        "idle connections still work: {done}"
+    );
+    assert!(env.wait_child(child).success(), "client");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn syn_flood_is_capped() {
+    const CAP: u64 = 200;
+    let Some(mut env) = Env::with_tools("natflood", Some(USER), &["curl", "python3"]) else {
+        return;
+    };
+    // Never accepts: once its backlog is full, host connects hang and their
+    // flows sit waiting for the connect, as under a SYN flood.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let web = LineServer::start(listen(Ipv4Addr::LOCALHOST));
+    env.start_daemon_with(&["--nat-max-flows-per-sandbox", &CAP.to_string()]);
+    create_network(&env, "lo", "10.235.0.0/24", &["--host-loopback"]);
+    let (child, out, go) = start_client(
+        &mut env,
+        "lo",
+        ("10.235.0.1", silent_port),
+        Flood {
+            n: 1000,
+            window: 1000,
+            settle_s: 3,
+            probe_every: 0,
+        },
+    );
+    let ready = wait_file(&out, Duration::from_secs(60)).expect("flood reported");
+    let v = stats(&env);
+    eprintln!("flood: {ready}");
+    assert!(event(&v, "nat-flow-cap") > 0, "{v}");
+    assert!(event(&v, "nat-active-flows") <= CAP, "{v}");
+    assert!(word(&ready, "refused") > 0, "capped SYNs refused: {ready}");
+    assert!(
+        event(&v, "nat-flow-cap") >= word(&ready, "refused"),
+        "every refusal is a cap hit: {ready} {v}"
+    );
+    assert!(
+        word(&ready, "connected") + word(&ready, "pending") <= CAP,
+        "{ready}"
+    );
+
+    // Another sandbox on the same network is not starved.
+    let url = format!("http://10.235.0.1:{}/", web.port());
+    let out2 = env.sy(&[
+        "run",
+        "--network",
+        "lo",
+        "--",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "-m",
+        "5",
+        &url,
+    ]);
+    ok(&out2, "curl beside the flood");
+    assert_eq!(text(&out2), BODY);
+    let v = stats(&env);
+    assert!(event(&v, "nat-active-flows") <= CAP + 1, "{v}");
+    std::fs::write(&go, "").expect("go");
+    assert!(env.wait_child(child).success(), "flood client");
+    drop(silent);
+}
