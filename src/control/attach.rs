@@ -49,6 +49,20 @@ pub trait Attacher: Send + Sync {
     /// Identity (dev, inode) of the sandbox's network namespace, or None if it
     /// is gone.
     fn namespace_id(&self, target: &SandboxTarget) -> Option<NamespaceId>;
+    /// Whether [`Attacher::connect_in`] is available.
+    fn can_connect_in(&self) -> bool {
+        false
+    }
+    /// A TCP connection to `addr` opened inside the sandbox's network
+    /// namespace (for published ports' loopback clients), if this attacher
+    /// can make one.
+    fn connect_in(
+        &self,
+        _target: &SandboxTarget,
+        _addr: std::net::SocketAddr,
+    ) -> Option<std::io::Result<std::net::TcpStream>> {
+        None
+    }
 }
 
 /// The file that names a sandbox's network namespace.

@@ -10,6 +10,7 @@ pub mod flow;
 pub mod icmp_nat;
 pub mod nat;
 pub mod publish;
+pub mod splice;
 pub mod stack;
 pub mod tcp_nat;
 pub mod udp_nat;

@@ -26,7 +26,7 @@ pub const LISTENER_BASE: usize = 1 << 40;
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 /// Where a published port leads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PublishTarget {
     /// The sandbox's network.
     pub network: NetworkId,
@@ -36,6 +36,9 @@ pub struct PublishTarget {
     pub mac: MacAddr,
     /// The sandbox's port in the data plane.
     pub port: PortId,
+    /// Opens a connection to the service from inside the sandbox, for
+    /// loopback clients (spliced); `None`: they take the stack path.
+    pub splice: Option<super::splice::Connector>,
 }
 
 /// A bound host socket.
@@ -133,7 +136,7 @@ impl Runner {
             let Some(l) = self.listeners.get(&id) else {
                 continue;
             };
-            let target = l.target;
+            let target = l.target.clone();
             match &l.socket {
                 HostSocket::Tcp(_) => self.accept_tcp(id, target, now),
                 HostSocket::Udp(_) => self.recv_udp(id, target, now),
@@ -189,6 +192,14 @@ impl Runner {
                 Ok(c) => c,
                 Err(_) => return,
             };
+            if let Some(connect) = target.splice.as_ref().filter(|_| peer.ip().is_loopback()) {
+                if super::splice::try_reserve() {
+                    let fd = std::os::fd::OwnedFd::from(stream);
+                    bump(&self.counters.published_spliced, 1);
+                    super::splice::spawn(std::net::TcpStream::from(fd), connect.clone());
+                    continue;
+                }
+            }
             let Some(remote) = self.visible_peer(peer, &target, PROTO_TCP) else {
                 bump(&self.counters.nat_flow_cap, 1);
                 continue;

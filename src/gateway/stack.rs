@@ -86,6 +86,8 @@ pub struct StackCounters {
     pub nat_icmp_denied: AtomicU64,
     /// Connections accepted on published TCP ports.
     pub published_tcp: AtomicU64,
+    /// Loopback clients of published ports served by splice.
+    pub published_spliced: AtomicU64,
     /// Client sessions on published UDP ports.
     pub published_udp: AtomicU64,
 }

@@ -156,12 +156,17 @@ enum HelperRequest {
         target: SandboxTarget,
         ifname: String,
     },
+    Connect {
+        target: SandboxTarget,
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum HelperReply {
     Attached { ifname: String, offload: bool },
     Detached,
+    Connected,
     Failed(Failure),
 }
 
@@ -215,7 +220,28 @@ pub fn attach_detailed(helper_exe: &Path, req: &AttachRequest) -> Result<Attachm
             req.queues
         ))),
         HelperReply::Failed(f) => Err(to_error(f, &req.ifname, target)),
-        HelperReply::Detached => Err(AttachError::Protocol("detach reply to attach".into())),
+        HelperReply::Detached | HelperReply::Connected => {
+            Err(AttachError::Protocol("wrong reply to attach".into()))
+        }
+    }
+}
+
+/// A TCP socket opened inside `target`'s network namespace and connected to
+/// `addr` there (for a loopback client of a published port, spliced at
+/// kernel speed).
+pub fn connect_in(
+    helper_exe: &Path,
+    target: &SandboxTarget,
+    addr: std::net::SocketAddr,
+) -> Result<OwnedFd, AttachError> {
+    let req = HelperRequest::Connect {
+        target: target.clone(),
+        addr,
+    };
+    match run_helper(helper_exe, &req)? {
+        (HelperReply::Connected, mut fds) if fds.len() == 1 => Ok(fds.remove(0)),
+        (HelperReply::Failed(f), _) => Err(to_error(f, "-", target.to_string())),
+        _ => Err(AttachError::Protocol("wrong reply to connect".into())),
     }
 }
 
@@ -229,7 +255,9 @@ pub fn detach(helper_exe: &Path, target: &SandboxTarget, ifname: &str) -> Result
     match run_helper(helper_exe, &req)?.0 {
         HelperReply::Detached => Ok(()),
         HelperReply::Failed(f) => Err(to_error(f, ifname, target.to_string())),
-        HelperReply::Attached { .. } => Err(AttachError::Protocol("attach reply to detach".into())),
+        HelperReply::Attached { .. } | HelperReply::Connected => {
+            Err(AttachError::Protocol("wrong reply to detach".into()))
+        }
     }
 }
 
@@ -348,6 +376,10 @@ pub fn attach_helper_main() -> i32 {
             Ok(()) => HelperReply::Detached,
             Err(f) => HelperReply::Failed(f),
         },
+        Ok(HelperRequest::Connect { target, addr }) => match do_connect(&target, addr) {
+            Ok(stream) => return send_reply(&sock, &HelperReply::Connected, &[stream.as_fd()]),
+            Err(f) => HelperReply::Failed(f),
+        },
         Err(f) => HelperReply::Failed(f),
     };
     let failed = matches!(reply, HelperReply::Failed(_));
@@ -421,6 +453,15 @@ fn enter_target(target: &SandboxTarget) -> Result<(), Failure> {
         netns::enter(&user, NsKind::User).map_err(|e| enter_failed(e, "user"))?;
     }
     netns::enter(&net, NsKind::Net).map_err(|e| enter_failed(e, "net"))
+}
+
+fn do_connect(
+    target: &SandboxTarget,
+    addr: std::net::SocketAddr,
+) -> Result<std::net::TcpStream, Failure> {
+    enter_target(target)?;
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|e| Failure::io(Step::Request, &e, format!("connect {addr}: {e}")))
 }
 
 fn do_attach(req: &AttachRequest) -> Result<(Vec<tun::TapQueue>, HelperReply), Failure> {

@@ -39,6 +39,22 @@ impl NsAttacher {
 }
 
 impl Attacher for NsAttacher {
+    fn can_connect_in(&self) -> bool {
+        true
+    }
+
+    fn connect_in(
+        &self,
+        target: &SandboxTarget,
+        addr: std::net::SocketAddr,
+    ) -> Option<std::io::Result<std::net::TcpStream>> {
+        Some(
+            super::attach::connect_in(&self.helper_exe, target, addr)
+                .map(std::net::TcpStream::from)
+                .map_err(std::io::Error::other),
+        )
+    }
+
     fn attach(&self, spec: &AttachSpec) -> Result<Vec<Box<dyn Port>>, AttachFailure> {
         let req = AttachRequest {
             target: spec.target.clone(),

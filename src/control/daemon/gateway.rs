@@ -85,6 +85,7 @@ impl Daemon {
             ("nat-icmp-denied", &c.nat_icmp_denied),
             ("published-tcp-connections", &c.published_tcp),
             ("published-udp-sessions", &c.published_udp),
+            ("published-spliced", &c.published_spliced),
         ] {
             events.insert(name.to_string(), v.load(Relaxed));
         }

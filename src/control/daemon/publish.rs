@@ -117,11 +117,22 @@ impl Daemon {
                 reason: bind_reason(addr, &source),
                 source,
             })?;
+            let service = SocketAddrV4::new(ep.ipv4, container);
+            let splice = self.attacher.can_connect_in().then(|| {
+                let (attacher, sandbox) = (self.attacher.clone(), ep.sandbox.clone());
+                let connect: crate::gateway::splice::Connector = std::sync::Arc::new(move || {
+                    attacher
+                        .connect_in(&sandbox, service.into())
+                        .unwrap_or_else(|| Err(std::io::Error::other("no in-sandbox connect")))
+                });
+                connect
+            });
             let target = PublishTarget {
                 network,
-                service: SocketAddrV4::new(ep.ipv4, container),
+                service,
                 mac: ep.mac,
                 port,
+                splice,
             };
             bound.push((socket, target));
         }
