@@ -109,6 +109,8 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             isolate: false,
             internal: false,
             mac_cap: Some(learned * 2),
+            subnet4: None,
+            host_loopback: false,
         })
         .unwrap();
     let a_mac = MacAddr::local_from_u32(0xaa, 1);

@@ -86,6 +86,11 @@ pub struct NetworkSpec {
     pub internal: bool,
     /// MAC table cap (default 8192).
     pub mac_cap: Option<usize>,
+    /// IPv4 subnet (address, prefix length): destinations outside it are
+    /// the gateway's to carry out.
+    pub subnet4: Option<(std::net::Ipv4Addr, u8)>,
+    /// The gateway address reaches the host's loopback.
+    pub host_loopback: bool,
 }
 
 /// A port to add.
@@ -249,6 +254,8 @@ impl Dataplane {
                 isolate: spec.isolate,
                 internal: spec.internal,
                 mac_cap: spec.mac_cap.unwrap_or(DEFAULT_CAP),
+                subnet4: spec.subnet4,
+                host_loopback: spec.host_loopback,
             })
         });
         Ok(id)

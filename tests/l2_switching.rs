@@ -58,6 +58,8 @@ impl Switch {
                 isolate,
                 internal: false,
                 mac_cap: None,
+                subnet4: None,
+                host_loopback: false,
             })
             .unwrap()
     }
@@ -275,6 +277,8 @@ fn gateway_answers_arp_and_ping_and_drops_the_rest() {
             isolate: false,
             internal: false,
             mac_cap: None,
+            subnet4: None,
+            host_loopback: false,
         })
         .unwrap();
     let a = sw.port(n, 0, PortSecurity::default());

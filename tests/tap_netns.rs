@@ -51,6 +51,8 @@ fn dataplane_with(ports: Vec<TapPort>) -> Dataplane {
             isolate: false,
             internal: false,
             mac_cap: None,
+            subnet4: None,
+            host_loopback: false,
         })
         .expect("add network");
     for p in ports {

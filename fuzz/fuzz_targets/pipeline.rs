@@ -35,6 +35,8 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
         isolate: false,
         internal: false,
         mac_cap: Some(16),
+        subnet4: None,
+        host_loopback: false,
     }) else {
         return;
     };

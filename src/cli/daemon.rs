@@ -46,6 +46,9 @@ pub struct DaemonArgs {
     /// DNS settings.
     #[command(flatten)]
     pub dns: super::dns_args::DnsArgs,
+    /// NAT limits.
+    #[command(flatten)]
+    pub nat: super::gateway_args::NatArgs,
 }
 
 /// How often endpoints of vanished sandboxes are looked for.
@@ -94,6 +97,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.thread_block().map_err(CliError::Signals)?;
+    super::gateway_args::raise_file_limit();
     let server = Server::bind(&socket)?;
     let mut dataplane = DataplaneConfig::default();
     if let Some(n) = args.workers {
@@ -106,6 +110,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         routes: Box::new(ProcRoutes::default()),
         dns: args.dns.settings()?,
         dns_upstream: args.dns.upstream(),
+        nat_limits: args.nat.limits(),
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);

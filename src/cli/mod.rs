@@ -5,6 +5,7 @@ pub mod connect;
 pub mod daemon;
 pub mod disconnect;
 pub mod dns_args;
+pub mod gateway_args;
 pub mod network;
 pub mod ps;
 pub mod publish;

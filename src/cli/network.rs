@@ -58,6 +58,9 @@ pub struct CreateArgs {
     /// MTU (576-65520, default 1500).
     #[arg(long, value_name = "N")]
     pub mtu: Option<u32>,
+    /// Let sandboxes reach the host's 127.0.0.1 through the gateway address.
+    #[arg(long)]
+    pub host_loopback: bool,
 }
 
 /// Runs a network verb.
@@ -76,6 +79,7 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                 vni: a.vni,
                 mtu: a.mtu,
                 mac_cap: None,
+                host_loopback: a.host_loopback,
             }))?;
             print(&format!(
                 "created network {} ({}, gateway {})\n",
@@ -93,6 +97,9 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                     }
                     if n.isolate {
                         opts.push("isolate".to_string());
+                    }
+                    if n.host_loopback {
+                        opts.push("host-loopback".to_string());
                     }
                     opts.push(format!("mtu={}", n.mtu));
                     vec![

@@ -36,6 +36,9 @@ pub struct UpArgs {
     /// DNS settings.
     #[command(flatten)]
     pub dns: super::dns_args::DnsArgs,
+    /// NAT limits.
+    #[command(flatten)]
+    pub nat: super::gateway_args::NatArgs,
 }
 
 /// A sandbox in a topology file.
@@ -104,6 +107,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().map_err(CliError::Signals)?;
 
+    super::gateway_args::raise_file_limit();
     let server = Server::bind(socket)?;
     let mut dataplane = DataplaneConfig::default();
     if let Some(n) = args.workers {
@@ -117,6 +121,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         routes: Box::new(ProcRoutes::default()),
         dns: args.dns.settings()?,
         dns_upstream: args.dns.upstream(),
+        nat_limits: args.nat.limits(),
     };
     let daemon = Daemon::new(
         config,

@@ -115,6 +115,9 @@ pub struct NetworkCreate {
     /// MAC table cap.
     #[serde(default)]
     pub mac_cap: Option<usize>,
+    /// The gateway address reaches the host's loopback (127.0.0.1).
+    #[serde(default)]
+    pub host_loopback: bool,
 }
 
 /// A network named.

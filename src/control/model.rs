@@ -117,6 +117,10 @@ pub struct Network {
     pub mac_cap: Option<usize>,
     /// VXLAN network identifier (overlay only).
     pub vni: Option<u32>,
+    /// Connections to the gateway address (other than DNS) go to the host's
+    /// 127.0.0.1.
+    #[serde(default)]
+    pub host_loopback: bool,
 }
 
 impl Network {

@@ -240,6 +240,7 @@ pub(crate) mod tests {
             mtu: 1500,
             mac_cap: None,
             vni: None,
+            host_loopback: false,
         });
         s.next_seq = 3;
         s

@@ -1,9 +1,13 @@
 //! The gateway's userspace TCP/IP stack (smoltcp): terminates connections to
-//! the gateway address that the data plane punts to it. Today it serves DNS
-//! over TCP; the same thread is where outbound NAT and published ports plug
-//! in.
+//! the gateway address that the data plane punts to it (DNS over TCP) and
+//! carries sandboxes' TCP and UDP flows to the outside over host sockets
+//! (outbound NAT), with its own flow table in front of smoltcp.
 
 pub mod device;
 pub mod dns_reply;
 pub mod dns_tcp;
+pub mod flow;
+pub mod nat;
 pub mod stack;
+pub mod tcp_nat;
+pub mod udp_nat;

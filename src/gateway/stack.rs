@@ -1,6 +1,8 @@
 //! The gateway stack: one control-plane thread running a smoltcp interface
 //! per network, fed with the frames workers punt to it and sending through an
-//! [`Injector`]. It terminates TCP connections to the gateway (DNS over TCP).
+//! [`Injector`]. It terminates TCP connections to the gateway (DNS over TCP)
+//! and carries sandboxes' flows to the outside over host sockets (NAT, see
+//! [`super::nat`]).
 //!
 //! smoltcp learns neighbours only from ARP, so before a new client's first
 //! segment the stack feeds it a synthetic ARP request from that client (the
@@ -21,6 +23,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::device::{PuntDevice, TxSide};
 use super::dns_tcp::DnsTcp;
+use super::flow::{FlowLimits, FlowTable, PacketInfo, PROTO_TCP};
+use super::nat::Flow;
 use crate::dns::answer::Responder;
 use crate::dns::DnsService;
 use crate::pipeline::frame::Frame;
@@ -57,6 +61,23 @@ pub struct StackCounters {
     pub punt_unhandled: AtomicU64,
     /// Frames from the stack with no known port (or no buffer).
     pub unroutable: AtomicU64,
+    /// TCP flows opened through the gateway.
+    pub nat_tcp_flows: AtomicU64,
+    /// UDP flows opened through the gateway.
+    pub nat_udp_flows: AtomicU64,
+    /// Host connects that failed (answered with RST).
+    pub nat_refused: AtomicU64,
+    /// Flows refused by the per-sandbox or total cap.
+    pub nat_flow_cap: AtomicU64,
+    /// Packets of no flow (RST or ICMP unreachable sent).
+    pub nat_rejected: AtomicU64,
+    /// Packets of protocols the gateway does not carry (e.g. ICMP echo
+    /// where ping sockets are not allowed).
+    pub nat_unsupported: AtomicU64,
+    /// UDP datagrams the host socket refused.
+    pub nat_udp_send_errors: AtomicU64,
+    /// Flows open now (a gauge).
+    pub nat_active: AtomicU64,
 }
 
 /// Answers for TCP clients coming back from the forwarder.
@@ -84,32 +105,40 @@ pub struct GatewayStack {
     counters: Arc<StackCounters>,
 }
 
-struct NetStack {
-    gw: GatewayInfo,
-    iface: Interface,
+pub(super) struct NetStack {
+    pub(super) gw: GatewayInfo,
+    pub(super) iface: Interface,
     sockets: SocketSet<'static>,
     rx: VecDeque<Frame>,
-    clients: HashMap<MacAddr, PortId>,
+    /// Packets of no flow, polled against an empty socket set so smoltcp
+    /// answers them (RST, ICMP port unreachable).
+    pub(super) reject_rx: VecDeque<Frame>,
+    reject: SocketSet<'static>,
+    pub(super) clients: HashMap<MacAddr, PortId>,
     neighbours: HashMap<Ipv4Addr, (MacAddr, i64)>,
     dns: DnsTcp,
-    mtu: usize,
+    pub(super) mtu: usize,
+    pub(super) host_loopback: bool,
 }
 
-struct Runner {
+pub(super) struct Runner {
     punt: Arc<PuntQueue>,
     answers: Arc<TcpAnswers>,
-    injector: Injector,
+    pub(super) injector: Injector,
     dns: Arc<DnsService>,
     topo: SharedTopology,
-    nets: HashMap<NetworkId, NetStack>,
+    pub(super) nets: HashMap<NetworkId, NetStack>,
     responder: Responder,
     scratch: Vec<u8>,
-    done: Vec<Frame>,
+    pub(super) done: Vec<Frame>,
     next_conn: u64,
     stop: Arc<AtomicBool>,
-    poll: Poll,
+    pub(super) poll: Poll,
     epoch: std::time::Instant,
-    counters: Arc<StackCounters>,
+    pub(super) counters: Arc<StackCounters>,
+    pub(super) flows: FlowTable<Flow>,
+    pub(super) dirty: Vec<usize>,
+    pub(super) udp_buf: Vec<u8>,
 }
 
 impl GatewayStack {
@@ -119,6 +148,7 @@ impl GatewayStack {
         injector: Injector,
         dns: Arc<DnsService>,
         topo: SharedTopology,
+        limits: FlowLimits,
     ) -> io::Result<GatewayStack> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -145,6 +175,9 @@ impl GatewayStack {
             poll,
             epoch: std::time::Instant::now(),
             counters: counters.clone(),
+            flows: FlowTable::new(limits),
+            dirty: Vec::new(),
+            udp_buf: vec![0; u16::MAX as usize],
         };
         let thread = std::thread::Builder::new()
             .name("sy-gwstack".into())
@@ -192,16 +225,21 @@ fn random_seed() -> u64 {
 }
 
 impl Runner {
-    fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         Instant::from_millis(self.epoch.elapsed().as_millis() as i64)
     }
 
     fn run(mut self) {
-        let mut events = Events::with_capacity(8);
+        let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::SeqCst) {
             self.take_punted();
             self.take_answers();
-            let delay = self.service();
+            let mut delay = self.service();
+            self.drive_flows();
+            if let Some(t) = self.flows.next_wake() {
+                let ms = (t - self.now().total_millis()).max(0) as u64;
+                delay = delay.min(std::time::Duration::from_millis(ms));
+            }
             self.punt.sleeping.store(true, Ordering::SeqCst);
             let busy = !self.punt.frames.is_empty() || !self.answers.queue.is_empty();
             let timeout = if busy {
@@ -215,6 +253,7 @@ impl Runner {
                 }
             }
             self.punt.sleeping.store(false, Ordering::SeqCst);
+            self.host_events(&events);
         }
         for (_, mut net) in self.nets.drain() {
             for f in net.rx.drain(..) {
@@ -224,9 +263,14 @@ impl Runner {
     }
 
     /// The network's stack, (re)built when its gateway changed.
-    fn net(&mut self, id: NetworkId) -> Option<&mut NetStack> {
+    pub(super) fn net(&mut self, id: NetworkId) -> Option<&mut NetStack> {
         let topo = self.topo.load();
-        let Some(gw) = topo.network(id).and_then(|n| n.gateway.clone()) else {
+        let Some(info) = topo.network(id) else {
+            self.drop_net(id);
+            return None;
+        };
+        let host_loopback = info.host_loopback;
+        let Some(gw) = info.gateway.clone() else {
             self.drop_net(id);
             return None;
         };
@@ -262,6 +306,9 @@ impl Runner {
             iface.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::new(gw4.into(), prefix));
             });
+            // NAT: answer for every address the sandboxes dial.
+            iface.set_any_ip(true);
+            let _ = iface.routes_mut().add_default_ipv4_route(gw4);
             self.nets.insert(
                 id,
                 NetStack {
@@ -269,10 +316,13 @@ impl Runner {
                     iface,
                     sockets: SocketSet::new(Vec::new()),
                     rx,
+                    reject_rx: VecDeque::new(),
+                    reject: SocketSet::new(Vec::new()),
                     clients,
                     neighbours: HashMap::new(),
                     dns: DnsTcp::default(),
                     mtu,
+                    host_loopback,
                 },
             );
         }
@@ -281,7 +331,7 @@ impl Runner {
 
     fn drop_net(&mut self, id: NetworkId) {
         if let Some(mut n) = self.nets.remove(&id) {
-            for f in n.rx.drain(..) {
+            for f in n.rx.drain(..).chain(n.reject_rx.drain(..)) {
                 self.injector.free(f);
             }
         }
@@ -293,7 +343,7 @@ impl Runner {
             let Some(f) = self.punt.frames.pop() else {
                 break;
             };
-            if f.vnet.is_gso() || f.meta.ethertype != EtherType::Ipv4 {
+            if f.meta.ethertype != EtherType::Ipv4 {
                 bump(&self.counters.punt_unhandled, 1);
                 self.injector.free(f);
                 continue;
@@ -327,9 +377,25 @@ impl Runner {
                     net.neighbours.insert(ip, (mac, now));
                 }
             }
-            net.rx.push_back(f);
+            let gw4 = net.gw.ipv4;
             if let Some(a) = spare {
                 self.injector.free(a);
+            }
+            match PacketInfo::parse(&f) {
+                Some(info)
+                    if info.key.proto == PROTO_TCP
+                        && Some(*info.key.remote.ip()) == gw4
+                        && info.key.remote.port() == crate::dns::DNS_PORT =>
+                {
+                    if let Some(net) = self.nets.get_mut(&id) {
+                        net.rx.push_back(f);
+                    }
+                }
+                Some(info) => self.dispatch(f, info, now),
+                None => {
+                    bump(&self.counters.punt_unhandled, 1);
+                    self.injector.free(f);
+                }
             }
         }
     }
@@ -357,6 +423,17 @@ impl Runner {
                 net.dns
                     .listen(&mut net.sockets, gw4, &mut self.next_conn, now);
             }
+            let mut reject = PuntDevice {
+                rx: &mut net.reject_rx,
+                done: &mut self.done,
+                tx: TxSide {
+                    injector: &mut self.injector,
+                    clients: &net.clients,
+                    unroutable: &mut unroutable,
+                },
+                mtu: net.mtu,
+            };
+            net.iface.poll(now, &mut reject, &mut net.reject);
             for _ in 0..2 {
                 let mut dev = PuntDevice {
                     rx: &mut net.rx,

@@ -60,6 +60,8 @@ drop_reasons! {
     DnsMalformed => "dns-malformed",
     /// The DNS forwarder's queue was full.
     DnsForwardFull => "dns-forward-full",
+    /// A packet for outside an `--internal` network.
+    InternalNetwork => "internal-network",
     /// The queue to the gateway stack was full.
     PuntFull => "punt-full",
 }

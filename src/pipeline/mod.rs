@@ -2,7 +2,7 @@
 //! function over the batch that only sets each frame's [`frame::Action`];
 //! the worker then sends the batch out grouped by output port.
 //!
-//! Standard order: `parse -> ingress -> learn -> [dns] -> gateway -> forward`, then the
+//! Standard order: `parse -> ingress -> learn -> [dns -> nat] -> gateway -> forward`, then the
 //! worker's dispatch (flood expansion, cross-worker hand-off, offload
 //! adaptation, tx). A new stage is added with [`Pipeline::insert_before`]
 //! without touching the others.
@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod ingress;
 pub mod inject;
 pub mod learn;
+pub mod nat;
 pub mod offload;
 pub mod parse;
 pub mod pool;

@@ -51,10 +51,12 @@ impl Pipeline {
         }
     }
 
-    /// The standard switch with the gateway's DNS answering from `dns`.
-    pub fn with_dns(dns: std::sync::Arc<crate::dns::DnsService>) -> Pipeline {
+    /// The standard switch with the gateway's services: DNS answering from
+    /// `dns`, and NAT hand-off to the gateway stack.
+    pub fn with_gateway_services(dns: std::sync::Arc<crate::dns::DnsService>) -> Pipeline {
         let mut p = Self::standard();
         p.insert_before("gateway", Box::new(super::dns::Dns::new(dns)));
+        p.insert_before("gateway", Box::new(super::nat::Nat));
         p
     }
 

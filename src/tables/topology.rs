@@ -49,6 +49,22 @@ pub struct NetworkInfo {
     pub internal: bool,
     /// Most MAC addresses learned on this network.
     pub mac_cap: usize,
+    /// IPv4 subnet (address, prefix length).
+    pub subnet4: Option<(Ipv4Addr, u8)>,
+    /// The gateway address reaches the host's loopback.
+    pub host_loopback: bool,
+}
+
+impl NetworkInfo {
+    /// True if `ip` is on the network's own IPv4 subnet.
+    pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
+        self.subnet4.is_some_and(|(net, len)| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        })
+    }
 }
 
 /// What a port may send (port security). Empty means anything.
@@ -189,6 +205,8 @@ mod tests {
             isolate: false,
             internal: false,
             mac_cap: 8192,
+            subnet4: None,
+            host_loopback: false,
         }
     }
 

@@ -61,6 +61,7 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             routes: Box::new(StaticRoutes(vec!["10.89.0.0/24".parse().expect("cidr")])),
             dns: Default::default(),
             dns_upstream: switchyard::dns::forward::UpstreamSource::Static(vec![]),
+            nat_limits: Default::default(),
         },
         Box::new(attacher),
     )

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-mod dns;
+mod gateway;
 mod publish;
 
 use super::api::{
@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub dns: DnsSettings,
     /// Where names that are not ours are resolved.
     pub dns_upstream: UpstreamSource,
+    /// Caps on NAT flows.
+    pub nat_limits: crate::gateway::flow::FlowLimits,
 }
 
 /// The running control plane.
@@ -82,13 +84,14 @@ impl Daemon {
         let dns = DnsService::new(config.dns);
         let mut dataplane =
             Dataplane::start_with(config.dataplane, Arc::new(SystemClock::new()), |_| {
-                Pipeline::with_dns(dns.clone())
+                Pipeline::with_gateway_services(dns.clone())
             })?;
         let stack = GatewayStack::start(
             dataplane.punted(),
             dataplane.injector(),
             dns.clone(),
             dataplane.shared_topology(),
+            config.nat_limits,
         )
         .map_err(crate::dataplane::DataplaneError::Start)?;
         let topo = dataplane.shared_topology();
@@ -273,6 +276,11 @@ impl Daemon {
                 "--vni applies only to overlay networks; drop it for a bridge network".into(),
             ));
         }
+        if req.host_loopback && req.internal {
+            return Err(DaemonError::Invalid(
+                "--host-loopback needs a way out; an --internal network has none".into(),
+            ));
+        }
         if req.mac_cap == Some(0) {
             return Err(DaemonError::Invalid("mac_cap must be at least 1".into()));
         }
@@ -325,6 +333,7 @@ impl Daemon {
             mtu,
             mac_cap: req.mac_cap,
             vni: None,
+            host_loopback: req.host_loopback,
         };
         let id = self.dataplane.add_network(network_spec(&net))?;
         let mut next = self.state.clone();
@@ -673,5 +682,7 @@ fn network_spec(net: &Network) -> NetworkSpec {
         isolate: net.isolate,
         internal: net.internal,
         mac_cap: net.mac_cap,
+        subnet4: Some((net.subnet4.addr(), net.subnet4.prefix())),
+        host_loopback: net.host_loopback,
     }
 }

@@ -1,6 +1,8 @@
-//! The DNS records the daemon publishes: rebuilt from the model after every
-//! change (networks, endpoints, aliases, publications) and swapped in whole,
-//! so the next query sees the change and no query waits for it.
+//! The daemon's side of the gateway services: the DNS records it publishes
+//! (rebuilt from the model after every change to networks, endpoints,
+//! aliases or publications, and swapped in whole, so the next query sees the
+//! change and no query waits for it), and the counters of the gateway stack
+//! and the DNS forwarder.
 
 use std::net::IpAddr;
 
@@ -71,6 +73,14 @@ impl Daemon {
             ("dns-tcp-malformed", &c.dns_tcp_malformed),
             ("punt-unhandled", &c.punt_unhandled),
             ("gateway-stack-unroutable", &c.unroutable),
+            ("nat-tcp-flows", &c.nat_tcp_flows),
+            ("nat-udp-flows", &c.nat_udp_flows),
+            ("nat-refused", &c.nat_refused),
+            ("nat-flow-cap", &c.nat_flow_cap),
+            ("nat-rejected", &c.nat_rejected),
+            ("nat-unsupported", &c.nat_unsupported),
+            ("nat-udp-send-errors", &c.nat_udp_send_errors),
+            ("nat-active-flows", &c.nat_active),
         ] {
             events.insert(name.to_string(), v.load(Relaxed));
         }

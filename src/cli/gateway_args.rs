@@ -1,0 +1,40 @@
+//! NAT options shared by `daemon` and `up`, and the open-file limit NAT
+//! flows need.
+
+use clap::Args;
+
+use crate::gateway::flow::FlowLimits;
+
+/// Limits of the gateway's NAT.
+#[derive(Debug, Clone, Args)]
+pub struct NatArgs {
+    /// Most NAT flows (TCP connections, UDP flows) in all.
+    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().total)]
+    pub nat_max_flows: usize,
+    /// Most NAT flows of one sandbox address.
+    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().per_sandbox)]
+    pub nat_max_flows_per_sandbox: usize,
+}
+
+impl NatArgs {
+    /// The limits.
+    pub fn limits(&self) -> FlowLimits {
+        FlowLimits {
+            total: self.nat_max_flows.max(1),
+            per_sandbox: self.nat_max_flows_per_sandbox.max(1),
+        }
+    }
+}
+
+/// Every NAT flow holds a host socket: lets the daemon open as many files as
+/// the hard limit allows (commonly 1024 soft, far more hard).
+pub fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit to {hard}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The NAT flow table: our own 5-tuple index over the gateway's flows, so a
+//! packet finds its flow (and its one smoltcp socket) in O(1) however many
+//! flows exist, instead of smoltcp scanning every socket. Also the caps on
+//! flows per sandbox and in total, and the timer queue that wakes flows.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::pipeline::frame::Frame;
+use crate::tables::topology::NetworkId;
+
+/// IP protocol numbers the gateway carries.
+pub const PROTO_ICMP: u8 = 1;
+/// TCP.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// A flow as the sandbox sees it: from `local` (its own address and port) to
+/// `remote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The sandbox's network.
+    pub network: NetworkId,
+    /// IP protocol.
+    pub proto: u8,
+    /// The sandbox side.
+    pub local: SocketAddrV4,
+    /// The far side, as the sandbox addresses it.
+    pub remote: SocketAddrV4,
+}
+
+/// What the stack needs to know of a punted IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Its flow key (source = sandbox side).
+    pub key: FlowKey,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// Offset of the L4 header in the frame.
+    pub l4: usize,
+    /// End of the IP packet in the frame.
+    pub end: usize,
+}
+
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+impl PacketInfo {
+    /// Reads the addresses, ports and flags of an IPv4 frame.
+    pub fn parse(f: &Frame) -> Option<PacketInfo> {
+        let b = f.data();
+        let l3 = f.meta.l3_offset as usize;
+        let ip = b.get(l3..l3 + 20)?;
+        if ip[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let end = (l3 + total).min(b.len());
+        let l4 = l3 + ihl;
+        if ihl < 20 || l4 > end {
+            return None;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let proto = ip[9];
+        let (sport, dport, tcp_flags) = match proto {
+            PROTO_TCP => {
+                let t = b.get(l4..l4 + 14)?;
+                (
+                    u16::from_be_bytes([t[0], t[1]]),
+                    u16::from_be_bytes([t[2], t[3]]),
+                    t[13],
+                )
+            }
+            PROTO_UDP => {
+                let u = b.get(l4..l4 + 8)?;
+                (
+                    u16::from_be_bytes([u[0], u[1]]),
+                    u16::from_be_bytes([u[2], u[3]]),
+                    0,
+                )
+            }
+            // ICMP echo: the identifier plays the port.
+            PROTO_ICMP => {
+                let i = b.get(l4..l4 + 8)?;
+                let id = u16::from_be_bytes([i[4], i[5]]);
+                (id, id, 0)
+            }
+            _ => return None,
+        };
+        Some(PacketInfo {
+            key: FlowKey {
+                network: f.meta.network,
+                proto,
+                local: SocketAddrV4::new(src, sport),
+                remote: SocketAddrV4::new(dst, dport),
+            },
+            tcp_flags,
+            l4,
+            end,
+        })
+    }
+}
+
+/// Limits on flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Most flows in all.
+    pub total: usize,
+    /// Most flows of one sandbox address.
+    pub per_sandbox: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            total: 65_536,
+            per_sandbox: 16_384,
+        }
+    }
+}
+
+/// Flows in slots, found by key; `T` is the flow's state.
+pub struct FlowTable<T> {
+    slots: Vec<Option<(FlowKey, T)>>,
+    free: Vec<usize>,
+    index: HashMap<FlowKey, usize>,
+    per_sandbox: HashMap<(NetworkId, Ipv4Addr), usize>,
+    limits: FlowLimits,
+    timers: BinaryHeap<Reverse<(i64, usize)>>,
+}
+
+/// Why a flow could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapHit {
+    /// The table is full.
+    Total,
+    /// The sandbox has its maximum.
+    Sandbox,
+}
+
+impl<T> FlowTable<T> {
+    /// An empty table.
+    pub fn new(limits: FlowLimits) -> FlowTable<T> {
+        FlowTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            per_sandbox: HashMap::new(),
+            limits,
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// Flows in the table.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when there are no flows.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The slot of a flow.
+    pub fn find(&self, key: &FlowKey) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    /// Adds a flow unless a cap forbids it; returns its slot.
+    pub fn insert(&mut self, key: FlowKey, flow: T) -> Result<usize, CapHit> {
+        if self.index.len() >= self.limits.total {
+            return Err(CapHit::Total);
+        }
+        let owner = (key.network, *key.local.ip());
+        let n = self.per_sandbox.entry(owner).or_insert(0);
+        if *n >= self.limits.per_sandbox {
+            return Err(CapHit::Sandbox);
+        }
+        *n += 1;
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some((key, flow));
+                i
+            }
+            None => {
+                self.slots.push(Some((key, flow)));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, slot);
+        Ok(slot)
+    }
+
+    /// The flow in a slot.
+    pub fn get_mut(&mut self, slot: usize) -> Option<(&FlowKey, &mut T)> {
+        self.slots
+            .get_mut(slot)
+            .and_then(|s| s.as_mut())
+            .map(|(k, t)| (&*k, t))
+    }
+
+    /// Removes the flow in a slot.
+    pub fn remove(&mut self, slot: usize) -> Option<(FlowKey, T)> {
+        let (key, flow) = self.slots.get_mut(slot)?.take()?;
+        self.index.remove(&key);
+        let owner = (key.network, *key.local.ip());
+        if let Some(n) = self.per_sandbox.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_sandbox.remove(&owner);
+            }
+        }
+        self.free.push(slot);
+        Some((key, flow))
+    }
+
+    /// Slots of every flow.
+    pub fn slots(&self) -> Vec<usize> {
+        self.index.values().copied().collect()
+    }
+
+    /// Asks for slot to be looked at at `at` (ms).
+    pub fn wake_at(&mut self, slot: usize, at: i64) {
+        self.timers.push(Reverse((at, slot)));
+    }
+
+    /// The earliest requested wake-up.
+    pub fn next_wake(&self) -> Option<i64> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Slots whose wake-up time has come (a slot may be reported twice or
+    /// after its flow was removed; callers check).
+    pub fn due(&mut self, now: i64, out: &mut Vec<usize>) {
+        while let Some(Reverse((t, slot))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            out.push(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(last: u8, port: u16) -> FlowKey {
+        FlowKey {
+            network: NetworkId(0),
+            proto: PROTO_TCP,
+            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port),
+            remote: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+        }
+    }
+
+    #[test]
+    fn caps_per_sandbox_and_total() {
+        let mut t = FlowTable::new(FlowLimits {
+            total: 3,
+            per_sandbox: 2,
+        });
+        let a = t.insert(key(2, 1), ()).unwrap();
+        t.insert(key(2, 2), ()).unwrap();
+        assert_eq!(t.insert(key(2, 3), ()), Err(CapHit::Sandbox));
+        t.insert(key(3, 1), ()).unwrap();
+        assert_eq!(t.insert(key(4, 1), ()), Err(CapHit::Total));
+        assert_eq!(t.find(&key(2, 1)), Some(a));
+        t.remove(a);
+        assert_eq!(t.find(&key(2, 1)), None);
+        assert_eq!(
+            t.insert(key(2, 3), ()),
+            Ok(a),
+            "slot reused, sandbox count freed"
+        );
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn timers_come_due_in_order() {
+        let mut t: FlowTable<()> = FlowTable::new(FlowLimits::default());
+        t.wake_at(1, 30);
+        t.wake_at(2, 10);
+        t.wake_at(3, 20);
+        assert_eq!(t.next_wake(), Some(10));
+        let mut due = Vec::new();
+        t.due(20, &mut due);
+        assert_eq!(due, [2, 3]);
+        assert_eq!(t.next_wake(), Some(30));
+    }
+}

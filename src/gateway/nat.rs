@@ -1,0 +1,355 @@
+//! Outbound NAT in the gateway stack: punted packets find their flow in the
+//! flow table; a TCP SYN or a first UDP datagram opens one (within the caps),
+//! with a host socket to the real destination (the host's 127.0.0.1 for the
+//! gateway address on `--host-loopback` networks). Host socket readiness and
+//! timers drive the flows; packets of no flow get a RST or ICMP unreachable
+//! from smoltcp.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use mio::{Events, Interest, Token};
+
+use super::device::{PuntDevice, TxSide};
+use super::flow::{PacketInfo, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
+use super::stack::{NetStack, Runner};
+use super::tcp_nat::{Phase, TcpFlow};
+use super::udp_nat::UdpFlow;
+use crate::pipeline::frame::Frame;
+use crate::pipeline::inject::Injector;
+use crate::stats::bump;
+use crate::wire::udp_frame;
+use smoltcp::time::Instant;
+
+/// Established TCP flows idle this long are closed (ms).
+const TCP_IDLE_MS: i64 = 2 * 3600 * 1000;
+/// A host connect that has not finished by then is given up (ms).
+const CONNECT_TIMEOUT_MS: i64 = 30_000;
+
+/// A flow's state.
+pub enum Flow {
+    /// TCP, terminated by smoltcp on the sandbox side.
+    Tcp(TcpFlow),
+    /// UDP, relayed datagram by datagram.
+    Udp(UdpFlow),
+}
+
+fn token(slot: usize) -> Token {
+    Token(slot + 1)
+}
+
+impl Runner {
+    /// Where the host socket of a flow to `remote` connects.
+    fn host_target(&mut self, info: &PacketInfo) -> Option<SocketAddr> {
+        let net = self.nets.get(&info.key.network)?;
+        let remote = info.key.remote;
+        if Some(*remote.ip()) == net.gw.ipv4 {
+            // Only networks that opted in reach the host's loopback.
+            return net
+                .host_loopback
+                .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), remote.port()));
+        }
+        Some(SocketAddr::V4(remote))
+    }
+
+    fn reject(&mut self, f: Frame, info: &PacketInfo) {
+        bump(&self.counters.nat_rejected, 1);
+        match self.nets.get_mut(&info.key.network) {
+            Some(net) => net.reject_rx.push_back(f),
+            None => self.injector.free(f),
+        }
+    }
+
+    /// Hands a punted packet to its flow, opening one if it may.
+    pub(super) fn dispatch(&mut self, f: Frame, info: PacketInfo, now: i64) {
+        if let Some(slot) = self.flows.find(&info.key) {
+            self.deliver(slot, f, &info, now);
+            return;
+        }
+        match info.key.proto {
+            PROTO_TCP => {
+                let syn = info.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+                match (syn, self.host_target(&info)) {
+                    (true, Some(to)) => self.open_tcp(f, info, to, now),
+                    _ => self.reject(f, &info),
+                }
+            }
+            PROTO_UDP => match self.host_target(&info) {
+                Some(to) => self.open_udp(f, info, to, now),
+                None => self.reject(f, &info),
+            },
+            _ => {
+                bump(&self.counters.nat_unsupported, 1);
+                self.injector.free(f);
+            }
+        }
+    }
+
+    fn open_tcp(&mut self, f: Frame, info: PacketInfo, to: SocketAddr, now: i64) {
+        let flow = match TcpFlow::connect(to, info.key.remote, now) {
+            Ok(flow) => flow,
+            Err(_) => {
+                bump(&self.counters.nat_refused, 1);
+                return self.reject(f, &info);
+            }
+        };
+        let slot = match self.flows.insert(info.key, Flow::Tcp(flow)) {
+            Ok(slot) => slot,
+            Err(_) => {
+                bump(&self.counters.nat_flow_cap, 1);
+                return self.reject(f, &info);
+            }
+        };
+        bump(&self.counters.nat_tcp_flows, 1);
+        if let Some((_, Flow::Tcp(flow))) = self.flows.get_mut(slot) {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut flow.host, token(slot), interest)
+                .is_err()
+            {
+                flow.abort();
+            }
+            let mut spare = Vec::new();
+            flow.push_frame(f, &mut spare);
+            self.done.extend(spare);
+        }
+        self.flows.wake_at(slot, now + CONNECT_TIMEOUT_MS);
+    }
+
+    fn open_udp(&mut self, f: Frame, info: PacketInfo, to: SocketAddr, now: i64) {
+        let Some(gw_mac) = self.nets.get(&info.key.network).map(|n| n.gw.mac) else {
+            return self.injector.free(f);
+        };
+        let local = (f.meta.src, info.key.local, f.meta.in_port);
+        let flow = match UdpFlow::open(to, local, info.key.remote, gw_mac, now) {
+            Ok(flow) => flow,
+            Err(_) => {
+                bump(&self.counters.nat_refused, 1);
+                return self.reject(f, &info);
+            }
+        };
+        let slot = match self.flows.insert(info.key, Flow::Udp(flow)) {
+            Ok(slot) => slot,
+            Err(_) => {
+                bump(&self.counters.nat_flow_cap, 1);
+                return self.injector.free(f);
+            }
+        };
+        bump(&self.counters.nat_udp_flows, 1);
+        if let Some((_, Flow::Udp(flow))) = self.flows.get_mut(slot) {
+            let _ = self
+                .poll
+                .registry()
+                .register(&mut flow.host, token(slot), Interest::READABLE);
+            self.flows.wake_at(slot, now + super::udp_nat::IDLE_MS);
+        }
+        self.deliver(slot, f, &info, now);
+    }
+
+    fn deliver(&mut self, slot: usize, f: Frame, info: &PacketInfo, now: i64) {
+        let Some((_, flow)) = self.flows.get_mut(slot) else {
+            return self.injector.free(f);
+        };
+        match flow {
+            Flow::Tcp(t) => {
+                let mut spare = Vec::new();
+                t.push_frame(f, &mut spare);
+                self.done.extend(spare);
+                self.dirty.push(slot);
+            }
+            Flow::Udp(u) => {
+                let payload = f.data().get(info.l4 + 8..info.end).unwrap_or(&[]);
+                if u.host.send(payload).is_err() {
+                    bump(&self.counters.nat_udp_send_errors, 1);
+                }
+                u.last_active = now;
+                self.injector.free(f);
+            }
+        }
+    }
+
+    /// Notes readiness of host sockets.
+    pub(super) fn host_events(&mut self, events: &Events) {
+        for ev in events.iter() {
+            let Some(slot) = ev.token().0.checked_sub(1) else {
+                continue;
+            };
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            match self.flows.get_mut(slot) {
+                Some((_, Flow::Tcp(t))) => t.host_event(readable, writable),
+                Some((_, Flow::Udp(_))) => {}
+                None => continue,
+            }
+            self.dirty.push(slot);
+        }
+    }
+
+    /// Runs every flow that has something to do: new packets, host
+    /// readiness, or a timer.
+    pub(super) fn drive_flows(&mut self) {
+        let now = self.now();
+        let ms = now.total_millis();
+        let mut slots = std::mem::take(&mut self.dirty);
+        self.flows.due(ms, &mut slots);
+        slots.sort_unstable();
+        slots.dedup();
+        let mut unroutable = 0;
+        for slot in slots {
+            let Some((key, flow)) = self.flows.get_mut(slot) else {
+                continue;
+            };
+            let key = *key;
+            let finished = match flow {
+                Flow::Udp(u) => {
+                    relay_udp_replies(u, &mut self.injector, &mut self.udp_buf, ms);
+                    let expires = u.expires();
+                    if ms >= expires {
+                        true
+                    } else {
+                        self.flows.wake_at(slot, expires);
+                        false
+                    }
+                }
+                Flow::Tcp(t) => {
+                    let Some(net) = self.nets.get_mut(&key.network) else {
+                        continue;
+                    };
+                    let mut io = FlowIo {
+                        net,
+                        injector: &mut self.injector,
+                        done: &mut self.done,
+                        unroutable: &mut unroutable,
+                        refused: &self.counters.nat_refused,
+                    };
+                    match drive_tcp(t, &mut io, now) {
+                        Some(next) => {
+                            self.flows.wake_at(slot, next);
+                            false
+                        }
+                        None => true,
+                    }
+                }
+            };
+            if finished {
+                if let Some((_, Flow::Tcp(mut t))) = self.flows.remove(slot) {
+                    let _ = self.poll.registry().deregister(&mut t.host);
+                    self.done.extend(t.rx.drain(..));
+                }
+            }
+        }
+        for f in self.done.drain(..) {
+            self.injector.free(f);
+        }
+        bump(&self.counters.unroutable, unroutable);
+        self.counters.nat_active.store(
+            self.flows.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// What driving a TCP flow touches besides the flow.
+struct FlowIo<'a> {
+    net: &'a mut NetStack,
+    injector: &'a mut Injector,
+    done: &'a mut Vec<Frame>,
+    unroutable: &'a mut u64,
+    refused: &'a std::sync::atomic::AtomicU64,
+}
+
+impl FlowIo<'_> {
+    /// Polls the flow's socket set with its queued frames.
+    fn poll(&mut self, t: &mut TcpFlow, now: Instant) {
+        let mut dev = PuntDevice {
+            rx: &mut t.rx,
+            done: self.done,
+            tx: TxSide {
+                injector: self.injector,
+                clients: &self.net.clients,
+                unroutable: self.unroutable,
+            },
+            mtu: self.net.mtu,
+        };
+        self.net.iface.poll(now, &mut dev, &mut t.sockets);
+    }
+}
+
+/// Finishes the connect, moves frames and data, and closes what is done;
+/// returns when to look again, or `None` when the flow is finished.
+fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> {
+    let ms = now.total_millis();
+    match t.check_connect() {
+        Some(false) => {
+            bump(io.refused, 1);
+            io.net.reject_rx.extend(t.rx.drain(..));
+            return None;
+        }
+        None if t.phase == Phase::Connecting => {
+            if ms - t.last_active > CONNECT_TIMEOUT_MS {
+                io.net.reject_rx.extend(t.rx.drain(..));
+                return None;
+            }
+            return Some(t.last_active + CONNECT_TIMEOUT_MS + 1);
+        }
+        _ => {}
+    }
+    if t.phase == Phase::Done {
+        return None;
+    }
+    // Poll, move data, and poll again to send what moved; more rounds
+    // while data keeps moving (bounded).
+    for _ in 0..4 {
+        io.poll(t, now);
+        if !t.pump(ms) {
+            break;
+        }
+    }
+    io.poll(t, now);
+    t.pump(ms);
+    if ms - t.last_active > TCP_IDLE_MS {
+        t.abort();
+        io.poll(t, now);
+        return None;
+    }
+    if t.phase == Phase::Done {
+        return None;
+    }
+    let next = io
+        .net
+        .iface
+        .poll_at(now, &t.sockets)
+        .map_or(ms + 1000, |at| at.total_millis())
+        .min(t.last_active + TCP_IDLE_MS)
+        .max(ms + 1);
+    Some(next)
+}
+
+/// Reads every waiting reply of a UDP flow and sends it to the sandbox.
+fn relay_udp_replies(
+    u: &mut UdpFlow,
+    injector: &mut crate::pipeline::inject::Injector,
+    buf: &mut [u8],
+    now: i64,
+) {
+    for _ in 0..256 {
+        let n = match u.host.recv(buf) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        u.stream = true;
+        u.last_active = now;
+        let payload = &buf[..n];
+        let addrs = u.reply;
+        injector.send(u.port, |f| {
+            match udp_frame::write(f.receive_space(), &addrs, payload) {
+                Ok(len) => {
+                    f.set_len(len);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+    }
+}

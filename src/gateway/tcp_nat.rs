@@ -1,0 +1,226 @@
+//! One TCP flow through the gateway: the sandbox's side terminated by a
+//! smoltcp socket (alone in its own socket set, so polling it costs O(1)),
+//! the far side an ordinary non-blocking host socket. The sandbox's SYN is
+//! held until the host connect succeeds, so the SYN-ACK means the far end
+//! answered; a refused or failed connect becomes a RST. Data, half-close,
+//! RST and timeouts propagate both ways.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
+
+use mio::net::TcpStream;
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+
+use crate::pipeline::frame::Frame;
+
+/// Socket buffers per direction. Large, so the advertised window does not
+/// limit throughput; idle flows cost little because untouched pages of these
+/// zeroed allocations are never made resident.
+pub const BUFFER: usize = 512 * 1024;
+/// Frames held per flow while its host connect is pending (SYN retransmits).
+const HELD_MAX: usize = 4;
+
+/// Where a flow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The host connect is under way; the sandbox's SYN waits.
+    Connecting,
+    /// Both sides are connected.
+    Open,
+    /// Finished: the flow can be removed.
+    Done,
+}
+
+/// What the drive loop did that the stack must act on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The host connect failed: feed `held` to the reject path (RST).
+    pub refused: bool,
+}
+
+/// A TCP flow.
+pub struct TcpFlow {
+    /// Its socket set (one socket).
+    pub sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    /// The host side.
+    pub host: TcpStream,
+    /// Lifecycle.
+    pub phase: Phase,
+    /// Frames waiting for the connect, then for the next poll.
+    pub rx: VecDeque<Frame>,
+    host_readable: bool,
+    host_writable: bool,
+    host_eof: bool,
+    host_shut: bool,
+    /// Last activity (ms).
+    pub last_active: i64,
+}
+
+impl TcpFlow {
+    /// Starts the host connect to `to` for a sandbox connection addressed to
+    /// `remote`.
+    pub fn connect(to: SocketAddr, remote: SocketAddrV4, now: i64) -> io::Result<TcpFlow> {
+        let host = TcpStream::connect(to)?;
+        let _ = host.set_nodelay(true);
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+        );
+        sock.set_nagle_enabled(false);
+        // Listening on exactly the address the sandbox dialled: with the
+        // interface accepting any address, this socket answers the held SYN.
+        let _ = sock.listen(IpListenEndpoint {
+            addr: Some((*remote.ip()).into()),
+            port: remote.port(),
+        });
+        let handle = sockets.add(sock);
+        Ok(TcpFlow {
+            sockets,
+            handle,
+            host,
+            phase: Phase::Connecting,
+            rx: VecDeque::new(),
+            host_readable: false,
+            host_writable: false,
+            host_eof: false,
+            host_shut: false,
+            last_active: now,
+        })
+    }
+
+    /// Queues a frame from the sandbox.
+    pub fn push_frame(&mut self, f: Frame, free: &mut Vec<Frame>) {
+        if self.phase == Phase::Connecting && self.rx.len() >= HELD_MAX {
+            if let Some(old) = self.rx.pop_front() {
+                free.push(old);
+            }
+        }
+        self.rx.push_back(f);
+    }
+
+    /// Notes host socket readiness.
+    pub fn host_event(&mut self, readable: bool, writable: bool) {
+        self.host_readable |= readable;
+        self.host_writable |= writable;
+    }
+
+    /// While connecting: whether the connect finished, and how.
+    pub fn check_connect(&mut self) -> Option<bool> {
+        if self.phase != Phase::Connecting || !self.host_writable {
+            return None;
+        }
+        if let Ok(Some(_)) | Err(_) = self.host.take_error() {
+            return Some(false);
+        }
+        match self.host.peer_addr() {
+            Ok(_) => {
+                self.phase = Phase::Open;
+                Some(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                self.host_writable = false;
+                None
+            }
+            Err(_) => Some(false),
+        }
+    }
+
+    /// Moves data between the two sides after a poll of the socket set.
+    /// Returns true if anything moved.
+    pub fn pump(&mut self, now: i64) -> bool {
+        if self.phase != Phase::Open {
+            return false;
+        }
+        let mut moved = false;
+        let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        // Sandbox to host.
+        while self.host_writable && sock.can_recv() {
+            let host = &mut self.host;
+            let r = sock.recv(|buf| match host.write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(n)) if n > 0 => moved = true,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.host_writable = false,
+                Ok(Err(_)) => {
+                    sock.abort();
+                    self.host_eof = true;
+                    self.host_shut = true;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        // Host to sandbox.
+        while self.host_readable && !self.host_eof && sock.can_send() {
+            let host = &mut self.host;
+            let r = sock.send(|buf| match host.read(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => {
+                    self.host_eof = true;
+                    sock.close();
+                }
+                Ok(Ok(_)) => moved = true,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.host_readable = false,
+                Ok(Err(_)) | Err(_) => {
+                    // Reset by the far side: reset the sandbox's side too.
+                    sock.abort();
+                    self.host_eof = true;
+                    self.host_shut = true;
+                    break;
+                }
+            }
+        }
+        // The sandbox finished sending: pass the FIN on.
+        let fin_in = matches!(
+            sock.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        );
+        if !self.host_shut && fin_in && sock.recv_queue() == 0 {
+            let _ = self.host.shutdown(Shutdown::Write);
+            self.host_shut = true;
+        }
+        match sock.state() {
+            tcp::State::Closed | tcp::State::TimeWait => {
+                if !self.host_shut || !self.host_eof {
+                    // The sandbox reset the connection: reset the host side.
+                    reset_on_close(&self.host);
+                }
+                self.phase = Phase::Done;
+            }
+            _ => {}
+        }
+        if moved {
+            self.last_active = now;
+        }
+        moved
+    }
+
+    /// Gives up: RST to the sandbox, RST to the host.
+    pub fn abort(&mut self) {
+        self.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+        reset_on_close(&self.host);
+    }
+}
+
+/// Makes closing the host socket send a RST rather than a FIN.
+fn reset_on_close(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Linger, &linger);
+}
