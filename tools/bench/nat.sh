@@ -42,7 +42,7 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
-QUICK=0; T=""; ROUNDS=1; MTUS=""; ONLY="pasta,slirp4netns,switchyard"; WORKERS=2
+QUICK=0; T=""; ROUNDS=""; MTUS=""; ONLY="pasta,slirp4netns,switchyard"; WORKERS=2
 RUSER=sytest; BIN=""; BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
@@ -60,7 +60,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ "$QUICK" = 1 ]; then T=${T:-2}; MTUS=${MTUS:-65520}; else T=${T:-5}; MTUS=${MTUS:-1500,65520}; fi
+if [ "$QUICK" = 1 ]; then T=${T:-2}; MTUS=${MTUS:-65520}; ROUNDS=${ROUNDS:-1}; else T=${T:-5}; MTUS=${MTUS:-1500,65520}; ROUNDS=${ROUNDS:-3}; fi
 MTUS=${MTUS//,/ }
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, veth, switching to the unprivileged user)" >&2; exit 1; }
