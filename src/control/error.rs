@@ -94,6 +94,17 @@ pub enum DaemonError {
         /// Who has them.
         endpoint: String,
     },
+    /// A host port could not be bound.
+    #[error("cannot publish {spec}: {reason}")]
+    Bind {
+        /// The spec.
+        spec: String,
+        /// What went wrong, and what to do.
+        reason: String,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Publication not present.
     #[error(
         "endpoint {endpoint:?} has no publication {spec}; `switchyard ps` shows what is published"
@@ -135,6 +146,7 @@ impl DaemonError {
             E::Attach { .. } => ErrorKind::Attach,
             E::Unsupported(_) => ErrorKind::Unsupported,
             E::PortTaken { .. } => ErrorKind::Conflict,
+            E::Bind { .. } => ErrorKind::Conflict,
             E::Ipam(e) => match e {
                 IpamError::PoolExhausted | IpamError::Exhausted { .. } => ErrorKind::Exhausted,
                 IpamError::SubnetOverlap { .. } | IpamError::InUse { .. } => ErrorKind::Conflict,

@@ -8,6 +8,7 @@ pub mod dns_reply;
 pub mod dns_tcp;
 pub mod flow;
 pub mod nat;
+pub mod publish;
 pub mod stack;
 pub mod tcp_nat;
 pub mod udp_nat;

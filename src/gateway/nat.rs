@@ -11,6 +11,7 @@ use mio::{Events, Interest, Token};
 
 use super::device::{PuntDevice, TxSide};
 use super::flow::{PacketInfo, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
+use super::publish::{UdpInFlow, LISTENER_BASE};
 use super::stack::{NetStack, Runner};
 use super::tcp_nat::{Phase, TcpFlow};
 use super::udp_nat::UdpFlow;
@@ -31,6 +32,8 @@ pub enum Flow {
     Tcp(TcpFlow),
     /// UDP, relayed datagram by datagram.
     Udp(UdpFlow),
+    /// UDP from a client of a published port.
+    UdpIn(UdpInFlow),
 }
 
 fn token(slot: usize) -> Token {
@@ -166,12 +169,23 @@ impl Runner {
                 u.last_active = now;
                 self.injector.free(f);
             }
+            Flow::UdpIn(s) => {
+                s.last_active = now;
+                let (listener, peer) = (s.listener, s.peer);
+                let payload = f.data().get(info.l4 + 8..info.end).unwrap_or(&[]);
+                self.udp_in_reply(listener, peer, payload);
+                self.injector.free(f);
+            }
         }
     }
 
     /// Notes readiness of host sockets.
     pub(super) fn host_events(&mut self, events: &Events) {
         for ev in events.iter() {
+            if let Some(id) = ev.token().0.checked_sub(LISTENER_BASE) {
+                self.ready_listeners.push(id as u64);
+                continue;
+            }
             let Some(slot) = ev.token().0.checked_sub(1) else {
                 continue;
             };
@@ -179,7 +193,7 @@ impl Runner {
             let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
             match self.flows.get_mut(slot) {
                 Some((_, Flow::Tcp(t))) => t.host_event(readable, writable),
-                Some((_, Flow::Udp(_))) => {}
+                Some((_, Flow::Udp(_) | Flow::UdpIn(_))) => {}
                 None => continue,
             }
             self.dirty.push(slot);
@@ -206,6 +220,16 @@ impl Runner {
                     relay_udp_replies(u, &mut self.injector, &mut self.udp_buf, ms);
                     let expires = u.expires();
                     if ms >= expires {
+                        true
+                    } else {
+                        self.flows.wake_at(slot, expires);
+                        false
+                    }
+                }
+                Flow::UdpIn(s) => {
+                    let expires = s.last_active + super::udp_nat::STREAM_IDLE_MS;
+                    if ms >= expires {
+                        self.udp_peers.remove(&(s.listener, s.peer));
                         true
                     } else {
                         self.flows.wake_at(slot, expires);

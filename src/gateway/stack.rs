@@ -25,6 +25,7 @@ use super::device::{PuntDevice, TxSide};
 use super::dns_tcp::DnsTcp;
 use super::flow::{FlowLimits, FlowTable, PacketInfo, PROTO_TCP};
 use super::nat::Flow;
+use super::publish::{Listener, StackCommand};
 use crate::dns::answer::Responder;
 use crate::dns::DnsService;
 use crate::pipeline::frame::Frame;
@@ -78,6 +79,10 @@ pub struct StackCounters {
     pub nat_udp_send_errors: AtomicU64,
     /// Flows open now (a gauge).
     pub nat_active: AtomicU64,
+    /// Connections accepted on published TCP ports.
+    pub published_tcp: AtomicU64,
+    /// Client sessions on published UDP ports.
+    pub published_udp: AtomicU64,
 }
 
 /// Answers for TCP clients coming back from the forwarder.
@@ -98,6 +103,7 @@ impl TcpAnswers {
 
 /// The running stack; stopped on drop.
 pub struct GatewayStack {
+    commands: crossbeam::channel::Sender<StackCommand>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -139,6 +145,11 @@ pub(super) struct Runner {
     pub(super) flows: FlowTable<Flow>,
     pub(super) dirty: Vec<usize>,
     pub(super) udp_buf: Vec<u8>,
+    commands: crossbeam::channel::Receiver<StackCommand>,
+    pub(super) listeners: HashMap<u64, Listener>,
+    pub(super) ready_listeners: Vec<u64>,
+    pub(super) udp_peers: HashMap<(u64, std::net::SocketAddr), usize>,
+    pub(super) next_ephemeral: u16,
 }
 
 impl GatewayStack {
@@ -160,6 +171,7 @@ impl GatewayStack {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(StackCounters::default());
+        let (commands_tx, commands) = crossbeam::channel::unbounded();
         let runner = Runner {
             punt,
             answers: answers.clone(),
@@ -178,17 +190,30 @@ impl GatewayStack {
             flows: FlowTable::new(limits),
             dirty: Vec::new(),
             udp_buf: vec![0; u16::MAX as usize],
+            commands,
+            listeners: HashMap::new(),
+            ready_listeners: Vec::new(),
+            udp_peers: HashMap::new(),
+            next_ephemeral: 0,
         };
         let thread = std::thread::Builder::new()
             .name("sy-gwstack".into())
             .spawn(move || runner.run())?;
         Ok(GatewayStack {
+            commands: commands_tx,
             stop,
             waker,
             thread: Some(thread),
             answers,
             counters,
         })
+    }
+
+    /// Sends a command to the stack thread.
+    pub fn command(&self, cmd: StackCommand) {
+        if self.commands.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
     }
 
     /// Where the forwarder delivers answers for TCP clients.
@@ -232,8 +257,12 @@ impl Runner {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::SeqCst) {
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.command(cmd);
+            }
             self.take_punted();
             self.take_answers();
+            self.serve_listeners();
             let mut delay = self.service();
             self.drive_flows();
             if let Some(t) = self.flows.next_wake() {
@@ -241,7 +270,10 @@ impl Runner {
                 delay = delay.min(std::time::Duration::from_millis(ms));
             }
             self.punt.sleeping.store(true, Ordering::SeqCst);
-            let busy = !self.punt.frames.is_empty() || !self.answers.queue.is_empty();
+            let busy = !self.punt.frames.is_empty()
+                || !self.answers.queue.is_empty()
+                || !self.ready_listeners.is_empty()
+                || !self.commands.is_empty();
             let timeout = if busy {
                 std::time::Duration::ZERO
             } else {
@@ -337,6 +369,40 @@ impl Runner {
         }
     }
 
+    /// Records that `mac`/`ip` sits on `port`, and tells smoltcp (whose
+    /// neighbour cache learns only from ARP) with a synthetic ARP request
+    /// from it when the entry is new or getting old.
+    pub(super) fn announce_neighbour(
+        &mut self,
+        id: NetworkId,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        port: PortId,
+        now: i64,
+    ) {
+        let Some(net) = self.net(id) else { return };
+        net.clients.insert(mac, port);
+        let stale = net
+            .neighbours
+            .get(&ip)
+            .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS);
+        let Some(gw4) = net.gw.ipv4.filter(|_| stale) else {
+            return;
+        };
+        let Some(mut a) = self.injector.alloc() else {
+            return;
+        };
+        let Some(net) = self.nets.get_mut(&id) else {
+            return self.injector.free(a);
+        };
+        if fill_arp_request(&mut a, mac, ip, gw4) {
+            net.rx.push_back(a);
+            net.neighbours.insert(ip, (mac, now));
+        } else {
+            self.injector.free(a);
+        }
+    }
+
     fn take_punted(&mut self) {
         let now = self.now().total_millis();
         for _ in 0..ROUND {
@@ -349,53 +415,24 @@ impl Runner {
                 continue;
             }
             let (mac, port, id) = (f.meta.src, f.meta.in_port, f.meta.network);
-            let l3 = f.meta.l3_offset as usize;
-            let src = f
-                .data()
-                .get(l3 + 12..l3 + 16)
-                .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-            let arp = self.injector.alloc();
-            let Some(net) = self.net(id) else {
+            let Some(info) = PacketInfo::parse(&f) else {
                 bump(&self.counters.punt_unhandled, 1);
                 self.injector.free(f);
-                if let Some(a) = arp {
-                    self.injector.free(a);
-                }
                 continue;
             };
-            net.clients.insert(mac, port);
-            let stale = src.is_some_and(|ip| {
-                net.neighbours
-                    .get(&ip)
-                    .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS)
-            });
-            let mut spare = arp;
-            if let (true, Some(ip), Some(gw4), Some(a)) = (stale, src, net.gw.ipv4, spare.as_mut())
-            {
-                if fill_arp_request(a, mac, ip, gw4) {
-                    net.rx.push_back(spare.take().expect("checked above"));
-                    net.neighbours.insert(ip, (mac, now));
-                }
-            }
-            let gw4 = net.gw.ipv4;
-            if let Some(a) = spare {
-                self.injector.free(a);
-            }
-            match PacketInfo::parse(&f) {
-                Some(info)
-                    if info.key.proto == PROTO_TCP
-                        && Some(*info.key.remote.ip()) == gw4
-                        && info.key.remote.port() == crate::dns::DNS_PORT =>
-                {
-                    if let Some(net) = self.nets.get_mut(&id) {
-                        net.rx.push_back(f);
-                    }
-                }
-                Some(info) => self.dispatch(f, info, now),
-                None => {
-                    bump(&self.counters.punt_unhandled, 1);
-                    self.injector.free(f);
-                }
+            self.announce_neighbour(id, mac, *info.key.local.ip(), port, now);
+            let Some(net) = self.nets.get_mut(&id) else {
+                bump(&self.counters.punt_unhandled, 1);
+                self.injector.free(f);
+                continue;
+            };
+            let to_dns = info.key.proto == PROTO_TCP
+                && Some(*info.key.remote.ip()) == net.gw.ipv4
+                && info.key.remote.port() == crate::dns::DNS_PORT;
+            if to_dns {
+                net.rx.push_back(f);
+            } else {
+                self.dispatch(f, info, now);
             }
         }
     }

@@ -94,6 +94,44 @@ impl TcpFlow {
         })
     }
 
+    /// A flow for a connection a published port accepted: `host` is the
+    /// accepted socket; the sandbox's side opens from `remote` (the client as
+    /// the sandbox will see it) to `service`.
+    pub fn accepted(
+        host: TcpStream,
+        cx: &mut smoltcp::iface::Context,
+        remote: SocketAddrV4,
+        service: SocketAddrV4,
+        now: i64,
+    ) -> Option<TcpFlow> {
+        let _ = host.set_nodelay(true);
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.connect(
+            cx,
+            (*service.ip(), service.port()),
+            (*remote.ip(), remote.port()),
+        )
+        .ok()?;
+        let handle = sockets.add(sock);
+        Some(TcpFlow {
+            sockets,
+            handle,
+            host,
+            phase: Phase::Open,
+            rx: VecDeque::new(),
+            host_readable: true,
+            host_writable: true,
+            host_eof: false,
+            host_shut: false,
+            last_active: now,
+        })
+    }
+
     /// Queues a frame from the sandbox.
     pub fn push_frame(&mut self, f: Frame, free: &mut Vec<Frame>) {
         if self.phase == Phase::Connecting && self.rx.len() >= HELD_MAX {

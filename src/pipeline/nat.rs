@@ -29,8 +29,10 @@ fn decide(net: &NetworkInfo, f: &Frame) -> Option<Action> {
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let proto = ip[9];
     if dst == gw4 {
-        let to_host = net.host_loopback && matches!(proto, PROTO_TCP | PROTO_UDP);
-        return to_host.then_some(Action::Punt);
+        // Connections to the host's loopback (--host-loopback) and replies
+        // to clients of published ports that appear as the gateway; the
+        // stack refuses the rest with a RST or ICMP unreachable.
+        return matches!(proto, PROTO_TCP | PROTO_UDP).then_some(Action::Punt);
     }
     if net.on_subnet(dst) || dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
         return None;

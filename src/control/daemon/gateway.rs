@@ -81,6 +81,8 @@ impl Daemon {
             ("nat-unsupported", &c.nat_unsupported),
             ("nat-udp-send-errors", &c.nat_udp_send_errors),
             ("nat-active-flows", &c.nat_active),
+            ("published-tcp-connections", &c.published_tcp),
+            ("published-udp-sessions", &c.published_udp),
         ] {
             events.insert(name.to_string(), v.load(Relaxed));
         }

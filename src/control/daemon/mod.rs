@@ -64,6 +64,9 @@ pub struct Daemon {
     dns: Arc<DnsService>,
     stack: GatewayStack,
     forwarder: Arc<Forwarder<ReplyRoute>>,
+    /// Published sockets being served, per endpoint id and publication.
+    listeners: HashMap<(String, Publication), Vec<u64>>,
+    next_listener: u64,
 }
 
 impl Daemon {
@@ -129,6 +132,8 @@ impl Daemon {
             dns,
             stack,
             forwarder,
+            listeners: HashMap::new(),
+            next_listener: 0,
         };
         d.restore(state)?;
         if d.network(DEFAULT_NETWORK).is_none() {
@@ -169,6 +174,12 @@ impl Daemon {
             match self.reattach_ports(&ep, net) {
                 Ok(ports) => {
                     self.ports.insert(ep.id.clone(), ports);
+                    for p in &ep.publications {
+                        match self.bind_publication(&ep, p) {
+                            Ok(bound) => self.serve_publication(&ep.id, *p, bound),
+                            Err(e) => tracing::warn!("endpoint {}/{}: {e}", ep.network, ep.name),
+                        }
+                    }
                     state.endpoints.push(ep);
                 }
                 Err(e) => tracing::warn!(
@@ -491,14 +502,29 @@ impl Daemon {
             publications,
         };
         let ports = self.attach_ports(&ep, &net)?;
+        self.ports.insert(ep.id.clone(), ports.clone());
+        let mut bound = Vec::new();
+        for p in &ep.publications {
+            match self.bind_publication(&ep, p) {
+                Ok(b) => bound.push((*p, b)),
+                Err(e) => {
+                    self.ports.remove(&ep.id);
+                    self.release_ports(&ep, ports);
+                    return Err(e);
+                }
+            }
+        }
         let mut next = self.state.clone();
         next.endpoints.push(ep.clone());
         next.next_seq = seq + 1;
         if let Err(e) = self.commit(next) {
+            self.ports.remove(&ep.id);
             self.release_ports(&ep, ports);
             return Err(e);
         }
-        self.ports.insert(ep.id.clone(), ports);
+        for (p, b) in bound {
+            self.serve_publication(&ep.id, p, b);
+        }
         Ok(ep)
     }
 
@@ -571,6 +597,7 @@ impl Daemon {
         let mut next = self.state.clone();
         next.endpoints.retain(|e| e.id != ep.id);
         self.commit(next)?;
+        self.close_publications(&ep.id, None);
         let ports = self.ports.remove(&ep.id).unwrap_or_default();
         self.release_ports(&ep, ports);
         Ok(ep)

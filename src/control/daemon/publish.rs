@@ -1,11 +1,18 @@
-//! Publications of endpoints (stored only for now): finding the endpoint a
-//! user names, adding and removing publications, and refusing host ports that
-//! another endpoint already publishes.
+//! Publications of endpoints: finding the endpoint a user names, adding and
+//! removing publications, refusing host ports another endpoint publishes,
+//! and binding the host sockets here (so a port in use or a privileged port
+//! is a clear error to the caller) before the gateway stack serves them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::Daemon;
 use crate::control::api::PublishSpec;
 use crate::control::error::DaemonError;
-use crate::control::model::{Endpoint, Publication};
+use crate::control::model::{Endpoint, Proto, Publication};
+use crate::gateway::publish::{HostSocket, PublishTarget, StackCommand};
+
+/// Host sockets bound for one publication, not yet served.
+pub(super) type Bound = Vec<(HostSocket, PublishTarget)>;
 
 impl Daemon {
     /// Index of the endpoint named by id, `NETWORK/NAME`, or a name unique
@@ -56,7 +63,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Adds a publication to an endpoint (stored only for now).
+    /// Adds a publication to an endpoint and serves it.
     pub fn publish(&mut self, req: PublishSpec) -> Result<Endpoint, DaemonError> {
         let i = self.find_endpoint(&req.endpoint)?;
         let ep = &self.state.endpoints[i];
@@ -64,11 +71,92 @@ impl Daemon {
             return Ok(ep.clone());
         }
         self.check_publication(&req.spec)?;
+        let bound = self.bind_publication(ep, &req.spec)?;
         let mut next = self.state.clone();
         next.endpoints[i].publications.push(req.spec);
         let ep = next.endpoints[i].clone();
         self.commit(next)?;
+        self.serve_publication(&ep.id, req.spec, bound);
         Ok(ep)
+    }
+
+    /// Binds the host sockets of `p` for `ep` (every port of a range, or
+    /// none).
+    pub(super) fn bind_publication(
+        &self,
+        ep: &Endpoint,
+        p: &Publication,
+    ) -> Result<Bound, DaemonError> {
+        let (Some(&network), Some(&port)) = (
+            self.net_ids.get(&ep.network),
+            self.ports.get(&ep.id).and_then(|v| v.first()),
+        ) else {
+            return Err(DaemonError::NoSuchEndpoint(format!(
+                "{}/{}",
+                ep.network, ep.name
+            )));
+        };
+        let ip = p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let mut bound = Vec::new();
+        for (host, container) in
+            (p.host_ports.start..=p.host_ports.end).zip(p.container_ports.start..)
+        {
+            let addr = SocketAddr::new(ip, host);
+            let socket = match p.proto {
+                Proto::Tcp => std::net::TcpListener::bind(addr).and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(HostSocket::Tcp(mio::net::TcpListener::from_std(l)))
+                }),
+                Proto::Udp => std::net::UdpSocket::bind(addr).and_then(|u| {
+                    u.set_nonblocking(true)?;
+                    Ok(HostSocket::Udp(mio::net::UdpSocket::from_std(u)))
+                }),
+            };
+            let socket = socket.map_err(|source| DaemonError::Bind {
+                spec: p.to_string(),
+                reason: bind_reason(addr, &source),
+                source,
+            })?;
+            let target = PublishTarget {
+                network,
+                service: SocketAddrV4::new(ep.ipv4, container),
+                mac: ep.mac,
+                port,
+            };
+            bound.push((socket, target));
+        }
+        Ok(bound)
+    }
+
+    /// Hands bound sockets to the gateway stack.
+    pub(super) fn serve_publication(&mut self, ep_id: &str, p: Publication, bound: Bound) {
+        let mut ids = Vec::with_capacity(bound.len());
+        for (socket, target) in bound {
+            self.next_listener += 1;
+            let id = self.next_listener;
+            self.stack
+                .command(StackCommand::Listen { id, socket, target });
+            ids.push(id);
+        }
+        self.listeners.insert((ep_id.to_string(), p), ids);
+    }
+
+    /// Closes the host sockets of `ep_id`'s publications (all, or only
+    /// `only`), waiting until they are closed so the ports are free.
+    pub(super) fn close_publications(&mut self, ep_id: &str, only: Option<&Publication>) {
+        let keys: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|(e, p)| e == ep_id && only.is_none_or(|o| o == p))
+            .cloned()
+            .collect();
+        for key in keys {
+            for id in self.listeners.remove(&key).unwrap_or_default() {
+                let (done, wait) = crossbeam::channel::bounded(1);
+                self.stack.command(StackCommand::Close { id, done });
+                let _ = wait.recv_timeout(std::time::Duration::from_secs(2));
+            }
+        }
     }
 
     /// Removes a publication from an endpoint.
@@ -85,6 +173,22 @@ impl Daemon {
         next.endpoints[i].publications.retain(|p| *p != req.spec);
         let ep = next.endpoints[i].clone();
         self.commit(next)?;
+        self.close_publications(&ep.id, Some(&req.spec));
         Ok(ep)
+    }
+}
+
+/// What a failed bind means for the user.
+fn bind_reason(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("host port {addr} is already in use"),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "no permission to bind {addr} (ports below net.ipv4.ip_unprivileged_port_start, \
+             usually 1024, need root)"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is not an address of this host", addr.ip())
+        }
+        _ => format!("cannot bind {addr}: {e}"),
     }
 }
