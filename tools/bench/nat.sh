@@ -5,7 +5,7 @@
 # Usage (as root):  tools/bench/nat.sh [--quick] [--time S] [--rounds N] [--mtu LIST]
 #                                      [--only pasta,slirp4netns,switchyard] [--workers N]
 #                                      [--user NAME] [--bin PATH] [--no-build]
-#   --quick      iperf3 -t 2, MTU 65520 only, 1 round (default: -t 5, MTU 1500 and 65520)
+#   --quick      iperf3 -t 2, MTU 65520 only, 1 round (default: -t 5, MTU 1500 and 65520, 3 rounds)
 #   --time S     iperf3 seconds per measurement
 #   --rounds N   repeat every measurement N times (tools alternating); the table shows the median
 #   --mtu LIST   comma-separated MTUs (default 1500,65520)
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
     --user) RUSER=$2; shift ;;
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n 2,41p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,38p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
