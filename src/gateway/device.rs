@@ -11,6 +11,7 @@ use smoltcp::time::Instant;
 use crate::pipeline::frame::Frame;
 use crate::pipeline::inject::Injector;
 use crate::ports::PortId;
+use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::MacAddr;
 
 /// Ethernet header length (smoltcp's MTU for Ethernet includes it).
@@ -24,6 +25,12 @@ pub struct TxSide<'a> {
     pub clients: &'a HashMap<MacAddr, PortId>,
     /// Frames that found no port (unknown or broadcast destination).
     pub unroutable: &'a mut u64,
+    /// The sandbox's port takes offloads: TCP leaves as large segments with
+    /// a virtio-net header (GSO, partial checksum), cut to `seg_mtu` by the
+    /// sandbox's kernel or by the switch for ports without offloads.
+    pub offload: bool,
+    /// The network's MTU.
+    pub seg_mtu: usize,
 }
 
 /// One network's device for one `Interface::poll`.
@@ -41,13 +48,18 @@ pub struct PuntDevice<'a> {
 /// Capabilities of every gateway device: Ethernet; received TCP/UDP
 /// checksums are not verified because a TAP with checksum offload hands over
 /// partial ones (the kernel that sent them vouches for the data).
-pub fn capabilities(mtu: usize) -> DeviceCapabilities {
+pub fn capabilities(mtu: usize, offload: bool) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
     caps.max_transmission_unit = mtu + ETHERNET_HEADER;
     let mut sums = ChecksumCapabilities::default();
     sums.ipv4 = Checksum::Both;
-    sums.tcp = Checksum::Tx;
+    // With offloads the TCP checksum is left to whoever cuts the segment.
+    sums.tcp = if offload {
+        Checksum::None
+    } else {
+        Checksum::Tx
+    };
     sums.udp = Checksum::Tx;
     sums.icmpv4 = Checksum::Tx;
     caps.checksum = sums;
@@ -79,6 +91,8 @@ impl TxSide<'_> {
             injector: &mut *self.injector,
             clients: self.clients,
             unroutable: &mut *self.unroutable,
+            offload: self.offload,
+            seg_mtu: self.seg_mtu,
         }
     }
 }
@@ -95,6 +109,9 @@ impl phy::TxToken for TxToken<'_> {
         let len = len.min(space.len());
         let r = f(&mut space[..len]);
         frame.set_len(len);
+        if self.tx.offload {
+            frame.vnet = tcp_offload(frame.data_mut(), self.tx.seg_mtu);
+        }
         let dst = MacAddr::from_bytes(&frame.data()[..6.min(len)]);
         // ARP is the pipeline's gateway stage's job; smoltcp only answers
         // the requests the stack feeds it.
@@ -143,6 +160,48 @@ impl phy::Device for PuntDevice<'_> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.mtu)
+        capabilities(self.mtu, self.tx.offload)
     }
+}
+
+/// For a TCP/IPv4 frame: puts the partial (pseudo-header) checksum in the
+/// TCP header and returns the virtio-net header that asks for it to be
+/// completed, and, above `seg_mtu`, for segmentation. Other frames get none.
+fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
+    use crate::wire::gso::partial_pseudo_csum;
+    use crate::wire::IpProtocol;
+    const L3: usize = ETHERNET_HEADER;
+    let Some(ip) = frame.get(L3..L3 + 20) else {
+        return VirtioNetHdr::NONE;
+    };
+    if frame[12..14] != [0x08, 0x00] || ip[0] >> 4 != 4 || ip[9] != 6 {
+        return VirtioNetHdr::NONE;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = L3 + ihl;
+    let Some(doff) = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4) else {
+        return VirtioNetHdr::NONE;
+    };
+    let tcp_len = total.saturating_sub(ihl);
+    if l4 + 18 > frame.len() || tcp_len < doff {
+        return VirtioNetHdr::NONE;
+    }
+    let partial = partial_pseudo_csum(&src.into(), &dst.into(), IpProtocol::Tcp, tcp_len as u32);
+    frame[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    let mut hdr = VirtioNetHdr {
+        flags: crate::wire::virtio_net::F_NEEDS_CSUM,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+        ..VirtioNetHdr::NONE
+    };
+    let mss = seg_mtu.saturating_sub(ihl + doff);
+    if tcp_len - doff > mss && mss > 0 {
+        hdr.gso_type = GsoType::TcpV4;
+        hdr.gso_size = mss as u16;
+        hdr.hdr_len = (l4 + doff) as u16;
+    }
+    hdr
 }

@@ -7,6 +7,7 @@ pub mod device;
 pub mod dns_reply;
 pub mod dns_tcp;
 pub mod flow;
+pub mod icmp_nat;
 pub mod nat;
 pub mod publish;
 pub mod stack;

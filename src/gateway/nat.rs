@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use mio::{Events, Interest, Token};
 
 use super::device::{PuntDevice, TxSide};
-use super::flow::{PacketInfo, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
+use super::flow::{PacketInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
+use super::icmp_nat::IcmpFlow;
 use super::publish::{UdpInFlow, LISTENER_BASE};
 use super::stack::{NetStack, Runner};
 use super::tcp_nat::{Phase, TcpFlow};
@@ -26,6 +27,13 @@ const TCP_IDLE_MS: i64 = 2 * 3600 * 1000;
 /// A host connect that has not finished by then is given up (ms).
 const CONNECT_TIMEOUT_MS: i64 = 30_000;
 
+/// IP MTU of the stack towards sandboxes whose port takes offloads: segments
+/// up to 64 KiB, cut by the sandbox's kernel (or the switch) afterwards.
+pub(super) const LARGE_MTU: usize = u16::MAX as usize;
+
+/// ICMP type of an echo request.
+const ICMP_ECHO_REQUEST: u8 = 8;
+
 /// A flow's state.
 pub enum Flow {
     /// TCP, terminated by smoltcp on the sandbox side.
@@ -34,6 +42,8 @@ pub enum Flow {
     Udp(UdpFlow),
     /// UDP from a client of a published port.
     UdpIn(UdpInFlow),
+    /// ICMP echo over a ping socket.
+    Icmp(IcmpFlow),
 }
 
 fn token(slot: usize) -> Token {
@@ -80,6 +90,9 @@ impl Runner {
                 Some(to) => self.open_udp(f, info, to, now),
                 None => self.reject(f, &info),
             },
+            PROTO_ICMP if f.data().get(info.l4) == Some(&ICMP_ECHO_REQUEST) => {
+                self.open_icmp(f, info, now)
+            }
             _ => {
                 bump(&self.counters.nat_unsupported, 1);
                 self.injector.free(f);
@@ -89,7 +102,10 @@ impl Runner {
 
     fn open_tcp(&mut self, f: Frame, info: PacketInfo, to: SocketAddr, now: i64) {
         let flow = match TcpFlow::connect(to, info.key.remote, now) {
-            Ok(flow) => flow,
+            Ok(mut flow) => {
+                flow.large = self.port_offload(f.meta.in_port);
+                flow
+            }
             Err(_) => {
                 bump(&self.counters.nat_refused, 1);
                 return self.reject(f, &info);
@@ -150,6 +166,42 @@ impl Runner {
         self.deliver(slot, f, &info, now);
     }
 
+    fn open_icmp(&mut self, f: Frame, info: PacketInfo, now: i64) {
+        let Some(gw_mac) = self.nets.get(&info.key.network).map(|n| n.gw.mac) else {
+            return self.injector.free(f);
+        };
+        let sandbox = (f.meta.src, *info.key.local.ip(), f.meta.in_port);
+        let ident = info.key.local.port();
+        let flow = match IcmpFlow::open(*info.key.remote.ip(), sandbox, ident, gw_mac, now) {
+            Ok(flow) => flow,
+            Err(e) => {
+                let c = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    &self.counters.nat_icmp_denied
+                } else {
+                    &self.counters.nat_refused
+                };
+                bump(c, 1);
+                return self.injector.free(f);
+            }
+        };
+        let slot = match self.flows.insert(info.key, Flow::Icmp(flow)) {
+            Ok(slot) => slot,
+            Err(_) => {
+                bump(&self.counters.nat_flow_cap, 1);
+                return self.injector.free(f);
+            }
+        };
+        bump(&self.counters.nat_icmp_flows, 1);
+        if let Some((_, Flow::Icmp(flow))) = self.flows.get_mut(slot) {
+            let _ = self
+                .poll
+                .registry()
+                .register(&mut flow.host, token(slot), Interest::READABLE);
+            self.flows.wake_at(slot, now + super::icmp_nat::IDLE_MS);
+        }
+        self.deliver(slot, f, &info, now);
+    }
+
     fn deliver(&mut self, slot: usize, f: Frame, info: &PacketInfo, now: i64) {
         let Some((_, flow)) = self.flows.get_mut(slot) else {
             return self.injector.free(f);
@@ -167,6 +219,14 @@ impl Runner {
                     bump(&self.counters.nat_udp_send_errors, 1);
                 }
                 u.last_active = now;
+                self.injector.free(f);
+            }
+            Flow::Icmp(c) => {
+                let icmp = f.data().get(info.l4..info.end).unwrap_or(&[]);
+                if c.send(icmp).is_err() {
+                    bump(&self.counters.nat_udp_send_errors, 1);
+                }
+                c.last_active = now;
                 self.injector.free(f);
             }
             Flow::UdpIn(s) => {
@@ -193,7 +253,7 @@ impl Runner {
             let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
             match self.flows.get_mut(slot) {
                 Some((_, Flow::Tcp(t))) => t.host_event(readable, writable),
-                Some((_, Flow::Udp(_) | Flow::UdpIn(_))) => {}
+                Some((_, Flow::Udp(_) | Flow::UdpIn(_) | Flow::Icmp(_))) => {}
                 None => continue,
             }
             self.dirty.push(slot);
@@ -219,6 +279,16 @@ impl Runner {
                 Flow::Udp(u) => {
                     relay_udp_replies(u, &mut self.injector, &mut self.udp_buf, ms);
                     let expires = u.expires();
+                    if ms >= expires {
+                        true
+                    } else {
+                        self.flows.wake_at(slot, expires);
+                        false
+                    }
+                }
+                Flow::Icmp(c) => {
+                    relay_echo_replies(c, &mut self.injector, &mut self.udp_buf, ms);
+                    let expires = c.last_active + super::icmp_nat::IDLE_MS;
                     if ms >= expires {
                         true
                     } else {
@@ -293,10 +363,17 @@ impl FlowIo<'_> {
                 injector: self.injector,
                 clients: &self.net.clients,
                 unroutable: self.unroutable,
+                offload: t.large,
+                seg_mtu: self.net.mtu,
             },
-            mtu: self.net.mtu,
+            mtu: if t.large { LARGE_MTU } else { self.net.mtu },
         };
-        self.net.iface.poll(now, &mut dev, &mut t.sockets);
+        let iface = if t.large {
+            &mut self.net.large
+        } else {
+            &mut self.net.iface
+        };
+        iface.poll(now, &mut dev, &mut t.sockets);
     }
 }
 
@@ -340,14 +417,36 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
     if t.phase == Phase::Done {
         return None;
     }
-    let next = io
-        .net
-        .iface
+    let iface = if t.large {
+        &mut io.net.large
+    } else {
+        &mut io.net.iface
+    };
+    let next = iface
         .poll_at(now, &t.sockets)
         .map_or(ms + 1000, |at| at.total_millis())
         .min(t.last_active + TCP_IDLE_MS)
         .max(ms + 1);
     Some(next)
+}
+
+/// Reads every waiting echo reply of an ICMP flow and sends it on.
+fn relay_echo_replies(c: &mut IcmpFlow, injector: &mut Injector, buf: &mut [u8], now: i64) {
+    for _ in 0..64 {
+        let n = match c.host.recv(buf) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        c.last_active = now;
+        let icmp = &buf[..n];
+        injector.send(c.port, |f| match c.reply_frame(icmp, f.receive_space()) {
+            Some(len) => {
+                f.set_len(len);
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 /// Reads every waiting reply of a UDP flow and sends it to the sandbox.

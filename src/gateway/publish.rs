@@ -194,14 +194,21 @@ impl Runner {
                 continue;
             };
             self.learn_sandbox(&target);
+            let large = self.port_offload(target.port);
             let Some(net) = self.nets.get_mut(&target.network) else {
                 return;
             };
-            let Some(flow) =
-                TcpFlow::accepted(stream, net.iface.context(), remote, target.service, now)
+            let iface = if large {
+                &mut net.large
+            } else {
+                &mut net.iface
+            };
+            let Some(mut flow) =
+                TcpFlow::accepted(stream, iface.context(), remote, target.service, now)
             else {
                 continue;
             };
+            flow.large = large;
             let key = FlowKey {
                 network: target.network,
                 proto: PROTO_TCP,

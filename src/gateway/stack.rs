@@ -79,6 +79,11 @@ pub struct StackCounters {
     pub nat_udp_send_errors: AtomicU64,
     /// Flows open now (a gauge).
     pub nat_active: AtomicU64,
+    /// ICMP echo flows opened through ping sockets.
+    pub nat_icmp_flows: AtomicU64,
+    /// ICMP echo refused: ping sockets are not allowed for the daemon's
+    /// group (net.ipv4.ping_group_range).
+    pub nat_icmp_denied: AtomicU64,
     /// Connections accepted on published TCP ports.
     pub published_tcp: AtomicU64,
     /// Client sessions on published UDP ports.
@@ -114,6 +119,12 @@ pub struct GatewayStack {
 pub(super) struct NetStack {
     pub(super) gw: GatewayInfo,
     pub(super) iface: Interface,
+    /// The interface of flows to sandboxes whose ports take offloads (MTU
+    /// 64 KiB, TCP checksums left partial).
+    pub(super) large: Interface,
+    /// ARP for `large`'s neighbour cache.
+    large_rx: VecDeque<Frame>,
+    idle: SocketSet<'static>,
     sockets: SocketSet<'static>,
     rx: VecDeque<Frame>,
     /// Packets of no flow, polled against an empty socket set so smoltcp
@@ -294,6 +305,11 @@ impl Runner {
         }
     }
 
+    /// True if the data-plane port takes offloads (GSO, partial checksums).
+    pub(super) fn port_offload(&self, port: PortId) -> bool {
+        self.topo.load().port(port).is_some_and(|p| p.caps.offload)
+    }
+
     /// The network's stack, (re)built when its gateway changed.
     pub(super) fn net(&mut self, id: NetworkId) -> Option<&mut NetStack> {
         let topo = self.topo.load();
@@ -318,39 +334,21 @@ impl Runner {
                 .and_then(|z| z.subnets.iter().find(|(a, _)| a.is_ipv4()).map(|s| s.1))
                 .unwrap_or(24);
             let now = self.now();
-            let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gw.mac.0)));
-            config.random_seed = random_seed();
-            let mut rx = VecDeque::new();
-            let mut done = Vec::new();
-            let clients = HashMap::new();
-            let mut unroutable = 0;
-            let mut dev = PuntDevice {
-                rx: &mut rx,
-                done: &mut done,
-                tx: TxSide {
-                    injector: &mut self.injector,
-                    clients: &clients,
-                    unroutable: &mut unroutable,
-                },
-                mtu,
-            };
-            let mut iface = Interface::new(config, &mut dev, now);
-            iface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(gw4.into(), prefix));
-            });
-            // NAT: answer for every address the sandboxes dial.
-            iface.set_any_ip(true);
-            let _ = iface.routes_mut().add_default_ipv4_route(gw4);
+            let iface = self.make_iface(&gw, gw4, prefix, mtu, false, now);
+            let large = self.make_iface(&gw, gw4, prefix, super::nat::LARGE_MTU, true, now);
             self.nets.insert(
                 id,
                 NetStack {
                     gw,
                     iface,
+                    large,
+                    large_rx: VecDeque::new(),
+                    idle: SocketSet::new(Vec::new()),
                     sockets: SocketSet::new(Vec::new()),
-                    rx,
+                    rx: VecDeque::new(),
                     reject_rx: VecDeque::new(),
                     reject: SocketSet::new(Vec::new()),
-                    clients,
+                    clients: HashMap::new(),
                     neighbours: HashMap::new(),
                     dns: DnsTcp::default(),
                     mtu,
@@ -359,6 +357,46 @@ impl Runner {
             );
         }
         self.nets.get_mut(&id)
+    }
+
+    /// A smoltcp interface for a network's gateway that answers for every
+    /// address (NAT); `offload` ones send large TCP segments.
+    fn make_iface(
+        &mut self,
+        gw: &GatewayInfo,
+        gw4: Ipv4Addr,
+        prefix: u8,
+        mtu: usize,
+        offload: bool,
+        now: Instant,
+    ) -> Interface {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gw.mac.0)));
+        config.random_seed = random_seed();
+        let mut rx = VecDeque::new();
+        let mut done = Vec::new();
+        let clients = HashMap::new();
+        let mut unroutable = 0;
+        // The interface takes its capabilities from this device, once.
+        let mut dev = PuntDevice {
+            rx: &mut rx,
+            done: &mut done,
+            tx: TxSide {
+                injector: &mut self.injector,
+                clients: &clients,
+                unroutable: &mut unroutable,
+                offload,
+                seg_mtu: mtu,
+            },
+            mtu,
+        };
+        let mut iface = Interface::new(config, &mut dev, now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(gw4.into(), prefix));
+        });
+        // NAT: answer for every address the sandboxes dial.
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(gw4);
+        iface
     }
 
     fn drop_net(&mut self, id: NetworkId) {
@@ -389,17 +427,22 @@ impl Runner {
         let Some(gw4) = net.gw.ipv4.filter(|_| stale) else {
             return;
         };
-        let Some(mut a) = self.injector.alloc() else {
-            return;
-        };
-        let Some(net) = self.nets.get_mut(&id) else {
-            return self.injector.free(a);
-        };
-        if fill_arp_request(&mut a, mac, ip, gw4) {
-            net.rx.push_back(a);
+        for large in [false, true] {
+            let Some(mut a) = self.injector.alloc() else {
+                return;
+            };
+            let Some(net) = self.nets.get_mut(&id) else {
+                return self.injector.free(a);
+            };
+            if !fill_arp_request(&mut a, mac, ip, gw4) {
+                return self.injector.free(a);
+            }
+            if large {
+                net.large_rx.push_back(a);
+            } else {
+                net.rx.push_back(a);
+            }
             net.neighbours.insert(ip, (mac, now));
-        } else {
-            self.injector.free(a);
         }
     }
 
@@ -467,10 +510,25 @@ impl Runner {
                     injector: &mut self.injector,
                     clients: &net.clients,
                     unroutable: &mut unroutable,
+                    offload: false,
+                    seg_mtu: net.mtu,
                 },
                 mtu: net.mtu,
             };
             net.iface.poll(now, &mut reject, &mut net.reject);
+            let mut arp = PuntDevice {
+                rx: &mut net.large_rx,
+                done: &mut self.done,
+                tx: TxSide {
+                    injector: &mut self.injector,
+                    clients: &net.clients,
+                    unroutable: &mut unroutable,
+                    offload: true,
+                    seg_mtu: net.mtu,
+                },
+                mtu: super::nat::LARGE_MTU,
+            };
+            net.large.poll(now, &mut arp, &mut net.idle);
             for _ in 0..2 {
                 let mut dev = PuntDevice {
                     rx: &mut net.rx,
@@ -479,6 +537,8 @@ impl Runner {
                         injector: &mut self.injector,
                         clients: &net.clients,
                         unroutable: &mut unroutable,
+                        offload: false,
+                        seg_mtu: net.mtu,
                     },
                     mtu: net.mtu,
                 };

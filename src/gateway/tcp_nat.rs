@@ -59,6 +59,9 @@ pub struct TcpFlow {
     host_shut: bool,
     /// Last activity (ms).
     pub last_active: i64,
+    /// The sandbox's port takes offloads: segments towards it may be large,
+    /// and its SYNs get their MSS raised so smoltcp sends them so.
+    pub large: bool,
 }
 
 impl TcpFlow {
@@ -91,6 +94,7 @@ impl TcpFlow {
             host_eof: false,
             host_shut: false,
             last_active: now,
+            large: false,
         })
     }
 
@@ -129,11 +133,15 @@ impl TcpFlow {
             host_eof: false,
             host_shut: false,
             last_active: now,
+            large: false,
         })
     }
 
     /// Queues a frame from the sandbox.
-    pub fn push_frame(&mut self, f: Frame, free: &mut Vec<Frame>) {
+    pub fn push_frame(&mut self, mut f: Frame, free: &mut Vec<Frame>) {
+        if self.large {
+            raise_mss(&mut f);
+        }
         if self.phase == Phase::Connecting && self.rx.len() >= HELD_MAX {
             if let Some(old) = self.rx.pop_front() {
                 free.push(old);
@@ -251,6 +259,49 @@ impl TcpFlow {
     pub fn abort(&mut self) {
         self.sockets.get_mut::<tcp::Socket>(self.handle).abort();
         reset_on_close(&self.host);
+    }
+}
+
+/// The MSS option smoltcp sees in the sandbox's SYN for a port that takes
+/// offloads: the largest IPv4 segment.
+const LARGE_MSS: u16 = u16::MAX - 40;
+
+/// Raises the MSS option of a SYN from the sandbox to [`LARGE_MSS`]. The
+/// checksum is left stale: the stack does not verify received checksums.
+fn raise_mss(f: &mut Frame) {
+    let l3 = f.meta.l3_offset as usize;
+    let b = f.data_mut();
+    let Some(ihl) = b.get(l3).map(|v| usize::from(v & 0x0f) * 4) else {
+        return;
+    };
+    let l4 = l3 + ihl;
+    let Some(&[doff, flags]) = b
+        .get(l4 + 12..l4 + 14)
+        .and_then(|s| <&[u8; 2]>::try_from(s).ok())
+    else {
+        return;
+    };
+    if flags & 0x02 == 0 {
+        return;
+    }
+    let end = (l4 + usize::from(doff >> 4) * 4).min(b.len());
+    let mut i = l4 + 20;
+    while i < end {
+        match b[i] {
+            0 => return,
+            1 => i += 1,
+            2 if i + 4 <= end && b[i + 1] == 4 => {
+                b[i + 2..i + 4].copy_from_slice(&LARGE_MSS.to_be_bytes());
+                return;
+            }
+            _ => {
+                let len = b.get(i + 1).map_or(0, |l| usize::from(*l));
+                if len < 2 {
+                    return;
+                }
+                i += len;
+            }
+        }
     }
 }
 

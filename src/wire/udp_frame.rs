@@ -1,5 +1,5 @@
-//! Builder for a whole Ethernet + IPv4 + UDP frame around a payload that is
-//! already in place: what the gateway's DNS sends back to a client.
+//! Builders for whole Ethernet + IPv4 (+ UDP) frames around a payload that
+//! is already in place: what the gateway's DNS and NAT send to sandboxes.
 
 use core::net::{IpAddr, SocketAddrV4};
 
@@ -23,26 +23,49 @@ pub struct UdpFrameAddrs {
     pub dst: SocketAddrV4,
 }
 
-/// Writes the Ethernet, IPv4 and UDP headers (with checksums) in front of the
-/// `payload_len` bytes already at `buf[HEADERS_LEN..]`; returns the frame
+/// Ethernet (14) + IPv4 (20): where an IP payload starts.
+pub const IP_HEADERS_LEN: usize = 14 + 20;
+
+/// Writes the Ethernet and IPv4 headers in front of the `l4_len` bytes of a
+/// `protocol` packet already at `buf[IP_HEADERS_LEN..]`; returns the frame
 /// length.
-pub fn emit(buf: &mut [u8], a: &UdpFrameAddrs, payload_len: usize) -> Result<usize> {
-    let total = HEADERS_LEN + payload_len;
+pub fn emit_ipv4(
+    buf: &mut [u8],
+    macs: (MacAddr, MacAddr),
+    ips: (core::net::Ipv4Addr, core::net::Ipv4Addr),
+    protocol: IpProtocol,
+    l4_len: usize,
+) -> Result<usize> {
+    let total = IP_HEADERS_LEN + l4_len;
     let buf = buf.get_mut(..total).ok_or(super::Error::BufferTooSmall)?;
-    buf[0..6].copy_from_slice(&a.dst_mac.0);
-    buf[6..12].copy_from_slice(&a.src_mac.0);
+    buf[0..6].copy_from_slice(&macs.1 .0);
+    buf[6..12].copy_from_slice(&macs.0 .0);
     buf[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = Ipv4Repr {
-        src_addr: *a.src.ip(),
-        dst_addr: *a.dst.ip(),
-        protocol: IpProtocol::Udp,
-        payload_len: u16::try_from(8 + payload_len).map_err(|_| super::Error::Malformed)?,
+        src_addr: ips.0,
+        dst_addr: ips.1,
+        protocol,
+        payload_len: u16::try_from(l4_len).map_err(|_| super::Error::Malformed)?,
         ttl: 64,
         dscp_ecn: 0,
         ident: 0,
         dont_frag: true,
     };
     ip.emit(&mut buf[14..34])?;
+    Ok(total)
+}
+
+/// Writes the Ethernet, IPv4 and UDP headers (with checksums) in front of the
+/// `payload_len` bytes already at `buf[HEADERS_LEN..]`; returns the frame
+/// length.
+pub fn emit(buf: &mut [u8], a: &UdpFrameAddrs, payload_len: usize) -> Result<usize> {
+    let total = emit_ipv4(
+        buf,
+        (a.src_mac, a.dst_mac),
+        (*a.src.ip(), *a.dst.ip()),
+        IpProtocol::Udp,
+        8 + payload_len,
+    )?;
     let udp = UdpRepr {
         src_port: a.src.port(),
         dst_port: a.dst.port(),

@@ -81,6 +81,8 @@ impl Daemon {
             ("nat-unsupported", &c.nat_unsupported),
             ("nat-udp-send-errors", &c.nat_udp_send_errors),
             ("nat-active-flows", &c.nat_active),
+            ("nat-icmp-flows", &c.nat_icmp_flows),
+            ("nat-icmp-denied", &c.nat_icmp_denied),
             ("published-tcp-connections", &c.published_tcp),
             ("published-udp-sessions", &c.published_udp),
         ] {
