@@ -61,7 +61,14 @@ fn rst_fin_and_out_of_window_storms() {
     let server = LineServer::start(listen(Ipv4Addr::LOCALHOST));
     env.start_daemon();
     ok(
-        &env.sy(&["network", "create", "storm", "--subnet", "10.246.0.0/24", "--host-loopback"]),
+        &env.sy(&[
+            "network",
+            "create",
+            "storm",
+            "--subnet",
+            "10.246.0.0/24",
+            "--host-loopback",
+        ]),
         "network create",
     );
     let script = env.dir.join("storm.py");
@@ -69,16 +76,34 @@ fn rst_fin_and_out_of_window_storms() {
     let port = server.port().to_string();
     let script = script.display().to_string();
     let out = env.sy(&[
-        "run", "--network", "storm", "--", "python3", &script, "10.246.0.1", &port, "4000",
+        "run",
+        "--network",
+        "storm",
+        "--",
+        "python3",
+        &script,
+        "10.246.0.1",
+        &port,
+        "4000",
     ]);
     ok(&out, "storm");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("live=ok"), "live connection survived:\n{text}");
+    assert!(
+        text.contains("live=ok"),
+        "live connection survived:\n{text}"
+    );
     let st = env.sy(&["stats", "--json"]);
     ok(&st, "stats");
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
     let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
-    assert!(ev("nat-rejected") >= 2600, "segments of no flow counted: {v}");
-    assert_eq!(ev("nat-tcp-flows"), 1, "only the live connection opened a flow: {v}");
+    assert!(
+        ev("nat-rejected") >= 2600,
+        "segments of no flow counted: {v}"
+    );
+    assert_eq!(
+        ev("nat-tcp-flows"),
+        1,
+        "only the live connection opened a flow: {v}"
+    );
     assert!(ev("nat-active-flows") <= 1, "{v}");
 }

@@ -45,6 +45,37 @@ pub struct PuntDevice<'a> {
     pub mtu: usize,
 }
 
+impl<'a> PuntDevice<'a> {
+    /// A device reading `rx` and sending to the clients of `clients`;
+    /// `offload`: large TCP segments (64 KiB MTU) cut to `seg_mtu` later.
+    pub fn new(
+        rx: &'a mut VecDeque<Frame>,
+        done: &'a mut Vec<Frame>,
+        injector: &'a mut Injector,
+        clients: &'a HashMap<MacAddr, PortId>,
+        unroutable: &'a mut u64,
+        seg_mtu: usize,
+        offload: bool,
+    ) -> PuntDevice<'a> {
+        PuntDevice {
+            rx,
+            done,
+            tx: TxSide {
+                injector,
+                clients,
+                unroutable,
+                offload,
+                seg_mtu,
+            },
+            mtu: if offload { LARGE_MTU } else { seg_mtu },
+        }
+    }
+}
+
+/// IP MTU towards sandboxes whose ports take offloads: segments up to
+/// 64 KiB, cut by the sandbox's kernel (or the switch) afterwards.
+pub const LARGE_MTU: usize = u16::MAX as usize;
+
 /// Capabilities of every gateway device: Ethernet; received TCP/UDP
 /// checksums are not verified because a TAP with checksum offload hands over
 /// partial ones (the kernel that sent them vouches for the data).

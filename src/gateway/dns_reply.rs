@@ -8,7 +8,6 @@ use super::stack::TcpAnswers;
 use crate::dns::forward::{AnswerSink, Forwarder};
 use crate::dns::{QueryForwarder, ReplyRoute};
 use crate::pipeline::inject::Injector;
-use crate::wire::udp_frame;
 
 /// The forwarder's sink.
 pub struct GatewaySink {
@@ -22,15 +21,7 @@ impl AnswerSink<ReplyRoute> for GatewaySink {
     fn deliver(&mut self, to: &ReplyRoute, message: &[u8]) {
         match *to {
             ReplyRoute::Udp { port, addrs } => {
-                self.injector.send(port, |f| {
-                    match udp_frame::write(f.receive_space(), &addrs, message) {
-                        Ok(len) => {
-                            f.set_len(len);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                });
+                self.injector.send_udp(port, &addrs, message);
             }
             ReplyRoute::Tcp { conn } => {
                 self.tcp.push(conn, message);

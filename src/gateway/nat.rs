@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use mio::{Events, Interest, Token};
 
-use super::device::{PuntDevice, TxSide};
+use super::device::PuntDevice;
 use super::flow::{PacketInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
 use super::icmp_nat::IcmpFlow;
 use super::publish::{UdpInFlow, LISTENER_BASE};
@@ -19,17 +19,12 @@ use super::udp_nat::UdpFlow;
 use crate::pipeline::frame::Frame;
 use crate::pipeline::inject::Injector;
 use crate::stats::bump;
-use crate::wire::udp_frame;
 use smoltcp::time::Instant;
 
 /// Established TCP flows idle this long are closed (ms).
 const TCP_IDLE_MS: i64 = 2 * 3600 * 1000;
 /// A host connect that has not finished by then is given up (ms).
 const CONNECT_TIMEOUT_MS: i64 = 30_000;
-
-/// IP MTU of the stack towards sandboxes whose port takes offloads: segments
-/// up to 64 KiB, cut by the sandbox's kernel (or the switch) afterwards.
-pub(super) const LARGE_MTU: usize = u16::MAX as usize;
 
 /// ICMP type of an echo request.
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -356,18 +351,15 @@ struct FlowIo<'a> {
 impl FlowIo<'_> {
     /// Polls the flow's socket set with its queued frames.
     fn poll(&mut self, t: &mut TcpFlow, now: Instant) {
-        let mut dev = PuntDevice {
-            rx: &mut t.rx,
-            done: self.done,
-            tx: TxSide {
-                injector: self.injector,
-                clients: &self.net.clients,
-                unroutable: self.unroutable,
-                offload: t.large,
-                seg_mtu: self.net.mtu,
-            },
-            mtu: if t.large { LARGE_MTU } else { self.net.mtu },
-        };
+        let mut dev = PuntDevice::new(
+            &mut t.rx,
+            self.done,
+            self.injector,
+            &self.net.clients,
+            self.unroutable,
+            self.net.mtu,
+            t.large,
+        );
         let iface = if t.large {
             &mut self.net.large
         } else {
@@ -463,16 +455,6 @@ fn relay_udp_replies(
         };
         u.stream = true;
         u.last_active = now;
-        let payload = &buf[..n];
-        let addrs = u.reply;
-        injector.send(u.port, |f| {
-            match udp_frame::write(f.receive_space(), &addrs, payload) {
-                Ok(len) => {
-                    f.set_len(len);
-                    true
-                }
-                Err(_) => false,
-            }
-        });
+        injector.send_udp(u.port, &u.reply, &buf[..n]);
     }
 }

@@ -17,7 +17,7 @@ use super::tcp_nat::TcpFlow;
 use crate::ports::PortId;
 use crate::stats::bump;
 use crate::tables::topology::NetworkId;
-use crate::wire::udp_frame::{self, UdpFrameAddrs};
+use crate::wire::udp_frame::UdpFrameAddrs;
 use crate::wire::MacAddr;
 
 /// Tokens at and above this are published sockets (below: flows).
@@ -273,16 +273,7 @@ impl Runner {
             };
             s.last_active = now;
             let (addrs, port) = (s.to_sandbox, s.port);
-            let payload = &self.udp_buf[..n];
-            self.injector.send(port, |f| {
-                match udp_frame::write(f.receive_space(), &addrs, payload) {
-                    Ok(len) => {
-                        f.set_len(len);
-                        true
-                    }
-                    Err(_) => false,
-                }
-            });
+            self.injector.send_udp(port, &addrs, &self.udp_buf[..n]);
         }
         self.ready_listeners.push(id);
     }

@@ -21,7 +21,7 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use super::device::{PuntDevice, TxSide};
+use super::device::PuntDevice;
 use super::dns_tcp::DnsTcp;
 use super::flow::{FlowLimits, FlowTable, PacketInfo, PROTO_TCP};
 use super::nat::Flow;
@@ -337,7 +337,7 @@ impl Runner {
                 .unwrap_or(24);
             let now = self.now();
             let iface = self.make_iface(&gw, gw4, prefix, mtu, false, now);
-            let large = self.make_iface(&gw, gw4, prefix, super::nat::LARGE_MTU, true, now);
+            let large = self.make_iface(&gw, gw4, prefix, mtu, true, now);
             self.nets.insert(
                 id,
                 NetStack {
@@ -379,18 +379,15 @@ impl Runner {
         let clients = HashMap::new();
         let mut unroutable = 0;
         // The interface takes its capabilities from this device, once.
-        let mut dev = PuntDevice {
-            rx: &mut rx,
-            done: &mut done,
-            tx: TxSide {
-                injector: &mut self.injector,
-                clients: &clients,
-                unroutable: &mut unroutable,
-                offload,
-                seg_mtu: mtu,
-            },
+        let mut dev = PuntDevice::new(
+            &mut rx,
+            &mut done,
+            &mut self.injector,
+            &clients,
+            &mut unroutable,
             mtu,
-        };
+            offload,
+        );
         let mut iface = Interface::new(config, &mut dev, now);
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(gw4.into(), prefix));
@@ -505,45 +502,36 @@ impl Runner {
                 net.dns
                     .listen(&mut net.sockets, gw4, &mut self.next_conn, now);
             }
-            let mut reject = PuntDevice {
-                rx: &mut net.reject_rx,
-                done: &mut self.done,
-                tx: TxSide {
-                    injector: &mut self.injector,
-                    clients: &net.clients,
-                    unroutable: &mut unroutable,
-                    offload: false,
-                    seg_mtu: net.mtu,
-                },
-                mtu: net.mtu,
-            };
+            let mut reject = PuntDevice::new(
+                &mut net.reject_rx,
+                &mut self.done,
+                &mut self.injector,
+                &net.clients,
+                &mut unroutable,
+                net.mtu,
+                false,
+            );
             net.iface.poll(now, &mut reject, &mut net.reject);
-            let mut arp = PuntDevice {
-                rx: &mut net.large_rx,
-                done: &mut self.done,
-                tx: TxSide {
-                    injector: &mut self.injector,
-                    clients: &net.clients,
-                    unroutable: &mut unroutable,
-                    offload: true,
-                    seg_mtu: net.mtu,
-                },
-                mtu: super::nat::LARGE_MTU,
-            };
+            let mut arp = PuntDevice::new(
+                &mut net.large_rx,
+                &mut self.done,
+                &mut self.injector,
+                &net.clients,
+                &mut unroutable,
+                net.mtu,
+                true,
+            );
             net.large.poll(now, &mut arp, &mut net.idle);
             for _ in 0..2 {
-                let mut dev = PuntDevice {
-                    rx: &mut net.rx,
-                    done: &mut self.done,
-                    tx: TxSide {
-                        injector: &mut self.injector,
-                        clients: &net.clients,
-                        unroutable: &mut unroutable,
-                        offload: false,
-                        seg_mtu: net.mtu,
-                    },
-                    mtu: net.mtu,
-                };
+                let mut dev = PuntDevice::new(
+                    &mut net.rx,
+                    &mut self.done,
+                    &mut self.injector,
+                    &net.clients,
+                    &mut unroutable,
+                    net.mtu,
+                    false,
+                );
                 net.iface.poll(now, &mut dev, &mut net.sockets);
                 let served = net.dns.serve(
                     &mut net.sockets,

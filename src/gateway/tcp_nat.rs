@@ -24,6 +24,16 @@ pub const BUFFER: usize = 512 * 1024;
 /// Frames held per flow while its host connect is pending (SYN retransmits).
 const HELD_MAX: usize = 4;
 
+/// A sandbox-side socket with the flow buffers, Nagle off.
+fn new_socket() -> tcp::Socket<'static> {
+    let mut sock = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; BUFFER]),
+        tcp::SocketBuffer::new(vec![0; BUFFER]),
+    );
+    sock.set_nagle_enabled(false);
+    sock
+}
+
 /// Where a flow is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -71,11 +81,7 @@ impl TcpFlow {
         let host = TcpStream::connect(to)?;
         let _ = host.set_nodelay(true);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; BUFFER]),
-            tcp::SocketBuffer::new(vec![0; BUFFER]),
-        );
-        sock.set_nagle_enabled(false);
+        let mut sock = new_socket();
         // Listening on exactly the address the sandbox dialled: with the
         // interface accepting any address, this socket answers the held SYN.
         let _ = sock.listen(IpListenEndpoint {
@@ -110,11 +116,7 @@ impl TcpFlow {
     ) -> Option<TcpFlow> {
         let _ = host.set_nodelay(true);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; BUFFER]),
-            tcp::SocketBuffer::new(vec![0; BUFFER]),
-        );
-        sock.set_nagle_enabled(false);
+        let mut sock = new_socket();
         sock.connect(
             cx,
             (*service.ip(), service.port()),

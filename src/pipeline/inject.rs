@@ -80,6 +80,24 @@ impl Injector {
         }
     }
 
+    /// Sends `payload` as a UDP datagram addressed by `addrs` out of `port`.
+    pub fn send_udp(
+        &mut self,
+        port: PortId,
+        addrs: &crate::wire::udp_frame::UdpFrameAddrs,
+        payload: &[u8],
+    ) -> bool {
+        self.send(port, |f| {
+            match crate::wire::udp_frame::write(f.receive_space(), addrs, payload) {
+                Ok(len) => {
+                    f.set_len(len);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
     /// Builds a frame with `build` (false: abandon it) and sends it out of
     /// `port`. True if it was handed to the port's worker.
     pub fn send(&mut self, port: PortId, build: impl FnOnce(&mut Frame) -> bool) -> bool {
