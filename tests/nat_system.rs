@@ -4,12 +4,16 @@
 //! loopback on `--host-loopback` networks, TCP to "the internet" (a namespace
 //! this test joins to the host by a veth pair), refusals propagating as
 //! resets, internal networks dropping what leaves them, ten thousand idle
-//! flows from one sandbox, and the per-sandbox flow cap holding under a SYN
-//! flood while other sandboxes keep working.
+//! flows from one sandbox, the per-sandbox flow cap holding under a SYN
+//! flood while other sandboxes keep working, published ports showing the
+//! service its clients' real addresses (and refusing ports that are taken or
+//! privileged, and freeing them on unpublish), and ICMP echo through ping
+//! sockets where `net.ipv4.ping_group_range` allows them.
 
 mod common;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::{ErrorKind, Read};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -418,4 +422,310 @@ fn syn_flood_is_capped() {
     std::fs::write(&go, "").expect("go");
     assert!(env.wait_child(child).success(), "flood client");
     drop(silent);
+}
+
+/// Two host ports free for TCP and UDP on every address, from
+/// 20000 + pid % 10000 on (below the ephemeral range, so no client takes
+/// them meanwhile).
+fn free_ports() -> (u16, u16) {
+    let free = |p: u16| {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
+            && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
+    };
+    let mut p = 20_000 + (std::process::id() % 10_000) as u16;
+    let mut found = Vec::new();
+    while found.len() < 2 {
+        if free(p) {
+            found.push(p);
+        }
+        p = if p >= 29_999 { 20_000 } else { p + 1 };
+    }
+    (found[0], found[1])
+}
+
+/// Connects to `to` and reads until the server closes (at most 3 s each).
+fn read_reply(to: SocketAddrV4) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Sends a datagram to `to` until one comes back (5 tries, 1 s each).
+fn udp_ask(to: SocketAddrV4) -> std::io::Result<String> {
+    let u = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    u.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = [0u8; 512];
+    for _ in 0..5 {
+        u.send_to(b"hi\n", to)?;
+        match u.recv_from(&mut buf) {
+            Ok((n, _)) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ErrorKind::TimedOut.into())
+}
+
+/// The service of a published sandbox: TCP 8080 answers every connection
+/// with the client address it sees and closes; UDP 9000 answers every
+/// datagram with the client's IP.
+const PEER_SERVER: &str = r#"
+import socket, threading
+def tcp():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8080))
+    s.listen(64)
+    while True:
+        c, a = s.accept()
+        try:
+            c.sendall(("peer=%s:%d\n" % a).encode())
+        except OSError:
+            pass
+        c.close()
+threading.Thread(target=tcp, daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 9000))
+while True:
+    data, a = u.recvfrom(2048)
+    u.sendto(("peer=%s\n" % a[0]).encode(), a)
+"#;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn published_ports_keep_the_client_address() {
+    let Some(mut env) = Env::with_tools("natpub", Some(USER), &["python3"]) else {
+        return;
+    };
+    let started = Instant::now();
+    let inet = Inet::create(1);
+    let (hp, up) = free_ports();
+    env.start_daemon();
+    create_network(&env, "pub", "10.236.0.0/24", &[]);
+    let script = env.dir.join("peer_server.py");
+    std::fs::write(&script, PEER_SERVER).expect("write server");
+    let (tcp_spec, udp_spec) = (format!("{hp}:8080"), format!("{up}:9000/udp"));
+    let script = script.display().to_string();
+    env.spawn(&[
+        "run",
+        "--network",
+        "pub",
+        "--name",
+        "srv",
+        "-p",
+        &tcp_spec,
+        "-p",
+        &udp_spec,
+        "--",
+        "python3",
+        &script,
+    ]);
+    env.spawn(&[
+        "run",
+        "--network",
+        "pub",
+        "--name",
+        "other",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    env.wait_endpoints(&["srv", "other"]);
+
+    // Clients in the far namespace reach the host side of the veth.
+    let published = SocketAddrV4::new(inet.host_ip(), hp);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let r = inet.enter(move || read_reply(published));
+        match r {
+            Ok(s) if s.starts_with("peer=") => break s,
+            _ if Instant::now() > deadline => panic!("service never answered: {r:?}\n{}", env.ps()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    eprintln!("up after {:?}: {}", started.elapsed(), reply.trim());
+    for _ in 0..3 {
+        let reply = inet
+            .enter(move || read_reply(published))
+            .expect("tcp client");
+        let peer: SocketAddrV4 = field(&reply, "peer").parse().expect("peer=IP:PORT");
+        assert_eq!(
+            *peer.ip(),
+            inet.addr(),
+            "the service sees the client's own address: {reply}"
+        );
+        assert_ne!(peer.port(), 0, "{reply}");
+    }
+    let to = SocketAddrV4::new(inet.host_ip(), up);
+    let reply = inet.enter(move || udp_ask(to)).expect("udp client");
+    assert_eq!(
+        field(&reply, "peer"),
+        inet.addr().to_string(),
+        "UDP too: {reply}"
+    );
+
+    // A client on the host's loopback is spliced into the sandbox.
+    let spliced = event(&stats(&env), "published-spliced");
+    let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hp)).expect("loopback client");
+    assert!(reply.starts_with("peer="), "loopback client: {reply:?}");
+    let v = stats(&env);
+    assert!(event(&v, "published-spliced") > spliced, "{v}");
+    assert!(event(&v, "published-tcp-connections") >= 4, "{v}");
+    assert!(event(&v, "published-udp-sessions") >= 1, "{v}");
+
+    // Ports another endpoint or another process holds, or privileged ones.
+    let out = env.sy(&["publish", "other", &tcp_spec]);
+    assert!(!out.status.success(), "published twice: {}", text(&out));
+    assert!(
+        stderr(&out).contains("already published by endpoint \"pub/srv\""),
+        "{}",
+        stderr(&out)
+    );
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let p = taken.local_addr().expect("addr").port();
+    let out = env.sy(&["publish", "srv", &format!("127.0.0.1:{p}:8080")]);
+    assert!(!out.status.success(), "published a bound port");
+    assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
+    drop(taken);
+    let unprivileged: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged > 80 {
+        let out = env.sy(&["publish", "srv", "80:8080"]);
+        assert!(!out.status.success(), "published port 80 as {USER}");
+        assert!(stderr(&out).contains("permission"), "{}", stderr(&out));
+    } else {
+        eprintln!("ip_unprivileged_port_start is {unprivileged}: port 80 is not privileged here");
+    }
+    let ps = env.ps();
+    assert!(
+        !ps.contains("127.0.0.1:") && !ps.contains(":80:"),
+        "failed publications are not recorded:\n{ps}"
+    );
+    // The publication still works after the refusals.
+    let reply = inet
+        .enter(move || read_reply(published))
+        .expect("tcp client");
+    assert!(reply.starts_with("peer="), "{reply:?}");
+
+    // Unpublished: the port is free at once and no longer leads in.
+    ok(&env.sy(&["unpublish", "srv", &tcp_spec]), "unpublish");
+    let mine = TcpListener::bind((Ipv4Addr::UNSPECIFIED, hp)).expect("port freed by unpublish");
+    let r = inet.enter(move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&published.into(), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Ok(String::new())
+            }
+            Err(e) => Err(e),
+        }
+    });
+    assert_eq!(r.expect("connect to our listener"), "", "sandbox answered");
+    mine.set_nonblocking(true).expect("nonblocking");
+    let (_, peer) = mine.accept().expect("the connection came to our listener");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(inet.addr()));
+    drop(mine);
+    let r = inet.enter(move || read_reply(published));
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+        "nothing listens after unpublish: {r:?}"
+    );
+    let ps = env.ps();
+    assert!(!ps.contains(&tcp_spec), "{ps}");
+    eprintln!("published ports test took {:?}", started.elapsed());
+}
+
+/// Sets `net.ipv4.ping_group_range`, restoring what it was on drop.
+struct PingGroupRange {
+    saved: String,
+}
+
+const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+impl PingGroupRange {
+    fn save() -> PingGroupRange {
+        let saved = std::fs::read_to_string(PING_GROUP_RANGE).expect("read ping_group_range");
+        PingGroupRange {
+            saved: saved.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    fn set(&self, v: &str) {
+        std::fs::write(PING_GROUP_RANGE, v).expect("write ping_group_range");
+    }
+}
+
+impl Drop for PingGroupRange {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(PING_GROUP_RANGE, &self.saved) {
+            eprintln!(
+                "could not restore ping_group_range to {:?}: {e}",
+                self.saved
+            );
+        }
+    }
+}
+
+#[test]
+fn icmp_echo_through_ping_sockets() {
+    let Some(mut env) = Env::with_tools("naticmp", Some(USER), &["ping"]) else {
+        return;
+    };
+    let inet = Inet::create(2);
+    let range = PingGroupRange::save();
+    env.start_daemon();
+    create_network(&env, "icmp", "10.237.0.0/24", &[]);
+    let far = inet.addr().to_string();
+    // `ping` from a new sandbox on "icmp" (with `ip` as its address).
+    let ping = |count: &str, ip: &str| {
+        env.sy(&[
+            "run",
+            "--network",
+            "icmp",
+            "--ip",
+            ip,
+            "--",
+            "ping",
+            "-c",
+            count,
+            "-W",
+            "2",
+            &far,
+        ])
+    };
+
+    range.set("0 2147483647");
+    let out = ping("3", "10.237.0.10");
+    ok(&out, "ping with ping sockets allowed");
+    eprintln!("allowed: {}", text(&out).lines().last().unwrap_or(""));
+    let v = stats(&env);
+    assert!(event(&v, "nat-icmp-flows") >= 1, "{v}");
+    let denied = event(&v, "nat-icmp-denied");
+
+    // Another address: no echo flow of the first sandbox can carry it.
+    range.set("1 0");
+    let out = ping("2", "10.237.0.11");
+    assert!(
+        !out.status.success(),
+        "ping went out with ping sockets denied:\n{}",
+        text(&out)
+    );
+    let v = stats(&env);
+    eprintln!(
+        "denied: {:?}; nat-icmp-denied {denied} -> {}",
+        text(&out).lines().find(|l| l.contains("packet loss")),
+        event(&v, "nat-icmp-denied")
+    );
+    assert!(event(&v, "nat-icmp-denied") > denied, "{v}");
+    drop(range);
 }

@@ -90,6 +90,19 @@ impl Inet {
         .expect("bind thread")
     }
 
+    /// Runs `f` on a thread inside the namespace (sockets it makes stay
+    /// there) and returns what it returns.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
     fn remove(&self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
