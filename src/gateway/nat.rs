@@ -234,6 +234,40 @@ impl Runner {
         }
     }
 
+    /// Removes every flow of `ip` on `network`: TCP flows are reset on the
+    /// host side, host sockets closed.
+    pub(super) fn forget(&mut self, network: crate::tables::topology::NetworkId, ip: Ipv4Addr) {
+        for slot in self.flows.slots() {
+            let mine = self
+                .flows
+                .get_mut(slot)
+                .is_some_and(|(k, _)| k.network == network && *k.local.ip() == ip);
+            if !mine {
+                continue;
+            }
+            match self.flows.remove(slot) {
+                Some((_, Flow::Tcp(mut t))) => {
+                    t.abort();
+                    let _ = self.poll.registry().deregister(&mut t.host);
+                    self.done.extend(t.rx.drain(..));
+                }
+                Some((_, Flow::Udp(mut u))) => {
+                    let _ = self.poll.registry().deregister(&mut u.host);
+                }
+                Some((_, Flow::Icmp(mut c))) => {
+                    let _ = self.poll.registry().deregister(&mut c.host);
+                }
+                Some((_, Flow::UdpIn(s))) => {
+                    self.udp_peers.remove(&(s.listener, s.peer));
+                }
+                None => {}
+            }
+        }
+        for f in self.done.drain(..) {
+            self.injector.free(f);
+        }
+    }
+
     /// Notes readiness of host sockets.
     pub(super) fn host_events(&mut self, events: &Events) {
         for ev in events.iter() {

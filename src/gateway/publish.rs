@@ -80,6 +80,14 @@ pub enum StackCommand {
         /// Where it leads.
         target: PublishTarget,
     },
+    /// Drop every flow of a sandbox address that left the network (its
+    /// address may be handed out again).
+    Forget {
+        /// The network.
+        network: NetworkId,
+        /// The sandbox's address.
+        ip: std::net::Ipv4Addr,
+    },
     /// Close a published socket (its flows keep running); the reply says
     /// it is closed, so the port is free.
     Close {
@@ -116,6 +124,7 @@ impl Runner {
                 // Anything that arrived before registration.
                 self.ready_listeners.push(id);
             }
+            StackCommand::Forget { network, ip } => self.forget(network, ip),
             StackCommand::Close { id, done } => {
                 if let Some(mut l) = self.listeners.remove(&id) {
                     let _ = match &mut l.socket {

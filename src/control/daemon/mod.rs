@@ -598,6 +598,14 @@ impl Daemon {
         next.endpoints.retain(|e| e.id != ep.id);
         self.commit(next)?;
         self.close_publications(&ep.id, None);
+        if let Some(&network) = self.net_ids.get(&ep.network) {
+            // Its flows must not pass to the next sandbox given its address.
+            self.stack
+                .command(crate::gateway::publish::StackCommand::Forget {
+                    network,
+                    ip: ep.ipv4,
+                });
+        }
         let ports = self.ports.remove(&ep.id).unwrap_or_default();
         self.release_ports(&ep, ports);
         Ok(ep)
