@@ -408,14 +408,24 @@ impl FlowIo<'_> {
 fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> {
     let ms = now.total_millis();
     match t.check_connect() {
-        Some(false) => {
+        Some(Err(e)) => {
             bump(io.refused, 1);
-            io.net.reject_rx.extend(t.rx.drain(..));
+            if TcpFlow::unreachable(&e) {
+                for f in t.rx.drain(..) {
+                    send_unreachable(io, &f);
+                    io.done.push(f);
+                }
+            } else {
+                io.net.reject_rx.extend(t.rx.drain(..));
+            }
             return None;
         }
         None if t.phase == Phase::Connecting => {
             if ms - t.last_active > CONNECT_TIMEOUT_MS {
-                io.net.reject_rx.extend(t.rx.drain(..));
+                for f in t.rx.drain(..) {
+                    send_unreachable(io, &f);
+                    io.done.push(f);
+                }
                 return None;
             }
             return Some(t.last_active + CONNECT_TIMEOUT_MS + 1);
@@ -454,6 +464,54 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
         .min(t.last_active + TCP_IDLE_MS)
         .max(ms + 1);
     Some(next)
+}
+
+/// ICMP destination unreachable (host unreachable) from the gateway for the
+/// packet in `f`, carrying its IP header and first 8 bytes of payload.
+fn send_unreachable(io: &mut FlowIo<'_>, f: &Frame) {
+    let (Some(gw4), l3) = (io.net.gw.ipv4, f.meta.l3_offset as usize) else {
+        return;
+    };
+    let Some(ip) = f.data().get(l3..) else { return };
+    let Some(ihl) = ip.first().map(|v| usize::from(v & 0x0f) * 4) else {
+        return;
+    };
+    let Some(quote) = ip.get(..(ihl + 8).min(ip.len())) else {
+        return;
+    };
+    let Some(sandbox) = ip
+        .get(12..16)
+        .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    else {
+        return;
+    };
+    let macs = (io.net.gw.mac, f.meta.src);
+    io.injector.send(f.meta.in_port, |out| {
+        let space = out.receive_space();
+        let l4 = crate::wire::udp_frame::IP_HEADERS_LEN;
+        let Some(icmp) = space.get_mut(l4..l4 + 8 + quote.len()) else {
+            return false;
+        };
+        icmp[..8].copy_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]);
+        icmp[8..].copy_from_slice(quote);
+        let Ok(mut p) = crate::wire::icmpv4::Packet::new_checked(&mut icmp[..]) else {
+            return false;
+        };
+        p.fill_checksum();
+        match crate::wire::udp_frame::emit_ipv4(
+            space,
+            macs,
+            (gw4, sandbox),
+            crate::wire::IpProtocol::Icmp,
+            8 + quote.len(),
+        ) {
+            Ok(len) => {
+                out.set_len(len);
+                true
+            }
+            Err(_) => false,
+        }
+    });
 }
 
 /// Reads every waiting echo reply of an ICMP flow and sends it on.

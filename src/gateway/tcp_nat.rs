@@ -159,24 +159,34 @@ impl TcpFlow {
     }
 
     /// While connecting: whether the connect finished, and how.
-    pub fn check_connect(&mut self) -> Option<bool> {
+    pub fn check_connect(&mut self) -> Option<Result<(), io::Error>> {
         if self.phase != Phase::Connecting || !self.host_writable {
             return None;
         }
-        if let Ok(Some(_)) | Err(_) = self.host.take_error() {
-            return Some(false);
+        match self.host.take_error() {
+            Ok(Some(e)) | Err(e) => return Some(Err(e)),
+            Ok(None) => {}
         }
         match self.host.peer_addr() {
             Ok(_) => {
                 self.phase = Phase::Open;
-                Some(true)
+                Some(Ok(()))
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                 self.host_writable = false;
                 None
             }
-            Err(_) => Some(false),
+            Err(e) => Some(Err(e)),
         }
+    }
+
+    /// True if a failed connect means the destination cannot be reached (an
+    /// ICMP unreachable for the sandbox) rather than refused (a RST).
+    pub fn unreachable(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ETIMEDOUT)
+        )
     }
 
     /// Moves data between the two sides after a poll of the socket set.
