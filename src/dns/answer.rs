@@ -138,9 +138,10 @@ fn reverse_addr(name: &[u8]) -> Option<IpAddr> {
     (n == 32).then(|| IpAddr::V6(Ipv6Addr::from(v)))
 }
 
-/// Writes a header-only reply (no question) with `rcode`; for queries whose
-/// question cannot be trusted.
-fn header_reply(query: &[u8], rcode: Rcode, out: &mut Vec<u8>) {
+/// Writes a header-only reply (no question) with `rcode` for `query` (at
+/// least 4 bytes): for queries whose question cannot be trusted, or that
+/// cannot be served.
+pub fn header_reply(query: &[u8], rcode: Rcode, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&query[..4]);
     out[2] = (query[2] & 0x79) | 0x80; // QR, keep opcode and RD

@@ -12,7 +12,9 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpListenEndpoint;
 
-use crate::dns::answer::{Outcome, Responder, Transport};
+use domain::base::iana::Rcode;
+
+use crate::dns::answer::{header_reply, Outcome, Responder, Transport};
 use crate::dns::records::{DnsSettings, Zone};
 use crate::dns::{QueryForwarder, ReplyRoute, DNS_PORT};
 
@@ -172,18 +174,15 @@ impl DnsTcp {
                     None => Outcome::Dropped,
                 };
                 match outcome {
-                    Outcome::Answered { .. } => {
-                        let n = scratch.len().min(u16::MAX as usize) as u16;
-                        session.output.extend_from_slice(&n.to_be_bytes());
-                        session.output.extend_from_slice(&scratch[..n as usize]);
-                    }
+                    Outcome::Answered { .. } => push_message(scratch, &mut session.output),
                     Outcome::Forward { max_len } => {
                         let route = ReplyRoute::Tcp { conn: session.conn };
                         if forwarder.is_some_and(|f| f.submit(query, route, max_len)) {
                             session.pending += 1;
                             served.forwarded += 1;
                         } else {
-                            push_servfail(query, &mut session.output);
+                            header_reply(query, Rcode::SERVFAIL, scratch);
+                            push_message(scratch, &mut session.output);
                         }
                     }
                     Outcome::Dropped => {
@@ -226,9 +225,7 @@ impl DnsTcp {
             return false;
         };
         session.pending = session.pending.saturating_sub(1);
-        let n = answer.len().min(u16::MAX as usize);
-        session.output.extend_from_slice(&(n as u16).to_be_bytes());
-        session.output.extend_from_slice(&answer[..n]);
+        push_message(answer, &mut session.output);
         flush(sockets.get_mut::<tcp::Socket>(handle), &mut session.output);
         true
     }
@@ -244,16 +241,9 @@ fn flush(sock: &mut tcp::Socket<'_>, output: &mut Vec<u8>) {
     }
 }
 
-/// A SERVFAIL for `query` (forwarding unavailable), length-prefixed.
-fn push_servfail(query: &[u8], output: &mut Vec<u8>) {
-    if query.len() < 12 {
-        return;
-    }
-    let mut h = [0u8; 12];
-    h.copy_from_slice(&query[..12]);
-    h[2] = (h[2] & 0x79) | 0x80;
-    h[3] = 2;
-    h[4..].fill(0);
-    output.extend_from_slice(&12u16.to_be_bytes());
-    output.extend_from_slice(&h);
+/// Appends `message` with its two-byte length prefix (RFC 1035 4.2.2).
+fn push_message(message: &[u8], output: &mut Vec<u8>) {
+    let n = message.len().min(u16::MAX as usize);
+    output.extend_from_slice(&(n as u16).to_be_bytes());
+    output.extend_from_slice(&message[..n]);
 }

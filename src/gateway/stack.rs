@@ -320,44 +320,46 @@ impl Runner {
             return None;
         };
         let host_loopback = info.host_loopback;
-        let Some(gw) = info.gateway.clone() else {
+        let Some(gw) = info.gateway.as_ref() else {
             self.drop_net(id);
             return None;
         };
+        // Called per punted frame: compare in place, clone only to rebuild.
+        match self.nets.get(&id) {
+            Some(n) if n.gw == *gw => return self.nets.get_mut(&id),
+            Some(_) => self.drop_net(id),
+            None => {}
+        }
+        let gw = gw.clone();
         let gw4 = gw.ipv4?;
-        if self.nets.get(&id).is_some_and(|n| n.gw != gw) {
-            self.drop_net(id);
-        }
-        if !self.nets.contains_key(&id) {
-            let table = self.dns.table.load();
-            let zone = table.zone(id);
-            let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
-            let prefix = zone
-                .and_then(|z| z.subnets.iter().find(|(a, _)| a.is_ipv4()).map(|s| s.1))
-                .unwrap_or(24);
-            let now = self.now();
-            let iface = self.make_iface(&gw, gw4, prefix, mtu, false, now);
-            let large = self.make_iface(&gw, gw4, prefix, mtu, true, now);
-            self.nets.insert(
-                id,
-                NetStack {
-                    gw,
-                    iface,
-                    large,
-                    large_rx: VecDeque::new(),
-                    idle: SocketSet::new(Vec::new()),
-                    sockets: SocketSet::new(Vec::new()),
-                    rx: VecDeque::new(),
-                    reject_rx: VecDeque::new(),
-                    reject: SocketSet::new(Vec::new()),
-                    clients: HashMap::new(),
-                    neighbours: HashMap::new(),
-                    dns: DnsTcp::default(),
-                    mtu,
-                    host_loopback,
-                },
-            );
-        }
+        let table = self.dns.table.load();
+        let zone = table.zone(id);
+        let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
+        let prefix = zone
+            .and_then(|z| z.subnets.iter().find(|(a, _)| a.is_ipv4()).map(|s| s.1))
+            .unwrap_or(24);
+        let now = self.now();
+        let iface = self.make_iface(&gw, gw4, prefix, mtu, false, now);
+        let large = self.make_iface(&gw, gw4, prefix, mtu, true, now);
+        self.nets.insert(
+            id,
+            NetStack {
+                gw,
+                iface,
+                large,
+                large_rx: VecDeque::new(),
+                idle: SocketSet::new(Vec::new()),
+                sockets: SocketSet::new(Vec::new()),
+                rx: VecDeque::new(),
+                reject_rx: VecDeque::new(),
+                reject: SocketSet::new(Vec::new()),
+                clients: HashMap::new(),
+                neighbours: HashMap::new(),
+                dns: DnsTcp::default(),
+                mtu,
+                host_loopback,
+            },
+        );
         self.nets.get_mut(&id)
     }
 
