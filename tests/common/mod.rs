@@ -62,6 +62,7 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             dns: Default::default(),
             dns_upstream: switchyard::dns::forward::UpstreamSource::Static(vec![]),
             nat_limits: Default::default(),
+            overlay: None,
         },
         Box::new(attacher),
     )

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod gateway;
+mod overlay;
 mod publish;
+
+pub use overlay::{parse_peer, OverlaySettings, OVERLAY_MTU};
 
 use super::api::{
     self, NetworkCreate, NetworkDetail, Pong, PortOwner, Request, Response, StatsReply,
@@ -50,6 +53,8 @@ pub struct DaemonConfig {
     pub dns_upstream: UpstreamSource,
     /// Caps on NAT flows.
     pub nat_limits: crate::gateway::flow::FlowLimits,
+    /// This host's VTEP and overlay peers (`None`: no overlay networks).
+    pub overlay: Option<OverlaySettings>,
 }
 
 /// The running control plane.
@@ -67,6 +72,7 @@ pub struct Daemon {
     /// Published sockets being served, per endpoint id and publication.
     listeners: HashMap<(String, Publication), Vec<u64>>,
     next_listener: u64,
+    overlay: Option<OverlaySettings>,
 }
 
 impl Daemon {
@@ -134,7 +140,9 @@ impl Daemon {
             forwarder,
             listeners: HashMap::new(),
             next_listener: 0,
+            overlay: config.overlay,
         };
+        d.start_overlay()?;
         d.restore(state)?;
         if d.network(DEFAULT_NETWORK).is_none() {
             d.create_network(NetworkCreate {
@@ -150,6 +158,7 @@ impl Daemon {
         for net in &loaded.networks {
             let id = self.dataplane.add_network(network_spec(net))?;
             self.net_ids.insert(net.name.clone(), id);
+            self.apply_overlay(net)?;
         }
         state.endpoints.clear();
         for ep in loaded.endpoints.iter().cloned() {
@@ -279,10 +288,11 @@ impl Daemon {
         if self.network(&req.name).is_some() {
             return Err(DaemonError::NetworkExists(req.name));
         }
-        if req.driver == Driver::Overlay {
-            return Err(DaemonError::Unsupported("the overlay driver is".into()));
-        }
-        if req.vni.is_some() {
+        let vni = match req.driver {
+            Driver::Overlay => Some(self.overlay_vni(&req.name, req.vni)?),
+            Driver::Bridge => None,
+        };
+        if req.vni.is_some() && vni.is_none() {
             return Err(DaemonError::Invalid(
                 "--vni applies only to overlay networks; drop it for a bridge network".into(),
             ));
@@ -295,7 +305,11 @@ impl Daemon {
         if req.mac_cap == Some(0) {
             return Err(DaemonError::Invalid("mac_cap must be at least 1".into()));
         }
-        let mtu = validate_mtu(req.mtu.unwrap_or(u32::from(DEFAULT_MTU)))?;
+        let default_mtu = match req.driver {
+            Driver::Overlay => OVERLAY_MTU,
+            Driver::Bridge => DEFAULT_MTU,
+        };
+        let mtu = validate_mtu(req.mtu.unwrap_or(u32::from(default_mtu)))?;
         let existing: Vec<(String, _)> = self
             .state
             .networks
@@ -343,17 +357,19 @@ impl Daemon {
             isolate: req.isolate,
             mtu,
             mac_cap: req.mac_cap,
-            vni: None,
+            vni,
             host_loopback: req.host_loopback,
         };
         let id = self.dataplane.add_network(network_spec(&net))?;
+        self.net_ids.insert(net.name.clone(), id);
+        let applied = self.apply_overlay(&net);
         let mut next = self.state.clone();
         next.networks.push(net.clone());
-        if let Err(e) = self.commit(next) {
+        if let Err(e) = applied.and_then(|()| self.commit(next)) {
+            self.net_ids.remove(&net.name);
             let _ = self.dataplane.remove_network(id);
             return Err(e);
         }
-        self.net_ids.insert(net.name.clone(), id);
         self.publish_dns();
         Ok(net)
     }
@@ -463,7 +479,9 @@ impl Daemon {
             .find(|n| siblings.iter().all(|e| &e.ifname != n))
             .unwrap_or_default();
         let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
-        let ipv4 = ipam::allocate4(&net.name, net.subnet4, net.gateway4, &used4, req.ip)?;
+        let stripe = self.address_stripe(&net);
+        let ipv4 =
+            ipam::allocate4_striped(&net.name, net.subnet4, net.gateway4, &used4, req.ip, stripe)?;
         let ipv6 = match (net.subnet6, net.gateway6) {
             (Some(s6), Some(g6)) => {
                 let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
@@ -471,10 +489,16 @@ impl Daemon {
             }
             _ => None,
         };
+        // On an overlay, hosts choose MACs independently: the host's address
+        // keeps two hosts' endpoints of the same name apart.
+        let mac_key = match (&self.overlay, net.driver) {
+            (Some(o), Driver::Overlay) => format!("{name}@{}", o.advertise),
+            _ => name.clone(),
+        };
         let mac = (0..)
-            .map(|salt| endpoint_mac(&net.name, &name, salt))
+            .map(|salt| endpoint_mac(&net.name, &mac_key, salt))
             .find(|m| on_net.iter().all(|e| e.mac != *m))
-            .unwrap_or_else(|| endpoint_mac(&net.name, &name, 0));
+            .unwrap_or_else(|| endpoint_mac(&net.name, &mac_key, 0));
         let mut publications: Vec<Publication> = Vec::new();
         for p in req.publish {
             self.check_publication(&p)?;
