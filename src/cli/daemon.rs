@@ -94,6 +94,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dns_upstream: args.dns.upstream(),
         nat_limits: args.nat.limits(),
         overlay,
+        cluster: None,
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);
@@ -111,6 +112,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     let daemon = Arc::new(Mutex::new(daemon));
     spawn_reaper(&daemon);
+    crate::control::daemon::spawn_cluster_sync(&daemon);
     server.serve(daemon);
     Ok(())
 }

@@ -123,6 +123,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         dns_upstream: args.dns.upstream(),
         nat_limits: args.nat.limits(),
         overlay: None,
+        cluster: None,
     };
     let daemon = Daemon::new(
         config,

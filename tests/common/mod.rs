@@ -63,6 +63,7 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             dns_upstream: switchyard::dns::forward::UpstreamSource::Static(vec![]),
             nat_limits: Default::default(),
             overlay: None,
+            cluster: None,
         },
         Box::new(attacher),
     )

@@ -93,8 +93,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Checks an overlay network request and picks its VNI.
-    pub(super) fn overlay_vni(&self, name: &str, vni: Option<u32>) -> Result<u32, DaemonError> {
+    /// Checks an overlay network request and picks its VNI (`None`: the
+    /// cluster store allocates it).
+    pub(super) fn overlay_vni(
+        &self,
+        name: &str,
+        vni: Option<u32>,
+    ) -> Result<Option<u32>, DaemonError> {
         if self.overlay.is_none() {
             return Err(DaemonError::Invalid(
                 "the overlay driver needs this host's underlay address: start the daemon \
@@ -102,7 +107,11 @@ impl Daemon {
                     .into(),
             ));
         }
-        let vni = vni.unwrap_or_else(|| derived_vni(name));
+        let vni = match vni {
+            Some(v) => v,
+            None if self.has_cluster() => return Ok(None),
+            None => derived_vni(name),
+        };
         if vni == 0 || vni > MAX_VNI {
             return Err(DaemonError::Invalid(format!(
                 "invalid VNI {vni}: use 1..={MAX_VNI}"
@@ -119,7 +128,7 @@ impl Daemon {
                 other.name
             )));
         }
-        Ok(vni)
+        Ok(Some(vni))
     }
 
     /// The stripe of the subnet this host allocates from on `net`.
@@ -140,11 +149,20 @@ impl Daemon {
             return Err(DaemonError::NoSuchNetwork(net.name.clone()));
         };
         let own = o.vtep();
+        let remotes = self.remote_endpoints(&net.name);
+        // Broadcast goes to the static peers and to every host with an
+        // endpoint on the network.
+        let mut vteps: Vec<SocketAddr> = o.peers.clone();
+        vteps.extend(remotes.iter().map(|r| r.vtep));
+        vteps.sort();
+        vteps.dedup();
+        vteps.retain(|v| *v != own);
         let spec = OverlaySpec {
             vni,
-            vteps: o.peers.iter().copied().filter(|p| *p != own).collect(),
-            remotes: Vec::new(),
-            learn: true,
+            vteps,
+            remotes,
+            // With a cluster store, remote endpoints come from it alone.
+            learn: !self.has_cluster(),
         };
         self.dataplane.set_overlay(id, spec)?;
         Ok(())
