@@ -27,16 +27,23 @@
 //!
 //! The key layout is in [`keys`]. Typical use by the daemon:
 //! ```no_run
+//! # use std::sync::Arc;
 //! # use switchyard::control::cluster::*;
 //! # fn main() -> Result<(), ClusterError> {
-//! let config = ClusterConfig::new("etcd://127.0.0.1:2379", "192.0.2.10".parse().unwrap())?;
-//! let cluster = Cluster::connect(config)?;
+//! # let advertise = std::net::IpAddr::from([192, 0, 2, 10]);
+//! let config = ClusterConfig::new("etcd://127.0.0.1:2379", advertise)?;
+//! let cluster = Arc::new(Cluster::connect(config)?);
 //! let events = cluster.events();
+//! let reader = Arc::clone(&cluster);
 //! std::thread::spawn(move || {
 //!     for event in events {
-//!         // On `Changed`, read `cluster.snapshot()` (keep a clone of the
-//!         // handle's state source) and reprogram remote endpoints and VTEPs.
-//!         let _ = event;
+//!         if let ClusterEvent::Changed { .. } = event {
+//!             let state = reader.snapshot();
+//!             for remote in state.remote_endpoints("front", &reader.config().host) {
+//!                 // program remote.mac / remote.ipv4 behind remote.vtep
+//!                 let _ = remote;
+//!             }
+//!         }
 //!     }
 //! });
 //! # Ok(()) }
@@ -212,6 +219,8 @@ impl Cluster {
     }
 
     /// The event stream. Every clone shares one queue: have one consumer.
+    /// It disconnects when the store stops (close, abandon or drop), so a
+    /// consumer thread should not be what keeps the last handle alive.
     pub fn events(&self) -> Receiver<ClusterEvent> {
         self.events.clone()
     }
@@ -262,5 +271,17 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_is_shareable_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Cluster>();
+        check::<ClusterError>();
     }
 }

@@ -106,11 +106,14 @@ impl Engine {
             .await
             .map_err(|_| "no answer from etcd while registering this host".to_string())?
             .map_err(|e| e.to_string())?;
+        let t = self.config.op_timeout;
         let endpoints: Vec<EndpointRecord> = self.owned.endpoints.values().cloned().collect();
         for ep in endpoints {
-            match self.put_endpoint(client, lease, ep.clone()).await {
+            let put = tokio::time::timeout(t, self.put_endpoint(client, lease, ep.clone())).await;
+            match put.unwrap_or(Err(ClusterError::Timeout(t))) {
                 Ok(()) => {}
                 Err(ClusterError::Etcd(e)) => return Err(e.to_string()),
+                Err(e @ ClusterError::Timeout(_)) => return Err(e.to_string()),
                 Err(e) => {
                     self.owned
                         .endpoints
@@ -127,10 +130,10 @@ impl Engine {
             .collect();
         for (key, held) in ips {
             let value = to_json(&held);
-            match claim(client, &key, &value, lease)
+            let claimed = tokio::time::timeout(t, claim(client, &key, &value, lease))
                 .await
-                .map_err(|e| e.to_string())?
-            {
+                .map_err(|_| ClusterError::Timeout(t).to_string())?;
+            match claimed.map_err(|e| e.to_string())? {
                 Claim::Written(_) => {}
                 Claim::Held(_) | Claim::Vanished => {
                     self.owned.ips.remove(&key);

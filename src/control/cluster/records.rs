@@ -1,7 +1,7 @@
 //! The records stored in etcd (serde JSON values) and the in-memory mirror
 //! of everything under the prefix, which keeps serving while etcd is away.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -200,6 +200,16 @@ impl ClusterState {
             .into_iter()
             .flat_map(|m| m.values())
             .filter(move |e| e.host != host)
+    }
+}
+
+impl ClusterState {
+    /// VTEPs of the other hosts with an endpoint on `network`: where a
+    /// broadcast is replicated to.
+    pub fn remote_vteps(&self, network: &str, host: &str) -> BTreeSet<SocketAddr> {
+        self.remote_endpoints(network, host)
+            .map(|e| e.vtep)
+            .collect()
     }
 }
 
@@ -445,6 +455,7 @@ mod tests {
         assert_eq!(m.state.all_endpoints().count(), 1);
         assert_eq!(m.state.remote_endpoints("front", "b").count(), 1);
         assert_eq!(m.state.remote_endpoints("front", "a").count(), 0);
+        assert_eq!(m.state.remote_vteps("front", "b").len(), 1);
         // An older event does not undo a newer write.
         m.delete(&keys, ek.as_bytes(), 4);
         assert_eq!(m.state.all_endpoints().count(), 1);
