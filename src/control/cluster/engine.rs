@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Sender, TrySendError};
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeeper, WatchOptions, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, WatchOptions,
+    WatchStream,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
@@ -232,7 +233,14 @@ impl Engine {
             .with_keep_alive_while_idle(true);
         let mut client = bounded(t, Client::connect(&self.config.endpoints, Some(options))).await?;
         let lease = self.ensure_lease(&mut client).await?;
-        let (mut keeper, mut alive) = bounded(t, client.lease_keep_alive(lease)).await?;
+        let (keeper, alive) = bounded(t, client.lease_keep_alive(lease)).await?;
+        // Its own task, so a slow operation never delays a renewal.
+        let period =
+            Duration::from_secs(u64::try_from(self.config.lease_ttl_secs()).unwrap_or(10)) / 3;
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+        let _renewals = AbortOnDrop(tokio::spawn(async move {
+            let _ = lost_tx.send(renew(keeper, alive, period, t).await);
+        }));
         self.restore(&mut client, lease).await?;
         let revision = self.load(&mut client).await?;
         let mut watch = self.watch_from(&mut client, revision + 1).await?;
@@ -240,9 +248,6 @@ impl Engine {
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
-        let ttl = Duration::from_secs(u64::try_from(self.config.lease_ttl_secs()).unwrap_or(10));
-        let mut tick = tokio::time::interval(ttl / 3);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -256,8 +261,9 @@ impl Engine {
                     Some(Command::Op(op, deadline)) => self.serve(&mut client, lease, op, deadline).await,
                 },
                 msg = watch.message() => self.on_watch(msg)?,
-                _ = tick.tick() => keep_alive(&mut keeper, t).await?,
-                msg = alive.message() => check_alive(msg)?,
+                reason = &mut lost => {
+                    return Err(reason.unwrap_or_else(|_| "the lease renewal task ended".into()));
+                }
             }
         }
     }
@@ -434,19 +440,38 @@ async fn bounded<T>(
     }
 }
 
-async fn keep_alive(keeper: &mut LeaseKeeper, t: Duration) -> Result<(), String> {
-    bounded(t, keeper.keep_alive())
-        .await
-        .map_err(|e| format!("cannot renew the cluster lease: {e}"))
+/// Renews the lease every `period` until that fails; returns why.
+async fn renew(
+    mut keeper: LeaseKeeper,
+    mut alive: LeaseKeepAliveStream,
+    period: Duration,
+    t: Duration,
+) -> String {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = bounded(t, keeper.keep_alive()).await {
+                    return format!("cannot renew the cluster lease: {e}");
+                }
+            }
+            msg = alive.message() => match msg {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                Ok(Some(_)) => return "etcd says the cluster lease expired".into(),
+                Ok(None) => return "the lease keep-alive stream ended".into(),
+                Err(e) => return format!("the lease keep-alive failed: {e}"),
+            },
+        }
+    }
 }
 
-fn check_alive(
-    msg: Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>,
-) -> Result<(), String> {
-    match msg {
-        Ok(Some(r)) if r.ttl() > 0 => Ok(()),
-        Ok(Some(_)) => Err("etcd says the cluster lease expired".into()),
-        Ok(None) => Err("the lease keep-alive stream ended".into()),
-        Err(e) => Err(format!("the lease keep-alive failed: {e}")),
+/// Stops a task when the session that started it ends (also on abandon,
+/// which is how a crash stops renewals).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
