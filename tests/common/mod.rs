@@ -122,6 +122,7 @@ impl Drop for TestDaemon {
     }
 }
 
+pub mod etcd;
 pub mod netns;
 pub mod outside;
 pub mod sysenv;
