@@ -13,7 +13,7 @@ use common::{small_dataplane, TempDir};
 use switchyard::control::api::{Connect, NetworkCreate};
 use switchyard::control::attach_fake::FakeAttacher;
 use switchyard::control::daemon::{
-    ClusterEndpoint, ClusterSnapshot, ClusterStore, ClusterWatch, Daemon, DaemonConfig,
+    ClusterSnapshot, ClusterStore, ClusterWatch, Daemon, DaemonConfig, EndpointRecord,
     OverlaySettings,
 };
 use switchyard::control::error::DaemonError;
@@ -24,7 +24,7 @@ use switchyard::control::model::{Driver, Network, SandboxTarget};
 #[derive(Default)]
 struct Shared {
     networks: Vec<Network>,
-    endpoints: Vec<ClusterEndpoint>,
+    endpoints: Vec<EndpointRecord>,
     leases: BTreeSet<(String, Ipv4Addr)>,
     connected: bool,
 }
@@ -85,7 +85,7 @@ impl ClusterStore for FakeStore {
         Ok(())
     }
 
-    fn put_endpoint(&self, ep: &ClusterEndpoint) -> Result<(), DaemonError> {
+    fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), DaemonError> {
         let mut s = lock(&self.shared);
         s.endpoints
             .retain(|e| !(e.network == ep.network && e.name == ep.name));

@@ -93,8 +93,8 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dns: args.dns.settings()?,
         dns_upstream: args.dns.upstream(),
         nat_limits: args.nat.limits(),
+        cluster: args.overlay.cluster(overlay.as_ref())?,
         overlay,
-        cluster: None,
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);

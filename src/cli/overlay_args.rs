@@ -2,11 +2,14 @@
 //! cluster store.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::CliError;
-use crate::control::daemon::{parse_peer, OverlaySettings};
+use crate::control::cluster::{Cluster, ClusterConfig, DEFAULT_LEASE_TTL};
+use crate::control::daemon::{parse_peer, ClusterStore, OverlaySettings};
+use crate::control::error::DaemonError;
 use crate::wire::vxlan::DEFAULT_PORT;
 
 /// How the daemon joins overlay networks.
@@ -24,6 +27,11 @@ pub struct OverlayArgs {
     /// VXLAN UDP port (default 4789).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub vxlan_port: Option<u16>,
+    /// Seconds this host's records outlive it in the cluster store after a
+    /// crash (its lease TTL; at least 2).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEASE_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub cluster_ttl: u64,
 }
 
 impl OverlayArgs {
@@ -45,9 +53,6 @@ impl OverlayArgs {
                 "--advertise {advertise}: give this host's own unicast underlay address"
             )));
         }
-        if self.cluster_store.is_some() {
-            return Err(CliError::Unsupported("--cluster-store is".into()));
-        }
         let vxlan_port = self.vxlan_port.unwrap_or(DEFAULT_PORT);
         let peers = self
             .peer
@@ -60,5 +65,22 @@ impl OverlayArgs {
             vxlan_port,
             peers,
         }))
+    }
+
+    /// Connects to the cluster store, if one is given (after
+    /// [`OverlayArgs::settings`] checked the rest).
+    pub fn cluster(
+        &self,
+        overlay: Option<&OverlaySettings>,
+    ) -> Result<Option<Box<dyn ClusterStore>>, CliError> {
+        let (Some(url), Some(o)) = (&self.cluster_store, overlay) else {
+            return Ok(None);
+        };
+        let mut config = ClusterConfig::new(url, o.advertise).map_err(DaemonError::from)?;
+        config.vxlan_port = o.vxlan_port;
+        config.lease_ttl = Duration::from_secs(self.cluster_ttl);
+        let cluster = Cluster::connect(config).map_err(DaemonError::from)?;
+        tracing::info!("cluster store {url} connected as host {}", o.advertise);
+        Ok(Some(Box::new(cluster)))
     }
 }

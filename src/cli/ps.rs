@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{client, print, table, CliError};
 use crate::control::api::Request;
-use crate::control::daemon::ClusterEndpoint;
+use crate::control::daemon::EndpointRecord;
 use crate::control::model::Endpoint;
 
 /// Arguments of `ps` (none yet).
@@ -18,7 +18,7 @@ pub struct PsArgs {}
 pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
     let mut c = client(socket)?;
     let eps: Vec<Endpoint> = c.call(&Request::Ps)?;
-    let remote: Vec<ClusterEndpoint> = c.call(&Request::RemoteEndpoints)?;
+    let remote: Vec<EndpointRecord> = c.call(&Request::RemoteEndpoints)?;
     let mut rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {

@@ -127,6 +127,9 @@ pub enum DaemonError {
     /// Data plane.
     #[error("the data plane refused the change: {0}")]
     Dataplane(#[from] DataplaneError),
+    /// The cluster store refused or could not be reached.
+    #[error("cluster store: {0}")]
+    Cluster(#[from] crate::control::cluster::ClusterError),
 }
 
 impl DaemonError {
@@ -155,6 +158,21 @@ impl DaemonError {
             },
             E::Store(_) => ErrorKind::State,
             E::Dataplane(_) => ErrorKind::Dataplane,
+            E::Cluster(e) => {
+                use crate::control::cluster::ClusterError as C;
+                match e {
+                    C::NetworkConflict { .. }
+                    | C::VniTaken { .. }
+                    | C::AddressTaken { .. }
+                    | C::NotOwner { .. } => ErrorKind::Conflict,
+                    C::NetworkInUse { .. } => ErrorKind::InUse,
+                    C::NoFreeVni | C::SubnetFull { .. } => ErrorKind::Exhausted,
+                    C::Invalid { .. } | C::BadAddress { .. } | C::BadRecord(_) => {
+                        ErrorKind::BadRequest
+                    }
+                    _ => ErrorKind::State,
+                }
+            }
         }
     }
 }

@@ -8,45 +8,19 @@
 //! last knew, and nothing is removed until the store answers again.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use super::Daemon;
 use crate::control::api::NetworkCreate;
+pub use crate::control::cluster::EndpointRecord;
 use crate::control::error::DaemonError;
-use crate::control::model::{mac_text, Driver, Endpoint, Network};
+use crate::control::model::{Driver, Endpoint, Network};
 use crate::tables::overlay::RemoteEndpoint;
-use crate::wire::MacAddr;
 
-/// An endpoint as every host sees it in the cluster store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterEndpoint {
-    /// Network name.
-    pub network: String,
-    /// Endpoint name (unique in its network across hosts).
-    pub name: String,
-    /// Extra DNS names.
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// Its MAC.
-    #[serde(with = "mac_text")]
-    pub mac: MacAddr,
-    /// IPv4 address.
-    pub ipv4: Ipv4Addr,
-    /// IPv6 address, if any.
-    #[serde(default)]
-    pub ipv6: Option<Ipv6Addr>,
-    /// The host that runs it.
-    pub host: String,
-    /// That host's VTEP.
-    pub vtep: SocketAddr,
-}
-
-impl ClusterEndpoint {
+impl EndpointRecord {
     /// The record of a local endpoint.
-    pub fn local(ep: &Endpoint, host: &str, vtep: SocketAddr) -> ClusterEndpoint {
-        ClusterEndpoint {
+    pub fn local(ep: &Endpoint, host: &str, vtep: SocketAddr) -> EndpointRecord {
+        EndpointRecord {
             network: ep.network.clone(),
             name: ep.name.clone(),
             aliases: ep.aliases.clone(),
@@ -75,7 +49,7 @@ pub struct ClusterSnapshot {
     /// Overlay networks.
     pub networks: Vec<Network>,
     /// Endpoints of every host, this one included.
-    pub endpoints: Vec<ClusterEndpoint>,
+    pub endpoints: Vec<EndpointRecord>,
     /// False while the store is unreachable (the snapshot is then stale).
     pub connected: bool,
 }
@@ -106,7 +80,7 @@ pub trait ClusterStore: Send {
     fn release_ip(&self, network: &str, ip: Ipv4Addr) -> Result<(), DaemonError>;
 
     /// Publishes one of this host's endpoints (it disappears with the host).
-    fn put_endpoint(&self, ep: &ClusterEndpoint) -> Result<(), DaemonError>;
+    fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), DaemonError>;
 
     /// Withdraws one of this host's endpoints.
     fn remove_endpoint(&self, network: &str, name: &str) -> Result<(), DaemonError>;
@@ -156,7 +130,7 @@ pub fn spawn_cluster_sync(daemon: &std::sync::Arc<std::sync::Mutex<Daemon>>) {
 }
 
 /// Endpoints of other hosts, per network name.
-pub(super) type RemoteView = HashMap<String, Vec<ClusterEndpoint>>;
+pub(super) type RemoteView = HashMap<String, Vec<EndpointRecord>>;
 
 impl Daemon {
     /// This host's id and VTEP, when it has a cluster store.
@@ -301,7 +275,7 @@ impl Daemon {
             return Ok(());
         }
         if let Some(store) = &self.cluster {
-            store.put_endpoint(&ClusterEndpoint::local(ep, &host, vtep))?;
+            store.put_endpoint(&EndpointRecord::local(ep, &host, vtep))?;
         }
         Ok(())
     }
@@ -340,13 +314,13 @@ impl Daemon {
     pub(super) fn remote_endpoints(&self, network: &str) -> Vec<RemoteEndpoint> {
         self.remote
             .get(network)
-            .map(|eps| eps.iter().map(ClusterEndpoint::remote).collect())
+            .map(|eps| eps.iter().map(EndpointRecord::remote).collect())
             .unwrap_or_default()
     }
 
     /// Endpoints of other hosts (for `switchyard ps` and DNS).
-    pub fn remote_view(&self) -> Vec<ClusterEndpoint> {
-        let mut all: Vec<ClusterEndpoint> = self.remote.values().flatten().cloned().collect();
+    pub fn remote_view(&self) -> Vec<EndpointRecord> {
+        let mut all: Vec<EndpointRecord> = self.remote.values().flatten().cloned().collect();
         all.sort_by(|a, b| (&a.network, &a.name).cmp(&(&b.network, &b.name)));
         all
     }
@@ -406,7 +380,7 @@ impl Daemon {
             {
                 let kept = store
                     .allocate_ip(net, Some(ep.ipv4), &ep.id)
-                    .and_then(|_| store.put_endpoint(&ClusterEndpoint::local(ep, &host, vtep)));
+                    .and_then(|_| store.put_endpoint(&EndpointRecord::local(ep, &host, vtep)));
                 if let Err(e) = kept {
                     tracing::warn!("cannot record endpoint {}/{}: {e}", ep.network, ep.name);
                 }

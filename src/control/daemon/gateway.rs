@@ -6,7 +6,8 @@
 
 use std::net::IpAddr;
 
-use super::{ClusterEndpoint, Daemon};
+use super::Daemon;
+use crate::control::cluster;
 use crate::control::model::{Endpoint, Network};
 use crate::dns::records::{DnsTable, EndpointRecord, NetworkRecords};
 
@@ -23,7 +24,7 @@ fn endpoint_record(ep: &Endpoint) -> EndpointRecord {
     }
 }
 
-fn remote_record(ep: &ClusterEndpoint) -> EndpointRecord {
+fn remote_record(ep: &cluster::EndpointRecord) -> EndpointRecord {
     EndpointRecord {
         name: ep.name.clone(),
         aliases: ep.aliases.clone(),
@@ -37,7 +38,7 @@ fn network_records(
     net: &Network,
     id: crate::tables::topology::NetworkId,
     endpoints: &[Endpoint],
-    remote: &[ClusterEndpoint],
+    remote: &[cluster::EndpointRecord],
 ) -> NetworkRecords {
     let mut subnets = vec![(IpAddr::V4(net.subnet4.addr()), net.subnet4.prefix())];
     subnets.extend(net.subnet6.map(|s| (IpAddr::V6(s.addr()), s.prefix())));

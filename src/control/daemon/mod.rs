@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod cluster;
+mod etcd_store;
 mod gateway;
 mod overlay;
 mod publish;
 
 pub use cluster::{
-    spawn_cluster_sync, ClusterEndpoint, ClusterSnapshot, ClusterStore, ClusterWatch,
+    spawn_cluster_sync, ClusterSnapshot, ClusterStore, ClusterWatch, EndpointRecord,
 };
 pub use overlay::{parse_peer, OverlaySettings, OVERLAY_MTU};
 
