@@ -234,30 +234,40 @@ pub fn compile(spec: &OverlaySpec, tunnels: Vec<(SocketAddr, PortId)>) -> Overla
     net
 }
 
-/// A small overlay topology for unit tests of the overlay stages: network 0
+/// A small overlay topology for tests, benches and fuzz targets of the
+/// overlay stages: network 0
 /// (VNI 42) with local port p0 (MAC ..:01, IPv4 10.0.0.1), a tunnel port p1
 /// to VTEP 192.0.2.1:4789 hosting remote ..:0b (10.0.0.11), a tunnel port p3
 /// to VTEP 192.0.2.2:4789 hosting ..:0c (10.0.0.12), and the VXLAN receive
 /// port p2.
-#[cfg(test)]
-pub(crate) mod fixture {
+pub mod fixture {
     use super::*;
     use crate::ports::PortCaps;
     use crate::tables::topology::{NetworkInfo, PortInfo, PortSecurity, Topology};
 
+    /// The network's VNI.
     pub const VNI: u32 = 42;
+    /// The local endpoint's MAC.
     pub const LOCAL: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    /// The endpoint behind VTEP B.
     pub const REMOTE_B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x0b]);
+    /// The endpoint behind VTEP C.
     pub const REMOTE_C: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x0c]);
+    /// The local endpoint's port.
     pub const LOCAL_PORT: PortId = PortId(0);
+    /// The tunnel port to VTEP B.
     pub const TUNNEL_B: PortId = PortId(1);
+    /// The VXLAN receive port.
     pub const RX: PortId = PortId(2);
+    /// The tunnel port to VTEP C.
     pub const TUNNEL_C: PortId = PortId(3);
 
+    /// VTEP B's underlay address.
     pub fn vtep_b() -> SocketAddr {
         "192.0.2.1:4789".parse().expect("literal")
     }
 
+    /// VTEP C's underlay address.
     pub fn vtep_c() -> SocketAddr {
         "192.0.2.2:4789".parse().expect("literal")
     }
