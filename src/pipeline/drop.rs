@@ -64,6 +64,22 @@ drop_reasons! {
     InternalNetwork => "internal-network",
     /// The queue to the gateway stack was full.
     PuntFull => "punt-full",
+    /// A VXLAN datagram without the I flag, with reserved bits set, or too
+    /// short for the header and an inner Ethernet header.
+    VxlanBadHeader => "vxlan-bad-header",
+    /// A VXLAN datagram for a VNI no overlay network uses.
+    VxlanUnknownVni => "vxlan-unknown-vni",
+    /// A VXLAN datagram from an address that is not a VTEP of the network.
+    VxlanUnknownVtep => "vxlan-unknown-vtep",
+    /// An inner source (MAC, IPv4, ARP sender) that does not belong to the
+    /// sending VTEP's endpoints, or that is one of this host's endpoints.
+    VxlanSpoofed => "vxlan-spoofed",
+    /// Unicast to an unknown MAC on an overlay network: flooded to local
+    /// ports only, never to remote VTEPs (counted once per frame).
+    OverlayUnknownUnicast => "overlay-unknown-unicast",
+    /// A frame from a remote VTEP whose destination is behind another remote
+    /// VTEP (split horizon: VTEPs never relay for each other).
+    OverlaySplitHorizon => "overlay-split-horizon",
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ pub struct Meta {
     pub l3_offset: u16,
     /// The decision so far.
     pub action: Action,
+    /// Underlay source of a frame received by a VXLAN port (read by the
+    /// decap stage; `None` for every other port).
+    pub underlay_src: Option<std::net::SocketAddr>,
 }
 
 /// One frame in a preallocated buffer. The handle is a single pointer, so
@@ -118,6 +121,7 @@ impl FrameInner {
         self.len = 0;
         self.vnet = VirtioNetHdr::NONE;
         self.meta.action = Action::Continue;
+        self.meta.underlay_src = None;
     }
 
     /// The frame's bytes.

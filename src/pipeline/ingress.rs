@@ -15,13 +15,18 @@ pub struct Ingress;
 
 /// The IPv4 source a frame claims: the IP source address, or the ARP sender.
 fn claimed_ipv4(f: &Frame) -> Option<Ipv4Addr> {
-    let l3 = f.meta.l3_offset as usize;
-    let at = match f.meta.ethertype {
+    claimed_ipv4_in(f.data(), f.meta.ethertype, f.meta.l3_offset as usize)
+}
+
+/// The IPv4 source claimed by `frame` whose L3 header of type `ethertype`
+/// starts at `l3`: the IP source address, or the ARP sender.
+pub(crate) fn claimed_ipv4_in(frame: &[u8], ethertype: EtherType, l3: usize) -> Option<Ipv4Addr> {
+    let at = match ethertype {
         EtherType::Ipv4 => l3 + 12,
         EtherType::Arp => l3 + 14,
         _ => return None,
     };
-    let b = f.data().get(at..at + 4)?;
+    let b = frame.get(at..at + 4)?;
     Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
 }
 

@@ -2,11 +2,12 @@
 //! function over the batch that only sets each frame's [`frame::Action`];
 //! the worker then sends the batch out grouped by output port.
 //!
-//! Standard order: `parse -> ingress -> learn -> [dns -> nat] -> gateway -> forward`, then the
+//! Standard order: `decap -> parse -> ingress -> learn -> [dns -> nat] -> gateway -> overlay -> forward`, then the
 //! worker's dispatch (flood expansion, cross-worker hand-off, offload
 //! adaptation, tx). A new stage is added with [`Pipeline::insert_before`]
 //! without touching the others.
 
+pub mod decap;
 pub mod dns;
 pub mod drop;
 pub mod forward;
@@ -17,6 +18,7 @@ pub mod inject;
 pub mod learn;
 pub mod nat;
 pub mod offload;
+pub mod overlay;
 pub mod parse;
 pub mod pool;
 pub mod punt;

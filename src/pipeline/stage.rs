@@ -38,14 +38,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The standard switch: parse, ingress checks, learning, gateway, forwarding.
+    /// The standard switch: VXLAN decapsulation, parse, ingress checks,
+    /// learning, gateway, overlay (remote endpoints), forwarding.
     pub fn standard() -> Pipeline {
         Pipeline {
             stages: vec![
+                Box::new(super::decap::Decap),
                 Box::new(super::parse::Parse),
                 Box::new(super::ingress::Ingress),
                 Box::new(super::learn::Learn),
                 Box::new(super::gateway::Gateway),
+                Box::new(super::overlay::Overlay),
                 Box::new(super::forward::Forward),
             ],
         }

@@ -281,7 +281,7 @@ impl Worker {
         if registered {
             // Edge-triggered: read whatever arrived before registration.
             self.ready.push_back(id);
-        } else {
+        } else if port.has_rx() {
             self.unpolled.push(id);
         }
         let caps = port.caps();
@@ -494,7 +494,26 @@ impl Worker {
             self.pool.free(f);
             return;
         };
-        let targets = net.ports.iter().filter(|p| **p != f.meta.in_port);
+        // Overlay: broadcast and multicast from a local port are replicated
+        // to every remote VTEP (head-end replication); nothing from a VTEP
+        // goes back out to VTEPs (split horizon), nor does unknown unicast.
+        let in_port = f.meta.in_port;
+        let tunnels = topo
+            .overlay
+            .net(f.meta.network)
+            .is_some_and(|o| !o.tunnels.is_empty());
+        let from_tunnel = tunnels && topo.overlay.is_tunnel(in_port);
+        let unicast = !f.meta.dst.is_multicast();
+        let local_only = tunnels && (unicast || from_tunnel);
+        if tunnels && unicast && !from_tunnel {
+            self.me
+                .counters
+                .count_drop(DropReason::OverlayUnknownUnicast);
+        }
+        let targets = net
+            .ports
+            .iter()
+            .filter(|p| **p != in_port && !(local_only && topo.overlay.is_tunnel(**p)));
         let count = targets.clone().count();
         if count == 0 {
             self.me.counters.count_drop(DropReason::NoRoute);

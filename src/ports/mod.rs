@@ -3,6 +3,7 @@
 
 pub mod memory;
 pub mod tap;
+pub mod vxlan;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -66,6 +67,12 @@ pub trait Port: Send {
         out: &mut Vec<Frame>,
         max: usize,
     ) -> io::Result<usize>;
+
+    /// False for a transmit-only port (a VXLAN tunnel port shares its
+    /// worker's socket with the receiving port): the worker never reads it.
+    fn has_rx(&self) -> bool {
+        true
+    }
 
     /// Frames the port read but had to discard (e.g. shorter than an
     /// Ethernet header) since the last call; the worker counts them as

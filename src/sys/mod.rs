@@ -1,4 +1,4 @@
-//! System calls: TAP devices, rtnetlink, namespaces and fd passing. The only
+//! System calls: TAP devices, batched UDP, rtnetlink, namespaces and fd passing. The only
 //! module allowed `unsafe`, and every block says why it is sound.
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -7,3 +7,4 @@ pub mod fd;
 pub mod netlink;
 pub mod netns;
 pub mod tun;
+pub mod udp;

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::ports::{PortCaps, PortId};
+use crate::tables::overlay::{OverlayTables, PortRole};
 use crate::wire::MacAddr;
 
 /// Dense index of a network in the data plane (not the user's name).
@@ -101,6 +102,8 @@ pub struct PortInfo {
 pub struct Topology {
     ports: Vec<Option<PortInfo>>,
     networks: Vec<Option<NetworkInfo>>,
+    /// VXLAN overlay state (VNIs, VTEPs, remote endpoints, port roles).
+    pub overlay: OverlayTables,
 }
 
 impl Topology {
@@ -174,8 +177,30 @@ impl Topology {
         self.ports[i] = Some(port);
     }
 
+    /// Recomputes each overlay network's local MACs (the MACs its local
+    /// ports are restricted to), after ports came or went.
+    pub fn refresh_overlay_locals(&mut self) {
+        let mut updates = Vec::new();
+        for net in self.networks() {
+            if self.overlay.net(net.id).is_none() {
+                continue;
+            }
+            let macs = net
+                .ports
+                .iter()
+                .filter(|p| self.overlay.role(**p) == PortRole::Local)
+                .filter_map(|p| self.port(*p).and_then(|i| i.security.mac))
+                .collect();
+            updates.push((net.id, macs));
+        }
+        for (id, macs) in updates {
+            self.overlay.set_local_macs(id, macs);
+        }
+    }
+
     /// Removes a port and takes it off its network's flood list.
     pub fn remove_port(&mut self, id: PortId) -> Option<PortInfo> {
+        self.overlay.set_role(id, PortRole::Local);
         let port = self.ports.get_mut(id.0 as usize).and_then(Option::take)?;
         if let Some(Some(net)) = self.networks.get_mut(port.network.0 as usize) {
             net.ports.retain(|p| *p != id);

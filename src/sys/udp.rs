@@ -1,0 +1,243 @@
+//! Batched UDP for the VXLAN ports: sockets bound with `SO_REUSEPORT`,
+//! `recvmmsg` keeping each datagram's source address, `sendmmsg` to one
+//! destination. Non-blocking throughout: `WouldBlock` ends a batch.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+/// Most datagrams one call moves (the pipeline's batch size).
+pub const MAX_BATCH: usize = 64;
+
+/// A non-blocking UDP socket bound to `addr`; with `reuse_port`, several
+/// sockets share the address and the kernel spreads flows between them.
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd: OwnedFd = socket::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    if reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(UdpSocket::from(fd))
+}
+
+fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in; the write stays inside `ss`.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(ss).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(ss).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into
+            // storage that is large enough and aligned for it.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read(std::ptr::from_ref(ss).cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6 (family AF_INET6).
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read(std::ptr::from_ref(ss).cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Points one message header at its address and its single iovec.
+fn point(
+    hdr: &mut libc::mmsghdr,
+    addr: &mut libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    iov: &mut libc::iovec,
+) {
+    hdr.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
+    hdr.msg_hdr.msg_namelen = addr_len;
+    hdr.msg_hdr.msg_iov = iov;
+    hdr.msg_hdr.msg_iovlen = 1;
+}
+
+/// Receives up to `bufs.len()` (at most [`MAX_BATCH`]) datagrams, one per
+/// buffer; `meta[i]` gets datagram `i`'s length and source. Returns how many
+/// arrived (`Ok(0)` when none is waiting). A datagram longer than its buffer
+/// is truncated; its length is the buffer's.
+pub fn recv_batch(
+    sock: &UdpSocket,
+    bufs: &mut [&mut [u8]],
+    meta: &mut [(usize, Option<SocketAddr>)],
+) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len()).min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: these are plain old data; all-zero is valid for each.
+    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] =
+        unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        let namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        point(&mut hdrs[i], &mut addrs[i], namelen, &mut iovs[i]);
+    }
+    // SAFETY: `hdrs[..n]` point at `iovs` and `addrs` (alive until the call
+    // returns) and each iovec at a distinct, writable buffer of the length
+    // given; MSG_DONTWAIT keeps the call from blocking.
+    let got = unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(e),
+        };
+    }
+    let got = got as usize;
+    for i in 0..got {
+        meta[i] = (
+            (hdrs[i].msg_len as usize).min(bufs[i].len()),
+            from_storage(&addrs[i]),
+        );
+    }
+    Ok(got)
+}
+
+/// Sends each of `datagrams` (at most [`MAX_BATCH`]) to `dst`. Returns how
+/// many the kernel took; `Ok(k < len)` when its queue filled up.
+pub fn send_batch(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let n = datagrams.len().min(MAX_BATCH);
+    let (mut addr, addr_len) = to_storage(dst);
+    // SAFETY: plain old data; all-zero is valid.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut done = 0;
+    while done < n {
+        let todo = n - done;
+        for i in 0..todo {
+            let d = datagrams[done + i];
+            iovs[i] = libc::iovec {
+                // The kernel only reads through this pointer.
+                iov_base: d.as_ptr().cast_mut().cast(),
+                iov_len: d.len(),
+            };
+            point(&mut hdrs[i], &mut addr, addr_len, &mut iovs[i]);
+        }
+        // SAFETY: `hdrs[..todo]` point at `addr` and `iovs`, alive until the
+        // call returns; each iovec covers a live datagram slice that the
+        // kernel only reads.
+        let sent = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                todo as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => Ok(done),
+                _ if done > 0 => Ok(done),
+                _ => Err(e),
+            };
+        }
+        if sent == 0 {
+            break;
+        }
+        done += sent as usize;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_on_loopback() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let dst = a.local_addr().unwrap();
+        let sent = send_batch(&b, dst, &[b"one", b"two!"]).unwrap();
+        assert_eq!(sent, 2);
+        let mut x = [0u8; 16];
+        let mut y = [0u8; 16];
+        let mut bufs: [&mut [u8]; 2] = [&mut x, &mut y];
+        let mut meta = [(0, None); 2];
+        let mut got = 0;
+        for _ in 0..100 {
+            got += recv_batch(&a, &mut bufs[got..], &mut meta[got..]).unwrap();
+            if got == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 2);
+        assert_eq!(meta[0], (3, Some(b.local_addr().unwrap())));
+        assert_eq!(&x[..3], b"one");
+        assert_eq!(&y[..4], b"two!");
+    }
+}
