@@ -60,6 +60,19 @@ fn endpoint(c: &Cluster, net: &str, name: &str, ip: Ipv4Addr) -> EndpointRecord 
     }
 }
 
+/// A plain etcd client for setting up what no `Cluster` would write.
+fn raw_client(etcd: &Etcd) -> (tokio::runtime::Runtime, etcd_client::Client) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = etcd.url().replace("etcd://", "http://");
+    let client = rt
+        .block_on(etcd_client::Client::connect([url], None))
+        .expect("raw client");
+    (rt, client)
+}
+
 /// Waits until `pred` holds on `c`'s snapshot, checking after each event;
 /// returns how long it took.
 fn wait_for(
@@ -192,6 +205,26 @@ fn endpoints_propagate_and_a_clean_close_withdraws_them() {
         b.snapshot().networks.contains_key("front"),
         "networks are persistent"
     );
+}
+
+#[test]
+fn stale_vni_claim_is_taken_over_by_its_network() {
+    let Some(etcd) = Etcd::start("stale") else {
+        return;
+    };
+    let (a, _) = connect(&etcd, "host-a", 1);
+    // A claim without its network, as a hand edit could leave.
+    let (rt, mut raw) = raw_client(&etcd);
+    rt.block_on(raw.put("/switchyard/vni/300", "\"orphan\"", None))
+        .expect("put");
+    let created = a
+        .create_network(network("orphan", Some(300)))
+        .expect("take over");
+    assert_eq!(created.vni, Some(300));
+    assert!(matches!(
+        a.create_network(network("other", Some(300))),
+        Err(ClusterError::VniTaken { vni: 300, .. })
+    ));
 }
 
 #[test]
@@ -445,20 +478,11 @@ fn lost_lease_is_replaced_and_own_records_put_back() {
     b.put_endpoint(ep.clone()).expect("put");
     while b_events.try_recv().is_ok() {}
     // Revoke every lease behind B's back, as if it had expired.
-    let endpoints = vec![etcd.url().replace("etcd://", "http://")];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect(endpoints, None)
-            .await
-            .expect("client");
-        let leases = client.leases().await.expect("leases");
-        for l in leases.leases() {
-            client.lease_revoke(l.id()).await.expect("revoke");
-        }
-    });
+    let (rt, mut raw) = raw_client(&etcd);
+    let leases = rt.block_on(raw.leases()).expect("leases");
+    for l in leases.leases() {
+        rt.block_on(raw.lease_revoke(l.id())).expect("revoke");
+    }
     let t0 = Instant::now();
     wait_event(&b_events, Duration::from_secs(10), |e| {
         *e == ClusterEvent::Connected

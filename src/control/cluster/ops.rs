@@ -153,6 +153,7 @@ impl Engine {
     ) -> Result<NetworkRecord, ClusterError> {
         want.validate()?;
         let net_key = self.keys.key(&Key::Network(want.name.clone()));
+        let mut stale_claim = false;
         for _ in 0..MAX_RACES {
             let existing = client.get(net_key.as_str(), None).await?;
             if let Some(kv) = existing.kvs().first() {
@@ -190,7 +191,11 @@ impl Engine {
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(net_key.as_str(), CompareOp::Equal, 0),
-                    Compare::create_revision(vni_key.as_str(), CompareOp::Equal, 0),
+                    if stale_claim {
+                        Compare::value(vni_key.as_str(), CompareOp::Equal, vni_value.clone())
+                    } else {
+                        Compare::create_revision(vni_key.as_str(), CompareOp::Equal, 0)
+                    },
                 ])
                 .and_then([
                     TxnOp::put(net_key.as_str(), net_value.clone(), None),
@@ -218,6 +223,9 @@ impl Engine {
                         network: owner,
                     });
                 }
+                // A claim left without its network (edited by hand):
+                // take it over in the next round.
+                stale_claim = true;
             }
         }
         Err(ClusterError::Contention("creating a network"))
