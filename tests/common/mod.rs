@@ -120,6 +120,7 @@ impl Drop for TestDaemon {
     }
 }
 
+pub mod hosts;
 pub mod netns;
 pub mod outside;
 pub mod sysenv;
