@@ -1,7 +1,6 @@
 //! `switchyard daemon`: starts the data plane and serves the API until
 //! SIGINT or SIGTERM.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,18 +26,9 @@ pub struct DaemonArgs {
     /// Data-plane worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
-    /// Cluster store URL, e.g. etcd://HOST:PORT (not yet supported).
-    #[arg(long, value_name = "URL")]
-    pub cluster_store: Option<String>,
-    /// Address advertised to overlay peers (not yet supported).
-    #[arg(long, value_name = "IP")]
-    pub advertise: Option<IpAddr>,
-    /// Static overlay peer IP[:PORT] (not yet supported).
-    #[arg(long, value_name = "IP[:PORT]")]
-    pub peer: Vec<String>,
-    /// VXLAN UDP port (not yet supported).
-    #[arg(long, value_name = "N")]
-    pub vxlan_port: Option<u16>,
+    /// Overlay settings.
+    #[command(flatten)]
+    pub overlay: super::overlay_args::OverlayArgs,
     /// Microseconds an idle worker keeps polling before it sleeps (0: sleep
     /// at once). Saves wake-ups under steady load, costs CPU when idle.
     #[arg(long, value_name = "US", default_value_t = 0)]
@@ -74,15 +64,7 @@ pub fn spawn_reaper(daemon: &Arc<Mutex<Daemon>>) {
 
 /// Runs the daemon in the foreground.
 pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
-    if args.cluster_store.is_some()
-        || args.advertise.is_some()
-        || !args.peer.is_empty()
-        || args.vxlan_port.is_some()
-    {
-        return Err(CliError::Unsupported(
-            "overlay/cluster (--cluster-store, --advertise, --peer, --vxlan-port) is".into(),
-        ));
-    }
+    let overlay = args.overlay.settings()?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -111,6 +93,8 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         dns: args.dns.settings()?,
         dns_upstream: args.dns.upstream(),
         nat_limits: args.nat.limits(),
+        overlay,
+        cluster: None,
     };
     let queues = config.dataplane.workers;
     let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);
@@ -128,6 +112,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     let daemon = Arc::new(Mutex::new(daemon));
     spawn_reaper(&daemon);
+    crate::control::daemon::spawn_cluster_sync(&daemon);
     server.serve(daemon);
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod disconnect;
 pub mod dns_args;
 pub mod gateway_args;
 pub mod network;
+pub mod overlay_args;
 pub mod ps;
 pub mod publish;
 pub mod run;

@@ -34,7 +34,8 @@ pub enum NetworkCommand {
 pub struct CreateArgs {
     /// Network name.
     pub name: String,
-    /// Driver.
+    /// Driver: bridge (this host) or overlay (VXLAN across hosts; needs the
+    /// daemon's --advertise).
     #[arg(long, value_enum, default_value_t = Driver::Bridge)]
     pub driver: Driver,
     /// IPv4 subnet (default: a free /24 from the pool).
@@ -55,7 +56,7 @@ pub struct CreateArgs {
     /// VXLAN network identifier (overlay only).
     #[arg(long, value_name = "N")]
     pub vni: Option<u32>,
-    /// MTU (576-65520, default 1500).
+    /// MTU (576-65520; default 1500, 1450 on overlay networks).
     #[arg(long, value_name = "N")]
     pub mtu: Option<u32>,
     /// Let sandboxes reach the host's 127.0.0.1 through the gateway address.
@@ -81,8 +82,9 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                 mac_cap: None,
                 host_loopback: a.host_loopback,
             }))?;
+            let vni = n.vni.map(|v| format!(", vni {v}")).unwrap_or_default();
             print(&format!(
-                "created network {} ({}, gateway {})\n",
+                "created network {} ({}, gateway {}{vni})\n",
                 n.name, n.subnet4, n.gateway4
             ))
         }
@@ -100,6 +102,9 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                     }
                     if n.host_loopback {
                         opts.push("host-loopback".to_string());
+                    }
+                    if let Some(vni) = n.vni {
+                        opts.push(format!("vni={vni}"));
                     }
                     opts.push(format!("mtu={}", n.mtu));
                     vec![

@@ -1,4 +1,5 @@
-//! `switchyard ps`: lists endpoints.
+//! `switchyard ps`: lists endpoints, this host's and (with a cluster store)
+//! other hosts'.
 
 use std::path::Path;
 
@@ -6,6 +7,7 @@ use clap::Args;
 
 use super::{client, print, table, CliError};
 use crate::control::api::Request;
+use crate::control::daemon::ClusterEndpoint;
 use crate::control::model::Endpoint;
 
 /// Arguments of `ps` (none yet).
@@ -14,8 +16,10 @@ pub struct PsArgs {}
 
 /// Runs `ps`.
 pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
-    let eps: Vec<Endpoint> = client(socket)?.call(&Request::Ps)?;
-    let rows: Vec<Vec<String>> = eps
+    let mut c = client(socket)?;
+    let eps: Vec<Endpoint> = c.call(&Request::Ps)?;
+    let remote: Vec<ClusterEndpoint> = c.call(&Request::RemoteEndpoints)?;
+    let mut rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {
             let published: Vec<String> = e.publications.iter().map(ToString::to_string).collect();
@@ -30,11 +34,23 @@ pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
                 } else {
                     published.join(",")
                 },
+                "local".into(),
             ]
         })
         .collect();
+    rows.extend(remote.iter().map(|e| {
+        vec![
+            e.network.clone(),
+            e.name.clone(),
+            e.ipv4.to_string(),
+            e.mac.to_string(),
+            "-".into(),
+            "-".into(),
+            e.host.clone(),
+        ]
+    }));
     print(&table(
-        &["NETWORK", "NAME", "IP", "MAC", "TAP", "PUBLISHED"],
+        &["NETWORK", "NAME", "IP", "MAC", "TAP", "PUBLISHED", "HOST"],
         &rows,
     ))
 }

@@ -122,6 +122,8 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         dns: args.dns.settings()?,
         dns_upstream: args.dns.upstream(),
         nat_limits: args.nat.limits(),
+        overlay: None,
+        cluster: None,
     };
     let daemon = Daemon::new(
         config,

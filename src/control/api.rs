@@ -18,7 +18,7 @@ use crate::stats::StatsSnapshot;
 pub const MAX_LINE: usize = 1 << 20;
 
 /// Every op name, as written in the `op` field.
-pub const OPS: [&str; 12] = [
+pub const OPS: [&str; 13] = [
     "network_create",
     "network_list",
     "network_inspect",
@@ -28,6 +28,7 @@ pub const OPS: [&str; 12] = [
     "publish",
     "unpublish",
     "ps",
+    "remote_endpoints",
     "stats",
     "ping",
     "trace",
@@ -55,6 +56,8 @@ pub enum Request {
     Unpublish(PublishSpec),
     /// Lists endpoints.
     Ps,
+    /// Lists endpoints of other hosts (from the cluster store).
+    RemoteEndpoints,
     /// Data-plane counters.
     Stats,
     /// Health check.

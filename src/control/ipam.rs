@@ -259,6 +259,41 @@ pub fn allocate4(
     used: &BTreeSet<Ipv4Addr>,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
+    allocate4_striped(network, subnet, gateway, used, requested, Stripe::WHOLE)
+}
+
+/// The share of a subnet one host allocates from when several hosts share a
+/// network without a cluster store: host `index` of `count` takes the
+/// addresses whose offset in the subnet is `index` modulo `count`. Every host
+/// derives the same split from the same peer list, so no two hand out the
+/// same address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stripe {
+    /// This host's position.
+    pub index: u32,
+    /// Number of hosts.
+    pub count: u32,
+}
+
+impl Stripe {
+    /// The whole subnet (one host).
+    pub const WHOLE: Stripe = Stripe { index: 0, count: 1 };
+
+    fn holds(&self, offset: u64) -> bool {
+        offset % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
+}
+
+/// Like [`allocate4`], but picks (when no address is requested) only from
+/// `stripe`. A requested address may lie anywhere in the subnet.
+pub fn allocate4_striped(
+    network: &str,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    used: &BTreeSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+    stripe: Stripe,
+) -> Result<Ipv4Addr, IpamError> {
     let reserved = |ip: Ipv4Addr| ip == subnet.addr() || ip == subnet.broadcast() || ip == gateway;
     if let Some(ip) = requested {
         if !subnet.contains(ip) {
@@ -283,6 +318,7 @@ pub fn allocate4(
         return Ok(ip);
     }
     (1..subnet.size().saturating_sub(1))
+        .filter(|n| stripe.holds(*n))
         .filter_map(|n| subnet.nth(n))
         .find(|ip| !reserved(*ip) && !used.contains(ip))
         .ok_or_else(|| IpamError::Exhausted {
@@ -311,6 +347,24 @@ pub fn allocate6(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stripes_never_overlap() {
+        let subnet: Ipv4Net = "10.9.0.0/24".parse().unwrap();
+        let gw = Ipv4Addr::new(10, 9, 0, 1);
+        let mut seen = BTreeSet::new();
+        for index in 0..3 {
+            let stripe = Stripe { index, count: 3 };
+            let mut used = BTreeSet::new();
+            while let Ok(ip) = allocate4_striped("n", subnet, gw, &used, None, stripe) {
+                assert!(seen.insert(ip), "{ip} handed out twice");
+                used.insert(ip);
+            }
+        }
+        // Every host address but the gateway, exactly once.
+        assert_eq!(seen.len(), 253);
+    }
+
     use super::*;
 
     fn net(s: &str) -> Ipv4Net {

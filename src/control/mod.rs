@@ -7,6 +7,7 @@ pub mod api;
 pub mod attach;
 pub mod attach_fake;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod ipam;

@@ -79,7 +79,7 @@ pub enum Driver {
     /// One host: the switch forwards between local endpoints.
     #[default]
     Bridge,
-    /// Several hosts joined by VXLAN (not yet supported).
+    /// Several hosts joined by VXLAN.
     Overlay,
 }
 

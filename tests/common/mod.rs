@@ -62,6 +62,8 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             dns: Default::default(),
             dns_upstream: switchyard::dns::forward::UpstreamSource::Static(vec![]),
             nat_limits: Default::default(),
+            overlay: None,
+            cluster: None,
         },
         Box::new(attacher),
     )
@@ -120,6 +122,7 @@ impl Drop for TestDaemon {
     }
 }
 
+pub mod etcd;
 pub mod hosts;
 pub mod netns;
 pub mod outside;

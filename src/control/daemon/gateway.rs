@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::Daemon;
+use super::{ClusterEndpoint, Daemon};
 use crate::control::model::{Endpoint, Network};
 use crate::dns::records::{DnsTable, EndpointRecord, NetworkRecords};
 
@@ -23,10 +23,21 @@ fn endpoint_record(ep: &Endpoint) -> EndpointRecord {
     }
 }
 
+fn remote_record(ep: &ClusterEndpoint) -> EndpointRecord {
+    EndpointRecord {
+        name: ep.name.clone(),
+        aliases: ep.aliases.clone(),
+        ipv4: Some(ep.ipv4),
+        ipv6: ep.ipv6,
+        srv_port: 0,
+    }
+}
+
 fn network_records(
     net: &Network,
     id: crate::tables::topology::NetworkId,
     endpoints: &[Endpoint],
+    remote: &[ClusterEndpoint],
 ) -> NetworkRecords {
     let mut subnets = vec![(IpAddr::V4(net.subnet4.addr()), net.subnet4.prefix())];
     subnets.extend(net.subnet6.map(|s| (IpAddr::V6(s.addr()), s.prefix())));
@@ -40,6 +51,7 @@ fn network_records(
             .iter()
             .filter(|e| e.network == net.name)
             .map(endpoint_record)
+            .chain(remote.iter().map(remote_record))
             .collect(),
     }
 }
@@ -53,7 +65,8 @@ impl Daemon {
             .iter()
             .filter_map(|n| {
                 let id = *self.net_ids.get(&n.name)?;
-                Some(network_records(n, id, &self.state.endpoints))
+                let remote = self.remote.get(&n.name).map_or(&[][..], Vec::as_slice);
+                Some(network_records(n, id, &self.state.endpoints, remote))
             })
             .collect();
         let settings = self.dns.table.load().settings.clone();

@@ -6,8 +6,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod cluster;
 mod gateway;
+mod overlay;
 mod publish;
+
+pub use cluster::{
+    spawn_cluster_sync, ClusterEndpoint, ClusterSnapshot, ClusterStore, ClusterWatch,
+};
+pub use overlay::{parse_peer, OverlaySettings, OVERLAY_MTU};
 
 use super::api::{
     self, NetworkCreate, NetworkDetail, Pong, PortOwner, Request, Response, StatsReply,
@@ -50,6 +57,10 @@ pub struct DaemonConfig {
     pub dns_upstream: UpstreamSource,
     /// Caps on NAT flows.
     pub nat_limits: crate::gateway::flow::FlowLimits,
+    /// This host's VTEP and overlay peers (`None`: no overlay networks).
+    pub overlay: Option<OverlaySettings>,
+    /// The cluster store shared with other hosts (needs `overlay`).
+    pub cluster: Option<Box<dyn ClusterStore>>,
 }
 
 /// The running control plane.
@@ -67,6 +78,10 @@ pub struct Daemon {
     /// Published sockets being served, per endpoint id and publication.
     listeners: HashMap<(String, Publication), Vec<u64>>,
     next_listener: u64,
+    overlay: Option<OverlaySettings>,
+    cluster: Option<Box<dyn ClusterStore>>,
+    /// Endpoints of other hosts, from the cluster store.
+    remote: cluster::RemoteView,
 }
 
 impl Daemon {
@@ -134,8 +149,13 @@ impl Daemon {
             forwarder,
             listeners: HashMap::new(),
             next_listener: 0,
+            overlay: config.overlay,
+            cluster: config.cluster,
+            remote: cluster::RemoteView::new(),
         };
+        d.start_overlay()?;
         d.restore(state)?;
+        d.rejoin_cluster();
         if d.network(DEFAULT_NETWORK).is_none() {
             d.create_network(NetworkCreate {
                 name: DEFAULT_NETWORK.into(),
@@ -150,6 +170,7 @@ impl Daemon {
         for net in &loaded.networks {
             let id = self.dataplane.add_network(network_spec(net))?;
             self.net_ids.insert(net.name.clone(), id);
+            self.apply_overlay(net)?;
         }
         state.endpoints.clear();
         for ep in loaded.endpoints.iter().cloned() {
@@ -263,6 +284,7 @@ impl Daemon {
             Request::Publish(p) => self.publish(p).map(|e| Response::success(&e)),
             Request::Unpublish(p) => self.unpublish(p).map(|e| Response::success(&e)),
             Request::Ps => Ok(Response::success(&self.state.endpoints)),
+            Request::RemoteEndpoints => Ok(Response::success(&self.remote_view())),
             Request::Stats => Ok(Response::success(&self.stats())),
             Request::Trace(t) => self.trace(t).map(|r| Response::success(&r)),
             Request::Ping => Ok(Response::success(&Pong {
@@ -273,16 +295,28 @@ impl Daemon {
         result.unwrap_or_else(|e| Response::failure(api::ApiError::from(e)))
     }
 
-    /// Creates a network.
+    /// Creates a network (an overlay network is recorded in the cluster
+    /// store, if any).
     pub fn create_network(&mut self, req: NetworkCreate) -> Result<Network, DaemonError> {
+        self.create_network_from(req, true)
+    }
+
+    /// Creates a network; `record`: also record an overlay network in the
+    /// cluster store (false when adopting one from it).
+    fn create_network_from(
+        &mut self,
+        req: NetworkCreate,
+        record: bool,
+    ) -> Result<Network, DaemonError> {
         validate_name("network", &req.name)?;
         if self.network(&req.name).is_some() {
             return Err(DaemonError::NetworkExists(req.name));
         }
-        if req.driver == Driver::Overlay {
-            return Err(DaemonError::Unsupported("the overlay driver is".into()));
-        }
-        if req.vni.is_some() {
+        let vni = match req.driver {
+            Driver::Overlay => self.overlay_vni(&req.name, req.vni)?,
+            Driver::Bridge => None,
+        };
+        if req.vni.is_some() && vni.is_none() {
             return Err(DaemonError::Invalid(
                 "--vni applies only to overlay networks; drop it for a bridge network".into(),
             ));
@@ -295,7 +329,11 @@ impl Daemon {
         if req.mac_cap == Some(0) {
             return Err(DaemonError::Invalid("mac_cap must be at least 1".into()));
         }
-        let mtu = validate_mtu(req.mtu.unwrap_or(u32::from(DEFAULT_MTU)))?;
+        let default_mtu = match req.driver {
+            Driver::Overlay => OVERLAY_MTU,
+            Driver::Bridge => DEFAULT_MTU,
+        };
+        let mtu = validate_mtu(req.mtu.unwrap_or(u32::from(default_mtu)))?;
         let existing: Vec<(String, _)> = self
             .state
             .networks
@@ -332,7 +370,7 @@ impl Daemon {
             }
             None => None,
         };
-        let net = Network {
+        let mut net = Network {
             name: req.name,
             driver: req.driver,
             subnet4,
@@ -343,17 +381,22 @@ impl Daemon {
             isolate: req.isolate,
             mtu,
             mac_cap: req.mac_cap,
-            vni: None,
+            vni,
             host_loopback: req.host_loopback,
         };
+        if record {
+            net.vni = self.cluster_create_network(&net)?;
+        }
         let id = self.dataplane.add_network(network_spec(&net))?;
+        self.net_ids.insert(net.name.clone(), id);
+        let applied = self.apply_overlay(&net);
         let mut next = self.state.clone();
         next.networks.push(net.clone());
-        if let Err(e) = self.commit(next) {
+        if let Err(e) = applied.and_then(|()| self.commit(next)) {
+            self.net_ids.remove(&net.name);
             let _ = self.dataplane.remove_network(id);
             return Err(e);
         }
-        self.net_ids.insert(net.name.clone(), id);
         self.publish_dns();
         Ok(net)
     }
@@ -398,6 +441,16 @@ impl Daemon {
                 count,
             });
         }
+        self.cluster_remove_network(&net)?;
+        self.remove_network_locally(name)
+    }
+
+    /// Forgets a network without endpoints here (the store is not told).
+    fn remove_network_locally(&mut self, name: &str) -> Result<Network, DaemonError> {
+        let net = self
+            .network(name)
+            .ok_or_else(|| DaemonError::NoSuchNetwork(name.into()))?
+            .clone();
         let mut next = self.state.clone();
         next.networks.retain(|n| n.name != name);
         self.commit(next)?;
@@ -432,7 +485,7 @@ impl Daemon {
         for a in &req.aliases {
             validate_name("alias", a)?;
         }
-        if on_net.iter().any(|e| e.name == name) {
+        if on_net.iter().any(|e| e.name == name) || self.remote_name_taken(&net.name, &name) {
             return Err(DaemonError::EndpointExists {
                 network: net.name.clone(),
                 name,
@@ -463,18 +516,11 @@ impl Daemon {
             .find(|n| siblings.iter().all(|e| &e.ifname != n))
             .unwrap_or_default();
         let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
-        let ipv4 = ipam::allocate4(&net.name, net.subnet4, net.gateway4, &used4, req.ip)?;
-        let ipv6 = match (net.subnet6, net.gateway6) {
-            (Some(s6), Some(g6)) => {
-                let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
-                Some(ipam::allocate6(&net.name, s6, g6, &used6)?)
-            }
-            _ => None,
-        };
-        let mac = (0..)
-            .map(|salt| endpoint_mac(&net.name, &name, salt))
-            .find(|m| on_net.iter().all(|e| e.mac != *m))
-            .unwrap_or_else(|| endpoint_mac(&net.name, &name, 0));
+        let seq = self.state.next_seq;
+        let id = format!(
+            "{:012x}",
+            fnv1a(&[net.name.as_bytes(), name.as_bytes(), &seq.to_be_bytes()]) >> 16
+        );
         let mut publications: Vec<Publication> = Vec::new();
         for p in req.publish {
             self.check_publication(&p)?;
@@ -482,11 +528,39 @@ impl Daemon {
                 publications.push(p);
             }
         }
-        let seq = self.state.next_seq;
-        let id = format!(
-            "{:012x}",
-            fnv1a(&[net.name.as_bytes(), name.as_bytes(), &seq.to_be_bytes()]) >> 16
-        );
+        let ipv6 = match (net.subnet6, net.gateway6) {
+            (Some(s6), Some(g6)) => {
+                let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
+                Some(ipam::allocate6(&net.name, s6, g6, &used6)?)
+            }
+            _ => None,
+        };
+        // On an overlay, hosts choose MACs independently: the host's address
+        // keeps two hosts' endpoints of the same name apart.
+        let mac_key = match (&self.overlay, net.driver) {
+            (Some(o), Driver::Overlay) => format!("{name}@{}", o.advertise),
+            _ => name.clone(),
+        };
+        let mac = (0..)
+            .map(|salt| endpoint_mac(&net.name, &mac_key, salt))
+            .find(|m| on_net.iter().all(|e| e.mac != *m))
+            .unwrap_or_else(|| endpoint_mac(&net.name, &mac_key, 0));
+        // Last, as the store's lease must be given back on any later failure.
+        let leased = self.cluster_allocate(&net, req.ip, &id)?;
+        let ipv4 = match leased {
+            Some(ip) => ip,
+            None => {
+                let stripe = self.address_stripe(&net);
+                ipam::allocate4_striped(
+                    &net.name,
+                    net.subnet4,
+                    net.gateway4,
+                    &used4,
+                    req.ip,
+                    stripe,
+                )?
+            }
+        };
         let ep = Endpoint {
             id,
             name,
@@ -501,15 +575,33 @@ impl Daemon {
             default_route: siblings.is_empty(),
             publications,
         };
-        let ports = self.attach_ports(&ep, &net)?;
+        let attached = self.attach_endpoint(&ep, &net, seq);
+        if let Err(e) = &attached {
+            if leased.is_some() {
+                self.cluster_forget_endpoint(&ep);
+            }
+            tracing::debug!("connecting {}/{} failed: {e}", ep.network, ep.name);
+        }
+        attached.map(|()| ep)
+    }
+
+    /// Attaches a new endpoint, binds its publications, saves it and
+    /// publishes it to the cluster store; undoes everything on failure.
+    fn attach_endpoint(
+        &mut self,
+        ep: &Endpoint,
+        net: &Network,
+        seq: u64,
+    ) -> Result<(), DaemonError> {
+        let ports = self.attach_ports(ep, net)?;
         self.ports.insert(ep.id.clone(), ports.clone());
         let mut bound = Vec::new();
         for p in &ep.publications {
-            match self.bind_publication(&ep, p) {
+            match self.bind_publication(ep, p) {
                 Ok(b) => bound.push((*p, b)),
                 Err(e) => {
                     self.ports.remove(&ep.id);
-                    self.release_ports(&ep, ports);
+                    self.release_ports(ep, ports);
                     return Err(e);
                 }
             }
@@ -517,15 +609,18 @@ impl Daemon {
         let mut next = self.state.clone();
         next.endpoints.push(ep.clone());
         next.next_seq = seq + 1;
-        if let Err(e) = self.commit(next) {
+        if let Err(e) = self
+            .cluster_put_endpoint(ep)
+            .and_then(|()| self.commit(next))
+        {
             self.ports.remove(&ep.id);
-            self.release_ports(&ep, ports);
+            self.release_ports(ep, ports);
             return Err(e);
         }
         for (p, b) in bound {
             self.serve_publication(&ep.id, p, b);
         }
-        Ok(ep)
+        Ok(())
     }
 
     /// Creates the endpoint's interface and switches its ports; on failure
@@ -597,6 +692,7 @@ impl Daemon {
         let mut next = self.state.clone();
         next.endpoints.retain(|e| e.id != ep.id);
         self.commit(next)?;
+        self.cluster_forget_endpoint(&ep);
         self.close_publications(&ep.id, None);
         if let Some(&network) = self.net_ids.get(&ep.network) {
             // Its flows must not pass to the next sandbox given its address.
@@ -702,6 +798,7 @@ impl Daemon {
         endpoints.sort_by_key(|o| o.port);
         let mut stats = self.dataplane.stats();
         self.stack_events(&mut stats.events);
+        self.cluster_events(&mut stats.events);
         StatsReply { stats, endpoints }
     }
 }
