@@ -123,6 +123,7 @@ impl Drop for TestDaemon {
 }
 
 pub mod etcd;
+pub mod hosts;
 pub mod netns;
 pub mod outside;
 pub mod sysenv;

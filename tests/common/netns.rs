@@ -46,6 +46,22 @@ pub fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"))
 }
 
+/// Runs `f` on a thread inside the network namespace at `path` (sockets it
+/// makes stay there) and returns what it returns.
+pub fn enter_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
 /// A network namespace `sytap-<random>-<tag>`, deleted on drop.
 pub struct TestNetns {
     name: String,

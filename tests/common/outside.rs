@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -79,28 +78,14 @@ impl Inet {
     /// thread that enters the namespace (a socket stays in the namespace it
     /// was made in).
     pub fn listen(&self) -> TcpListener {
-        let path = format!("/run/netns/{}", self.ns);
         let addr = self.addr();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            listen(addr)
-        })
-        .join()
-        .expect("bind thread")
+        self.enter(move || listen(addr))
     }
 
     /// Runs `f` on a thread inside the namespace (sockets it makes stay
     /// there) and returns what it returns.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
+        super::netns::enter_netns(format!("/run/netns/{}", self.ns), f)
     }
 
     fn remove(&self) {

@@ -151,36 +151,7 @@ impl Env {
 
     /// Runs a client command to completion (at most 60 s).
     pub fn sy(&self, args: &[&str]) -> Output {
-        let mut c = self.cmd(args);
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = spawn_retry(&mut c).expect("spawn client");
-        let out_pipe = child.stdout.take();
-        let err_pipe = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            use std::io::Read;
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            if let Some(mut p) = out_pipe {
-                let _ = p.read_to_end(&mut out);
-            }
-            if let Some(mut p) = err_pipe {
-                let _ = p.read_to_end(&mut err);
-            }
-            (out, err)
-        });
-        let status = match wait_timeout(&mut child, Duration::from_secs(60)) {
-            Some(s) => s,
-            None => {
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                child.wait().expect("wait")
-            }
-        };
-        let (stdout, stderr) = reader.join().expect("reader");
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
+        output_within(self.cmd(args), Duration::from_secs(60))
     }
 
     /// Starts a long-running client command (killed on drop).
@@ -229,6 +200,38 @@ pub fn spawn_retry(c: &mut Command) -> std::io::Result<Child> {
         }
     }
     c.spawn()
+}
+
+/// Runs `c` with piped output in its own process group, killing the group
+/// after `limit`.
+pub fn output_within(mut c: Command, limit: Duration) -> Output {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = spawn_retry(&mut c).unwrap_or_else(|e| panic!("spawn {c:?}: {e}"));
+    let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let Some(mut p) = out_pipe {
+            let _ = p.read_to_end(&mut out);
+        }
+        if let Some(mut p) = err_pipe {
+            let _ = p.read_to_end(&mut err);
+        }
+        (out, err)
+    });
+    let status = wait_timeout(&mut child, limit).unwrap_or_else(|| {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        child.wait().expect("wait")
+    });
+    let (stdout, stderr) = reader.join().expect("reader");
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
