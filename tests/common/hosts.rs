@@ -583,10 +583,12 @@ pub fn parse_connected(out: &str) -> Option<Attached> {
     let line = out.lines().find(|l| l.starts_with("connected "))?;
     let (head, tail) = line.split_once(" (")?;
     let w: Vec<&str> = head.split_whitespace().collect();
-    let [_, sandbox, "to", network, "as", name] = w.as_slice() else {
+    // The sandbox prints as `netns PATH` or `pid N`.
+    let [_, _, sandbox, "to", network, "as", name] = w.as_slice() else {
         return None;
     };
     let mut f = tail.trim_end_matches(')').split(", ");
+    let sandbox = sandbox.rsplit('/').next().unwrap_or(sandbox);
     Some(Attached {
         sandbox: sandbox.to_string(),
         network: network.to_string(),
