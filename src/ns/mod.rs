@@ -10,6 +10,7 @@
 
 pub mod attach;
 mod attacher;
+pub mod neigh;
 pub mod sandbox;
 
 pub use attacher::NsAttacher;

@@ -10,6 +10,9 @@
 #   --sample K     targets pinged from each endpoint (default 20; 0 = all others)
 #   --parallel P   pings in flight at once (default 4)
 #   --workers N    daemon workers (default 2)
+#   --keep-arp-limit  leave the host's ARP table limit as it is (by default
+#                  net.ipv4.neigh.default.gc_thresh2/3 are raised for the run
+#                  so N endpoints fit, and restored on exit)
 # Phases: (a) reachability: every endpoint pings K others (ping -c1 -W1, P at
 # a time, whole phase bounded to 60 s); (b) flood: endpoint 0 sends N broadcast
 # frames with random source MACs (trafgen), stats and daemon RSS before/after;
@@ -22,7 +25,7 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
-N=100; MACS=100000; FLOOD_PPS=50000; SAMPLE=20; PAR=4; WORKERS=2; IPERF_T=5; QUICK=0
+N=100; MACS=100000; FLOOD_PPS=50000; SAMPLE=20; PAR=4; WORKERS=2; IPERF_T=5; QUICK=0; KEEP_ARP=0
 BIN=${SWITCHYARD_BIN:-/work/target-bench/release/switchyard}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -33,7 +36,8 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift ;;
     --parallel) PAR=$2; shift ;;
     --bin) BIN=$2; shift ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    --keep-arp-limit) KEEP_ARP=1 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -48,7 +52,7 @@ fi
 
 SUF=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')
 TMP=$(mktemp -d /tmp/sysc-XXXXXX)
-SY_SOCK=$TMP/api.sock; SY_PID=""; AUX_PIDS=""
+SY_SOCK=$TMP/api.sock; SY_PID=""; AUX_PIDS=""; ARP_RESTORE=""
 T_START=$(date +%s); LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 ns() { echo "sysc-$SUF-$1"; }
 ip_of() { echo "10.78.0.$(( $1 + 2 ))"; }
@@ -65,6 +69,7 @@ stop_pid() {  # SIGTERM, up to 5 s, then SIGKILL
 on_exit() {
   local p n
   for p in $AUX_PIDS $SY_PID; do stop_pid "$p"; done
+  [ -n "$ARP_RESTORE" ] && sysctl -q -w $ARP_RESTORE
   for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -- "^sysc-$SUF-"); do
     ip netns del "$n" 2>/dev/null
   done
@@ -80,6 +85,26 @@ wait_listen() {
   local i; for i in $(seq 1 50); do
     ip netns exec "$1" ss -Hltn "sport = :$2" 2>/dev/null | grep -q . && return 0; sleep 0.1; done; return 1
 }
+
+# The host's ARP table is ONE table for every network namespace, limited by
+# gc_thresh3 (1024 by default); each endpoint needs an entry per peer it
+# talks to, so N endpoints all-to-all need up to N*N. Past the limit, sends
+# in the sandboxes fail with ENOBUFS ("neighbor table overflow" in dmesg) and
+# reachability stalls for 10-20 s until the kernel's GC frees entries.
+arp_fulls() {  # table_fulls, summed over the per-CPU rows (hexadecimal)
+  python3 -c 'import sys; r=[l.split() for l in open("/proc/net/stat/arp_cache")]; c=r[0].index("table_fulls"); print(sum(int(x[c],16) for x in r[1:]))'
+}
+arp_entries() { python3 -c 'print(int(open("/proc/net/stat/arp_cache").read().split("\n")[1].split()[0],16))'; }
+ARP_T3_0=$(sysctl -n net.ipv4.neigh.default.gc_thresh3); ARP_T2_0=$(sysctl -n net.ipv4.neigh.default.gc_thresh2)
+ARP_NEED=$(( N * N + $(arp_entries) + 1024 ))
+if [ "$KEEP_ARP" = 0 ] && [ "$ARP_T3_0" -lt "$ARP_NEED" ]; then
+  ARP_RESTORE="net.ipv4.neigh.default.gc_thresh3=$ARP_T3_0 net.ipv4.neigh.default.gc_thresh2=$ARP_T2_0"
+  sysctl -q -w net.ipv4.neigh.default.gc_thresh3="$ARP_NEED" \
+    net.ipv4.neigh.default.gc_thresh2="$(( ARP_NEED / 2 > ARP_T2_0 ? ARP_NEED / 2 : ARP_T2_0 ))" \
+    || { log "cannot raise the ARP table limit"; exit 1; }
+  log "host ARP table limit (gc_thresh3) raised from $ARP_T3_0 to $ARP_NEED for the run"
+fi
+ARP_T3=$(sysctl -n net.ipv4.neigh.default.gc_thresh3)
 
 # ------------------------------------------------------------ daemon and endpoints
 log "daemon: --workers $WORKERS"
@@ -118,6 +143,7 @@ EOF
 NPAIRS=$(wc -l < "$PAIRS")
 log "(a) $NPAIRS pings (ping -c1 -W1, $PAR in parallel, at most 60 s)"
 export SUF
+ARP_FULLS0=$(arp_fulls)
 T0=$(date +%s.%N)
 timeout 60 xargs -P "$PAR" -L 1 sh -c \
   'ip netns exec "sysc-$SUF-$0" ping -n -q -c1 -W1 "10.78.0.$(( $1 + 2 ))" >/dev/null 2>&1 && echo "ok $0 $1" || echo "fail $0 $1"' \
@@ -125,6 +151,7 @@ timeout 60 xargs -P "$PAR" -L 1 sh -c \
 T1=$(date +%s.%N)
 PING_OK=$(grep -c '^ok' "$TMP/ping.txt"); PING_FAIL=$(grep -c '^fail' "$TMP/ping.txt")
 PING_S=$(echo "$T1 - $T0" | bc -l)
+ARP_FULLS_A=$(( $(arp_fulls) - ARP_FULLS0 ))
 # retry the failures once (first ARP of a pair may be slow under load)
 grep '^fail' "$TMP/ping.txt" | cut -d' ' -f2,3 > "$TMP/retry.txt"
 PING_RETRY_OK=0
@@ -217,6 +244,7 @@ mb = lambda kb: f"{int(kb)/1024:.1f}"
 rows = [
   ("endpoints attached", f"$N in {float('$ATTACH_S'):.1f} s ($WORKERS workers)"),
   ("(a) pings ok / sent", f"$PING_OK / $NPAIRS in {float('$PING_S'):.1f} s, $PAR in flight (no reply in 1 s: $PING_FAIL, $PING_RETRY_OK of them ok on retry; not run before the 60 s bound: {$NPAIRS - $PING_OK - $PING_FAIL})"),
+  ("(a) host ARP table limit / overflows during (a)", f"$ARP_T3 (was $ARP_T3_0) / $ARP_FULLS_A"),
   ("(b) flood frames sent by e0", f"{$tx1 - $tx0:,} into the switch, {$txd1 - $txd0:,} dropped by e0's TAP, in {float('$FLOOD_S'):.2f} s (trafgen -n $MACS -b ${FLOOD_PPS}pps)"),
   ("(b) mac-learned / mac-evicted", f"+{d(s0,s1,'mac-learned',ev):,} / +{d(s0,s1,'mac-evicted',ev):,}"),
   ("(b) drops mac-cap / spoofed / invalid-source", f"+{d(s0,s1,'mac-cap',dr):,} / +{d(s0,s1,'spoofed',dr):,} / +{d(s0,s1,'invalid-source',dr):,}"),

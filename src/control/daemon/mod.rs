@@ -582,6 +582,14 @@ impl Daemon {
                 self.cluster_forget_endpoint(&ep);
             }
             tracing::debug!("connecting {}/{} failed: {e}", ep.network, ep.name);
+        } else {
+            // The host's ARP table is shared by every namespace: warn before
+            // the sandboxes outgrow it (sends fail with ENOBUFS, unseen here).
+            let mut sizes = std::collections::BTreeMap::<&str, usize>::new();
+            for e in &self.state.endpoints {
+                *sizes.entry(e.network.as_str()).or_default() += 1;
+            }
+            crate::ns::neigh::warn_if_short(sizes.into_values());
         }
         attached.map(|()| ep)
     }
@@ -800,6 +808,9 @@ impl Daemon {
         let mut stats = self.dataplane.stats();
         self.stack_events(&mut stats.events);
         self.cluster_events(&mut stats.events);
+        if let Some(n) = crate::ns::neigh::read_table_fulls() {
+            stats.events.insert("host-arp-table-full".into(), n);
+        }
         StatsReply { stats, endpoints }
     }
 }
