@@ -303,15 +303,13 @@ impl Dataplane {
     /// Removes a network that has no ports left (its overlay tunnel ports,
     /// if any, are removed with it).
     pub fn remove_network(&mut self, id: NetworkId) -> Result<(), DataplaneError> {
-        if self.topo.load().network(id).is_none() {
-            return Err(DataplaneError::UnknownNetwork(id));
-        }
-        let local = self.topo.load().network(id).map_or(0, |n| {
-            n.ports
-                .iter()
-                .filter(|p| !self.topo.load().overlay.is_tunnel(**p))
-                .count()
-        });
+        let topo = self.topo.load_full();
+        let net = topo.network(id).ok_or(DataplaneError::UnknownNetwork(id))?;
+        let local = net
+            .ports
+            .iter()
+            .filter(|p| !topo.overlay.is_tunnel(**p))
+            .count();
         if local > 0 {
             return Err(DataplaneError::NetworkInUse(id, local));
         }

@@ -684,14 +684,14 @@ fn trace_explains_decisions_without_side_effects() {
         .collect();
     assert_eq!(
         stages,
-        ["parse", "ingress", "learn", "dns", "nat", "gateway", "forward"]
+        ["decap", "parse", "ingress", "learn", "dns", "nat", "gateway", "overlay", "forward"]
     );
     // A datagram to the gateway's port 53 is answered by the dns stage
     // (FORMERR here: the spec's payload is no DNS query).
     let r = trace(&mut c, "in=a,udp=10.8.0.1:53");
-    assert_eq!(r["report"]["steps"][3]["stage"], "dns", "{r}");
+    assert_eq!(r["report"]["steps"][4]["stage"], "dns", "{r}");
     assert_eq!(
-        r["report"]["steps"][3]["action"], r["report"]["result"],
+        r["report"]["steps"][4]["action"], r["report"]["result"],
         "{r}"
     );
     assert!(

@@ -375,3 +375,52 @@ fn overlay_needs_vxlan_and_a_valid_vni() {
     assert!(dp.topology().overlay.network_of_vni(7).is_none());
     assert_eq!(dp.topology().ports().count(), 1, "only the VXLAN rx port");
 }
+
+#[test]
+fn gso_frames_are_segmented_to_the_overlay_mtu_before_encapsulation() {
+    use etherparse::PacketBuilder;
+    use switchyard::wire::virtio_net::{GsoType, VirtioNetHdr};
+
+    let mut a = Host::new(Ipv4Addr::new(127, 65, 0, 1));
+    let mut b = Host::new(Ipv4Addr::new(127, 65, 0, 2));
+    let a1 = a.endpoint(mac(1), 1);
+    let b1 = b.endpoint(mac(11), 11);
+    a.overlay(vec![b.vtep], vec![], true);
+    b.overlay(vec![a.vtep], vec![], true);
+    // A learns where mac(11) is.
+    b1.inject(&frame(MacAddr::BROADCAST, mac(11), 11));
+    settle(&mut [&mut a, &mut b]);
+    assert_eq!(drain(&a1).len(), 1);
+
+    const PAYLOAD: usize = 10_000;
+    let payload: Vec<u8> = (0..PAYLOAD).map(|i| i as u8).collect();
+    let builder = PacketBuilder::ethernet2(mac(1).0, mac(11).0)
+        .ipv4(ip(1).octets(), ip(11).octets(), 64)
+        .tcp(40000, 5201, 1, 65535)
+        .ack(7);
+    let mut big = Vec::with_capacity(builder.size(PAYLOAD));
+    builder.write(&mut big, &payload).expect("GSO frame");
+    let hdr = VirtioNetHdr {
+        flags: 0,
+        gso_type: GsoType::TcpV4,
+        gso_ecn: false,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    assert!(a1.inject_with(hdr, &big));
+    settle(&mut [&mut a, &mut b]);
+    let got = drain(&b1);
+    assert!(
+        got.len() >= PAYLOAD.div_ceil(1448),
+        "{} segments",
+        got.len()
+    );
+    for f in &got {
+        assert!(f.len() <= 1450 + 14, "segment of {} bytes", f.len());
+    }
+    let carried: usize = got.iter().map(|f| f.len() - 54).sum();
+    assert_eq!(carried, PAYLOAD);
+    assert_eq!(a.drops(DropReason::TooBig), 0);
+}

@@ -1,10 +1,14 @@
 //! Stage `overlay` (before `forward`), on overlay networks only: answers a
 //! local endpoint's broadcast ARP request for a remote endpoint's IPv4
-//! address itself (ARP suppression: the request never crosses the tunnel),
+//! address, and its neighbour solicitation for a remote endpoint's IPv6
+//! address, itself (ARP/NDP suppression: the request never crosses the
+//! tunnel),
 //! sends unicast to a control-plane remote straight to its VTEP's tunnel
 //! port, and enforces split horizon (a frame from one remote VTEP is never
 //! relayed to another). Unknown unicast and the tunnel side of flooding are
 //! handled by the worker's flood (see `worker::flood`).
+
+use std::net::Ipv6Addr;
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
@@ -14,6 +18,7 @@ use crate::tables::mac::MacTable;
 use crate::tables::overlay::OverlayNet;
 use crate::tables::topology::Topology;
 use crate::wire::ethernet::EtherType;
+use crate::wire::icmpv6::{self, Icmpv6Repr};
 use crate::wire::{arp, MacAddr};
 
 const ARP_REQUEST: u16 = 1;
@@ -33,7 +38,21 @@ pub fn decide(
     let from_tunnel = topo.overlay.is_tunnel(f.meta.in_port);
     let isolate = topo.network(f.meta.network).is_some_and(|n| n.isolate);
     if f.meta.dst.is_multicast() {
-        if from_tunnel || f.meta.ethertype != EtherType::Arp || f.meta.dst != MacAddr::BROADCAST {
+        if from_tunnel {
+            return None;
+        }
+        if f.meta.ethertype == EtherType::Ipv6 {
+            let remote = ns_target(f).and_then(|ip| net.by_ipv6.get(&ip).copied())?;
+            if isolate {
+                return Some(Action::Drop(DropReason::Isolated));
+            }
+            let l3 = usize::from(f.meta.l3_offset);
+            return Some(match advertise_in_place(f.data_mut(), l3, remote) {
+                Some(()) => Action::Output(f.meta.in_port),
+                None => Action::Drop(DropReason::Malformed),
+            });
+        }
+        if f.meta.ethertype != EtherType::Arp || f.meta.dst != MacAddr::BROADCAST {
             return None;
         }
         let remote = arp_request_target(f).and_then(|ip| net.by_ipv4.get(&ip).copied())?;
@@ -62,6 +81,72 @@ pub fn decide(
         }
     }
     None
+}
+
+/// IPv6 header fields and sizes used by NDP suppression.
+const IPV6_HEADER: usize = 40;
+const PROTO_ICMPV6: u8 = 58;
+/// A solicitation with its source link-layer address option: 24 + 8 bytes,
+/// the size of the advertisement with the target's, so it is answered in
+/// place. Others (DAD probes, which carry no option) are flooded.
+const NDP_WITH_LLADDR: usize = 32;
+
+fn ipv6_at(b: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let s: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(s))
+}
+
+/// The target of a neighbour solicitation that can be answered in place: a
+/// checksummed NS with hop limit 255, a specified source and a source
+/// link-layer address option.
+fn ns_target(f: &Frame) -> Option<Ipv6Addr> {
+    let l3 = usize::from(f.meta.l3_offset);
+    let b = f.data();
+    let ip = b.get(l3..l3 + IPV6_HEADER)?;
+    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[6] != PROTO_ICMPV6 || ip[7] != 255 || plen != NDP_WITH_LLADDR {
+        return None;
+    }
+    let (src, dst) = (ipv6_at(ip, 8)?, ipv6_at(ip, 24)?);
+    if src.is_unspecified() {
+        return None;
+    }
+    let body = b.get(l3 + IPV6_HEADER..l3 + IPV6_HEADER + plen)?;
+    let p = icmpv6::Packet::new_checked(body).ok()?;
+    match Icmpv6Repr::parse(&p, &src, &dst).ok()? {
+        Icmpv6Repr::NeighborSolicit {
+            target_addr,
+            lladdr: Some(_),
+        } => Some(target_addr),
+        _ => None,
+    }
+}
+
+/// Rewrites a solicitation checked by [`ns_target`] into the solicited
+/// advertisement from `remote`, back to the requester.
+fn advertise_in_place(b: &mut [u8], l3: usize, remote: MacAddr) -> Option<()> {
+    let requester_ip = ipv6_at(b, l3 + 8)?;
+    let body = l3 + IPV6_HEADER;
+    let target = icmpv6::Packet::new_checked(b.get(body..body + NDP_WITH_LLADDR)?)
+        .ok()?
+        .target_addr();
+    let na = Icmpv6Repr::NeighborAdvert {
+        flags: icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+        target_addr: target,
+        lladdr: Some(remote),
+    };
+    if na.buffer_len() != NDP_WITH_LLADDR {
+        return None;
+    }
+    na.emit(b.get_mut(body..)?, &target, &requester_ip).ok()?;
+    b.get_mut(l3 + 8..l3 + 24)?
+        .copy_from_slice(&target.octets());
+    b.get_mut(l3 + 24..l3 + 40)?
+        .copy_from_slice(&requester_ip.octets());
+    let requester = MacAddr::from_bytes(b.get(6..12)?);
+    b.get_mut(0..6)?.copy_from_slice(&requester.0);
+    b.get_mut(6..12)?.copy_from_slice(&remote.0);
+    Some(())
 }
 
 /// The target IPv4 address of an ARP request.
@@ -156,6 +241,50 @@ mod tests {
         assert_eq!(decide_on(&topology(true), &mac, &mut f), None);
         // A remote's ARP is never answered on its behalf.
         let mut f = frame(&arp_request(REMOTE_B, ip(11), ip(12)), TUNNEL_B);
+        assert_eq!(decide_on(&topo, &mac, &mut f), None);
+    }
+
+    #[test]
+    fn neighbour_solicitation_for_a_remote_is_answered_locally() {
+        let topo = topology(false);
+        let mac = MacTable::new(Default::default(), 16);
+        let me = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+        let target = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 12);
+        let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 12);
+        let ns = Icmpv6Repr::NeighborSolicit {
+            target_addr: target,
+            lladdr: Some(LOCAL),
+        };
+        let mut b = vec![0u8; 14 + 40 + 32];
+        b[0..6].copy_from_slice(&[0x33, 0x33, 0xff, 0, 0, 12]);
+        b[6..12].copy_from_slice(&LOCAL.0);
+        b[12..14].copy_from_slice(&[0x86, 0xdd]);
+        b[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+        b[22..38].copy_from_slice(&me.octets());
+        b[38..54].copy_from_slice(&group.octets());
+        ns.emit(&mut b[54..], &me, &group).expect("NS");
+        let mut f = frame(&b, LOCAL_PORT);
+        assert_eq!(
+            decide_on(&topo, &mac, &mut f),
+            Some(Action::Output(LOCAL_PORT))
+        );
+        let r = f.data();
+        assert_eq!(&r[0..6], &LOCAL.0);
+        assert_eq!(&r[6..12], &REMOTE_C.0);
+        assert_eq!(&r[22..38], &target.octets());
+        assert_eq!(&r[38..54], &me.octets());
+        let p = icmpv6::Packet::new_checked(&r[54..]).expect("NA");
+        assert_eq!(
+            Icmpv6Repr::parse(&p, &target, &me),
+            Ok(Icmpv6Repr::NeighborAdvert {
+                flags: icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+                target_addr: target,
+                lladdr: Some(REMOTE_C),
+            })
+        );
+        // An unknown target, or a corrupted checksum, is left to flooding.
+        b[60] ^= 1;
+        let mut f = frame(&b, LOCAL_PORT);
         assert_eq!(decide_on(&topo, &mac, &mut f), None);
     }
 

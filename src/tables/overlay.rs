@@ -237,9 +237,9 @@ pub fn compile(spec: &OverlaySpec, tunnels: Vec<(SocketAddr, PortId)>) -> Overla
 /// A small overlay topology for tests, benches and fuzz targets of the
 /// overlay stages: network 0
 /// (VNI 42) with local port p0 (MAC ..:01, IPv4 10.0.0.1), a tunnel port p1
-/// to VTEP 192.0.2.1:4789 hosting remote ..:0b (10.0.0.11), a tunnel port p3
-/// to VTEP 192.0.2.2:4789 hosting ..:0c (10.0.0.12), and the VXLAN receive
-/// port p2.
+/// to VTEP 192.0.2.1:4789 hosting remote ..:0b (10.0.0.11, fd00::b), a
+/// tunnel port p3 to VTEP 192.0.2.2:4789 hosting ..:0c (10.0.0.12, fd00::c),
+/// and the VXLAN receive port p2.
 pub mod fixture {
     use super::*;
     use crate::ports::PortCaps;
@@ -312,7 +312,7 @@ pub mod fixture {
         let remote = |mac, last, vtep| RemoteEndpoint {
             mac,
             ipv4: Some(Ipv4Addr::new(10, 0, 0, last)),
-            ipv6: None,
+            ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(last))),
             vtep,
         };
         let spec = OverlaySpec {
