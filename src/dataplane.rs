@@ -549,12 +549,7 @@ impl Dataplane {
         {
             return Err(DataplaneError::BadVni(spec.vni));
         }
-        let mtu = net
-            .ports
-            .iter()
-            .filter(|p| topo.overlay.role(**p) == PortRole::Local)
-            .filter_map(|p| topo.port(*p).map(|i| i.caps.mtu))
-            .fold(OVERLAY_MTU, u16::min);
+        let mtu = spec.mtu;
         let net_name = net.name.clone();
         let mut wanted: Vec<std::net::SocketAddr> = Vec::new();
         for v in &spec.vteps {

@@ -110,8 +110,8 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         ),
         (
             r#"{"op":"network_create","name":"w5","driver":"overlay"}"#,
-            ErrorKind::Unsupported,
-            "not yet supported",
+            ErrorKind::BadRequest,
+            "--advertise",
         ),
         (
             r#"{"op":"network_create","name":"w6","subnet":"10.6.0.0/24","gateway":"10.7.0.1"}"#,
@@ -519,12 +519,19 @@ fn binary_reports_problems_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not writable"), "{err}");
-    // Cluster options are refused.
+    // Overlay options need this host's underlay address.
     let out = bin()
         .args(["daemon", "--peer", "10.0.0.1"])
         .output()
         .expect("run");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise"));
+    let out = bin()
+        .args(["daemon", "--advertise", "10.0.0.2", "--peer", "bad:peer"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad peer"));
 
     let mut daemon = Spawned(
         bin()

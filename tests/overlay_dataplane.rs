@@ -128,6 +128,7 @@ impl Host {
                     vteps,
                     remotes,
                     learn,
+                    mtu: switchyard::dataplane::OVERLAY_MTU,
                 },
             )
             .expect("set_overlay");
@@ -343,6 +344,7 @@ fn overlay_needs_vxlan_and_a_valid_vni() {
         vteps: vec![],
         remotes: vec![],
         learn: true,
+        mtu: switchyard::dataplane::OVERLAY_MTU,
     };
     assert!(matches!(
         dp.set_overlay(net, spec(1)),

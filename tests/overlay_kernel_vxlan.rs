@@ -182,6 +182,7 @@ fn sandbox_pings_through_a_kernel_vxlan_device() {
             vteps: vec![kernel_vtep],
             remotes: vec![],
             learn: true,
+            mtu: switchyard::dataplane::OVERLAY_MTU,
         },
     )
     .expect("static overlay");
@@ -221,6 +222,7 @@ fn sandbox_pings_through_a_kernel_vxlan_device() {
                 vtep: kernel_vtep,
             }],
             learn: false,
+            mtu: switchyard::dataplane::OVERLAY_MTU,
         },
     )
     .expect("control-plane overlay");

@@ -50,6 +50,9 @@ pub struct OverlaySpec {
     /// Static-peer mode: learn remote MACs from frames of accepted VTEPs
     /// (with a cluster store, remotes come only from the control plane).
     pub learn: bool,
+    /// MTU inside the overlay: frames to other hosts are segmented to it
+    /// before encapsulation (1450 on a 1500-byte underlay).
+    pub mtu: u16,
 }
 
 impl OverlaySpec {
@@ -327,6 +330,7 @@ pub mod fixture {
                 ]
             },
             learn,
+            mtu: crate::dataplane::OVERLAY_MTU,
         };
         t.overlay.set_net(
             net,

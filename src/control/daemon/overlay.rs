@@ -17,9 +17,7 @@ use crate::control::model::{fnv1a, Driver, Network};
 use crate::tables::overlay::{OverlaySpec, VxlanConfig, MAX_VNI};
 use crate::wire::vxlan::DEFAULT_PORT;
 
-/// Default MTU inside an overlay network: a 1500-byte underlay minus the
-/// 50 bytes of outer Ethernet, IPv4, UDP and VXLAN headers.
-pub const OVERLAY_MTU: u16 = 1450;
+pub use crate::dataplane::OVERLAY_MTU;
 
 /// VNIs below this are left for users who pick their own.
 const FIRST_DERIVED_VNI: u32 = 4096;
@@ -163,6 +161,7 @@ impl Daemon {
             remotes,
             // With a cluster store, remote endpoints come from it alone.
             learn: !self.has_cluster(),
+            mtu: net.mtu,
         };
         self.dataplane.set_overlay(id, spec)?;
         Ok(())
