@@ -8,11 +8,13 @@
 //! each one's underlay source for the `decap` stage. A [`TunnelPort`] is one
 //! worker's queue of the logical port towards one remote VTEP: it has no
 //! receive side, pushes the VXLAN header onto each (already segmented) frame
-//! and sends the batch with `sendmmsg`.
+//! and sends the batch with `sendmmsg`, runs of equal-size datagrams (the
+//! segments of one TCP segment) as one UDP GSO send each.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{Port, PortCaps, TxResult};
@@ -29,6 +31,9 @@ pub const TX_SOCKETS: usize = 8;
 pub struct VxlanSockets {
     rx: UdpSocket,
     tx: Vec<UdpSocket>,
+    /// UDP GSO works on this path; cleared for good on the first send that
+    /// the kernel refuses.
+    gso: AtomicBool,
 }
 
 impl VxlanSockets {
@@ -37,10 +42,27 @@ impl VxlanSockets {
     /// ephemeral ports on the same address.
     pub fn open(bind: SocketAddr) -> io::Result<VxlanSockets> {
         let rx = udp::bind_udp(bind, true)?;
+        let granted = udp::grow_buffer(&rx, true, udp::VXLAN_SOCKET_BUFFER)?;
+        if granted < udp::VXLAN_SOCKET_BUFFER {
+            tracing::warn!(
+                "VXLAN receive buffer is {} KiB (net.core.rmem_max); bursts beyond it are lost \
+                 (UdpRcvbufErrors). As root: sysctl -w net.core.rmem_max={}",
+                granted / 1024,
+                udp::VXLAN_SOCKET_BUFFER
+            );
+        }
         let tx = (0..TX_SOCKETS)
-            .map(|_| udp::bind_udp(SocketAddr::new(bind.ip(), 0), false))
+            .map(|_| {
+                let s = udp::bind_udp(SocketAddr::new(bind.ip(), 0), false)?;
+                udp::grow_buffer(&s, false, udp::VXLAN_SOCKET_BUFFER)?;
+                Ok(s)
+            })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(VxlanSockets { rx, tx })
+        Ok(VxlanSockets {
+            rx,
+            tx,
+            gso: AtomicBool::new(true),
+        })
     }
 
     /// The address the receive socket is bound to.
@@ -161,6 +183,36 @@ impl TunnelPort {
     }
 }
 
+impl TunnelPort {
+    /// Sends one run of datagrams: with UDP GSO (one send per run of equal
+    /// sizes: a segmented TCP segment leaves as one) while the kernel takes
+    /// it, else one datagram each.
+    fn send_run(&self, sock: &UdpSocket, datagrams: &[&[u8]]) -> usize {
+        if self.sockets.gso.load(Ordering::Relaxed) {
+            match udp::send_batch_gso(sock, self.vtep, datagrams) {
+                Ok(n) => return n,
+                // Anything but a refusal of GSO itself is a failed send.
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    return 0
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "UDP GSO refused towards {} ({e}); sending datagrams one by one",
+                        self.vtep
+                    );
+                    self.sockets.gso.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        udp::send_batch(sock, self.vtep, datagrams).unwrap_or(0)
+    }
+}
+
 /// Pushes the VXLAN header for `vni` in front of the frame; false when the
 /// headroom is exhausted or the VNI does not fit 24 bits.
 pub fn encapsulate(f: &mut Frame, vni: u32) -> bool {
@@ -247,7 +299,7 @@ impl Port for TunnelPort {
             let datagrams: [&[u8]; MAX_BATCH] =
                 std::array::from_fn(|_| it.next().map_or(&[][..], |f| f.data()));
             let sent = match socks.get(sock) {
-                Some(s) => udp::send_batch(s, self.vtep, &datagrams[..run.len()]).unwrap_or(0),
+                Some(s) => self.send_run(s, &datagrams[..run.len()]),
                 None => 0,
             };
             res.sent += sent;

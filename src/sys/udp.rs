@@ -32,6 +32,35 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from(fd))
 }
 
+/// Socket buffer the VXLAN sockets ask for: one 64 KiB TCP segment arrives
+/// as ~45 datagrams at once, and the default buffer (~208 KiB, counted in
+/// kernel memory per datagram) holds only a few such bursts.
+pub const VXLAN_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Raises the socket's receive (`rx`) or send buffer to `bytes`: beyond
+/// `net.core.rmem_max`/`wmem_max` where the daemon may (`CAP_NET_ADMIN`,
+/// `SO_RCVBUFFORCE`), else as far as those limits allow. Returns the size
+/// the kernel granted (it doubles the request for bookkeeping).
+pub fn grow_buffer(sock: &UdpSocket, rx: bool, bytes: usize) -> io::Result<usize> {
+    let forced = if rx {
+        socket::setsockopt(sock, sockopt::RcvBufForce, &bytes)
+    } else {
+        socket::setsockopt(sock, sockopt::SndBufForce, &bytes)
+    };
+    if forced.is_err() {
+        if rx {
+            socket::setsockopt(sock, sockopt::RcvBuf, &bytes)?;
+        } else {
+            socket::setsockopt(sock, sockopt::SndBuf, &bytes)?;
+        }
+    }
+    Ok(if rx {
+        socket::getsockopt(sock, sockopt::RcvBuf)?
+    } else {
+        socket::getsockopt(sock, sockopt::SndBuf)?
+    })
+}
+
 fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -212,6 +241,127 @@ pub fn send_batch(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io:
     Ok(done)
 }
 
+/// Most datagrams one UDP GSO send carries (the kernel's `UDP_MAX_SEGMENTS`
+/// on older kernels; newer ones take more).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes of one UDP GSO send (an IPv4 datagram's limit, less
+/// headers).
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// Groups datagrams into UDP GSO sends: runs of equal length where only the
+/// last may be shorter, bounded by [`GSO_MAX_SEGMENTS`] and
+/// [`GSO_MAX_BYTES`]. Calls `run(start, end, segment_size)` for each run.
+pub fn gso_runs(lens: &[usize], mut run: impl FnMut(usize, usize, usize)) {
+    let mut start = 0;
+    while start < lens.len() {
+        let size = lens[start];
+        let mut end = start + 1;
+        let mut bytes = size;
+        while end < lens.len()
+            && end - start < GSO_MAX_SEGMENTS
+            && lens[end] <= size
+            && bytes + lens[end] <= GSO_MAX_BYTES
+            // A shorter datagram ends its run.
+            && lens[end - 1] == size
+        {
+            bytes += lens[end];
+            end += 1;
+        }
+        run(start, end, size);
+        start = end;
+    }
+}
+
+/// The `UDP_SEGMENT` control message of one GSO send, laid out as
+/// `CMSG_SPACE(sizeof(u16))`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+/// Like [`send_batch`], but each run of equal-size datagrams (see
+/// [`gso_runs`]) leaves in one `UDP_SEGMENT` send, which the kernel splits
+/// into datagrams as late as it can (in the NIC, or past a veth). Returns
+/// how many datagrams the kernel took; an error before any was taken (e.g.
+/// `EIO` where the route cannot do UDP GSO) is returned for the caller to
+/// fall back to [`send_batch`].
+pub fn send_batch_gso(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let n = datagrams.len().min(MAX_BATCH);
+    let (mut addr, addr_len) = to_storage(dst);
+    // SAFETY: plain old data; all-zero is valid.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: as above.
+    let mut cmsgs: [SegmentCmsg; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut counts = [0usize; MAX_BATCH];
+    for (i, d) in datagrams[..n].iter().enumerate() {
+        iovs[i] = libc::iovec {
+            // The kernel only reads through this pointer.
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        };
+    }
+    let mut lens = [0usize; MAX_BATCH];
+    for (l, d) in lens.iter_mut().zip(&datagrams[..n]) {
+        *l = d.len();
+    }
+    let mut msgs = 0;
+    gso_runs(&lens[..n], |start, end, size| {
+        let h = &mut hdrs[msgs].msg_hdr;
+        h.msg_name = std::ptr::from_mut(&mut addr).cast();
+        h.msg_namelen = addr_len;
+        h.msg_iov = &mut iovs[start];
+        h.msg_iovlen = end - start;
+        if end - start > 1 {
+            let c = &mut cmsgs[msgs];
+            c.hdr.cmsg_level = libc::SOL_UDP;
+            c.hdr.cmsg_type = libc::UDP_SEGMENT;
+            // SAFETY: CMSG_LEN only computes a length.
+            c.hdr.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<u16>() as u32) } as _;
+            c.size = size as u16;
+            h.msg_control = std::ptr::from_mut(c).cast();
+            h.msg_controllen = size_of::<SegmentCmsg>() as _;
+        }
+        counts[msgs] = end - start;
+        msgs += 1;
+    });
+    let mut done_msgs = 0;
+    let mut done = 0;
+    while done_msgs < msgs {
+        // SAFETY: `hdrs[done_msgs..msgs]` point at `addr`, `iovs` and
+        // `cmsgs`, all alive until the call returns; each iovec covers a
+        // live datagram slice that the kernel only reads.
+        let sent = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs[done_msgs..].as_mut_ptr(),
+                (msgs - done_msgs) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => Ok(done),
+                _ if done > 0 => Ok(done),
+                _ => Err(e),
+            };
+        }
+        if sent == 0 {
+            break;
+        }
+        let sent = sent as usize;
+        done += counts[done_msgs..done_msgs + sent].iter().sum::<usize>();
+        done_msgs += sent;
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +389,48 @@ mod tests {
         assert_eq!(meta[0], (3, Some(b.local_addr().unwrap())));
         assert_eq!(&x[..3], b"one");
         assert_eq!(&y[..4], b"two!");
+    }
+
+    #[test]
+    fn gso_runs_group_equal_sizes() {
+        let mut runs = Vec::new();
+        gso_runs(&[100, 100, 100, 40, 100, 120, 120], |a, b, s| {
+            runs.push((a, b, s))
+        });
+        // The shorter one closes a run; a longer one starts a new one.
+        assert_eq!(runs, vec![(0, 4, 100), (4, 5, 100), (5, 7, 120)]);
+        let big = [1472usize; 64];
+        let mut runs = Vec::new();
+        gso_runs(&big, |a, b, s| runs.push((a, b, s)));
+        // 44 * 1472 fits in 65507 bytes, 45 would not.
+        assert_eq!(runs, vec![(0, 44, 1472), (44, 64, 1472)]);
+    }
+
+    #[test]
+    fn gso_sends_arrive_as_separate_datagrams() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let dst = a.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i; if i == 4 { 7 } else { 300 }])
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let sent = send_batch_gso(&b, dst, &refs).expect("UDP GSO (Linux 4.18 or later)");
+        assert_eq!(sent, 5);
+        let mut store = vec![[0u8; 512]; 5];
+        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| &mut b[..]).collect();
+        let mut meta = [(0, None); 5];
+        let mut got = 0;
+        for _ in 0..100 {
+            got += recv_batch(&a, &mut bufs[got..], &mut meta[got..]).unwrap();
+            if got == 5 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 5);
+        let lens: Vec<usize> = meta.iter().map(|m| m.0).collect();
+        assert_eq!(lens, vec![300, 300, 300, 300, 7]);
+        assert!(store[3][..300].iter().all(|b| *b == 3));
     }
 }
