@@ -37,6 +37,8 @@ pub struct WorkerCounters {
     pub mac_aged: AtomicU64,
     /// Frames flooded (counted once per frame, not per copy).
     pub flooded: AtomicU64,
+    /// TCP segments coalesced into a previous one before a TAP write (GRO).
+    pub gro_merged: AtomicU64,
     /// Frames handed to another worker.
     pub cross_sent: AtomicU64,
     /// Frames received from other workers.
@@ -152,12 +154,13 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         s.drops.insert(r.name().to_string(), v);
     }
     type Field = fn(&WorkerCounters) -> &AtomicU64;
-    let events: [(&str, Field); 16] = [
+    let events: [(&str, Field); 17] = [
         ("mac-learned", |w| &w.mac_learned),
         ("mac-moved", |w| &w.mac_moved),
         ("mac-evicted", |w| &w.mac_evicted),
         ("mac-aged", |w| &w.mac_aged),
         ("flooded", |w| &w.flooded),
+        ("gro-merged", |w| &w.gro_merged),
         ("cross-worker-sent", |w| &w.cross_sent),
         ("cross-worker-received", |w| &w.cross_received),
         ("learn-msgs-lost", |w| &w.learn_msgs_lost),

@@ -175,6 +175,18 @@ impl FrameInner {
         self.meta = other.meta;
     }
 
+    /// Appends `bytes` after the frame; false (and nothing changes) when the
+    /// buffer has no room for them.
+    pub fn append(&mut self, bytes: &[u8]) -> bool {
+        let end = self.start + self.len;
+        if end + bytes.len() > self.buf.len() {
+            return false;
+        }
+        self.buf[end..end + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        true
+    }
+
     /// Prepends `n` bytes of header space and returns it, or `None` when the
     /// headroom is exhausted.
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {

@@ -1,15 +1,18 @@
 //! Offload adaptation before tx: a port that cannot take GSO frames or partial
 //! checksums gets them segmented and completed in software; a port that can
-//! gets them whole. Only here does a 64 KiB frame turn into MTU-sized ones.
+//! gets them whole. Only here does a 64 KiB frame turn into MTU-sized ones —
+//! and, the other way, consecutive segments of one TCP flow (as they arrive
+//! from a VXLAN peer) are coalesced into one GSO frame for a port that takes
+//! them, so the receiver's kernel handles one frame instead of ~45.
 
 use super::drop::DropReason;
 use super::frame::Frame;
 use super::pool::BufferPool;
 use crate::ports::PortCaps;
 use crate::stats::WorkerCounters;
-use crate::wire::ethernet;
 use crate::wire::gso::{complete_checksum, Segmenter};
 use crate::wire::virtio_net::VirtioNetHdr;
+use crate::wire::{ethernet, gro};
 
 /// Room for an Ethernet header with one VLAN tag above the MTU.
 const L2_OVERHEAD: usize = ethernet::HEADER_LEN + 4;
@@ -25,6 +28,7 @@ pub fn adapt(
     counters: &WorkerCounters,
 ) {
     if caps.offload {
+        coalesce(pending, pool, counters);
         return;
     }
     let needs_work = pending.iter().any(|f| {
@@ -105,5 +109,41 @@ fn segment_into(
                 return;
             }
         }
+    }
+}
+
+/// Merges runs of consecutive segments of one TCP flow in `pending` into GSO
+/// frames (see [`gro`]), freeing the merged ones. Order is kept.
+fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCounters) {
+    if pending.len() < 2 {
+        return;
+    }
+    let mut kept = 0;
+    for i in 1..pending.len() {
+        let (done, rest) = pending.split_at_mut(i);
+        let (head, next) = (&mut done[kept], &rest[0]);
+        let merged = match gro::continues(head.data(), &head.vnet, next.data(), &next.vnet) {
+            Some((at, mss)) => {
+                let psh = gro::has_psh(next.data());
+                if head.append(&next.data()[at..]) {
+                    head.vnet = gro::finish(head.data_mut(), mss, psh);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => false,
+        };
+        if !merged {
+            kept += 1;
+            pending.swap(kept, i);
+        }
+    }
+    let merged = pending.len() - (kept + 1);
+    for f in pending.drain(kept + 1..) {
+        pool.free(f);
+    }
+    if merged > 0 {
+        crate::stats::bump(&counters.gro_merged, merged as u64);
     }
 }

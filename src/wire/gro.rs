@@ -1,0 +1,157 @@
+//! Receive coalescing (GRO) of plain IPv4 TCP segments: decides whether a
+//! segment continues a (possibly already coalesced) one, and rewrites the
+//! coalesced frame's headers into a GSO frame (virtio-net `TCPV4`, partial
+//! checksum) that a TAP with offloads takes whole. The rules follow Linux's
+//! `tcp_gro_receive`: same flow, same headers but the sequence number,
+//! contiguous sequence, every segment but the last exactly one MSS, only
+//! ACK (PSH on the last) set, identical options. No I/O, no allocation.
+
+use super::checksum;
+use super::virtio_net::{GsoType, VirtioNetHdr, F_NEEDS_CSUM};
+
+const ETH: usize = 14;
+const IP: usize = 20;
+/// Largest IPv4 total length.
+const MAX_IP_LEN: usize = 65_535;
+
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+
+/// The TCP view of a frame GRO can handle: Ethernet + option-less IPv4 +
+/// TCP, not fragmented, no padding.
+struct Seg<'a> {
+    f: &'a [u8],
+    thl: usize,
+}
+
+impl<'a> Seg<'a> {
+    fn parse(f: &'a [u8]) -> Option<Seg<'a>> {
+        if f.len() < ETH + IP + 20 || f[12..14] != [0x08, 0x00] || f[ETH] != 0x45 {
+            return None;
+        }
+        let tot = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
+        let frag = u16::from_be_bytes([f[ETH + 6], f[ETH + 7]]);
+        // More-fragments or an offset: not a whole segment.
+        if f[ETH + 9] != 6 || frag & 0x3fff != 0 || tot != f.len() - ETH {
+            return None;
+        }
+        let thl = usize::from(f[ETH + IP + 12] >> 4) * 4;
+        if thl < 20 || ETH + IP + thl > f.len() {
+            return None;
+        }
+        Some(Seg { f, thl })
+    }
+
+    fn tcp(&self) -> &[u8] {
+        &self.f[ETH + IP..ETH + IP + self.thl]
+    }
+
+    fn flags(&self) -> u8 {
+        self.f[ETH + IP + 13]
+    }
+
+    fn seq(&self) -> u32 {
+        let t = self.tcp();
+        u32::from_be_bytes([t[4], t[5], t[6], t[7]])
+    }
+
+    fn payload_len(&self) -> usize {
+        self.f.len() - ETH - IP - self.thl
+    }
+}
+
+/// If `next` (a plain frame) continues `head` (plain, or coalesced by
+/// [`finish`] with `head_vnet`), returns where `next`'s payload starts and
+/// the MSS of the coalesced frame; append `next[offset..]` to `head`, then
+/// call [`finish`].
+pub fn continues(
+    head: &[u8],
+    head_vnet: &VirtioNetHdr,
+    next: &[u8],
+    next_vnet: &VirtioNetHdr,
+) -> Option<(usize, u16)> {
+    if next_vnet.is_gso() || next_vnet.needs_csum() {
+        return None;
+    }
+    let merged = match head_vnet.gso_type {
+        GsoType::None if !head_vnet.needs_csum() => false,
+        GsoType::TcpV4 if head_vnet.needs_csum() => true,
+        _ => return None,
+    };
+    let (h, n) = (Seg::parse(head)?, Seg::parse(next)?);
+    let mss = if merged {
+        usize::from(head_vnet.gso_size)
+    } else {
+        h.payload_len()
+    };
+    let (hp, np) = (h.payload_len(), n.payload_len());
+    if mss == 0 || np == 0 || np > mss || hp % mss != 0 {
+        return None;
+    }
+    if h.flags() != ACK || (n.flags() != ACK && n.flags() != ACK | PSH) {
+        return None;
+    }
+    // IP: same TOS, flags (DF), TTL, protocol, addresses.
+    let same_ip = head[ETH + 1] == next[ETH + 1]
+        && head[ETH + 6..ETH + 10] == next[ETH + 6..ETH + 10]
+        && head[ETH + 12..ETH + IP] == next[ETH + 12..ETH + IP];
+    // TCP: ports, ack, header length, window, options identical.
+    let (ht, nt) = (h.tcp(), n.tcp());
+    let same_tcp = h.thl == n.thl
+        && ht[0..4] == nt[0..4]
+        && ht[8..13] == nt[8..13]
+        && ht[14..16] == nt[14..16]
+        && ht[20..] == nt[20..];
+    if !same_ip || !same_tcp || head[..12] != next[..12] {
+        return None;
+    }
+    if n.seq() != h.seq().wrapping_add(hp as u32) || head.len() - ETH + np > MAX_IP_LEN {
+        return None;
+    }
+    Some((ETH + IP + n.thl, u16::try_from(mss).ok()?))
+}
+
+/// Rewrites a frame that had payload appended (see [`continues`]) into a GSO
+/// frame: IPv4 total length and checksum, PSH if the last segment had it,
+/// the TCP checksum field set to the pseudo-header partial sum. Returns its
+/// virtio-net header.
+pub fn finish(frame: &mut [u8], mss: u16, last_psh: bool) -> VirtioNetHdr {
+    let ip_len = frame.len() - ETH;
+    frame[ETH + 2..ETH + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    frame[ETH + 10..ETH + 12].fill(0);
+    let ip_csum = checksum::finish(checksum::sum(&frame[ETH..ETH + IP]));
+    frame[ETH + 10..ETH + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let tcp = ETH + IP;
+    let thl = usize::from(frame[tcp + 12] >> 4) * 4;
+    if last_psh {
+        frame[tcp + 13] |= PSH;
+    }
+    let src = [
+        frame[ETH + 12],
+        frame[ETH + 13],
+        frame[ETH + 14],
+        frame[ETH + 15],
+    ];
+    let dst = [
+        frame[ETH + 16],
+        frame[ETH + 17],
+        frame[ETH + 18],
+        frame[ETH + 19],
+    ];
+    let pseudo = checksum::pseudo_header_v4(src.into(), dst.into(), 6, (ip_len - IP) as u32);
+    frame[tcp + 16..tcp + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    VirtioNetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GsoType::TcpV4,
+        gso_ecn: false,
+        hdr_len: (tcp + thl) as u16,
+        gso_size: mss,
+        csum_start: tcp as u16,
+        csum_offset: 16,
+    }
+}
+
+/// True if `frame` had PSH set (read before appending it).
+pub fn has_psh(frame: &[u8]) -> bool {
+    frame.get(ETH + IP + 13).is_some_and(|f| f & PSH != 0)
+}
