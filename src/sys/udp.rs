@@ -201,26 +201,34 @@ pub fn send_batch(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io:
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut done = 0;
-    while done < n {
-        let todo = n - done;
-        for i in 0..todo {
-            let d = datagrams[done + i];
-            iovs[i] = libc::iovec {
-                // The kernel only reads through this pointer.
-                iov_base: d.as_ptr().cast_mut().cast(),
-                iov_len: d.len(),
-            };
-            point(&mut hdrs[i], &mut addr, addr_len, &mut iovs[i]);
-        }
-        // SAFETY: `hdrs[..todo]` point at `addr` and `iovs`, alive until the
-        // call returns; each iovec covers a live datagram slice that the
-        // kernel only reads.
+    for (i, d) in datagrams[..n].iter().enumerate() {
+        iovs[i] = libc::iovec {
+            // The kernel only reads through this pointer.
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        };
+        point(&mut hdrs[i], &mut addr, addr_len, &mut iovs[i]);
+    }
+    send_messages(sock, &mut hdrs[..n], &[1; MAX_BATCH][..n])
+}
+
+/// Sends prepared messages with `sendmmsg` until all are taken or the
+/// kernel's queue fills; message `i` carries `datagrams[i]` datagrams.
+/// Returns how many datagrams were taken; an error only if none was.
+fn send_messages(
+    sock: &UdpSocket,
+    hdrs: &mut [libc::mmsghdr],
+    datagrams: &[usize],
+) -> io::Result<usize> {
+    let (mut done_msgs, mut done) = (0, 0);
+    while done_msgs < hdrs.len() {
+        // SAFETY: the caller pointed every header at an address, iovecs and
+        // control data that outlive this call; the kernel only reads them.
         let sent = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                todo as libc::c_uint,
+                hdrs[done_msgs..].as_mut_ptr(),
+                (hdrs.len() - done_msgs) as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
@@ -236,7 +244,9 @@ pub fn send_batch(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io:
         if sent == 0 {
             break;
         }
-        done += sent as usize;
+        let sent = sent as usize;
+        done += datagrams[done_msgs..done_msgs + sent].iter().sum::<usize>();
+        done_msgs += sent;
     }
     Ok(done)
 }
@@ -329,37 +339,7 @@ pub fn send_batch_gso(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) ->
         counts[msgs] = end - start;
         msgs += 1;
     });
-    let mut done_msgs = 0;
-    let mut done = 0;
-    while done_msgs < msgs {
-        // SAFETY: `hdrs[done_msgs..msgs]` point at `addr`, `iovs` and
-        // `cmsgs`, all alive until the call returns; each iovec covers a
-        // live datagram slice that the kernel only reads.
-        let sent = unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                hdrs[done_msgs..].as_mut_ptr(),
-                (msgs - done_msgs) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => Ok(done),
-                _ if done > 0 => Ok(done),
-                _ => Err(e),
-            };
-        }
-        if sent == 0 {
-            break;
-        }
-        let sent = sent as usize;
-        done += counts[done_msgs..done_msgs + sent].iter().sum::<usize>();
-        done_msgs += sent;
-    }
-    Ok(done)
+    send_messages(sock, &mut hdrs[..msgs], &counts[..msgs])
 }
 
 #[cfg(test)]
