@@ -38,8 +38,7 @@ pub struct NetworkRecord {
     pub isolate: bool,
 }
 
-/// Largest VNI (24 bits).
-pub const MAX_VNI: u32 = (1 << 24) - 1;
+pub use crate::tables::overlay::MAX_VNI;
 
 impl NetworkRecord {
     /// Checks name, MTU, VNI range and that the gateway is a host address of
