@@ -365,6 +365,10 @@ impl Worker {
                     0
                 }
             };
+            let coalesced = slot.port.take_rx_coalesced();
+            if coalesced > 0 {
+                bump(&self.me.counters.gro_merged, coalesced);
+            }
             let errors = slot.port.take_rx_errors();
             if errors > 0 {
                 bump(&slot.counters.rx_errors, errors);

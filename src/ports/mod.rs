@@ -81,6 +81,13 @@ pub trait Port: Send {
         0
     }
 
+    /// Received packets the port joined to the frame before them (receive
+    /// coalescing) since the last call; the worker counts them as
+    /// `gro-merged` events.
+    fn take_rx_coalesced(&mut self) -> u64 {
+        0
+    }
+
     /// Writes every frame in `frames` (draining it) and returns the buffers to
     /// `pool`. Frames it cannot write are counted in `failed`, never retried.
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult;

@@ -5,12 +5,18 @@
 //! entropy) while peers still send to the well-known port.
 //!
 //! [`VxlanRxPort`] reads datagrams (`recvmmsg`) into frame buffers and keeps
-//! each one's underlay source for the `decap` stage. A [`TunnelPort`] is one
+//! each one's underlay source for the `decap` stage. The receive socket asks
+//! for `UDP_GRO`, so a peer's UDP GSO send (all the VXLAN packets of one
+//! 64 KiB TCP segment) arrives as one datagram in one read; the port splits
+//! it back into its VXLAN packets and joins those that continue one TCP
+//! segment into one GSO frame on the way (receive coalescing, as Linux's
+//! `tcp_gro_receive` would). A [`TunnelPort`] is one
 //! worker's queue of the logical port towards one remote VTEP: it has no
 //! receive side, pushes the VXLAN header onto each (already segmented) frame
 //! and sends the batch with `sendmmsg`, runs of equal-size datagrams (the
 //! segments of one TCP segment) as one UDP GSO send each.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,7 +26,9 @@ use std::sync::Arc;
 use super::{Port, PortCaps, TxResult};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::pool::BufferPool;
-use crate::sys::udp::{self, MAX_BATCH};
+use crate::sys::udp::{self, RecvMeta, MAX_BATCH};
+use crate::wire::gro;
+use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::vxlan::{VxlanRepr, HEADER_LEN};
 
 /// Transmit sockets per worker: the number of distinct outer source ports.
@@ -51,6 +59,9 @@ impl VxlanSockets {
                 udp::VXLAN_SOCKET_BUFFER
             );
         }
+        if !udp::enable_gro(&rx) {
+            tracing::debug!("UDP_GRO not offered by the kernel; VXLAN datagrams arrive one by one");
+        }
         let tx = (0..TX_SOCKETS)
             .map(|_| {
                 let s = udp::bind_udp(SocketAddr::new(bind.ip(), 0), false)?;
@@ -75,6 +86,15 @@ impl VxlanSockets {
 pub struct VxlanRxPort {
     name: String,
     sockets: Arc<VxlanSockets>,
+    /// Datagrams read but not yet handed out, oldest first: coalesced ones
+    /// (`UDP_GRO`) being split into one frame per VXLAN packet, and the
+    /// plain ones that arrived after them. Entries are (datagram, bytes
+    /// already split off, segment size or 0). At most one batch: the socket
+    /// is read only once this is empty.
+    pending: VecDeque<(Frame, usize, usize)>,
+    /// Packets joined to the one before them since the last
+    /// [`Port::take_rx_coalesced`].
+    coalesced: u64,
 }
 
 impl VxlanRxPort {
@@ -83,8 +103,77 @@ impl VxlanRxPort {
         VxlanRxPort {
             name: name.to_string(),
             sockets,
+            pending: VecDeque::with_capacity(MAX_BATCH),
+            coalesced: 0,
         }
     }
+
+    /// Moves pending datagrams into `out` until it holds `limit` frames or
+    /// the pool runs dry, splitting coalesced ones into their VXLAN packets.
+    /// A packet that continues the TCP segment of the frame before it (same
+    /// VXLAN header and underlay source, and what [`gro::continues`] asks)
+    /// is appended to that frame, which becomes a GSO frame: the 45 or so
+    /// packets of one 64 KiB segment cross the pipeline as one frame, and
+    /// `decap` checks the one header and inner source they share. Any other
+    /// packet is copied into a frame of its own.
+    fn drain_pending(&mut self, pool: &mut BufferPool, out: &mut Vec<Frame>, limit: usize) {
+        // The frame this call made last: the only one a packet may join.
+        let mut open: Option<usize> = None;
+        while let Some((f, off, seg)) = self.pending.front_mut() {
+            let step = if *seg == 0 { f.len() } else { *seg };
+            while *off < f.len() {
+                let end = (*off + step).min(f.len());
+                let packet = &f.data()[*off..end];
+                if let Some(head) = open.and_then(|i| out.get_mut(i)) {
+                    if head.meta.underlay_src == f.meta.underlay_src && join(head, packet) {
+                        self.coalesced += 1;
+                        *off = end;
+                        continue;
+                    }
+                }
+                if out.len() >= limit {
+                    return;
+                }
+                let Some(mut g) = pool.alloc() else { return };
+                g.fill(packet);
+                g.meta.underlay_src = f.meta.underlay_src;
+                out.push(g);
+                open = Some(out.len() - 1);
+                *off = end;
+            }
+            if let Some((f, _, _)) = self.pending.pop_front() {
+                pool.free(f);
+            }
+        }
+    }
+}
+
+/// Appends VXLAN packet `packet` to the still encapsulated frame `head` if
+/// both carry the same VXLAN header and the inner TCP segment continues
+/// `head`'s (then `head`'s inner frame is a GSO frame); false, and nothing
+/// changes, otherwise.
+fn join(head: &mut Frame, packet: &[u8]) -> bool {
+    if packet.len() <= HEADER_LEN || head.len() <= HEADER_LEN {
+        return false;
+    }
+    if head.data()[..HEADER_LEN] != packet[..HEADER_LEN] {
+        return false;
+    }
+    let inner = &packet[HEADER_LEN..];
+    let Some((at, mss)) = gro::continues(
+        &head.data()[HEADER_LEN..],
+        &head.vnet,
+        inner,
+        &VirtioNetHdr::NONE,
+    ) else {
+        return false;
+    };
+    let psh = gro::has_psh(inner);
+    if !head.append(&inner[at..]) {
+        return false;
+    }
+    head.vnet = gro::finish(&mut head.data_mut()[HEADER_LEN..], mss, psh);
+    true
 }
 
 impl Port for VxlanRxPort {
@@ -104,42 +193,67 @@ impl Port for VxlanRxPort {
         Some(self.sockets.rx.as_raw_fd())
     }
 
+    fn take_rx_coalesced(&mut self) -> u64 {
+        std::mem::take(&mut self.coalesced)
+    }
+
     fn recv(
         &mut self,
         pool: &mut BufferPool,
         out: &mut Vec<Frame>,
         max: usize,
     ) -> io::Result<usize> {
-        let want = max.min(MAX_BATCH);
         let start = out.len();
-        while out.len() - start < want {
+        let limit = start + max;
+        self.drain_pending(pool, out, limit);
+        // The socket is read only when nothing is left over, so the order
+        // of datagrams is kept and `pending` stays within one batch.
+        if !self.pending.is_empty() || out.len() >= limit {
+            return Ok(out.len() - start);
+        }
+        let first = out.len();
+        let want = (limit - first).min(MAX_BATCH);
+        while out.len() - first < want {
             let Some(f) = pool.alloc() else { break };
             out.push(f);
         }
-        let frames = &mut out[start..];
+        let frames = &mut out[first..];
         let n = frames.len();
         let mut it = frames.iter_mut();
         let mut bufs: [&mut [u8]; MAX_BATCH] =
             std::array::from_fn(|_| it.next().map_or(&mut [][..], |f| f.receive_space()));
-        let mut meta = [(0usize, None); MAX_BATCH];
-        let got = udp::recv_batch(&self.sockets.rx, &mut bufs[..n], &mut meta[..n]);
-        let got = match got {
+        let mut meta = [RecvMeta::default(); MAX_BATCH];
+        let got = match udp::recv_batch(&self.sockets.rx, &mut bufs[..n], &mut meta[..n]) {
             Ok(g) => g,
             Err(e) => {
-                for f in out.drain(start..) {
+                for f in out.drain(first..) {
                     pool.free(f);
                 }
-                return Err(e);
+                return if first > start {
+                    Ok(first - start)
+                } else {
+                    Err(e)
+                };
             }
         };
-        for (f, (len, src)) in out[start..start + got].iter_mut().zip(meta) {
-            f.set_len(len);
-            f.meta.underlay_src = src;
+        for (f, m) in out[first..first + got].iter_mut().zip(&meta) {
+            f.set_len(m.len);
+            f.meta.underlay_src = m.src;
         }
-        for f in out.drain(start + got..) {
+        for f in out.drain(first + got..) {
             pool.free(f);
         }
-        Ok(got)
+        // From the first coalesced datagram on, everything waits its turn.
+        let coalesced = meta[..got]
+            .iter()
+            .position(|m| m.segment > 0 && m.len > m.segment);
+        if let Some(k) = coalesced {
+            for (f, m) in out.drain(first + k..).zip(&meta[k..got]) {
+                self.pending.push_back((f, 0, m.segment));
+            }
+            self.drain_pending(pool, out, limit);
+        }
+        Ok(out.len() - start)
     }
 
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult {
@@ -345,5 +459,115 @@ mod tests {
         b[35] = 0x3a; // source port differs: another flow
         assert_ne!(flow_hash(&a), flow_hash(&b));
         let _ = flow_hash(&[]);
+    }
+
+    /// A receive port on loopback, a socket to send to it, and its address.
+    fn rx_port_and_sender() -> (VxlanRxPort, UdpSocket, SocketAddr) {
+        let sockets = Arc::new(VxlanSockets::open("127.0.0.1:0".parse().unwrap()).unwrap());
+        let dst = sockets.local_addr().unwrap();
+        let tx = udp::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        (VxlanRxPort::new("vx", sockets), tx, dst)
+    }
+
+    #[test]
+    fn coalesced_datagrams_come_out_one_frame_per_packet_in_order() {
+        let (mut port, tx, dst) = rx_port_and_sender();
+        // Seven 200-byte packets and a short one in one GSO send, then a
+        // plain datagram: nine packets, in this order.
+        let payloads: Vec<Vec<u8>> = (0..8u8)
+            .map(|i| vec![i; if i == 7 { 50 } else { 200 }])
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assert_eq!(udp::send_batch_gso(&tx, dst, &refs).unwrap(), 8);
+        assert_eq!(udp::send_batch(&tx, dst, &[&[8u8; 30]]).unwrap(), 1);
+        let mut pool = BufferPool::standalone(32);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            // Three at a time, so the split continues across calls.
+            port.recv(&mut pool, &mut out, 3).unwrap();
+            if out.len() >= 9 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let lens: Vec<usize> = out.iter().map(|f| f.len()).collect();
+        assert_eq!(lens, [200, 200, 200, 200, 200, 200, 200, 50, 30]);
+        for (i, f) in out.iter().enumerate() {
+            assert!(f.data().iter().all(|b| usize::from(*b) == i));
+            assert_eq!(f.meta.underlay_src, Some(tx.local_addr().unwrap()));
+        }
+        assert!(port.pending.is_empty());
+    }
+
+    /// The VXLAN packets of `payload_len` bytes of one TCP flow, segmented
+    /// at `mss`, each behind a VXLAN header for `vni`.
+    fn vxlan_segments(vni: u32, seq: u32, payload_len: usize, mss: u16) -> Vec<Vec<u8>> {
+        use crate::wire::gso::Segmenter;
+        use crate::wire::virtio_net::GsoType;
+        let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 5201, seq, 65535)
+            .ack(7);
+        let mut big = Vec::new();
+        builder.write(&mut big, &payload).unwrap();
+        let hdr = VirtioNetHdr {
+            flags: 0,
+            gso_type: GsoType::TcpV4,
+            gso_ecn: false,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut seg = Segmenter::new(&big, &hdr, Some(mss)).unwrap();
+        let mut buf = vec![0u8; 2048];
+        let mut out = Vec::new();
+        while let Some(n) = seg.next_into(&mut buf) {
+            let mut d = vec![0u8; HEADER_LEN];
+            VxlanRepr { vni }.emit(&mut d).unwrap();
+            d.extend_from_slice(&buf[..n.unwrap()]);
+            out.push(d);
+        }
+        out
+    }
+
+    #[test]
+    fn packets_of_one_tcp_segment_join_into_one_gso_frame() {
+        let (mut port, tx, dst) = rx_port_and_sender();
+        // 10,000 bytes at MSS 1400 (8 packets), then the flow's next 2,800
+        // bytes on another VNI: those must not join the first frame.
+        let first = vxlan_segments(7, 1, 10_000, 1400);
+        let other = vxlan_segments(8, 10_001, 2_800, 1400);
+        for run in [&first, &other] {
+            let refs: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+            assert_eq!(udp::send_batch_gso(&tx, dst, &refs).unwrap(), run.len());
+        }
+        let mut pool = BufferPool::standalone(32);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            port.recv(&mut pool, &mut out, 64).unwrap();
+            if out.len() >= 2 && port.pending.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(out.len(), 2, "one frame per VNI");
+        assert_eq!(port.take_rx_coalesced(), 7 + 1);
+        let inner = &out[0].data()[HEADER_LEN..];
+        assert_eq!(out[0].vnet.gso_size, 1400);
+        assert_eq!(inner.len(), 54 + 10_000);
+        assert!(inner[54..]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| usize::from(*b) == i % 251));
+        // Segmenting the joined frame again gives back the very packets.
+        let mut seg = crate::wire::gso::Segmenter::new(inner, &out[0].vnet, Some(1400)).unwrap();
+        let mut buf = vec![0u8; 2048];
+        for packet in &first {
+            let n = seg.next_into(&mut buf).unwrap().unwrap();
+            assert_eq!(&buf[..n], &packet[HEADER_LEN..]);
+        }
+        assert_eq!(&out[1].data()[..HEADER_LEN], &other[0][..HEADER_LEN]);
     }
 }

@@ -135,14 +135,66 @@ fn point(
     hdr.msg_hdr.msg_iovlen = 1;
 }
 
+/// What [`recv_batch`] learned about one datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes received (at most the buffer's length).
+    pub len: usize,
+    /// The sender.
+    pub src: Option<SocketAddr>,
+    /// With [`enable_gro`]: the size of each datagram the kernel coalesced
+    /// into this one (only the last may be shorter); 0 for a plain datagram.
+    pub segment: usize,
+}
+
+/// Asks the kernel to deliver runs of same-flow datagrams as one
+/// (`UDP_GRO`, Linux 5.0): a UDP GSO send from a peer then arrives whole, one
+/// read instead of dozens, and [`recv_batch`] reports the segment size. False
+/// where the kernel does not offer it (datagrams keep arriving one by one).
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to a c_int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            std::ptr::from_ref(&on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// Room for one `UDP_GRO` control message (`CMSG_SPACE(sizeof(int))`),
+/// aligned for `cmsghdr`.
+type GroCmsgSpace = [u64; 4];
+
+/// The segment size in a received message's `UDP_GRO` control message, or 0.
+fn gro_segment(hdr: &libc::msghdr) -> usize {
+    // SAFETY: the kernel filled `msg_control` up to `msg_controllen`; the
+    // CMSG_* macros stay within it and every header they return is aligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    0
+}
+
 /// Receives up to `bufs.len()` (at most [`MAX_BATCH`]) datagrams, one per
-/// buffer; `meta[i]` gets datagram `i`'s length and source. Returns how many
-/// arrived (`Ok(0)` when none is waiting). A datagram longer than its buffer
-/// is truncated; its length is the buffer's.
+/// buffer; `meta[i]` describes datagram `i`. Returns how many arrived
+/// (`Ok(0)` when none is waiting). A datagram longer than its buffer is
+/// truncated; its length is the buffer's.
 pub fn recv_batch(
     sock: &UdpSocket,
     bufs: &mut [&mut [u8]],
-    meta: &mut [(usize, Option<SocketAddr>)],
+    meta: &mut [RecvMeta],
 ) -> io::Result<usize> {
     let n = bufs.len().min(meta.len()).min(MAX_BATCH);
     if n == 0 {
@@ -155,6 +207,7 @@ pub fn recv_batch(
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut cmsgs = [GroCmsgSpace::default(); MAX_BATCH];
     for i in 0..n {
         iovs[i] = libc::iovec {
             iov_base: bufs[i].as_mut_ptr().cast(),
@@ -162,10 +215,12 @@ pub fn recv_batch(
         };
         let namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         point(&mut hdrs[i], &mut addrs[i], namelen, &mut iovs[i]);
+        hdrs[i].msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = size_of::<GroCmsgSpace>() as _;
     }
-    // SAFETY: `hdrs[..n]` point at `iovs` and `addrs` (alive until the call
-    // returns) and each iovec at a distinct, writable buffer of the length
-    // given; MSG_DONTWAIT keeps the call from blocking.
+    // SAFETY: `hdrs[..n]` point at `iovs`, `addrs` and `cmsgs` (alive until
+    // the call returns) and each iovec at a distinct, writable buffer of the
+    // length given; MSG_DONTWAIT keeps the call from blocking.
     let got = unsafe {
         libc::recvmmsg(
             sock.as_raw_fd(),
@@ -184,10 +239,11 @@ pub fn recv_batch(
     }
     let got = got as usize;
     for i in 0..got {
-        meta[i] = (
-            (hdrs[i].msg_len as usize).min(bufs[i].len()),
-            from_storage(&addrs[i]),
-        );
+        meta[i] = RecvMeta {
+            len: (hdrs[i].msg_len as usize).min(bufs[i].len()),
+            src: from_storage(&addrs[i]),
+            segment: gro_segment(&hdrs[i].msg_hdr),
+        };
     }
     Ok(got)
 }
@@ -356,7 +412,7 @@ mod tests {
         let mut x = [0u8; 16];
         let mut y = [0u8; 16];
         let mut bufs: [&mut [u8]; 2] = [&mut x, &mut y];
-        let mut meta = [(0, None); 2];
+        let mut meta = [RecvMeta::default(); 2];
         let mut got = 0;
         for _ in 0..100 {
             got += recv_batch(&a, &mut bufs[got..], &mut meta[got..]).unwrap();
@@ -366,7 +422,9 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(got, 2);
-        assert_eq!(meta[0], (3, Some(b.local_addr().unwrap())));
+        assert_eq!(meta[0].len, 3);
+        assert_eq!(meta[0].src, Some(b.local_addr().unwrap()));
+        assert_eq!(meta[0].segment, 0);
         assert_eq!(&x[..3], b"one");
         assert_eq!(&y[..4], b"two!");
     }
@@ -386,20 +444,26 @@ mod tests {
         assert_eq!(runs, vec![(0, 44, 1472), (44, 64, 1472)]);
     }
 
-    #[test]
-    fn gso_sends_arrive_as_separate_datagrams() {
-        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+    /// Sends `a` four 300-byte datagrams (bytes 0..=3) and a 7-byte one
+    /// (4s) in one UDP GSO send.
+    fn send_five(a: &UdpSocket) {
         let b = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let dst = a.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..5u8)
             .map(|i| vec![i; if i == 4 { 7 } else { 300 }])
             .collect();
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let sent = send_batch_gso(&b, dst, &refs).expect("UDP GSO (Linux 4.18 or later)");
+        let sent = send_batch_gso(&b, a.local_addr().unwrap(), &refs)
+            .expect("UDP GSO (Linux 4.18 or later)");
         assert_eq!(sent, 5);
+    }
+
+    #[test]
+    fn gso_sends_arrive_as_separate_datagrams() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        send_five(&a);
         let mut store = vec![[0u8; 512]; 5];
         let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| &mut b[..]).collect();
-        let mut meta = [(0, None); 5];
+        let mut meta = [RecvMeta::default(); 5];
         let mut got = 0;
         for _ in 0..100 {
             got += recv_batch(&a, &mut bufs[got..], &mut meta[got..]).unwrap();
@@ -409,8 +473,32 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(got, 5);
-        let lens: Vec<usize> = meta.iter().map(|m| m.0).collect();
+        let lens: Vec<usize> = meta.iter().map(|m| m.len).collect();
         assert_eq!(lens, vec![300, 300, 300, 300, 7]);
         assert!(store[3][..300].iter().all(|b| *b == 3));
+    }
+
+    #[test]
+    fn gro_socket_takes_a_gso_send_whole() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        assert!(enable_gro(&a), "UDP_GRO (Linux 5.0 or later)");
+        send_five(&a);
+        let mut store = vec![0u8; 4096];
+        let mut bufs: [&mut [u8]; 1] = [&mut store];
+        let mut meta = [RecvMeta::default(); 1];
+        let mut got = 0;
+        for _ in 0..100 {
+            got = recv_batch(&a, &mut bufs, &mut meta).unwrap();
+            if got == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 1);
+        // One read: the five datagrams back to back, with their size.
+        assert_eq!(meta[0].len, 4 * 300 + 7);
+        assert_eq!(meta[0].segment, 300);
+        assert!(store[900..1200].iter().all(|b| *b == 3));
+        assert!(store[1200..1207].iter().all(|b| *b == 4));
     }
 }
