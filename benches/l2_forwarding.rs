@@ -22,6 +22,7 @@ use switchyard::wire::MacAddr;
 const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1500,
+    segments_gso: false,
 };
 const BUDGET: usize = 8;
 

@@ -17,6 +17,7 @@ use switchyard::wire::MacAddr;
 const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1500,
+    segments_gso: false,
 };
 
 fn mac(i: u8) -> MacAddr {

@@ -23,6 +23,7 @@ const VNI: u32 = 4242;
 const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1450,
+    segments_gso: false,
 };
 
 fn mac(i: u8) -> MacAddr {

@@ -46,6 +46,7 @@ impl Attacher for FakeAttacher {
         let caps = PortCaps {
             offload: false,
             mtu: req.mtu,
+            segments_gso: false,
         };
         let (port, handle) = MemoryPort::new(&format!("fake-{}", req.ifname), caps, 256);
         if let Ok(mut log) = self.log.lock() {

@@ -8,7 +8,7 @@
 use super::drop::DropReason;
 use super::frame::Frame;
 use super::pool::BufferPool;
-use crate::ports::PortCaps;
+use crate::ports::{PortCaps, CUT_MAX_HEADER, CUT_MAX_SEGMENTS};
 use crate::stats::WorkerCounters;
 use crate::wire::gso::{complete_checksum, Segmenter};
 use crate::wire::virtio_net::VirtioNetHdr;
@@ -32,16 +32,22 @@ pub fn adapt(
         return;
     }
     let needs_work = pending.iter().any(|f| {
-        f.vnet.is_gso() || f.vnet.needs_csum() || f.len() > caps.mtu as usize + L2_OVERHEAD
+        (f.vnet.is_gso() && !keeps_whole(f, caps))
+            || (!f.vnet.is_gso() && f.vnet.needs_csum())
+            || (!f.vnet.is_gso() && f.len() > caps.mtu as usize + L2_OVERHEAD)
     });
     if !needs_work {
-        for f in pending.iter_mut() {
+        for f in pending.iter_mut().filter(|f| !f.vnet.is_gso()) {
             f.vnet = VirtioNetHdr::NONE;
         }
         return;
     }
     scratch.clear();
     for mut f in pending.drain(..) {
+        if f.vnet.is_gso() && keeps_whole(&f, caps) {
+            scratch.push(f);
+            continue;
+        }
         if f.vnet.is_gso() {
             segment_into(&f, caps, scratch, pool, counters);
             pool.free(f);
@@ -66,6 +72,27 @@ pub fn adapt(
     std::mem::swap(pending, scratch);
 }
 
+/// The segment size for GSO frame `f` leaving through a port of `mtu`: the
+/// sender's, lowered to fit. `hdr_len` is only the sender's hint of its
+/// header length; at least the minimal IPv4 + TCP headers are assumed.
+pub fn segment_size(f: &Frame, mtu: u16) -> u16 {
+    let l3_headers = (f.vnet.hdr_len as usize)
+        .saturating_sub(ethernet::HEADER_LEN)
+        .max(40);
+    let mss_cap = (mtu as usize).saturating_sub(l3_headers).max(536);
+    (f.vnet.gso_size as usize).min(mss_cap) as u16
+}
+
+/// True if a port with `caps` takes GSO frame `f` whole and cuts it itself
+/// (see [`PortCaps::segments_gso`]): it must be a TCP frame the segmenter
+/// accepts, else the switch segments it and counts what fails.
+fn keeps_whole(f: &Frame, caps: PortCaps) -> bool {
+    caps.segments_gso
+        && Segmenter::new(f.data(), &f.vnet, Some(segment_size(f, caps.mtu))).is_ok_and(|s| {
+            s.header_len() <= CUT_MAX_HEADER && s.segment_count() <= CUT_MAX_SEGMENTS
+        })
+}
+
 fn segment_into(
     f: &Frame,
     caps: PortCaps,
@@ -73,14 +100,7 @@ fn segment_into(
     pool: &mut BufferPool,
     counters: &WorkerCounters,
 ) {
-    // The segment size the sender asked for, lowered to fit this port's MTU.
-    // `hdr_len` is only the sender's hint of its header length; at least the
-    // minimal IPv4 + TCP headers are assumed.
-    let l3_headers = (f.vnet.hdr_len as usize)
-        .saturating_sub(ethernet::HEADER_LEN)
-        .max(40);
-    let mss_cap = (caps.mtu as usize).saturating_sub(l3_headers).max(536);
-    let mss = (f.vnet.gso_size as usize).min(mss_cap) as u16;
+    let mss = segment_size(f, caps.mtu);
     let mut seg = match Segmenter::new(f.data(), &f.vnet, Some(mss)) {
         Ok(s) => s,
         Err(_) => {

@@ -25,6 +25,15 @@ impl core::fmt::Display for PortId {
     }
 }
 
+/// Largest headers (Ethernet through TCP) a GSO frame may have for a
+/// [`PortCaps::segments_gso`] port to take it whole; one with longer ones
+/// is segmented by the switch instead.
+pub const CUT_MAX_HEADER: usize = 240;
+
+/// Most segments a GSO frame may cut into for a [`PortCaps::segments_gso`]
+/// port to take it whole.
+pub const CUT_MAX_SEGMENTS: usize = 256;
+
 /// What a port can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortCaps {
@@ -34,6 +43,12 @@ pub struct PortCaps {
     pub offload: bool,
     /// Largest L3 packet the port takes (for non-GSO frames).
     pub mtu: u16,
+    /// Without `offload`: takes TCP GSO frames whole anyway and cuts them to
+    /// `mtu` itself while sending, each segment's headers built apart and
+    /// its payload left in place (a VXLAN tunnel port: no copy before the
+    /// kernel's). Partial checksums and other GSO types are still completed
+    /// or segmented by the switch.
+    pub segments_gso: bool,
 }
 
 /// Outcome of [`Port::send`].

@@ -34,7 +34,11 @@ impl TapPort {
         Ok(TapPort {
             file: tun::tap_file_from_fd(fd)?,
             name: name.to_string(),
-            caps: PortCaps { offload, mtu },
+            caps: PortCaps {
+                offload,
+                mtu,
+                segments_gso: false,
+            },
             malformed: 0,
             malformed_reported: 0,
         })
@@ -52,6 +56,7 @@ impl TapPort {
                 caps: PortCaps {
                     offload: q.offload,
                     mtu,
+                    segments_gso: false,
                 },
                 malformed: 0,
                 malformed_reported: 0,

@@ -23,11 +23,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{Port, PortCaps, TxResult};
+use super::{Port, PortCaps, TxResult, CUT_MAX_HEADER};
 use crate::pipeline::frame::Frame;
+use crate::pipeline::offload;
 use crate::pipeline::pool::BufferPool;
-use crate::sys::udp::{self, RecvMeta, MAX_BATCH};
+use crate::sys::udp::{self, Pieces, RecvMeta, MAX_BATCH};
 use crate::wire::gro;
+use crate::wire::gso::Segmenter;
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::vxlan::{VxlanRepr, HEADER_LEN};
 
@@ -108,7 +110,8 @@ impl VxlanRxPort {
         }
     }
 
-    /// Moves pending datagrams into `out` until it holds `limit` frames or
+    /// Moves pending datagrams into `out` (whose frames from `start` on
+    /// this receive produced) until it holds `limit` frames or
     /// the pool runs dry, splitting coalesced ones into their VXLAN packets.
     /// A packet that continues the TCP segment of the frame before it (same
     /// VXLAN header and underlay source, and what [`gro::continues`] asks)
@@ -116,9 +119,16 @@ impl VxlanRxPort {
     /// packets of one 64 KiB segment cross the pipeline as one frame, and
     /// `decap` checks the one header and inner source they share. Any other
     /// packet is copied into a frame of its own.
-    fn drain_pending(&mut self, pool: &mut BufferPool, out: &mut Vec<Frame>, limit: usize) {
-        // The frame this call made last: the only one a packet may join.
-        let mut open: Option<usize> = None;
+    fn drain_pending(
+        &mut self,
+        pool: &mut BufferPool,
+        out: &mut Vec<Frame>,
+        start: usize,
+        limit: usize,
+    ) {
+        // The last frame this receive produced (`out[start..]`): the only
+        // one a packet may join.
+        let mut open = (out.len() > start).then(|| out.len() - 1);
         while let Some((f, off, seg)) = self.pending.front_mut() {
             let step = if *seg == 0 { f.len() } else { *seg };
             while *off < f.len() {
@@ -186,6 +196,7 @@ impl Port for VxlanRxPort {
         PortCaps {
             offload: false,
             mtu: 1500,
+            segments_gso: false,
         }
     }
 
@@ -205,53 +216,62 @@ impl Port for VxlanRxPort {
     ) -> io::Result<usize> {
         let start = out.len();
         let limit = start + max;
-        self.drain_pending(pool, out, limit);
+        self.drain_pending(pool, out, start, limit);
         // The socket is read only when nothing is left over, so the order
-        // of datagrams is kept and `pending` stays within one batch.
-        if !self.pending.is_empty() || out.len() >= limit {
-            return Ok(out.len() - start);
-        }
-        let first = out.len();
-        let want = (limit - first).min(MAX_BATCH);
-        while out.len() - first < want {
-            let Some(f) = pool.alloc() else { break };
-            out.push(f);
-        }
-        let frames = &mut out[first..];
-        let n = frames.len();
-        let mut it = frames.iter_mut();
-        let mut bufs: [&mut [u8]; MAX_BATCH] =
-            std::array::from_fn(|_| it.next().map_or(&mut [][..], |f| f.receive_space()));
-        let mut meta = [RecvMeta::default(); MAX_BATCH];
-        let got = match udp::recv_batch(&self.sockets.rx, &mut bufs[..n], &mut meta[..n]) {
-            Ok(g) => g,
-            Err(e) => {
-                for f in out.drain(first..) {
-                    pool.free(f);
+        // of datagrams is kept and `pending` stays within one batch. A
+        // short return must mean the socket is drained (edge-triggered
+        // polling raises no new event for what is already queued), so it
+        // is read again while reads come back full: joining can turn a full
+        // read into a handful of frames.
+        while self.pending.is_empty() && out.len() < limit {
+            let first = out.len();
+            let want = (limit - first).min(MAX_BATCH);
+            while out.len() - first < want {
+                let Some(f) = pool.alloc() else { break };
+                out.push(f);
+            }
+            let frames = &mut out[first..];
+            let n = frames.len();
+            if n == 0 {
+                break;
+            }
+            let mut it = frames.iter_mut();
+            let mut bufs: [&mut [u8]; MAX_BATCH] =
+                std::array::from_fn(|_| it.next().map_or(&mut [][..], |f| f.receive_space()));
+            let mut meta = [RecvMeta::default(); MAX_BATCH];
+            let got = match udp::recv_batch(&self.sockets.rx, &mut bufs[..n], &mut meta[..n]) {
+                Ok(g) => g,
+                Err(e) => {
+                    for f in out.drain(first..) {
+                        pool.free(f);
+                    }
+                    return if first > start {
+                        Ok(first - start)
+                    } else {
+                        Err(e)
+                    };
                 }
-                return if first > start {
-                    Ok(first - start)
-                } else {
-                    Err(e)
-                };
+            };
+            for (f, m) in out[first..first + got].iter_mut().zip(&meta) {
+                f.set_len(m.len);
+                f.meta.underlay_src = m.src;
             }
-        };
-        for (f, m) in out[first..first + got].iter_mut().zip(&meta) {
-            f.set_len(m.len);
-            f.meta.underlay_src = m.src;
-        }
-        for f in out.drain(first + got..) {
-            pool.free(f);
-        }
-        // From the first coalesced datagram on, everything waits its turn.
-        let coalesced = meta[..got]
-            .iter()
-            .position(|m| m.segment > 0 && m.len > m.segment);
-        if let Some(k) = coalesced {
-            for (f, m) in out.drain(first + k..).zip(&meta[k..got]) {
-                self.pending.push_back((f, 0, m.segment));
+            for f in out.drain(first + got..) {
+                pool.free(f);
             }
-            self.drain_pending(pool, out, limit);
+            // From the first coalesced datagram on, everything waits its turn.
+            let coalesced = meta[..got]
+                .iter()
+                .position(|m| m.segment > 0 && m.len > m.segment);
+            if let Some(k) = coalesced {
+                for (f, m) in out.drain(first + k..).zip(&meta[k..got]) {
+                    self.pending.push_back((f, 0, m.segment));
+                }
+                self.drain_pending(pool, out, start, limit);
+            }
+            if got < n {
+                break;
+            }
         }
         Ok(out.len() - start)
     }
@@ -275,6 +295,30 @@ pub struct TunnelPort {
     vtep: SocketAddr,
     mtu: u16,
     sockets: Arc<VxlanSockets>,
+    /// The datagrams of the send being prepared.
+    datagrams: Vec<Datagram>,
+    /// Header slots ([`SLOT`] bytes each) for the segments of GSO frames:
+    /// VXLAN header, then the segment's own Ethernet..TCP headers.
+    headers: Box<[u8]>,
+}
+
+/// Bytes per header slot: the VXLAN header and the largest headers a GSO
+/// frame kept whole may have.
+const SLOT: usize = HEADER_LEN + CUT_MAX_HEADER;
+
+/// One datagram of a send: a frame with the VXLAN header pushed in front,
+/// or a segment of a GSO frame (headers in a slot, payload in the frame).
+#[derive(Clone, Copy)]
+enum Datagram {
+    Whole {
+        frame: usize,
+    },
+    Cut {
+        frame: usize,
+        slot: usize,
+        header: usize,
+        payload: (usize, usize),
+    },
 }
 
 impl TunnelPort {
@@ -293,6 +337,8 @@ impl TunnelPort {
             vtep,
             mtu,
             sockets,
+            datagrams: Vec::with_capacity(udp::MAX_SEND),
+            headers: vec![0; udp::MAX_SEND * SLOT].into_boxed_slice(),
         }
     }
 }
@@ -301,9 +347,9 @@ impl TunnelPort {
     /// Sends one run of datagrams: with UDP GSO (one send per run of equal
     /// sizes: a segmented TCP segment leaves as one) while the kernel takes
     /// it, else one datagram each.
-    fn send_run(&self, sock: &UdpSocket, datagrams: &[&[u8]]) -> usize {
+    fn send_run(&self, sock: &UdpSocket, datagrams: &[Pieces<'_>]) -> usize {
         if self.sockets.gso.load(Ordering::Relaxed) {
-            match udp::send_batch_gso(sock, self.vtep, datagrams) {
+            match udp::send_pieces(sock, self.vtep, datagrams, true) {
                 Ok(n) => return n,
                 // Anything but a refusal of GSO itself is a failed send.
                 Err(e)
@@ -323,7 +369,64 @@ impl TunnelPort {
                 }
             }
         }
-        udp::send_batch(sock, self.vtep, datagrams).unwrap_or(0)
+        udp::send_pieces(sock, self.vtep, datagrams, false).unwrap_or(0)
+    }
+
+    /// Adds frame `index`'s datagrams to the send being prepared: the frame
+    /// itself behind a VXLAN header, or, for a GSO frame, one datagram per
+    /// segment with its headers built in a slot. False if there is no room
+    /// left (send first, then try again) or the frame cannot be sent (then
+    /// `refused` is set).
+    fn describe(&mut self, frames: &mut [Frame], index: usize, refused: &mut bool) -> bool {
+        let f = &mut frames[index];
+        if !f.vnet.is_gso() {
+            if self.datagrams.len() >= udp::MAX_SEND {
+                return false;
+            }
+            *refused = !encapsulate(f, self.vni);
+            if !*refused {
+                self.datagrams.push(Datagram::Whole { frame: index });
+            }
+            return true;
+        }
+        let mss = offload::segment_size(f, self.mtu);
+        let Ok(mut seg) = Segmenter::new(f.data(), &f.vnet, Some(mss)) else {
+            *refused = true;
+            return true;
+        };
+        if seg.header_len() > CUT_MAX_HEADER || seg.segment_count() > udp::MAX_SEND {
+            *refused = true;
+            return true;
+        }
+        if self.datagrams.len() + seg.segment_count() > udp::MAX_SEND {
+            return false;
+        }
+        let mut vxlan = [0u8; HEADER_LEN];
+        if (VxlanRepr { vni: self.vni }).emit(&mut vxlan).is_err() {
+            *refused = true;
+            return true;
+        }
+        loop {
+            let slot = self.datagrams.len();
+            let out = &mut self.headers[slot * SLOT..(slot + 1) * SLOT];
+            out[..HEADER_LEN].copy_from_slice(&vxlan);
+            match seg.next_header_into(&mut out[HEADER_LEN..]) {
+                Some(Ok((header, payload))) => self.datagrams.push(Datagram::Cut {
+                    frame: index,
+                    slot,
+                    header: HEADER_LEN + header,
+                    payload: (payload.start, payload.end),
+                }),
+                None => return true,
+                Some(Err(_)) => {
+                    // Checked above; should it happen, the frame goes unsent.
+                    self.datagrams
+                        .retain(|d| !matches!(d, Datagram::Cut { frame, .. } if *frame == index));
+                    *refused = true;
+                    return true;
+                }
+            }
+        }
     }
 }
 
@@ -369,11 +472,12 @@ impl Port for TunnelPort {
     }
 
     fn caps(&self) -> PortCaps {
-        // No offloads: GSO frames are segmented to the overlay MTU before
-        // they reach `send`, so every datagram fits the underlay.
+        // TCP GSO frames arrive whole and are cut to the overlay MTU while
+        // sending; everything else arrives MTU-sized with full checksums.
         PortCaps {
             offload: false,
             mtu: self.mtu,
+            segments_gso: true,
         }
     }
 
@@ -391,38 +495,50 @@ impl Port for TunnelPort {
 
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult {
         let mut res = TxResult::default();
-        let socks = &self.sockets.tx;
+        let socks = self.sockets.tx.len().max(1);
+        let pick = |f: &Frame| flow_hash(f.data()) as usize % socks;
         let mut i = 0;
         while i < frames.len() {
-            // A run of frames of one flow (one socket), at most one batch.
-            let pick = |f: &Frame| flow_hash(f.data()) as usize % socks.len().max(1);
+            // The frames of one flow (one socket) that fit one send.
             let sock = pick(&frames[i]);
+            self.datagrams.clear();
             let mut end = i;
-            while end < frames.len() && end - i < MAX_BATCH && pick(&frames[end]) == sock {
-                if !encapsulate(&mut frames[end], self.vni) {
-                    res.failed += 1;
-                    // Keep the run contiguous: send it without this frame.
-                    let f = frames.remove(end);
-                    pool.free(f);
-                    continue;
+            while end < frames.len() && pick(&frames[end]) == sock {
+                let mut refused = false;
+                if !self.describe(frames, end, &mut refused) {
+                    break;
                 }
+                res.failed += usize::from(refused);
                 end += 1;
             }
-            let run = &frames[i..end];
-            let mut it = run.iter();
-            let datagrams: [&[u8]; MAX_BATCH] =
-                std::array::from_fn(|_| it.next().map_or(&[][..], |f| f.data()));
-            let sent = match socks.get(sock) {
-                Some(s) => self.send_run(s, &datagrams[..run.len()]),
-                None => 0,
+            let mut pieces: [Pieces<'_>; udp::MAX_SEND] = [[&[], &[]]; udp::MAX_SEND];
+            for (p, d) in pieces.iter_mut().zip(&self.datagrams) {
+                *p = match *d {
+                    Datagram::Whole { frame } => [frames[frame].data(), &[]],
+                    Datagram::Cut {
+                        frame,
+                        slot,
+                        header,
+                        payload: (a, b),
+                    } => [
+                        &self.headers[slot * SLOT..slot * SLOT + header],
+                        &frames[frame].data()[a..b],
+                    ],
+                };
+            }
+            let n = self.datagrams.len();
+            let sent = match self.sockets.tx.get(sock) {
+                Some(s) if n > 0 => self.send_run(s, &pieces[..n]),
+                _ => 0,
             };
             res.sent += sent;
-            res.failed += run.len() - sent;
-            res.bytes += run[..sent]
+            res.failed += n - sent;
+            res.bytes += pieces[..sent]
                 .iter()
-                .map(|f| (f.len() - HEADER_LEN) as u64)
+                .map(|p| (p[0].len() + p[1].len() - HEADER_LEN) as u64)
                 .sum::<u64>();
-            i = end;
+            // A frame that did not fit even an empty send was refused.
+            i = end.max(i + 1);
         }
         for f in frames.drain(..) {
             pool.free(f);
@@ -499,10 +615,9 @@ mod tests {
         assert!(port.pending.is_empty());
     }
 
-    /// The VXLAN packets of `payload_len` bytes of one TCP flow, segmented
-    /// at `mss`, each behind a VXLAN header for `vni`.
-    fn vxlan_segments(vni: u32, seq: u32, payload_len: usize, mss: u16) -> Vec<Vec<u8>> {
-        use crate::wire::gso::Segmenter;
+    /// A TCP GSO frame of `payload_len` bytes from sequence number `seq`,
+    /// to be cut at `mss`.
+    fn tcp_gso_frame(seq: u32, payload_len: usize, mss: u16) -> (Vec<u8>, VirtioNetHdr) {
         use crate::wire::virtio_net::GsoType;
         let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
         let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -520,6 +635,13 @@ mod tests {
             csum_start: 34,
             csum_offset: 16,
         };
+        (big, hdr)
+    }
+
+    /// The VXLAN packets of `payload_len` bytes of one TCP flow, segmented
+    /// at `mss`, each behind a VXLAN header for `vni`.
+    fn vxlan_segments(vni: u32, seq: u32, payload_len: usize, mss: u16) -> Vec<Vec<u8>> {
+        let (big, hdr) = tcp_gso_frame(seq, payload_len, mss);
         let mut seg = Segmenter::new(&big, &hdr, Some(mss)).unwrap();
         let mut buf = vec![0u8; 2048];
         let mut out = Vec::new();
@@ -530,6 +652,49 @@ mod tests {
             out.push(d);
         }
         out
+    }
+
+    #[test]
+    fn tunnel_port_cuts_gso_frames_into_the_segments_a_copy_would_make() {
+        let rx = udp::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let dst = rx.local_addr().unwrap();
+        let sockets = Arc::new(VxlanSockets::open("127.0.0.1:0".parse().unwrap()).unwrap());
+        // MTU 1450 cuts the 1448-byte MSS of the frame to 1410.
+        let mut port = TunnelPort::new("t", 7, dst, 1450, sockets);
+        assert!(port.caps().segments_gso);
+        let (big, hdr) = tcp_gso_frame(1, 30_000, 1448);
+        let mut pool = BufferPool::standalone(8);
+        let mut frames = Vec::new();
+        for _ in 0..2 {
+            let mut f = pool.alloc().unwrap();
+            f.fill(&big);
+            f.vnet = hdr;
+            frames.push(f);
+        }
+        let mut plain = pool.alloc().unwrap();
+        plain.fill(&[0x5a; 60]);
+        frames.push(plain);
+        let res = port.send(&mut frames, &mut pool);
+        let want = vxlan_segments(7, 1, 30_000, 1410);
+        assert_eq!(want.len(), 22);
+        assert_eq!(res.sent, 2 * want.len() + 1);
+        assert_eq!(res.failed, 0);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..200 {
+            match rx.recv(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(_) if got.len() < res.sent => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                Err(_) => break,
+            }
+        }
+        assert_eq!(got.len(), res.sent);
+        assert_eq!(&got[..want.len()], &want[..]);
+        assert_eq!(&got[want.len()..2 * want.len()], &want[..]);
+        assert_eq!(&got[2 * want.len()][HEADER_LEN..], &[0x5a; 60]);
+        assert!(frames.is_empty());
     }
 
     #[test]
@@ -569,5 +734,26 @@ mod tests {
             assert_eq!(&buf[..n], &packet[HEADER_LEN..]);
         }
         assert_eq!(&out[1].data()[..HEADER_LEN], &other[0][..HEADER_LEN]);
+    }
+
+    #[test]
+    fn a_short_return_means_the_socket_is_drained() {
+        let (mut port, tx, dst) = rx_port_and_sender();
+        // 80 sends of 3 packets each, all of one TCP segment stream: more
+        // datagrams than one read takes, yet they join into one frame. The
+        // port must not stop after the first read (edge-triggered polling
+        // would leave the rest queued until something new arrives).
+        let packets = vxlan_segments(7, 1, 24_000, 100);
+        for run in packets.chunks(3) {
+            let refs: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+            assert_eq!(udp::send_batch_gso(&tx, dst, &refs).unwrap(), 3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut pool = BufferPool::standalone(128);
+        let mut out = Vec::new();
+        let got = port.recv(&mut pool, &mut out, 64).unwrap();
+        assert_eq!(got, 1);
+        assert_eq!(out[0].len(), HEADER_LEN + 54 + 24_000);
+        assert_eq!(port.recv(&mut pool, &mut out, 64).unwrap(), 0);
     }
 }

@@ -248,24 +248,100 @@ pub fn recv_batch(
     Ok(got)
 }
 
+/// One datagram in two pieces that leave back to back (headers built
+/// apart and a payload left where it lies, or a whole datagram and an empty
+/// slice), so a sender need not copy them together.
+pub type Pieces<'a> = [&'a [u8]; 2];
+
+/// Most datagrams one [`send_pieces`] call takes.
+pub const MAX_SEND: usize = 256;
+
 /// Sends each of `datagrams` (at most [`MAX_BATCH`]) to `dst`. Returns how
 /// many the kernel took; `Ok(k < len)` when its queue filled up.
 pub fn send_batch(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
+    send_whole(sock, dst, datagrams, false)
+}
+
+/// [`send_pieces`] for datagrams in one piece each.
+fn send_whole(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    datagrams: &[&[u8]],
+    gso: bool,
+) -> io::Result<usize> {
     let n = datagrams.len().min(MAX_BATCH);
-    let (mut addr, addr_len) = to_storage(dst);
-    // SAFETY: plain old data; all-zero is valid.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    for (i, d) in datagrams[..n].iter().enumerate() {
-        iovs[i] = libc::iovec {
-            // The kernel only reads through this pointer.
-            iov_base: d.as_ptr().cast_mut().cast(),
-            iov_len: d.len(),
-        };
-        point(&mut hdrs[i], &mut addr, addr_len, &mut iovs[i]);
+    let mut pieces: [Pieces<'_>; MAX_BATCH] = [[&[], &[]]; MAX_BATCH];
+    for (p, d) in pieces.iter_mut().zip(&datagrams[..n]) {
+        p[0] = d;
     }
-    send_messages(sock, &mut hdrs[..n], &[1; MAX_BATCH][..n])
+    send_pieces(sock, dst, &pieces[..n], gso)
+}
+
+/// Sends each of `datagrams` (at most [`MAX_SEND`]) to `dst` with
+/// `sendmmsg`; with `gso`, each run of equal-size datagrams (see
+/// [`gso_runs`]) leaves in one `UDP_SEGMENT` send, which the kernel splits
+/// into datagrams as late as it can (in the NIC, or past a veth, or not at
+/// all for a receiver with `UDP_GRO`). Returns how many datagrams the kernel
+/// took; `Ok(k < len)` when its queue filled up. With `gso`, an error before
+/// any was taken (e.g. `EIO` where the route cannot do UDP GSO) is returned
+/// for the caller to fall back to plain sends.
+pub fn send_pieces(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    datagrams: &[Pieces<'_>],
+    gso: bool,
+) -> io::Result<usize> {
+    let n = datagrams.len().min(MAX_SEND);
+    let (mut addr, addr_len) = to_storage(dst);
+    let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); 2 * MAX_SEND];
+    let mut hdrs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_SEND];
+    let mut cmsgs = [MaybeUninit::<SegmentCmsg>::uninit(); MAX_SEND];
+    let mut counts = [0usize; MAX_SEND];
+    let mut lens = [0usize; MAX_SEND];
+    for (i, d) in datagrams[..n].iter().enumerate() {
+        for (k, piece) in d.iter().enumerate() {
+            iovs[2 * i + k].write(libc::iovec {
+                // The kernel only reads through this pointer.
+                iov_base: piece.as_ptr().cast_mut().cast(),
+                iov_len: piece.len(),
+            });
+        }
+        lens[i] = d[0].len() + d[1].len();
+    }
+    let mut msgs = 0;
+    let mut message = |start: usize, end: usize, size: usize| {
+        // SAFETY: plain old data; all-zero is valid.
+        let mut hdr: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        let h = &mut hdr.msg_hdr;
+        h.msg_name = std::ptr::from_mut(&mut addr).cast();
+        h.msg_namelen = addr_len;
+        h.msg_iov = iovs[2 * start].as_mut_ptr();
+        h.msg_iovlen = 2 * (end - start);
+        if end - start > 1 {
+            // SAFETY: plain old data; all-zero is valid.
+            let mut c: SegmentCmsg = unsafe { MaybeUninit::zeroed().assume_init() };
+            c.hdr.cmsg_level = libc::SOL_UDP;
+            c.hdr.cmsg_type = libc::UDP_SEGMENT;
+            // SAFETY: CMSG_LEN only computes a length.
+            c.hdr.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<u16>() as u32) } as _;
+            c.size = size as u16;
+            h.msg_control = cmsgs[msgs].write(c) as *mut SegmentCmsg as *mut libc::c_void;
+            h.msg_controllen = size_of::<SegmentCmsg>() as _;
+        }
+        hdrs[msgs].write(hdr);
+        counts[msgs] = end - start;
+        msgs += 1;
+    };
+    if gso {
+        gso_runs(&lens[..n], &mut message);
+    } else {
+        for (i, len) in lens[..n].iter().enumerate() {
+            message(i, i + 1, *len);
+        }
+    }
+    // SAFETY: the first `msgs` headers were written above.
+    let hdrs = unsafe { &mut *(std::ptr::from_mut(&mut hdrs[..msgs]) as *mut [libc::mmsghdr]) };
+    send_messages(sock, hdrs, &counts[..msgs])
 }
 
 /// Sends prepared messages with `sendmmsg` until all are taken or the
@@ -348,54 +424,9 @@ struct SegmentCmsg {
     _pad: [u8; 6],
 }
 
-/// Like [`send_batch`], but each run of equal-size datagrams (see
-/// [`gso_runs`]) leaves in one `UDP_SEGMENT` send, which the kernel splits
-/// into datagrams as late as it can (in the NIC, or past a veth). Returns
-/// how many datagrams the kernel took; an error before any was taken (e.g.
-/// `EIO` where the route cannot do UDP GSO) is returned for the caller to
-/// fall back to [`send_batch`].
+/// Like [`send_batch`], but with UDP GSO (see [`send_pieces`]).
 pub fn send_batch_gso(sock: &UdpSocket, dst: SocketAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
-    let n = datagrams.len().min(MAX_BATCH);
-    let (mut addr, addr_len) = to_storage(dst);
-    // SAFETY: plain old data; all-zero is valid.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    // SAFETY: as above.
-    let mut cmsgs: [SegmentCmsg; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut counts = [0usize; MAX_BATCH];
-    for (i, d) in datagrams[..n].iter().enumerate() {
-        iovs[i] = libc::iovec {
-            // The kernel only reads through this pointer.
-            iov_base: d.as_ptr().cast_mut().cast(),
-            iov_len: d.len(),
-        };
-    }
-    let mut lens = [0usize; MAX_BATCH];
-    for (l, d) in lens.iter_mut().zip(&datagrams[..n]) {
-        *l = d.len();
-    }
-    let mut msgs = 0;
-    gso_runs(&lens[..n], |start, end, size| {
-        let h = &mut hdrs[msgs].msg_hdr;
-        h.msg_name = std::ptr::from_mut(&mut addr).cast();
-        h.msg_namelen = addr_len;
-        h.msg_iov = &mut iovs[start];
-        h.msg_iovlen = end - start;
-        if end - start > 1 {
-            let c = &mut cmsgs[msgs];
-            c.hdr.cmsg_level = libc::SOL_UDP;
-            c.hdr.cmsg_type = libc::UDP_SEGMENT;
-            // SAFETY: CMSG_LEN only computes a length.
-            c.hdr.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<u16>() as u32) } as _;
-            c.size = size as u16;
-            h.msg_control = std::ptr::from_mut(c).cast();
-            h.msg_controllen = size_of::<SegmentCmsg>() as _;
-        }
-        counts[msgs] = end - start;
-        msgs += 1;
-    });
-    send_messages(sock, &mut hdrs[..msgs], &counts[..msgs])
+    send_whole(sock, dst, datagrams, true)
 }
 
 #[cfg(test)]

@@ -285,6 +285,7 @@ pub mod fixture {
             caps: PortCaps {
                 offload: false,
                 mtu: 1450,
+                segments_gso: false,
             },
             security: PortSecurity { mac, ipv4: vec![] },
         }

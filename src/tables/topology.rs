@@ -245,6 +245,7 @@ mod tests {
             caps: PortCaps {
                 offload: true,
                 mtu: 1500,
+                segments_gso: false,
             },
             security: PortSecurity::default(),
         }

@@ -136,18 +136,40 @@ impl<'a> Segmenter<'a> {
     /// Writes the next segment into `out` and returns its length; `None`
     /// when all segments were produced. `BufferTooSmall` does not advance.
     pub fn next_into(&mut self, out: &mut [u8]) -> Option<Result<usize>> {
+        let seg = self.mss.min(self.frame.len() - self.hdr_end - self.offset);
+        if out.len() < self.hdr_end + seg {
+            return (self.index < self.count).then_some(Err(Error::BufferTooSmall));
+        }
+        let (h, payload) = match self.next_header_into(out)? {
+            Ok(parts) => parts,
+            Err(e) => return Some(Err(e)),
+        };
+        let payload = &self.frame[payload];
+        out[h..h + payload.len()].copy_from_slice(payload);
+        Some(Ok(h + payload.len()))
+    }
+
+    /// Like [`Segmenter::next_into`], but writes only the next segment's
+    /// headers (checksums included) into `out` and returns their length
+    /// and where its payload lies in the super-frame: a sender can then
+    /// pass the two pieces to the kernel side by side (scatter-gather)
+    /// instead of copying the payload.
+    pub fn next_header_into(
+        &mut self,
+        out: &mut [u8],
+    ) -> Option<Result<(usize, core::ops::Range<usize>)>> {
         if self.index >= self.count {
             return None;
         }
         let h = self.hdr_end;
         let start = h + self.offset;
         let seg = self.mss.min(self.frame.len() - start);
-        let total = h + seg;
-        let Some(out) = out.get_mut(..total) else {
+        let Some(out) = out.get_mut(..h) else {
             return Some(Err(Error::BufferTooSmall));
         };
-        out[..h].copy_from_slice(&self.frame[..h]);
-        out[h..].copy_from_slice(&self.frame[start..start + seg]);
+        out.copy_from_slice(&self.frame[..h]);
+        let payload = &self.frame[start..start + seg];
+        let total = h + seg;
         let first = self.index == 0;
         let last = self.index + 1 == self.count;
         let (src, dst): (IpAddr, IpAddr) = if self.v6 {
@@ -171,10 +193,17 @@ impl<'a> Segmenter<'a> {
             f.remove(TcpFlags::CWR);
         }
         t.set_flags(f);
-        t.fill_checksum(&src, &dst);
+        // The TCP header is a whole number of 32-bit words, so its sum and
+        // the payload's add up to the sum over both.
+        t.set_checksum(0);
+        let tcp_len = (total - self.l4) as u32;
+        let sum = checksum::pseudo_header(&src, &dst, u8::from(IpProtocol::Tcp), tcp_len)
+            + checksum::sum(&out[self.l4..h])
+            + checksum::sum(payload);
+        tcp::Packet::new_unchecked(&mut out[self.l4..]).set_checksum(checksum::finish(sum));
         self.offset += seg;
         self.index += 1;
-        Some(Ok(total))
+        Some(Ok((h, start..start + seg)))
     }
 }
 
