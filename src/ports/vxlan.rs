@@ -406,9 +406,13 @@ impl TunnelPort {
             *refused = true;
             return true;
         }
-        loop {
+        let before = self.datagrams.len();
+        for _ in 0..seg.segment_count() {
+            // Checked above: every segment has a slot.
             let slot = self.datagrams.len();
-            let out = &mut self.headers[slot * SLOT..(slot + 1) * SLOT];
+            let Some(out) = self.headers.get_mut(slot * SLOT..(slot + 1) * SLOT) else {
+                break;
+            };
             out[..HEADER_LEN].copy_from_slice(&vxlan);
             match seg.next_header_into(&mut out[HEADER_LEN..]) {
                 Some(Ok((header, payload))) => self.datagrams.push(Datagram::Cut {
@@ -417,16 +421,15 @@ impl TunnelPort {
                     header: HEADER_LEN + header,
                     payload: (payload.start, payload.end),
                 }),
-                None => return true,
-                Some(Err(_)) => {
-                    // Checked above; should it happen, the frame goes unsent.
-                    self.datagrams
-                        .retain(|d| !matches!(d, Datagram::Cut { frame, .. } if *frame == index));
-                    *refused = true;
-                    return true;
-                }
+                None | Some(Err(_)) => break,
             }
         }
+        if self.datagrams.len() - before != seg.segment_count() {
+            // Checked above; should it happen, the frame goes unsent.
+            self.datagrams.truncate(before);
+            *refused = true;
+        }
+        true
     }
 }
 
@@ -755,5 +758,22 @@ mod tests {
         assert_eq!(got, 1);
         assert_eq!(out[0].len(), HEADER_LEN + 54 + 24_000);
         assert_eq!(port.recv(&mut pool, &mut out, 64).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_send_of_exactly_max_send_datagrams() {
+        // One GSO frame of 256 segments fills a send to the last slot.
+        let rx = udp::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let sockets = Arc::new(VxlanSockets::open("127.0.0.1:0".parse().unwrap()).unwrap());
+        let mut port = TunnelPort::new("t", 7, rx.local_addr().unwrap(), 1450, sockets);
+        let (big, hdr) = tcp_gso_frame(1, 256 * 100, 100);
+        let mut pool = BufferPool::standalone(4);
+        let mut f = pool.alloc().unwrap();
+        f.fill(&big);
+        f.vnet = hdr;
+        let mut frames = vec![f];
+        let res = port.send(&mut frames, &mut pool);
+        assert_eq!(res.sent + res.failed, udp::MAX_SEND);
+        assert_eq!(res.failed, 0);
     }
 }
