@@ -499,9 +499,13 @@ impl Dataplane {
             ));
         }
         let mut bind = config.bind;
-        let mut sockets = Vec::with_capacity(self.workers());
+        let mut sockets: Vec<Arc<VxlanSockets>> = Vec::with_capacity(self.workers());
         for _ in 0..self.workers() {
-            let s = VxlanSockets::open(bind).map_err(|e| DataplaneError::Vxlan(bind, e))?;
+            let s = match sockets.first() {
+                None => VxlanSockets::open(bind),
+                Some(first) => VxlanSockets::open_sharing(bind, first),
+            }
+            .map_err(|e| DataplaneError::Vxlan(bind, e))?;
             // Port 0 asks for any port: the other workers share the one given.
             bind = s.local_addr().map_err(|e| DataplaneError::Vxlan(bind, e))?;
             sockets.push(Arc::new(s));

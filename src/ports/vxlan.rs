@@ -1,8 +1,9 @@
 //! VXLAN ports. Each worker owns one [`VxlanSockets`]: a receive socket bound
 //! to the VTEP address with `SO_REUSEPORT` (the kernel spreads flows over the
-//! workers' sockets) and a few transmit sockets on ephemeral ports, so the
-//! outer UDP source port follows a hash of the inner flow (RFC 7348 ECMP
-//! entropy) while peers still send to the well-known port.
+//! workers' sockets) and, shared by all workers, a few transmit sockets on
+//! ephemeral ports, so the outer UDP source port follows a hash of the inner
+//! flow (RFC 7348 ECMP entropy) while peers still send to the well-known
+//! port.
 //!
 //! [`VxlanRxPort`] reads datagrams (`recvmmsg`) into frame buffers and keeps
 //! each one's underlay source for the `decap` stage. The receive socket asks
@@ -40,7 +41,16 @@ pub const TX_SOCKETS: usize = 8;
 #[derive(Debug)]
 pub struct VxlanSockets {
     rx: UdpSocket,
-    tx: Vec<UdpSocket>,
+    /// Shared by all workers: a flow's datagrams leave from one outer
+    /// source port whichever worker sends them, so the peer's kernel hands
+    /// them all to one of its workers' receive sockets, in order.
+    tx: Arc<TxSockets>,
+}
+
+/// The transmit sockets all workers share.
+#[derive(Debug)]
+struct TxSockets {
+    socks: Vec<UdpSocket>,
     /// UDP GSO works on this path; cleared for good on the first send that
     /// the kernel refuses.
     gso: AtomicBool,
@@ -51,6 +61,33 @@ impl VxlanSockets {
     /// through `SO_REUSEPORT`) and [`TX_SOCKETS`] transmit sockets to
     /// ephemeral ports on the same address.
     pub fn open(bind: SocketAddr) -> io::Result<VxlanSockets> {
+        let socks = (0..TX_SOCKETS)
+            .map(|_| {
+                let s = udp::bind_udp(SocketAddr::new(bind.ip(), 0), false)?;
+                udp::grow_buffer(&s, false, udp::VXLAN_SOCKET_BUFFER)?;
+                Ok(s)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let tx = Arc::new(TxSockets {
+            socks,
+            gso: AtomicBool::new(true),
+        });
+        Ok(VxlanSockets {
+            rx: Self::open_rx(bind)?,
+            tx,
+        })
+    }
+
+    /// Another worker's sockets on `bind`: a receive socket of its own
+    /// (`SO_REUSEPORT`), the transmit sockets of `first`.
+    pub fn open_sharing(bind: SocketAddr, first: &VxlanSockets) -> io::Result<VxlanSockets> {
+        Ok(VxlanSockets {
+            rx: Self::open_rx(bind)?,
+            tx: first.tx.clone(),
+        })
+    }
+
+    fn open_rx(bind: SocketAddr) -> io::Result<UdpSocket> {
         let rx = udp::bind_udp(bind, true)?;
         let granted = udp::grow_buffer(&rx, true, udp::VXLAN_SOCKET_BUFFER)?;
         if granted < udp::VXLAN_SOCKET_BUFFER {
@@ -64,18 +101,7 @@ impl VxlanSockets {
         if !udp::enable_gro(&rx) {
             tracing::debug!("UDP_GRO not offered by the kernel; VXLAN datagrams arrive one by one");
         }
-        let tx = (0..TX_SOCKETS)
-            .map(|_| {
-                let s = udp::bind_udp(SocketAddr::new(bind.ip(), 0), false)?;
-                udp::grow_buffer(&s, false, udp::VXLAN_SOCKET_BUFFER)?;
-                Ok(s)
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(VxlanSockets {
-            rx,
-            tx,
-            gso: AtomicBool::new(true),
-        })
+        Ok(rx)
     }
 
     /// The address the receive socket is bound to.
@@ -348,7 +374,7 @@ impl TunnelPort {
     /// sizes: a segmented TCP segment leaves as one) while the kernel takes
     /// it, else one datagram each.
     fn send_run(&self, sock: &UdpSocket, datagrams: &[Pieces<'_>]) -> usize {
-        if self.sockets.gso.load(Ordering::Relaxed) {
+        if self.sockets.tx.gso.load(Ordering::Relaxed) {
             match udp::send_pieces(sock, self.vtep, datagrams, true) {
                 Ok(n) => return n,
                 // Anything but a refusal of GSO itself is a failed send.
@@ -365,7 +391,7 @@ impl TunnelPort {
                         "UDP GSO refused towards {} ({e}); sending datagrams one by one",
                         self.vtep
                     );
-                    self.sockets.gso.store(false, Ordering::Relaxed);
+                    self.sockets.tx.gso.store(false, Ordering::Relaxed);
                 }
             }
         }
@@ -498,7 +524,7 @@ impl Port for TunnelPort {
 
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult {
         let mut res = TxResult::default();
-        let socks = self.sockets.tx.len().max(1);
+        let socks = self.sockets.tx.socks.len().max(1);
         let pick = |f: &Frame| flow_hash(f.data()) as usize % socks;
         let mut i = 0;
         while i < frames.len() {
@@ -530,7 +556,7 @@ impl Port for TunnelPort {
                 };
             }
             let n = self.datagrams.len();
-            let sent = match self.sockets.tx.get(sock) {
+            let sent = match self.sockets.tx.socks.get(sock) {
                 Some(s) if n > 0 => self.send_run(s, &pieces[..n]),
                 _ => 0,
             };
