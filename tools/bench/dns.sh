@@ -59,22 +59,11 @@ BR=sybr$SUF
 AA_DIR=$TMP/aardvark; AA_PID=""
 SY_DIR=$TMP/sy; SY_SOCK=$TMP/sy/api.sock; SY_PID=""
 NOTES=$TMP/notes.txt; : > "$NOTES"
+# shellcheck source=tools/bench/lib.sh
+. "$HERE/lib.sh"
 RES=$TMP/results.tsv; : > "$RES"
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
-
-log() { echo "[$(date +%T)] $*" >&2; }
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
-die() { log "FAILED: $*"; exit 1; }
-
-stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
-  local p=$1 i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $p ignored SIGTERM for 5 s, SIGKILL"
-  kill -KILL "$p" 2>/dev/null || true
-}
 
 cleanup() {
   set +e
@@ -92,30 +81,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
-
-# ---------------------------------------------------------------- prerequisites
-install_deps() {
-  local need="" c
-  for c in dnsperf:dnsperf ip:iproute2 python3:python3 /usr/lib/podman/aardvark-dns:aardvark-dns; do
-    command -v "${c%%:*}" >/dev/null 2>&1 || need="$need ${c##*:}"
-  done
-  [ -z "$need" ] && return 0
-  log "installing:$need"
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null 2>&1 || {
-    timeout 300 apt-get update >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null; } || die "apt-get install$need"
-}
-
-find_bin() {
-  if [ -n "$BIN" ]; then [ -x "$BIN" ] || die "no Switchyard binary at $BIN"; return 0; fi
-  local target=${CARGO_TARGET_DIR:-$REPO/target}
-  if [ "$BUILD" = 1 ] && command -v cargo >/dev/null 2>&1; then
-    log "cargo build --release (target dir $target)"
-    (cd "$REPO" && CARGO_TARGET_DIR=$target timeout 1800 cargo build --release --quiet) || die "cargo build --release"
-  fi
-  BIN=$target/release/switchyard
-  [ -x "$BIN" ] || die "no Switchyard binary at $BIN (build it, or pass --bin)"
-}
 
 # DNS probe: prints "RCODE ADDR[,ADDR]" for an A query, or "timeout".
 cat > "$TMP/probe.py" <<'EOF'
@@ -224,15 +189,6 @@ up_switchyard() {
   check_answers "$NS_SC" "$SY_GW" $SY_NET
 }
 
-# ---------------------------------------------------------------- measurement
-cpu_ticks() {  # utime+stime of all threads of PID
-  local s
-  s=$(cat /proc/"$1"/stat 2>/dev/null) || { echo 0; return 0; }
-  s=${s##*) }
-  set -- $s
-  echo $(( ${12} + ${13} ))
-}
-
 # run_dnsperf KEY NS SERVER PID ROUND: one dnsperf run, one line in $RES
 run_dnsperf() {
   local key=$1 ns=$2 srv=$3 pid=$4 round=$5 out c0 c1 rc=0
@@ -253,7 +209,7 @@ run_dnsperf() {
 }
 
 # ---------------------------------------------------------------- main
-install_deps
+install_deps dnsperf:dnsperf ip:iproute2 python3:python3 /usr/lib/podman/aardvark-dns:aardvark-dns
 find_bin
 modprobe bridge 2>/dev/null || true
 modprobe tun 2>/dev/null || true

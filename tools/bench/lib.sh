@@ -40,13 +40,15 @@ find_bin() {
   [ -x "$BIN" ] || die "no Switchyard binary at $BIN (build it, or pass --bin)"
 }
 
-cpu_ticks() {  # utime+stime of all threads of PID (0 if gone or none)
-  local s
-  [ -n "${1:-}" ] || { echo 0; return 0; }
-  s=$(cat /proc/"$1"/stat 2>/dev/null) || { echo 0; return 0; }
-  s=${s##*) }
-  set -- $s
-  echo $(( ${12} + ${13} ))
+cpu_ticks() {  # utime+stime of all threads of the given PIDs (0 if gone or none)
+  local p t=0 s
+  for p in "$@"; do
+    s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
+    s=${s##*) }   # drop "pid (comm) "
+    set -- $s     # fields now start at 3 (state)
+    t=$(( t + ${12} + ${13} ))
+  done
+  echo $t
 }
 
 # iperf3_result JSONFILE: prints "OK GBPS RETRANSMITS" or "ERR reason"

@@ -73,23 +73,11 @@ chmod 755 "$TMP"
 NS_C=synat-c-$SUF; VETH=synh$SUF
 RES=$TMP/results.tsv; : > "$RES"
 NOTES=$TMP/notes.txt; : > "$NOTES"
+# shellcheck source=tools/bench/lib.sh
+. "$HERE/lib.sh"
 PIDS=""            # long-lived processes we started (stopped in reverse order on exit)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
-
-log() { echo "[$(date +%T)] $*" >&2; }
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
-die() { log "FAILED: $*"; exit 1; }
-
-stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
-  local p=$1 i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }; sleep 0.1; done
-  log "pid $p ignored SIGTERM for 5 s, SIGKILL"
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
 
 stop_all() {  # stop every tracked process, newest first
   local p rev=""
@@ -116,31 +104,6 @@ AS_USER=(setpriv --reuid="$RUID" --regid="$RGID" --init-groups --
 as_user() { "${AS_USER[@]}" "$@"; }
 # in_sb PID CMD...: run CMD as the user inside sandbox PID's user + network namespace
 in_sb() { local p=$1; shift; "${AS_USER[@]}" nsenter -t "$p" -U -n --preserve-credentials "$@"; }
-
-# ---------------------------------------------------------------- prerequisites
-install_deps() {
-  local need="" c
-  for c in pasta:passt slirp4netns:slirp4netns iperf3:iperf3 ip:iproute2 ss:iproute2 \
-           nsenter:util-linux setpriv:util-linux python3:python3; do
-    command -v "${c%%:*}" >/dev/null 2>&1 || need="$need ${c##*:}"
-  done
-  [ -z "$need" ] && return 0
-  log "installing:$need"
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null 2>&1 || {
-    timeout 300 apt-get update >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null; } || die "apt-get install$need"
-}
-
-find_bin() {
-  if [ -n "$BIN" ]; then [ -x "$BIN" ] || die "no Switchyard binary at $BIN"; return 0; fi
-  local target=${CARGO_TARGET_DIR:-$REPO/target}
-  if [ "$BUILD" = 1 ] && command -v cargo >/dev/null 2>&1; then
-    log "cargo build --release (target dir $target)"
-    (cd "$REPO" && CARGO_TARGET_DIR=$target timeout 1800 cargo build --release --quiet) || die "cargo build --release"
-  fi
-  BIN=$target/release/switchyard
-  [ -x "$BIN" ] || die "no Switchyard binary at $BIN (build it, or pass --bin)"
-}
 
 # free_port: sets PORT to a TCP port nothing uses (random, 20000-59999)
 USED_PORTS=""; PORT=""
@@ -178,15 +141,6 @@ descendant() {
     d=$(descendant "$c" "$name") && { echo "$d"; return 0; }
   done
   return 1
-}
-
-cpu_ticks() {  # utime+stime of all threads of PID (0 if gone or none)
-  local s
-  [ -n "${1:-}" ] || { echo 0; return 0; }
-  s=$(cat /proc/"$1"/stat 2>/dev/null) || { echo 0; return 0; }
-  s=${s##*) }
-  set -- $s
-  echo $(( ${12} + ${13} ))
 }
 
 # sandbox: start `sleep` in a new user + network namespace owned by the user;
@@ -340,26 +294,6 @@ down_tools() {  # stop this MTU's sandboxes and tools, remove its Switchyard net
   switchyard_NET=""; switchyard_MTU=""
 }
 
-# ---------------------------------------------------------------- measurement
-# iperf3_result JSONFILE: prints "OK GBPS RETRANSMITS" or "ERR reason"
-iperf3_result() {
-  python3 - "$1" <<'EOF'
-import json, sys
-try:
-    d = json.load(open(sys.argv[1]))
-except Exception:
-    t = open(sys.argv[1], errors="replace").read().strip().splitlines()
-    print("ERR " + (t[-1][:80] if t else "no output from iperf3")); sys.exit(0)
-if d.get("error"):
-    print("ERR " + d["error"][:80]); sys.exit(0)
-try:
-    print("OK %.3f %s" % (d["end"]["sum_received"]["bits_per_second"] / 1e9,
-                          d["end"].get("sum_sent", {}).get("retransmits", "-")))
-except Exception:
-    print("ERR no result in iperf3's output")
-EOF
-}
-
 put() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "${RETR:--}" >> "$RES"; }  # mtu case tool round status value cpu_ticks retransmits
 
 # measure MTU CASE TOOL ROUND
@@ -429,7 +363,8 @@ measure() {
 }
 
 # ---------------------------------------------------------------- main
-install_deps
+install_deps pasta:passt slirp4netns:slirp4netns iperf3:iperf3 ip:iproute2 ss:iproute2 \
+  nsenter:util-linux setpriv:util-linux python3:python3
 modprobe tun 2>/dev/null || true
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing"
 chmod 0666 /dev/net/tun   # the rootless tools open it as $RUSER

@@ -2,8 +2,10 @@
 # End-to-end benchmark: Switchyard (1 and 2 workers) vs Linux kernel bridge + veth
 # vs Open vSwitch userspace datapath (netdev) with TAP ports.
 #
-# Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH]
+# Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH] [--no-build]
 #   setups: sy1 sy2 kbridge ovs
+#   the Switchyard binary: --bin, else $SWITCHYARD_BIN, else cargo build --release
+#   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build)
 #
 # Two namespaces A (10.77.0.2) and B (10.77.0.3) on one switch per setup; every
 # switch but Switchyard's daemon runs in a third namespace of its own. All
@@ -18,13 +20,15 @@ REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
 QUICK=0
 ONLY="sy1,sy2,kbridge,ovs"
-BIN=${SWITCHYARD_BIN:-/work/target-bench/release/switchyard}
+BIN=${SWITCHYARD_BIN:-}
+BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
     --only) ONLY=$2; shift ;;
     --bin) BIN=$2; shift ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,11 +40,11 @@ SUF=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 TMP=$(mktemp -d /tmp/sybench-XXXXXX)
 RES=$TMP/results.tsv; : > "$RES"
 NOTES=$TMP/notes.txt; : > "$NOTES"
+# shellcheck source=tools/bench/lib.sh
+. "$HERE/lib.sh"
 T_START=$(date +%s)
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
-log() { echo "[$(date +%T)] $*" >&2; }
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
 put() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RES"; }   # setup metric value
 
 # ---------------------------------------------------------------- state of the current setup
@@ -49,15 +53,6 @@ SW_PIDS=""        # switch processes (CPU accounting)
 KILL_PIDS=""      # every process we started and must stop
 AUX_PIDS=""       # helpers (iperf3 servers) started by the measurements
 OVS_DIR=""; SY_DIR=""; SY_SOCK=""; SY_PID=""
-
-stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
-  local p=$1 i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null
-  for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  log "pid $p ignored SIGTERM for 5 s, SIGKILL"
-  kill -KILL "$p" 2>/dev/null; sleep 0.2
-}
 
 teardown() {
   local p n
@@ -80,19 +75,6 @@ trap on_exit EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 # ---------------------------------------------------------------- installation
-install_deps() {
-  local need="" c pkg
-  for c in iperf3:iperf3 ping:iputils-ping trafgen:netsniff-ng ovs-vswitchd:openvswitch-switch python3:python3; do
-    command -v "${c%%:*}" >/dev/null 2>&1 || need="$need ${c##*:}"
-  done
-  [ -f /usr/share/openvswitch/vswitch.ovsschema ] || need="$need openvswitch-switch"
-  if [ -n "$need" ]; then
-    log "installing:$need"
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null || {
-      timeout 300 apt-get update >/dev/null; DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y $need >/dev/null; } || {
-      echo "apt-get install failed:$need" >&2; exit 1; }
-  fi
-}
 
 mkns() { ip netns add "$1" && ip -n "$1" link set lo up; }
 
@@ -182,16 +164,6 @@ sy_stats_save() {  # sy_stats_save SETUP TAG
 }
 
 # ---------------------------------------------------------------- measurements
-cpu_ticks() {  # sum of utime+stime (all threads) of the given pids
-  local p t=0 s
-  for p in "$@"; do
-    s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
-    s=${s##*) }   # drop "pid (comm) "
-    set -- $s     # fields now start at 3 (state)
-    t=$(( t + ${12} + ${13} ))
-  done
-  echo $t
-}
 
 wait_listen() {  # wait_listen NS PORT
   local i
@@ -272,8 +244,9 @@ run_setup() {  # run_setup KEY LABEL UPCMD...
 }
 
 # ---------------------------------------------------------------- main
-install_deps
-[ -x "$BIN" ] || { echo "Switchyard binary not found: $BIN (CARGO_TARGET_DIR=/work/target-bench cargo build --release)" >&2; }
+install_deps iperf3:iperf3 ping:iputils-ping trafgen:netsniff-ng ovs-vswitchd:openvswitch-switch python3:python3
+[ -f /usr/share/openvswitch/vswitch.ovsschema ] || note "Open vSwitch's schema /usr/share/openvswitch/vswitch.ovsschema is missing: reinstall openvswitch-switch"
+case ",$ONLY," in *,sy1,*|*,sy2,*) find_bin ;; esac
 modprobe tun 2>/dev/null; modprobe bridge 2>/dev/null; modprobe openvswitch 2>/dev/null
 SETUPS=""
 for s in ${ONLY//,/ }; do

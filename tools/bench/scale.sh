@@ -3,7 +3,7 @@
 # forwarding between known hosts during the flood.
 #
 # Usage (as root):  tools/bench/scale.sh [--quick] [--endpoints N] [--macs N]
-#                                        [--sample K] [--workers N] [--bin PATH]
+#                                        [--sample K] [--workers N] [--bin PATH] [--no-build]
 #   --quick        20 endpoints, 10,000 MACs, iperf3 3 s
 #   --endpoints N  namespaces attached (default 100; at most 250)
 #   --macs N       frames in the flood, each with its own random source MAC (default 100,000)
@@ -26,7 +26,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
 N=100; MACS=100000; FLOOD_PPS=50000; SAMPLE=20; PAR=4; WORKERS=2; IPERF_T=5; QUICK=0; KEEP_ARP=0
-BIN=${SWITCHYARD_BIN:-/work/target-bench/release/switchyard}
+BIN=${SWITCHYARD_BIN:-}
+BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; N=20; MACS=10000; IPERF_T=3 ;;
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift ;;
     --parallel) PAR=$2; shift ;;
     --bin) BIN=$2; shift ;;
+    --no-build) BUILD=0 ;;
     --keep-arp-limit) KEEP_ARP=1 ;;
     -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -44,7 +46,6 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 [ "$N" -ge 3 ] && [ "$N" -le 250 ] || { echo "--endpoints must be 3..250" >&2; exit 2; }
-[ -x "$BIN" ] || { echo "no switchyard binary at $BIN (cargo build --release)" >&2; exit 1; }
 if ! command -v trafgen >/dev/null || ! command -v iperf3 >/dev/null; then
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y netsniff-ng iperf3 >/dev/null || {
     echo "apt-get install netsniff-ng iperf3 failed" >&2; exit 1; }
@@ -52,20 +53,15 @@ fi
 
 SUF=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')
 TMP=$(mktemp -d /tmp/sysc-XXXXXX)
+NOTES=$TMP/notes.txt; : > "$NOTES"
+# shellcheck source=tools/bench/lib.sh
+. "$HERE/lib.sh"
 SY_SOCK=$TMP/api.sock; SY_PID=""; AUX_PIDS=""; ARP_RESTORE=""
 T_START=$(date +%s); LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 ns() { echo "sysc-$SUF-$1"; }
 ip_of() { echo "10.78.0.$(( $1 + 2 ))"; }
-log() { echo "[$(date +%T)] $*" >&2; }
 sy() { timeout 20 "$BIN" --socket "$SY_SOCK" "$@"; }
 
-stop_pid() {  # SIGTERM, up to 5 s, then SIGKILL
-  local p=$1 i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null
-  for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null
-}
 on_exit() {
   local p n
   for p in $AUX_PIDS $SY_PID; do stop_pid "$p"; done
@@ -77,6 +73,7 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'log "interrupted"; exit 130' INT TERM
+find_bin
 
 rss_kb() { awk '/^VmRSS:/{print $2}' /proc/"$SY_PID"/status 2>/dev/null || echo 0; }
 stat_json() { sy stats --json > "$1" 2>/dev/null || echo '{}' > "$1"; }
