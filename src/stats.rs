@@ -48,6 +48,9 @@ pub struct WorkerCounters {
     pub learn_msgs_lost: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
+    /// Times the worker's loop panicked (a bug) and was restarted, dropping
+    /// the frames it had in hand.
+    pub worker_restarts: AtomicU64,
     /// DNS queries to a gateway.
     pub dns_queries: AtomicU64,
     /// DNS queries answered from the network's records.
@@ -154,7 +157,7 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         s.drops.insert(r.name().to_string(), v);
     }
     type Field = fn(&WorkerCounters) -> &AtomicU64;
-    let events: [(&str, Field); 17] = [
+    let events: [(&str, Field); 18] = [
         ("mac-learned", |w| &w.mac_learned),
         ("mac-moved", |w| &w.mac_moved),
         ("mac-evicted", |w| &w.mac_evicted),
@@ -165,6 +168,7 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         ("cross-worker-received", |w| &w.cross_received),
         ("learn-msgs-lost", |w| &w.learn_msgs_lost),
         ("batches", |w| &w.batches),
+        ("worker-restarts", |w| &w.worker_restarts),
         ("dns-queries", |w| &w.dns_queries),
         ("dns-answered", |w| &w.dns_answered),
         ("dns-nxdomain", |w| &w.dns_nxdomain),

@@ -369,3 +369,76 @@ fn multi_queue_ports_never_cross_workers() {
     sw.settle();
     assert!(drain(&handles[0].0).is_empty() && drain(&handles[0].1).is_empty());
 }
+
+/// A port that sends nothing and panics on its first `send` (standing in for
+/// a bug in a port).
+struct PanicsOnce(bool);
+
+impl switchyard::ports::Port for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics"
+    }
+    fn caps(&self) -> PortCaps {
+        CAPS
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    fn recv(
+        &mut self,
+        _: &mut switchyard::pipeline::pool::BufferPool,
+        _: &mut Vec<switchyard::pipeline::frame::Frame>,
+        _: usize,
+    ) -> std::io::Result<usize> {
+        Ok(0)
+    }
+    fn send(
+        &mut self,
+        frames: &mut Vec<switchyard::pipeline::frame::Frame>,
+        pool: &mut switchyard::pipeline::pool::BufferPool,
+    ) -> switchyard::ports::TxResult {
+        if std::mem::take(&mut self.0) {
+            panic!("a bug in a port");
+        }
+        let sent = frames.len();
+        for f in frames.drain(..) {
+            pool.free(f);
+        }
+        switchyard::ports::TxResult {
+            sent,
+            ..Default::default()
+        }
+    }
+}
+
+#[test]
+fn a_panic_in_the_loop_is_counted_and_the_worker_goes_on() {
+    let mut sw = Switch::new(1);
+    let n = sw.network("n", false);
+    let [a, b] = [0, 1].map(|_| sw.port(n, 0, PortSecurity::default()));
+    sw.dp
+        .add_port(
+            PortSpec {
+                network: n,
+                security: PortSecurity::default(),
+                worker: Some(0),
+            },
+            Box::new(PanicsOnce(true)),
+        )
+        .unwrap();
+    let step = |sw: &mut Switch| {
+        for _ in 0..4 {
+            assert!(sw.workers[0].run_once_catching(Duration::ZERO));
+        }
+    };
+    step(&mut sw);
+    // Flooded to B and to the panicking port: the batch is lost.
+    a.inject(&frame(MacAddr::BROADCAST, mac(1)));
+    step(&mut sw);
+    assert_eq!(sw.dp.stats().events["worker-restarts"], 1);
+    // The worker still switches, with its tables intact.
+    b.inject(&frame(mac(1), mac(2)));
+    step(&mut sw);
+    assert_eq!(drain(&a), vec![frame(mac(1), mac(2))]);
+    assert_eq!(sw.dp.stats().events["worker-restarts"], 1);
+}

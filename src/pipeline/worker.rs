@@ -224,7 +224,51 @@ impl Worker {
 
     /// Runs until a `Stop` command arrives or the command channel closes.
     pub fn run(mut self) {
-        while self.run_once(self.config.idle_timeout) {}
+        while self.run_once_catching(self.config.idle_timeout) {}
+    }
+
+    /// [`Worker::run_once`], but a panic inside is caught. A panic is a bug,
+    /// but it must not leave the switch up and silently forwarding nothing:
+    /// it is logged and counted (`worker-restarts`), the frames in hand are
+    /// dropped, and the worker goes on with the same ports and tables.
+    pub fn run_once_catching(&mut self, timeout: Duration) -> bool {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_once(timeout)));
+        let payload = match run {
+            Ok(more) => return more,
+            Err(payload) => payload,
+        };
+        bump(&self.me.counters.worker_restarts, 1);
+        let restarts = self.me.counters.worker_restarts.load(Ordering::Relaxed);
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        // Logged at first and then sparingly: a bug that every frame hits
+        // would otherwise flood the log.
+        if restarts <= 10 || restarts.is_power_of_two() {
+            tracing::error!(
+                worker = self.id,
+                restarts,
+                "worker loop panicked ({what}); frames in hand dropped, loop restarted"
+            );
+        }
+        self.drop_in_flight();
+        true
+    }
+
+    /// Returns every frame the worker holds between stages to the pool
+    /// (after a panic left them in an unknown state).
+    fn drop_in_flight(&mut self) {
+        for f in self.batch.drain(..).chain(self.scratch.drain(..)) {
+            self.pool.free(f);
+        }
+        for slot in self.slots.iter_mut().flatten() {
+            for f in slot.pending.drain(..) {
+                self.pool.free(f);
+            }
+        }
+        self.dirty.clear();
     }
 
     /// One loop iteration: commands, inboxes, ports, aging, then poll for at
