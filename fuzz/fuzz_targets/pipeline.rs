@@ -41,8 +41,10 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
         return;
     };
     let mut handles = Vec::new();
-    for (i, offload) in [(0, true), (1, false)] {
-        let caps = PortCaps { offload, mtu: 1500 };
+    // With offloads; without; and without but cutting GSO frames itself
+    // (a VXLAN tunnel port's caps).
+    for (i, offload, segments_gso) in [(0, true, false), (1, false, false), (1, false, true)] {
+        let caps = PortCaps { offload, mtu: 1500, segments_gso };
         let (port, handle) = MemoryPort::new("fuzz", caps, 1024);
         let spec = PortSpec { network: net, security: PortSecurity::default(), worker: Some(i) };
         if dp.add_port(spec, Box::new(port)).is_err() {
