@@ -31,13 +31,13 @@ pub fn adapt(
         coalesce(pending, pool, counters);
         return;
     }
+    // GSO frames always go through the loop below, which decides once per
+    // frame whether the port takes it whole.
     let needs_work = pending.iter().any(|f| {
-        (f.vnet.is_gso() && !keeps_whole(f, caps))
-            || (!f.vnet.is_gso() && f.vnet.needs_csum())
-            || (!f.vnet.is_gso() && f.len() > caps.mtu as usize + L2_OVERHEAD)
+        f.vnet.is_gso() || f.vnet.needs_csum() || f.len() > caps.mtu as usize + L2_OVERHEAD
     });
     if !needs_work {
-        for f in pending.iter_mut().filter(|f| !f.vnet.is_gso()) {
+        for f in pending.iter_mut() {
             f.vnet = VirtioNetHdr::NONE;
         }
         return;
@@ -83,14 +83,21 @@ pub fn segment_size(f: &Frame, mtu: u16) -> u16 {
     (f.vnet.gso_size as usize).min(mss_cap) as u16
 }
 
-/// True if a port with `caps` takes GSO frame `f` whole and cuts it itself
-/// (see [`PortCaps::segments_gso`]): it must be a TCP frame the segmenter
-/// accepts, else the switch segments it and counts what fails.
+/// The segmenter with which a [`PortCaps::segments_gso`] port of `mtu` cuts
+/// GSO frame `f` while sending, or `None` if it cannot take `f` whole: `f`
+/// must be a TCP frame the segmenter accepts, within [`CUT_MAX_HEADER`] and
+/// [`CUT_MAX_SEGMENTS`]. The one rule both the switch (here) and such a
+/// port apply.
+pub fn cut_whole(f: &Frame, mtu: u16) -> Option<Segmenter<'_>> {
+    Segmenter::new(f.data(), &f.vnet, Some(segment_size(f, mtu)))
+        .ok()
+        .filter(|s| s.header_len() <= CUT_MAX_HEADER && s.segment_count() <= CUT_MAX_SEGMENTS)
+}
+
+/// True if a port with `caps` takes GSO frame `f` whole and cuts it itself;
+/// otherwise the switch segments it and counts what fails.
 fn keeps_whole(f: &Frame, caps: PortCaps) -> bool {
-    caps.segments_gso
-        && Segmenter::new(f.data(), &f.vnet, Some(segment_size(f, caps.mtu))).is_ok_and(|s| {
-            s.header_len() <= CUT_MAX_HEADER && s.segment_count() <= CUT_MAX_SEGMENTS
-        })
+    caps.segments_gso && cut_whole(f, caps.mtu).is_some()
 }
 
 fn segment_into(

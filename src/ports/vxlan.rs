@@ -24,13 +24,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{Port, PortCaps, TxResult, CUT_MAX_HEADER};
+use super::{Port, PortCaps, TxResult, CUT_MAX_HEADER, CUT_MAX_SEGMENTS};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::offload;
 use crate::pipeline::pool::BufferPool;
 use crate::sys::udp::{self, Pieces, RecvMeta, MAX_BATCH};
 use crate::wire::gro;
-use crate::wire::gso::Segmenter;
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::vxlan::{VxlanRepr, HEADER_LEN};
 
@@ -156,7 +155,27 @@ impl VxlanRxPort {
         // one a packet may join.
         let mut open = (out.len() > start).then(|| out.len() - 1);
         while let Some((f, off, seg)) = self.pending.front_mut() {
-            let step = if *seg == 0 { f.len() } else { *seg };
+            if *seg == 0 || f.len() <= *seg {
+                // A plain datagram: joined, or handed out as it is.
+                let joined = open.and_then(|i| out.get_mut(i)).is_some_and(|head| {
+                    head.meta.underlay_src == f.meta.underlay_src && join(head, f.data())
+                });
+                if !joined && out.len() >= limit {
+                    return;
+                }
+                let Some((f, _, _)) = self.pending.pop_front() else {
+                    return;
+                };
+                if joined {
+                    self.coalesced += 1;
+                    pool.free(f);
+                } else {
+                    out.push(f);
+                    open = Some(out.len() - 1);
+                }
+                continue;
+            }
+            let step = *seg;
             while *off < f.len() {
                 let end = (*off + step).min(f.len());
                 let packet = &f.data()[*off..end];
@@ -332,6 +351,9 @@ pub struct TunnelPort {
 /// frame kept whole may have.
 const SLOT: usize = HEADER_LEN + CUT_MAX_HEADER;
 
+// A GSO frame the switch lets through whole fits one send.
+const _: () = assert!(CUT_MAX_SEGMENTS <= udp::MAX_SEND);
+
 /// One datagram of a send: a frame with the VXLAN header pushed in front,
 /// or a segment of a GSO frame (headers in a slot, payload in the frame).
 #[derive(Clone, Copy)]
@@ -415,15 +437,11 @@ impl TunnelPort {
             }
             return true;
         }
-        let mss = offload::segment_size(f, self.mtu);
-        let Ok(mut seg) = Segmenter::new(f.data(), &f.vnet, Some(mss)) else {
+        // The switch let this frame through whole by the same rule.
+        let Some(mut seg) = offload::cut_whole(f, self.mtu) else {
             *refused = true;
             return true;
         };
-        if seg.header_len() > CUT_MAX_HEADER || seg.segment_count() > udp::MAX_SEND {
-            *refused = true;
-            return true;
-        }
         if self.datagrams.len() + seg.segment_count() > udp::MAX_SEND {
             return false;
         }
@@ -532,7 +550,7 @@ impl Port for TunnelPort {
             let sock = pick(&frames[i]);
             self.datagrams.clear();
             let mut end = i;
-            while end < frames.len() && pick(&frames[end]) == sock {
+            while end < frames.len() && (end == i || pick(&frames[end]) == sock) {
                 let mut refused = false;
                 if !self.describe(frames, end, &mut refused) {
                     break;
@@ -579,6 +597,7 @@ impl Port for TunnelPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::gso::Segmenter;
 
     #[test]
     fn encapsulate_pushes_a_valid_header() {
@@ -756,7 +775,7 @@ mod tests {
             .enumerate()
             .all(|(i, b)| usize::from(*b) == i % 251));
         // Segmenting the joined frame again gives back the very packets.
-        let mut seg = crate::wire::gso::Segmenter::new(inner, &out[0].vnet, Some(1400)).unwrap();
+        let mut seg = Segmenter::new(inner, &out[0].vnet, Some(1400)).unwrap();
         let mut buf = vec![0u8; 2048];
         for packet in &first {
             let n = seg.next_into(&mut buf).unwrap().unwrap();
