@@ -101,6 +101,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             idle_timeout: Duration::ZERO,
             busy_poll: Duration::ZERO,
         },
+        gateway_threads: 0,
     };
     let (mut dp, mut ws) = Dataplane::inline(config, Arc::new(SystemClock::new())).unwrap();
     let net = dp

@@ -71,6 +71,9 @@ pub struct DataplaneConfig {
     pub inbox_depth: usize,
     /// Per-worker settings.
     pub worker: WorkerConfig,
+    /// Gateway-stack threads, each with its own punt queue (0: one per
+    /// worker).
+    pub gateway_threads: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -80,6 +83,7 @@ impl Default for DataplaneConfig {
             pool_frames: 4096,
             inbox_depth: 1024,
             worker: WorkerConfig::default(),
+            gateway_threads: 0,
         }
     }
 }
@@ -211,7 +215,11 @@ impl Dataplane {
                 .collect();
             (s, (0..n).map(|_| None).collect::<Vec<_>>())
         };
-        let punt = Arc::new(PuntQueue::new(config.inbox_depth));
+        let gateway_threads = match config.gateway_threads {
+            0 => n,
+            t => t,
+        };
+        let punt = Arc::new(PuntQueue::new(config.inbox_depth, gateway_threads));
         let mut commands = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         for (id, poll) in polls.into_iter().enumerate() {

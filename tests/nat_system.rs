@@ -419,6 +419,16 @@ fn syn_flood_is_capped() {
     assert_eq!(text(&out2), BODY);
     let v = stats(&env);
     assert!(event(&v, "nat-active-flows") <= CAP + 1, "{v}");
+    // The two sandboxes hold consecutive data-plane ports, so each has a
+    // gateway-stack thread of its own (the daemon runs 2): the flood's
+    // flows sit on one, the curl's on the other.
+    assert_eq!(event(&v, "gateway-threads"), 2, "{v}");
+    let per_thread = [
+        event(&v, "nat-flows-thread-0"),
+        event(&v, "nat-flows-thread-1"),
+    ];
+    assert!(per_thread.iter().all(|&n| n > 0), "{per_thread:?} {v}");
+    assert!(per_thread.contains(&1), "{per_thread:?} {v}");
     std::fs::write(&go, "").expect("go");
     assert!(env.wait_child(child).success(), "flood client");
     drop(silent);

@@ -85,6 +85,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     if let Some(n) = args.workers {
         dataplane.workers = usize::from(n);
     }
+    dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
     dataplane.worker.busy_poll = std::time::Duration::from_micros(args.busy_poll_us);
     let config = DaemonConfig {
         state_dir: args.state_dir.unwrap_or_else(paths::default_state_dir),

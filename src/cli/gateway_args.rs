@@ -5,7 +5,7 @@ use clap::Args;
 
 use crate::gateway::flow::FlowLimits;
 
-/// Limits of the gateway's NAT.
+/// Limits and threads of the gateway's NAT.
 #[derive(Debug, Clone, Args)]
 pub struct NatArgs {
     /// Most NAT flows (TCP connections, UDP flows) in all.
@@ -14,6 +14,11 @@ pub struct NatArgs {
     /// Most NAT flows of one sandbox address.
     #[arg(long, value_name = "N", default_value_t = FlowLimits::default().per_sandbox)]
     pub nat_max_flows_per_sandbox: usize,
+    /// Gateway-stack threads serving NAT flows, published ports and DNS over
+    /// TCP; each owns the sandboxes whose port maps to it (default: one per
+    /// worker).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub gateway_threads: Option<u16>,
 }
 
 impl NatArgs {

@@ -113,6 +113,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     if let Some(n) = args.workers {
         dataplane.workers = usize::from(n);
     }
+    dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
     let queues = dataplane.workers;
     let state_dir = temp_state_dir();
     let config = DaemonConfig {

@@ -52,6 +52,31 @@ struct Session {
     counted: bool,
 }
 
+/// Ids of DNS-over-TCP connections: unique across stack threads, and the
+/// id modulo the thread count names the thread that holds the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnIds {
+    next: u64,
+    step: u64,
+}
+
+impl ConnIds {
+    /// Ids `first`, `first + step`, ... (thread `first` of `step`).
+    pub fn new(first: u64, step: u64) -> ConnIds {
+        ConnIds {
+            next: first,
+            step: step.max(1),
+        }
+    }
+
+    /// The next id.
+    pub fn take(&mut self) -> u64 {
+        let id = self.next;
+        self.next = self.next.wrapping_add(self.step);
+        id
+    }
+}
+
 /// The DNS-over-TCP sessions of one network.
 #[derive(Default)]
 pub struct DnsTcp {
@@ -64,7 +89,7 @@ impl DnsTcp {
         &mut self,
         sockets: &mut SocketSet<'static>,
         gateway: Ipv4Addr,
-        next_conn: &mut u64,
+        conns: &mut ConnIds,
         now: Instant,
     ) {
         let listening = self
@@ -89,11 +114,10 @@ impl DnsTcp {
             }
             s.set_timeout(Some(IDLE));
             let handle = sockets.add(s);
-            *next_conn += 1;
             self.sessions.insert(
                 handle,
                 Session {
-                    conn: *next_conn,
+                    conn: conns.take(),
                     input: Vec::new(),
                     output: Vec::new(),
                     pending: 0,

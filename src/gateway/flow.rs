@@ -6,6 +6,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::pipeline::frame::Frame;
 use crate::tables::topology::NetworkId;
@@ -134,6 +136,8 @@ pub struct FlowTable<T> {
     index: HashMap<FlowKey, usize>,
     per_sandbox: HashMap<(NetworkId, Ipv4Addr), usize>,
     limits: FlowLimits,
+    /// Flows in this table and every table sharing the total cap.
+    total: Arc<AtomicUsize>,
     timers: BinaryHeap<Reverse<(i64, usize)>>,
 }
 
@@ -149,12 +153,20 @@ pub enum CapHit {
 impl<T> FlowTable<T> {
     /// An empty table.
     pub fn new(limits: FlowLimits) -> FlowTable<T> {
+        FlowTable::sharing(limits, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// An empty table whose flows count, with those of the other tables
+    /// given the same `total`, against `limits.total` (one table per stack
+    /// thread). The per-sandbox cap is this table's alone.
+    pub fn sharing(limits: FlowLimits, total: Arc<AtomicUsize>) -> FlowTable<T> {
         FlowTable {
             slots: Vec::new(),
             free: Vec::new(),
             index: HashMap::new(),
             per_sandbox: HashMap::new(),
             limits,
+            total,
             timers: BinaryHeap::new(),
         }
     }
@@ -176,15 +188,18 @@ impl<T> FlowTable<T> {
 
     /// Adds a flow unless a cap forbids it; returns its slot.
     pub fn insert(&mut self, key: FlowKey, flow: T) -> Result<usize, CapHit> {
-        if self.index.len() >= self.limits.total {
-            return Err(CapHit::Total);
-        }
         let owner = (key.network, *key.local.ip());
-        let n = self.per_sandbox.entry(owner).or_insert(0);
-        if *n >= self.limits.per_sandbox {
+        let n = self.per_sandbox.get(&owner).copied().unwrap_or(0);
+        if n >= self.limits.per_sandbox {
             return Err(CapHit::Sandbox);
         }
-        *n += 1;
+        let cap = self.limits.total;
+        self.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < cap).then_some(t + 1)
+            })
+            .map_err(|_| CapHit::Total)?;
+        self.per_sandbox.insert(owner, n + 1);
         let slot = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some((key, flow));
@@ -211,6 +226,7 @@ impl<T> FlowTable<T> {
     pub fn remove(&mut self, slot: usize) -> Option<(FlowKey, T)> {
         let (key, flow) = self.slots.get_mut(slot)?.take()?;
         self.index.remove(&key);
+        self.total.fetch_sub(1, Ordering::AcqRel);
         let owner = (key.network, *key.local.ip());
         if let Some(n) = self.per_sandbox.get_mut(&owner) {
             *n -= 1;
@@ -250,6 +266,13 @@ impl<T> FlowTable<T> {
     }
 }
 
+impl<T> Drop for FlowTable<T> {
+    /// Gives the flows' share of the total cap back to the other tables.
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.index.len(), Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +306,31 @@ mod tests {
             "slot reused, sandbox count freed"
         );
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn tables_sharing_the_total_cap_count_together() {
+        let limits = FlowLimits {
+            total: 3,
+            per_sandbox: 2,
+        };
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut a = FlowTable::sharing(limits, total.clone());
+        let mut b = FlowTable::sharing(limits, total.clone());
+        a.insert(key(2, 1), ()).unwrap();
+        a.insert(key(2, 2), ()).unwrap();
+        let s = b.insert(key(3, 1), ()).unwrap();
+        assert_eq!(b.insert(key(4, 1), ()), Err(CapHit::Total));
+        assert_eq!(a.insert(key(5, 1), ()), Err(CapHit::Total));
+        b.remove(s);
+        assert_eq!(total.load(Ordering::Relaxed), 2);
+        b.insert(key(4, 1), ()).unwrap();
+        // A table that goes away gives its share back.
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 1);
+        b.insert(key(6, 1), ()).unwrap();
+        b.insert(key(7, 1), ()).unwrap();
+        assert_eq!(b.len(), 3);
     }
 
     #[test]

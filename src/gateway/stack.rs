@@ -1,8 +1,10 @@
-//! The gateway stack: one control-plane thread running a smoltcp interface
-//! per network, fed with the frames workers punt to it and sending through an
-//! [`Injector`]. It terminates TCP connections to the gateway (DNS over TCP)
-//! and carries sandboxes' flows to the outside over host sockets (NAT, see
-//! [`super::nat`]).
+//! The gateway stack: control-plane threads (one per punt shard, by default
+//! one per worker) each running a smoltcp interface per network, fed with the
+//! frames workers punt to its shard and sending through an [`Injector`] of
+//! its own. They terminate TCP connections to the gateway (DNS over TCP) and
+//! carry sandboxes' flows to the outside over host sockets (NAT, see
+//! [`super::nat`]). A sandbox's frames always reach the same thread, which
+//! owns all its flows, so threads share nothing but the cap on flows in all.
 //!
 //! smoltcp learns neighbours only from ARP, so before a new client's first
 //! segment the stack feeds it a synthetic ARP request from that client (the
@@ -11,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,10 +24,10 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::device::PuntDevice;
-use super::dns_tcp::DnsTcp;
+use super::dns_tcp::{ConnIds, DnsTcp};
 use super::flow::{FlowLimits, FlowTable, PacketInfo, PROTO_TCP};
 use super::nat::Flow;
-use super::publish::{Listener, StackCommand};
+use super::publish::{HostSocket, Listener, PublishTarget, StackCommand};
 use crate::dns::answer::Responder;
 use crate::dns::DnsService;
 use crate::pipeline::frame::Frame;
@@ -92,30 +94,74 @@ pub struct StackCounters {
     pub published_udp: AtomicU64,
 }
 
-/// Answers for TCP clients coming back from the forwarder.
+impl StackCounters {
+    /// Each counter with its name in `switchyard stats`.
+    pub fn named(&self) -> [(&'static str, &AtomicU64); 19] {
+        [
+            ("dns-tcp-connections", &self.dns_tcp_connections),
+            ("dns-tcp-queries", &self.dns_tcp_queries),
+            ("dns-tcp-forwarded", &self.dns_tcp_forwarded),
+            ("dns-tcp-malformed", &self.dns_tcp_malformed),
+            ("punt-unhandled", &self.punt_unhandled),
+            ("gateway-stack-unroutable", &self.unroutable),
+            ("nat-tcp-flows", &self.nat_tcp_flows),
+            ("nat-udp-flows", &self.nat_udp_flows),
+            ("nat-refused", &self.nat_refused),
+            ("nat-flow-cap", &self.nat_flow_cap),
+            ("nat-rejected", &self.nat_rejected),
+            ("nat-unsupported", &self.nat_unsupported),
+            ("nat-udp-send-errors", &self.nat_udp_send_errors),
+            ("nat-active-flows", &self.nat_active),
+            ("nat-icmp-flows", &self.nat_icmp_flows),
+            ("nat-icmp-denied", &self.nat_icmp_denied),
+            ("published-tcp-connections", &self.published_tcp),
+            ("published-udp-sessions", &self.published_udp),
+            ("published-spliced", &self.published_spliced),
+        ]
+    }
+}
+
+/// An answer for a DNS-over-TCP connection: its id and the message.
+type Answer = (u64, Vec<u8>);
+
+/// Answers for TCP clients coming back from the forwarder, one queue per
+/// stack thread; a connection's id says which thread holds it.
 pub struct TcpAnswers {
-    queue: ArrayQueue<(u64, Vec<u8>)>,
+    queues: Box<[ArrayQueue<Answer>]>,
     punt: Arc<PuntQueue>,
 }
 
 impl TcpAnswers {
-    /// Queues `answer` for connection `conn` and wakes the stack. False if
+    /// Queues `answer` for connection `conn` and wakes its thread. False if
     /// the queue is full (the client times out and retries).
     pub fn push(&self, conn: u64, answer: &[u8]) -> bool {
-        let ok = self.queue.push((conn, answer.to_vec())).is_ok();
-        self.punt.wake();
+        let i = (conn % self.queues.len() as u64) as usize;
+        let ok = self.queues[i].push((conn, answer.to_vec())).is_ok();
+        self.punt.shard(i).wake();
         ok
     }
 }
 
-/// The running stack; stopped on drop.
-pub struct GatewayStack {
+/// One stack thread as the daemon sees it.
+struct Shard {
     commands: crossbeam::channel::Sender<StackCommand>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
-    answers: Arc<TcpAnswers>,
     counters: Arc<StackCounters>,
+}
+
+/// The running stack threads, one per punt shard; stopped on drop.
+///
+/// Each thread owns the sandboxes whose data-plane port maps to its shard:
+/// their NAT flows, published ports and DNS-over-TCP connections, with a
+/// smoltcp interface per network of its own. Only the cap on flows in all is
+/// shared (an atomic count); a sandbox's own cap stays exact because all its
+/// flows live on one thread.
+pub struct GatewayStack {
+    shards: Vec<Shard>,
+    answers: Arc<TcpAnswers>,
+    punt: Arc<PuntQueue>,
 }
 
 pub(super) struct NetStack {
@@ -142,6 +188,8 @@ pub(super) struct NetStack {
 
 pub(super) struct Runner {
     punt: Arc<PuntQueue>,
+    /// This thread's punt shard (and answer queue).
+    shard: usize,
     answers: Arc<TcpAnswers>,
     pub(super) injector: Injector,
     dns: Arc<DnsService>,
@@ -150,7 +198,7 @@ pub(super) struct Runner {
     responder: Responder,
     scratch: Vec<u8>,
     pub(super) done: Vec<Frame>,
-    next_conn: u64,
+    conns: ConnIds,
     stop: Arc<AtomicBool>,
     pub(super) poll: Poll,
     epoch: std::time::Instant,
@@ -166,66 +214,125 @@ pub(super) struct Runner {
 }
 
 impl GatewayStack {
-    /// Starts the stack thread on the frames of `punt`.
+    /// Starts one stack thread per shard of `punt`, each sending through
+    /// one of `injectors` (as many as shards).
     pub fn start(
         punt: Arc<PuntQueue>,
-        injector: Injector,
+        injectors: Vec<Injector>,
         dns: Arc<DnsService>,
         topo: SharedTopology,
         limits: FlowLimits,
     ) -> io::Result<GatewayStack> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        // Workers wake the stack through the punt queue.
-        let _ = punt.waker.set(waker.clone());
+        let n = punt.shards();
+        if injectors.len() != n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "one injector per gateway-stack thread",
+            ));
+        }
         let answers = Arc::new(TcpAnswers {
-            queue: ArrayQueue::new(1024),
+            queues: (0..n).map(|_| ArrayQueue::new(1024)).collect(),
             punt: punt.clone(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(StackCounters::default());
-        let (commands_tx, commands) = crossbeam::channel::unbounded();
-        let runner = Runner {
-            punt,
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut stack = GatewayStack {
+            shards: Vec::with_capacity(n),
             answers: answers.clone(),
-            injector,
-            dns,
-            topo,
-            nets: HashMap::new(),
-            responder: Responder::default(),
-            scratch: Vec::with_capacity(u16::MAX as usize),
-            done: Vec::new(),
-            next_conn: 0,
-            stop: stop.clone(),
-            poll,
-            epoch: std::time::Instant::now(),
-            counters: counters.clone(),
-            flows: FlowTable::new(limits),
-            dirty: Vec::new(),
-            udp_buf: vec![0; u16::MAX as usize],
-            commands,
-            listeners: HashMap::new(),
-            ready_listeners: Vec::new(),
-            udp_peers: HashMap::new(),
-            next_ephemeral: 0,
+            punt: punt.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("sy-gwstack".into())
-            .spawn(move || runner.run())?;
-        Ok(GatewayStack {
-            commands: commands_tx,
-            stop,
-            waker,
-            thread: Some(thread),
-            answers,
-            counters,
-        })
+        for (shard, injector) in injectors.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            // Workers wake the thread through its punt shard.
+            let _ = punt.shard(shard).waker.set(waker.clone());
+            let stop = Arc::new(AtomicBool::new(false));
+            let counters = Arc::new(StackCounters::default());
+            let (commands_tx, commands) = crossbeam::channel::unbounded();
+            let runner = Runner {
+                punt: punt.clone(),
+                shard,
+                answers: answers.clone(),
+                injector,
+                dns: dns.clone(),
+                topo: topo.clone(),
+                nets: HashMap::new(),
+                responder: Responder::default(),
+                scratch: Vec::with_capacity(u16::MAX as usize),
+                done: Vec::new(),
+                conns: ConnIds::new(shard as u64, n as u64),
+                stop: stop.clone(),
+                poll,
+                epoch: std::time::Instant::now(),
+                counters: counters.clone(),
+                flows: FlowTable::sharing(limits, total.clone()),
+                dirty: Vec::new(),
+                udp_buf: vec![0; u16::MAX as usize],
+                commands,
+                listeners: HashMap::new(),
+                ready_listeners: Vec::new(),
+                udp_peers: HashMap::new(),
+                next_ephemeral: 0,
+            };
+            // On error, `stack` drops here and stops the threads started.
+            let thread = std::thread::Builder::new()
+                .name(format!("sy-gwstack{shard}"))
+                .spawn(move || runner.run())?;
+            stack.shards.push(Shard {
+                commands: commands_tx,
+                stop,
+                waker,
+                thread: Some(thread),
+                counters,
+            });
+        }
+        Ok(stack)
     }
 
-    /// Sends a command to the stack thread.
-    pub fn command(&self, cmd: StackCommand) {
-        if self.commands.send(cmd).is_ok() {
-            let _ = self.waker.wake();
+    /// How many stack threads run.
+    pub fn threads(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn send(&self, shard: &Shard, cmd: StackCommand) -> bool {
+        let sent = shard.commands.send(cmd).is_ok();
+        if sent {
+            let _ = shard.waker.wake();
+        }
+        sent
+    }
+
+    /// Serves a published socket on the thread that owns its sandbox.
+    pub fn listen(&self, id: u64, socket: HostSocket, target: PublishTarget) {
+        let shard = &self.shards[self.punt.shard_of(target.port)];
+        self.send(shard, StackCommand::Listen { id, socket, target });
+    }
+
+    /// Drops every flow of a sandbox address that left `network`, on every
+    /// thread (the address may be handed out again, to another port).
+    pub fn forget(&self, network: NetworkId, ip: Ipv4Addr) {
+        for shard in &self.shards {
+            self.send(shard, StackCommand::Forget { network, ip });
+        }
+    }
+
+    /// Closes published socket `id` and waits (up to 2 s) until it is
+    /// closed, so its port is free.
+    pub fn close(&self, id: u64) {
+        let (done, wait) = crossbeam::channel::bounded(self.shards.len());
+        let asked = self
+            .shards
+            .iter()
+            .filter(|s| {
+                let done = done.clone();
+                self.send(s, StackCommand::Close { id, done })
+            })
+            .count();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for _ in 0..asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if wait.recv_timeout(left).is_err() {
+                break;
+            }
         }
     }
 
@@ -234,17 +341,21 @@ impl GatewayStack {
         self.answers.clone()
     }
 
-    /// The stack's counters.
-    pub fn counters(&self) -> &StackCounters {
-        &self.counters
+    /// Each thread's counters.
+    pub fn counters(&self) -> impl Iterator<Item = &StackCounters> {
+        self.shards.iter().map(|s| &*s.counters)
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the threads and waits for them.
     pub fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for s in &self.shards {
+            s.stop.store(true, Ordering::SeqCst);
+            let _ = s.waker.wake();
+        }
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -282,9 +393,12 @@ impl Runner {
                 let ms = (t - self.now().total_millis()).max(0) as u64;
                 delay = delay.min(std::time::Duration::from_millis(ms));
             }
-            self.punt.sleeping.store(true, Ordering::SeqCst);
-            let busy = !self.punt.frames.is_empty()
-                || !self.answers.queue.is_empty()
+            self.punt
+                .shard(self.shard)
+                .sleeping
+                .store(true, Ordering::SeqCst);
+            let busy = !self.punt.shard(self.shard).frames.is_empty()
+                || !self.answers.queues[self.shard].is_empty()
                 || !self.ready_listeners.is_empty()
                 || !self.commands.is_empty();
             let timeout = if busy {
@@ -297,7 +411,10 @@ impl Runner {
                     tracing::warn!("gateway stack poll failed: {e}");
                 }
             }
-            self.punt.sleeping.store(false, Ordering::SeqCst);
+            self.punt
+                .shard(self.shard)
+                .sleeping
+                .store(false, Ordering::SeqCst);
             self.host_events(&events);
         }
         for (_, mut net) in self.nets.drain() {
@@ -450,7 +567,7 @@ impl Runner {
     fn take_punted(&mut self) {
         let now = self.now().total_millis();
         for _ in 0..ROUND {
-            let Some(f) = self.punt.frames.pop() else {
+            let Some(f) = self.punt.shard(self.shard).frames.pop() else {
                 break;
             };
             if f.meta.ethertype != EtherType::Ipv4 {
@@ -482,7 +599,7 @@ impl Runner {
     }
 
     fn take_answers(&mut self) {
-        while let Some((conn, answer)) = self.answers.queue.pop() {
+        while let Some((conn, answer)) = self.answers.queues[self.shard].pop() {
             for net in self.nets.values_mut() {
                 if let Some(h) = net.dns.socket_of(conn) {
                     net.dns.deliver(&mut net.sockets, h, &answer);
@@ -501,8 +618,7 @@ impl Runner {
         let mut unroutable = 0u64;
         for (id, net) in self.nets.iter_mut() {
             if let Some(gw4) = net.gw.ipv4 {
-                net.dns
-                    .listen(&mut net.sockets, gw4, &mut self.next_conn, now);
+                net.dns.listen(&mut net.sockets, gw4, &mut self.conns, now);
             }
             let mut reject = PuntDevice::new(
                 &mut net.reject_rx,

@@ -155,7 +155,8 @@ pub struct Worker {
     learned: Vec<LearnMsg>,
     last_sweep: Millis,
     punt: Arc<PuntQueue>,
-    punted: bool,
+    /// Punt shards pushed to in this batch, one bit each.
+    punted: u64,
 }
 
 /// Everything needed to build a worker.
@@ -213,7 +214,7 @@ impl Worker {
             learned: Vec::with_capacity(BATCH_SIZE),
             last_sweep: now,
             punt: parts.punt,
-            punted: false,
+            punted: 0,
         }
     }
 
@@ -521,7 +522,7 @@ impl Worker {
                 Action::Output(p) => self.route(topo, p, f),
                 Action::Flood => self.flood(topo, f),
                 Action::Punt => match self.punt.push(f) {
-                    Ok(()) => self.punted = true,
+                    Ok(shard) => self.punted |= 1 << shard,
                     Err(f) => {
                         self.me.counters.count_drop(DropReason::PuntFull);
                         self.pool.free(f);
@@ -530,8 +531,9 @@ impl Worker {
             }
         }
         self.batch = batch;
-        if std::mem::take(&mut self.punted) {
-            self.punt.wake();
+        let punted = std::mem::take(&mut self.punted);
+        if punted != 0 {
+            self.punt.wake(punted);
         }
     }
 

@@ -79,30 +79,19 @@ impl Daemon {
     /// Adds the gateway stack's and the forwarder's counters to `events`.
     pub(super) fn stack_events(&self, events: &mut std::collections::BTreeMap<String, u64>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let c = self.stack.counters();
-        for (name, v) in [
-            ("dns-tcp-connections", &c.dns_tcp_connections),
-            ("dns-tcp-queries", &c.dns_tcp_queries),
-            ("dns-tcp-forwarded", &c.dns_tcp_forwarded),
-            ("dns-tcp-malformed", &c.dns_tcp_malformed),
-            ("punt-unhandled", &c.punt_unhandled),
-            ("gateway-stack-unroutable", &c.unroutable),
-            ("nat-tcp-flows", &c.nat_tcp_flows),
-            ("nat-udp-flows", &c.nat_udp_flows),
-            ("nat-refused", &c.nat_refused),
-            ("nat-flow-cap", &c.nat_flow_cap),
-            ("nat-rejected", &c.nat_rejected),
-            ("nat-unsupported", &c.nat_unsupported),
-            ("nat-udp-send-errors", &c.nat_udp_send_errors),
-            ("nat-active-flows", &c.nat_active),
-            ("nat-icmp-flows", &c.nat_icmp_flows),
-            ("nat-icmp-denied", &c.nat_icmp_denied),
-            ("published-tcp-connections", &c.published_tcp),
-            ("published-udp-sessions", &c.published_udp),
-            ("published-spliced", &c.published_spliced),
-        ] {
-            events.insert(name.to_string(), v.load(Relaxed));
+        for (i, c) in self.stack.counters().enumerate() {
+            for (name, v) in c.named() {
+                *events.entry(name.to_string()).or_default() += v.load(Relaxed);
+            }
+            // How the flows spread over the stack threads: flows opened.
+            let opened = [&c.nat_tcp_flows, &c.nat_udp_flows, &c.nat_icmp_flows]
+                .iter()
+                .chain([&c.published_tcp, &c.published_udp].iter())
+                .map(|v| v.load(Relaxed))
+                .sum();
+            events.insert(format!("nat-flows-thread-{i}"), opened);
         }
+        events.insert("gateway-threads".into(), self.stack.threads() as u64);
         let f = self.forwarder.stats();
         for (name, v) in [
             ("dns-upstream-forwarded", f.forwarded),

@@ -105,9 +105,11 @@ impl Daemon {
             Dataplane::start_with(config.dataplane, Arc::new(SystemClock::new()), |_| {
                 Pipeline::with_gateway_services(dns.clone())
             })?;
+        let punt = dataplane.punted();
+        let injectors = (0..punt.shards()).map(|_| dataplane.injector()).collect();
         let stack = GatewayStack::start(
-            dataplane.punted(),
-            dataplane.injector(),
+            punt,
+            injectors,
             dns.clone(),
             dataplane.shared_topology(),
             config.nat_limits,
@@ -705,11 +707,7 @@ impl Daemon {
         self.close_publications(&ep.id, None);
         if let Some(&network) = self.net_ids.get(&ep.network) {
             // Its flows must not pass to the next sandbox given its address.
-            self.stack
-                .command(crate::gateway::publish::StackCommand::Forget {
-                    network,
-                    ip: ep.ipv4,
-                });
+            self.stack.forget(network, ep.ipv4);
         }
         let ports = self.ports.remove(&ep.id).unwrap_or_default();
         self.release_ports(&ep, ports);

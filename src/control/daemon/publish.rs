@@ -9,7 +9,7 @@ use super::Daemon;
 use crate::control::api::PublishSpec;
 use crate::control::error::DaemonError;
 use crate::control::model::{Endpoint, Proto, Publication};
-use crate::gateway::publish::{HostSocket, PublishTarget, StackCommand};
+use crate::gateway::publish::{HostSocket, PublishTarget};
 
 /// Host sockets bound for one publication, not yet served.
 pub(super) type Bound = Vec<(HostSocket, PublishTarget)>;
@@ -145,8 +145,7 @@ impl Daemon {
         for (socket, target) in bound {
             self.next_listener += 1;
             let id = self.next_listener;
-            self.stack
-                .command(StackCommand::Listen { id, socket, target });
+            self.stack.listen(id, socket, target);
             ids.push(id);
         }
         self.listeners.insert((ep_id.to_string(), p), ids);
@@ -163,9 +162,7 @@ impl Daemon {
             .collect();
         for key in keys {
             for id in self.listeners.remove(&key).unwrap_or_default() {
-                let (done, wait) = crossbeam::channel::bounded(1);
-                self.stack.command(StackCommand::Close { id, done });
-                let _ = wait.recv_timeout(std::time::Duration::from_secs(2));
+                self.stack.close(id);
             }
         }
     }
