@@ -112,6 +112,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             internal: false,
             mac_cap: Some(learned * 2),
             subnet4: None,
+            subnet6: None,
             host_loopback: false,
         })
         .unwrap();

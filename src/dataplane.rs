@@ -104,6 +104,8 @@ pub struct NetworkSpec {
     /// IPv4 subnet (address, prefix length): destinations outside it are
     /// the gateway's to carry out.
     pub subnet4: Option<(std::net::Ipv4Addr, u8)>,
+    /// IPv6 subnet (address, prefix length), likewise.
+    pub subnet6: Option<(std::net::Ipv6Addr, u8)>,
     /// The gateway address reaches the host's loopback.
     pub host_loopback: bool,
 }
@@ -302,6 +304,7 @@ impl Dataplane {
                 internal: spec.internal,
                 mac_cap: spec.mac_cap.unwrap_or(DEFAULT_CAP),
                 subnet4: spec.subnet4,
+                subnet6: spec.subnet6,
                 host_loopback: spec.host_loopback,
             })
         });

@@ -60,6 +60,7 @@ impl Switch {
                 internal: false,
                 mac_cap: None,
                 subnet4: None,
+                subnet6: None,
                 host_loopback: false,
             })
             .unwrap()
@@ -279,6 +280,7 @@ fn gateway_answers_arp_and_ping_and_drops_the_rest() {
             internal: false,
             mac_cap: None,
             subnet4: None,
+            subnet6: None,
             host_loopback: false,
         })
         .unwrap();

@@ -200,6 +200,17 @@ fn start_client(
     (i, out, go)
 }
 
+/// A client script's "refused=RC MS" line: curl's "could not connect" (7),
+/// within 2 s.
+fn assert_refused_quickly(line: &str, out: &str, err: &str) {
+    let (rc, ms) = line.split_once(' ').expect("refused line");
+    assert_eq!(rc, "7", "closed port refused:\n{out}{err}");
+    assert!(
+        ms.parse::<u64>().expect("ms") < 2000,
+        "refused quickly:\n{out}"
+    );
+}
+
 fn create_network(env: &Env, name: &str, subnet: &str, extra: &[&str]) {
     let mut args = vec!["network", "create", name, "--subnet", subnet];
     args.extend(extra);
@@ -241,13 +252,7 @@ fn outbound_tcp_udp_and_refusals() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(field(&o, "tcp"), BODY, "host loopback over TCP:\n{o}{err}");
     assert_eq!(field(&o, "udp"), "hi", "host loopback over UDP:\n{o}{err}");
-    let refused = field(&o, "refused");
-    let (rc, ms) = refused.split_once(' ').expect("refused line");
-    assert_eq!(rc, "7", "closed port refused:\n{o}{err}");
-    assert!(
-        ms.parse::<u64>().expect("ms") < 2000,
-        "refused quickly:\n{o}"
-    );
+    assert_refused_quickly(&field(&o, "refused"), &o, &err);
     assert_eq!(field(&o, "inet"), BODY, "far host over the veth:\n{o}{err}");
 
     // Without --host-loopback the gateway address is only the gateway.
@@ -285,6 +290,83 @@ fn outbound_tcp_udp_and_refusals() {
     assert!(event(&v, "nat-tcp-flows") >= 2, "{v}");
     assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
     assert!(event(&v, "nat-refused") >= 1, "{v}");
+}
+
+#[test]
+fn outbound_ipv6_tcp_udp_and_refusals() {
+    let Some(mut env) = Env::with_tools("nat6", Some(USER), &["curl", "nc"]) else {
+        return;
+    };
+    let inet = Inet::create(3);
+    let far = LineServer::start(inet.listen6());
+    let local = LineServer::start(TcpListener::bind("[::1]:0").expect("bind [::1]"));
+    let echo = UdpEcho::start_on("[::1]:0");
+    let closed = TcpListener::bind("[::1]:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    env.start_daemon();
+    let v6 = |subnet: &'static str| ["--ipv6-subnet", subnet];
+    let mut lo6 = v6("fd00:238::/64").to_vec();
+    lo6.push("--host-loopback");
+    create_network(&env, "lo6", "10.238.0.0/24", &lo6);
+    create_network(&env, "plain6", "10.239.0.0/24", &v6("fd00:239::/64"));
+    let mut int6 = v6("fd00:23a::/64").to_vec();
+    int6.push("--internal");
+    create_network(&env, "int6", "10.23.58.0/24", &int6);
+
+    let far_url = format!("http://[{}]:{}/", inet.addr6(), far.port());
+    let script = format!(
+        r#"
+        c() {{ curl -sS --noproxy '*' -m 5 -g "$@"; }}
+        echo "route=$(ip -6 route show default | cut -d' ' -f1-3)"
+        echo "tcp=$(c 'http://[fd00:238::1]:{lp}/')"
+        echo "udp=$(echo hi | nc -6 -u -w1 fd00:238::1 {up})"
+        start=$(date +%s%N); c 'http://[fd00:238::1]:{closed}/'; rc=$?
+        echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        echo "inet=$(c '{far_url}')"
+        "#,
+        lp = local.port(),
+        up = echo.port,
+    );
+    let out = env.sy(&["run", "--network", "lo6", "--", "sh", "-c", &script]);
+    ok(&out, "client on lo6");
+    let o = text(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(field(&o, "route"), "default via fd00:238::1", "{o}{err}");
+    assert_eq!(field(&o, "tcp"), BODY, "host [::1] over TCP:\n{o}{err}");
+    assert_eq!(field(&o, "udp"), "hi", "host [::1] over UDP:\n{o}{err}");
+    assert_refused_quickly(&field(&o, "refused"), &o, &err);
+    assert_eq!(field(&o, "inet"), BODY, "far host over IPv6:\n{o}{err}");
+
+    // Without --host-loopback the gateway address is only the gateway; the
+    // far host is still reachable.
+    let script = format!(
+        r#"curl -sS --noproxy '*' -m 5 -g 'http://[fd00:239::1]:{lp}/'; echo "plain=$?"
+        echo "inet=$(curl -sS --noproxy '*' -m 5 -g '{far_url}')""#,
+        lp = local.port(),
+    );
+    let out = env.sy(&["run", "--network", "plain6", "--", "sh", "-c", &script]);
+    ok(&out, "client on plain6");
+    let o = text(&out);
+    assert_eq!(field(&o, "plain"), "7", "refused:\n{o}");
+    assert_eq!(field(&o, "inet"), BODY, "plain networks go out:\n{o}");
+
+    // An internal network has no way out over IPv6 either.
+    let before = dropped(&stats(&env), "internal-network");
+    let script = format!("curl -sS --noproxy '*' -m 3 -g '{far_url}'; echo \"rc=$?\"");
+    let out = env.sy(&["run", "--network", "int6", "--", "sh", "-c", &script]);
+    ok(&out, "client on int6");
+    assert_ne!(field(&text(&out), "rc"), "0", "internal network went out");
+
+    let v = stats(&env);
+    assert!(dropped(&v, "internal-network") > before, "{v}");
+    assert!(event(&v, "nat-tcp-flows") >= 3, "{v}");
+    assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
+    assert!(event(&v, "nat-refused") >= 1, "{v}");
+    // The stack's own neighbour discovery never reaches a sandbox.
+    assert_eq!(event(&v, "gateway-stack-unroutable"), 0, "{v}");
 }
 
 #[test]
@@ -694,7 +776,12 @@ fn icmp_echo_through_ping_sockets() {
     let inet = Inet::create(2);
     let range = PingGroupRange::save();
     env.start_daemon();
-    create_network(&env, "icmp", "10.237.0.0/24", &[]);
+    create_network(
+        &env,
+        "icmp",
+        "10.237.0.0/24",
+        &["--ipv6-subnet", "fd00:237::/64"],
+    );
     let far = inet.addr().to_string();
     // `ping` from a new sandbox on "icmp" (with `ip` as its address).
     let ping = |count: &str, ip: &str| {
@@ -720,8 +807,16 @@ fn icmp_echo_through_ping_sockets() {
     let out = ping("3", "10.237.0.10");
     ok(&out, "ping with ping sockets allowed");
     eprintln!("allowed: {}", text(&out).lines().last().unwrap_or(""));
+    // ICMPv6 echo: to the gateway (answered by the switch) and out.
+    let script = format!(
+        "ping -6 -c 2 -W 2 fd00:237::1 >/dev/null && ping -6 -c 3 -W 2 {}",
+        inet.addr6()
+    );
+    let out = env.sy(&["run", "--network", "icmp", "--", "sh", "-c", &script]);
+    ok(&out, "ping -6 with ping sockets allowed");
+    eprintln!("allowed (v6): {}", text(&out).lines().last().unwrap_or(""));
     let v = stats(&env);
-    assert!(event(&v, "nat-icmp-flows") >= 1, "{v}");
+    assert!(event(&v, "nat-icmp-flows") >= 2, "{v}");
     let denied = event(&v, "nat-icmp-denied");
 
     // The same address and echo id again, from a new sandbox: the first

@@ -68,6 +68,7 @@ fn network(subnet4: Option<(Ipv4Addr, u8)>) -> NetworkSpec {
         internal: false,
         mac_cap: None,
         subnet4,
+        subnet6: None,
         host_loopback: false,
     }
 }

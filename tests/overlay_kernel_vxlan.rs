@@ -159,6 +159,7 @@ fn sandbox_pings_through_a_kernel_vxlan_device() {
             internal: false,
             mac_cap: None,
             subnet4: Some((Ipv4Addr::new(10, 124, x, 0), 24)),
+            subnet6: None,
             host_loopback: false,
         })
         .expect("network");

@@ -52,6 +52,7 @@ fn dataplane_with(ports: Vec<TapPort>) -> Dataplane {
             internal: false,
             mac_cap: None,
             subnet4: None,
+            subnet6: None,
             host_loopback: false,
         })
         .expect("add network");

@@ -30,12 +30,14 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
         gateway: Some(GatewayInfo {
             mac: MacAddr([2, 0x5e, 0, 0, 0, 1]),
             ipv4: Some([10, 0, 0, 1].into()),
-            ipv6: None,
+            // The gateway's NDP and ICMPv6 answers and IPv6 NAT decisions.
+            ipv6: Some("fd00::1".parse().expect("literal")),
         }),
         isolate: false,
         internal: false,
         mac_cap: Some(16),
-        subnet4: None,
+        subnet4: Some(([10, 0, 0, 0].into(), 24)),
+        subnet6: Some(("fd00::".parse().expect("literal"), 64)),
         host_loopback: false,
     }) else {
         return;

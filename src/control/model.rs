@@ -103,7 +103,7 @@ pub struct Network {
     pub subnet4: Ipv4Net,
     /// IPv4 address of the switch's gateway on this network.
     pub gateway4: Ipv4Addr,
-    /// IPv6 subnet, if any (carried; not yet used by the data plane).
+    /// IPv6 subnet, if any.
     pub subnet6: Option<Ipv6Net>,
     /// IPv6 gateway address, if the network has IPv6.
     pub gateway6: Option<Ipv6Addr>,

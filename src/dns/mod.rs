@@ -52,8 +52,8 @@ impl ReplyRoute {
             addrs: UdpFrameAddrs {
                 src_mac: gateway.0,
                 dst_mac: client.0,
-                src: gateway.1,
-                dst: client.1,
+                src: gateway.1.into(),
+                dst: client.1.into(),
             },
         }
     }

@@ -144,16 +144,16 @@ impl phy::TxToken for TxToken<'_> {
             frame.vnet = tcp_offload(frame.data_mut(), self.tx.seg_mtu);
         }
         let dst = MacAddr::from_bytes(&frame.data()[..6.min(len)]);
-        // ARP is the pipeline's gateway stage's job; smoltcp only answers
-        // the requests the stack feeds it.
-        let arp = frame.data().get(12..14) == Some(&[0x08, 0x06][..]);
-        match self.tx.clients.get(&dst).filter(|_| !arp) {
+        // ARP and NDP are the pipeline's gateway stage's job; smoltcp only
+        // answers the requests the stack feeds it.
+        let chatter = gateway_chatter(frame.data()) || dst.is_multicast();
+        match self.tx.clients.get(&dst).filter(|_| !chatter) {
             Some(&port) => {
                 self.tx.injector.send_frame(port, frame);
             }
             None => {
-                // ARP, or a client that vanished.
-                *self.tx.unroutable += u64::from(!arp);
+                // ARP or NDP, or a client that vanished.
+                *self.tx.unroutable += u64::from(!chatter);
                 self.tx.injector.free(frame);
             }
         }
@@ -195,32 +195,66 @@ impl phy::Device for PuntDevice<'_> {
     }
 }
 
-/// For a TCP/IPv4 frame: puts the partial (pseudo-header) checksum in the
-/// TCP header and returns the virtio-net header that asks for it to be
-/// completed, and, above `seg_mtu`, for segmentation. Other frames get none.
+/// For a TCP frame over IPv4 or IPv6 (no extension headers): puts the
+/// partial (pseudo-header) checksum in the TCP header and returns the
+/// virtio-net header that asks for it to be completed, and, above `seg_mtu`,
+/// for segmentation. Other frames get none.
 fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
     use crate::wire::gso::partial_pseudo_csum;
     use crate::wire::IpProtocol;
+    use std::net::IpAddr;
     const L3: usize = ETHERNET_HEADER;
-    let Some(ip) = frame.get(L3..L3 + 20) else {
-        return VirtioNetHdr::NONE;
+    let addr4 = |b: &[u8]| IpAddr::from([b[0], b[1], b[2], b[3]]);
+    let addr6 = |b: &[u8]| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[..16]);
+        IpAddr::from(a)
     };
-    if frame[12..14] != [0x08, 0x00] || ip[0] >> 4 != 4 || ip[9] != 6 {
-        return VirtioNetHdr::NONE;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let l4 = L3 + ihl;
+    let (ip_hdr, tcp_len, src, dst, gso) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let Some(ip) = frame.get(L3..L3 + 20) else {
+                return VirtioNetHdr::NONE;
+            };
+            if ip[0] >> 4 != 4 || ip[9] != 6 {
+                return VirtioNetHdr::NONE;
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let tcp_len = total.saturating_sub(ihl);
+            (
+                ihl,
+                tcp_len,
+                addr4(&ip[12..16]),
+                addr4(&ip[16..20]),
+                GsoType::TcpV4,
+            )
+        }
+        Some([0x86, 0xdd]) => {
+            let Some(ip) = frame.get(L3..L3 + 40) else {
+                return VirtioNetHdr::NONE;
+            };
+            if ip[0] >> 4 != 6 || ip[6] != 6 {
+                return VirtioNetHdr::NONE;
+            }
+            let tcp_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            (
+                40,
+                tcp_len,
+                addr6(&ip[8..24]),
+                addr6(&ip[24..40]),
+                GsoType::TcpV6,
+            )
+        }
+        _ => return VirtioNetHdr::NONE,
+    };
+    let l4 = L3 + ip_hdr;
     let Some(doff) = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4) else {
         return VirtioNetHdr::NONE;
     };
-    let tcp_len = total.saturating_sub(ihl);
     if l4 + 18 > frame.len() || tcp_len < doff {
         return VirtioNetHdr::NONE;
     }
-    let partial = partial_pseudo_csum(&src.into(), &dst.into(), IpProtocol::Tcp, tcp_len as u32);
+    let partial = partial_pseudo_csum(&src, &dst, IpProtocol::Tcp, tcp_len as u32);
     frame[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
     let mut hdr = VirtioNetHdr {
         flags: crate::wire::virtio_net::F_NEEDS_CSUM,
@@ -228,13 +262,32 @@ fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
         csum_offset: 16,
         ..VirtioNetHdr::NONE
     };
-    let mss = seg_mtu.saturating_sub(ihl + doff);
+    let mss = seg_mtu.saturating_sub(ip_hdr + doff);
     if tcp_len - doff > mss && mss > 0 {
-        hdr.gso_type = GsoType::TcpV4;
+        hdr.gso_type = gso;
         hdr.gso_size = mss as u16;
         hdr.hdr_len = (l4 + doff) as u16;
     }
     hdr
+}
+
+/// True for what the stack's smoltcp says on its own and the pipeline's
+/// gateway stage already says for it: ARP, and neighbour discovery (router
+/// and neighbour solicitations and advertisements, redirects); with
+/// multicast (MLD reports for its groups) none of it reaches a sandbox. A
+/// sandbox must
+/// not get smoltcp's advertisements: they lack the router flag, and Linux
+/// drops its default route on hearing the gateway is not a router.
+fn gateway_chatter(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => true,
+        Some([0x86, 0xdd]) => {
+            let l4 = ETHERNET_HEADER + 40;
+            frame.get(ETHERNET_HEADER + 6) == Some(&58)
+                && frame.get(l4).is_some_and(|t| (133..=137).contains(t))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -282,5 +335,48 @@ mod tests {
             .write(&mut udp, &[1, 2, 3])
             .unwrap();
         assert_eq!(tcp_offload(&mut udp, 1500), VirtioNetHdr::NONE);
+    }
+
+    #[test]
+    fn ipv6_tcp_gets_a_partial_checksum_and_gso_v6() {
+        let b = || {
+            etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv6(
+                    [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    [0xfd; 16],
+                    64,
+                )
+                .tcp(80, 40000, 1, 65535)
+        };
+        let mut f = Vec::new();
+        b().write(&mut f, &[7u8; 100]).unwrap();
+        let good = f.clone();
+        let h = tcp_offload(&mut f, 1500);
+        assert!(h.needs_csum() && !h.is_gso());
+        assert_eq!((h.csum_start, h.csum_offset), (54, 16));
+        complete_checksum(&mut f, &h).unwrap();
+        assert_eq!(f, good, "completing the partial checksum restores it");
+
+        let mut f = Vec::new();
+        b().write(&mut f, &vec![7u8; 20_000]).unwrap();
+        let h = tcp_offload(&mut f, 1500);
+        assert_eq!(h.gso_type, GsoType::TcpV6);
+        assert_eq!(h.gso_size, 1440);
+        assert_eq!(h.hdr_len, 74);
+    }
+
+    #[test]
+    fn arp_and_neighbour_discovery_are_chatter() {
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(gateway_chatter(&arp));
+        let mut na = vec![0u8; 14 + 40 + 32];
+        na[12..14].copy_from_slice(&[0x86, 0xdd]);
+        na[14 + 6] = 58;
+        na[14 + 40] = 136;
+        assert!(gateway_chatter(&na));
+        na[14 + 40] = 129; // echo reply
+        assert!(!gateway_chatter(&na));
+        assert!(!gateway_chatter(&tcp_frame(10)));
     }
 }

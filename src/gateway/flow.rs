@@ -1,11 +1,12 @@
-//! The NAT flow table: our own 5-tuple index over the gateway's flows, so a
-//! packet finds its flow (and its one smoltcp socket) in O(1) however many
-//! flows exist, instead of smoltcp scanning every socket. Also the caps on
-//! flows per sandbox and in total, and the timer queue that wakes flows.
+//! The NAT flow table: our own 5-tuple index over the gateway's flows (IPv4
+//! and IPv6), so a packet finds its flow (and its one smoltcp socket) in O(1)
+//! however many flows exist, instead of smoltcp scanning every socket. Also
+//! the caps on flows per sandbox and in total, and the timer queue that wakes
+//! flows.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +19,12 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 /// UDP.
 pub const PROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMP type of an echo request.
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMPv6 type of an echo request.
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// A flow as the sandbox sees it: from `local` (its own address and port) to
 /// `remote`.
@@ -28,9 +35,9 @@ pub struct FlowKey {
     /// IP protocol.
     pub proto: u8,
     /// The sandbox side.
-    pub local: SocketAddrV4,
-    /// The far side, as the sandbox addresses it.
-    pub remote: SocketAddrV4,
+    pub local: SocketAddr,
+    /// The far side, as the sandbox addresses it (same family).
+    pub remote: SocketAddr,
 }
 
 /// What the stack needs to know of a punted IPv4 packet.
@@ -54,24 +61,39 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 impl PacketInfo {
-    /// Reads the addresses, ports and flags of an IPv4 frame.
+    /// Reads the addresses, ports and flags of an IPv4 or IPv6 frame (IPv6
+    /// only with TCP, UDP or ICMPv6 right after the fixed header).
     pub fn parse(f: &Frame) -> Option<PacketInfo> {
         let b = f.data();
         let l3 = f.meta.l3_offset as usize;
-        let ip = b.get(l3..l3 + 20)?;
-        if ip[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let end = (l3 + total).min(b.len());
-        let l4 = l3 + ihl;
-        if ihl < 20 || l4 > end {
-            return None;
-        }
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-        let proto = ip[9];
+        let (src, dst, proto, l4, end) = match b.get(l3).map(|v| v >> 4)? {
+            4 => {
+                let ip = b.get(l3..l3 + 20)?;
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                let end = (l3 + total).min(b.len());
+                let l4 = l3 + ihl;
+                if ihl < 20 || l4 > end {
+                    return None;
+                }
+                let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+                (IpAddr::V4(src), IpAddr::V4(dst), ip[9], l4, end)
+            }
+            6 => {
+                let ip = b.get(l3..l3 + 40)?;
+                let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                let l4 = l3 + 40;
+                let end = (l4 + payload).min(b.len());
+                let addr = |at: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&ip[at..at + 16]);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                };
+                (addr(8), addr(24), ip[6], l4, end)
+            }
+            _ => return None,
+        };
         let (sport, dport, tcp_flags) = match proto {
             PROTO_TCP => {
                 let t = b.get(l4..l4 + 14)?;
@@ -90,7 +112,12 @@ impl PacketInfo {
                 )
             }
             // ICMP echo: the identifier plays the port.
-            PROTO_ICMP => {
+            PROTO_ICMP if src.is_ipv4() => {
+                let i = b.get(l4..l4 + 8)?;
+                let id = u16::from_be_bytes([i[4], i[5]]);
+                (id, id, 0)
+            }
+            PROTO_ICMPV6 if src.is_ipv6() => {
                 let i = b.get(l4..l4 + 8)?;
                 let id = u16::from_be_bytes([i[4], i[5]]);
                 (id, id, 0)
@@ -101,13 +128,23 @@ impl PacketInfo {
             key: FlowKey {
                 network: f.meta.network,
                 proto,
-                local: SocketAddrV4::new(src, sport),
-                remote: SocketAddrV4::new(dst, dport),
+                local: SocketAddr::new(src, sport),
+                remote: SocketAddr::new(dst, dport),
             },
             tcp_flags,
             l4,
             end,
         })
+    }
+
+    /// True for an ICMP (or ICMPv6) echo request.
+    pub fn is_echo_request(&self, f: &Frame) -> bool {
+        let ty = f.data().get(self.l4).copied();
+        match self.key.proto {
+            PROTO_ICMP => ty == Some(ICMP_ECHO_REQUEST),
+            PROTO_ICMPV6 => ty == Some(ICMPV6_ECHO_REQUEST),
+            _ => false,
+        }
     }
 }
 
@@ -134,7 +171,7 @@ pub struct FlowTable<T> {
     slots: Vec<Option<(FlowKey, T)>>,
     free: Vec<usize>,
     index: HashMap<FlowKey, usize>,
-    per_sandbox: HashMap<(NetworkId, Ipv4Addr), usize>,
+    per_sandbox: HashMap<(NetworkId, IpAddr), usize>,
     limits: FlowLimits,
     /// Flows in this table and every table sharing the total cap.
     total: Arc<AtomicUsize>,
@@ -188,7 +225,7 @@ impl<T> FlowTable<T> {
 
     /// Adds a flow unless a cap forbids it; returns its slot.
     pub fn insert(&mut self, key: FlowKey, flow: T) -> Result<usize, CapHit> {
-        let owner = (key.network, *key.local.ip());
+        let owner = (key.network, key.local.ip());
         let n = self.per_sandbox.get(&owner).copied().unwrap_or(0);
         if n >= self.limits.per_sandbox {
             return Err(CapHit::Sandbox);
@@ -227,7 +264,7 @@ impl<T> FlowTable<T> {
         let (key, flow) = self.slots.get_mut(slot)?.take()?;
         self.index.remove(&key);
         self.total.fetch_sub(1, Ordering::AcqRel);
-        let owner = (key.network, *key.local.ip());
+        let owner = (key.network, key.local.ip());
         if let Some(n) = self.per_sandbox.get_mut(&owner) {
             *n -= 1;
             if *n == 0 {
@@ -281,8 +318,8 @@ mod tests {
         FlowKey {
             network: NetworkId(0),
             proto: PROTO_TCP,
-            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port),
-            remote: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+            local: SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), port)),
+            remote: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 80)),
         }
     }
 
@@ -306,6 +343,41 @@ mod tests {
             "slot reused, sandbox count freed"
         );
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn parses_ipv6_tcp_and_echo() {
+        let (me, far) = ([0xfd; 16], [0x20; 16]);
+        let b = || etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(me, far, 64);
+        let mut tcp = Vec::new();
+        b().tcp(40000, 443, 9, 1000)
+            .syn()
+            .write(&mut tcp, &[])
+            .unwrap();
+        let info = PacketInfo::parse(&crate::pipeline::frame::Frame::parsed(
+            &tcp,
+            crate::ports::PortId(1),
+        ))
+        .unwrap();
+        assert_eq!(info.key.local, SocketAddr::from((me, 40000)));
+        assert_eq!(info.key.remote, SocketAddr::from((far, 443)));
+        assert_eq!(
+            (info.key.proto, info.tcp_flags, info.l4),
+            (PROTO_TCP, TCP_SYN, 54)
+        );
+        let mut echo = Vec::new();
+        b().icmpv6_echo_request(77, 1)
+            .write(&mut echo, b"x")
+            .unwrap();
+        let f = crate::pipeline::frame::Frame::parsed(&echo, crate::ports::PortId(1));
+        let info = PacketInfo::parse(&f).unwrap();
+        assert_eq!((info.key.proto, info.key.local.port()), (PROTO_ICMPV6, 77));
+        assert!(info.is_echo_request(&f));
+        // Extension headers before the transport are not carried.
+        let mut hop = echo.clone();
+        hop[20] = 0;
+        let f = crate::pipeline::frame::Frame::parsed(&hop, crate::ports::PortId(1));
+        assert_eq!(PacketInfo::parse(&f), None);
     }
 
     #[test]

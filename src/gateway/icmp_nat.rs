@@ -1,19 +1,19 @@
-//! ICMP echo through the gateway: each sandbox echo flow (address and echo
-//! identifier, per destination) gets an unprivileged ping socket
-//! (`SOCK_DGRAM`/`IPPROTO_ICMP`, allowed for groups in
-//! `net.ipv4.ping_group_range`); the kernel picks the identifier on the wire,
-//! and replies are given back the sandbox's own. Where ping sockets are not
-//! allowed the flow is refused and counted.
+//! ICMP and ICMPv6 echo through the gateway: each sandbox echo flow (address
+//! and echo identifier, per destination) gets an unprivileged ping socket
+//! (`SOCK_DGRAM`/`IPPROTO_ICMP` or `IPPROTO_ICMPV6`, allowed for groups in
+//! `net.ipv4.ping_group_range`, which governs both); the kernel picks the
+//! identifier on the wire, and replies are given back the sandbox's own.
+//! Where ping sockets are not allowed the flow is refused and counted.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use mio::net::UdpSocket;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
 
 use crate::ports::PortId;
-use crate::wire::icmpv4;
-use crate::wire::udp_frame::{self, IP_HEADERS_LEN};
+use crate::wire::udp_frame::{self, IP6_HEADERS_LEN, IP_HEADERS_LEN};
+use crate::wire::{icmpv4, icmpv6};
 use crate::wire::{IpProtocol, MacAddr};
 
 /// Idle timeout of an echo flow (ms).
@@ -27,8 +27,8 @@ pub struct IcmpFlow {
     pub ident: u16,
     /// Gateway and sandbox MACs (replies go from the former to the latter).
     pub macs: (MacAddr, MacAddr),
-    /// Destination and sandbox addresses.
-    pub ips: (Ipv4Addr, Ipv4Addr),
+    /// Destination and sandbox addresses (one family).
+    pub ips: (IpAddr, IpAddr),
     /// The sandbox's port.
     pub port: PortId,
     /// Last packet either way (ms).
@@ -39,21 +39,25 @@ impl IcmpFlow {
     /// Opens a ping socket to `to`. `PermissionDenied` where ping sockets
     /// are not allowed for this user.
     pub fn open(
-        to: Ipv4Addr,
-        sandbox: (MacAddr, Ipv4Addr, PortId),
+        to: IpAddr,
+        sandbox: (MacAddr, IpAddr, PortId),
         ident: u16,
         gateway_mac: MacAddr,
         now: i64,
     ) -> io::Result<IcmpFlow> {
+        let (family, protocol) = match to {
+            IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp),
+            IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6),
+        };
         let fd = socket(
-            AddressFamily::Inet,
+            family,
             SockType::Datagram,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            SockProtocol::Icmp,
+            protocol,
         )
         .map_err(io::Error::from)?;
         let std_sock = std::net::UdpSocket::from(fd);
-        std_sock.connect(SocketAddr::V4(SocketAddrV4::new(to, 0)))?;
+        std_sock.connect(SocketAddr::new(to, 0))?;
         Ok(IcmpFlow {
             host: UdpSocket::from_std(std_sock),
             ident,
@@ -72,12 +76,28 @@ impl IcmpFlow {
     /// Turns a reply read from the ping socket into a frame for the sandbox
     /// in `buf`; returns its length.
     pub fn reply_frame(&self, icmp: &[u8], buf: &mut [u8]) -> Option<usize> {
-        let end = IP_HEADERS_LEN + icmp.len();
-        let dst = buf.get_mut(IP_HEADERS_LEN..end)?;
-        dst.copy_from_slice(icmp);
-        let mut p = icmpv4::Packet::new_checked(&mut dst[..]).ok()?;
-        p.set_echo_ident(self.ident);
-        p.fill_checksum();
-        udp_frame::emit_ipv4(buf, self.macs, self.ips, IpProtocol::Icmp, icmp.len()).ok()
+        match self.ips {
+            (IpAddr::V4(from), IpAddr::V4(to)) => {
+                let end = IP_HEADERS_LEN + icmp.len();
+                let dst = buf.get_mut(IP_HEADERS_LEN..end)?;
+                dst.copy_from_slice(icmp);
+                let mut p = icmpv4::Packet::new_checked(&mut dst[..]).ok()?;
+                p.set_echo_ident(self.ident);
+                p.fill_checksum();
+                let ips = (from, to);
+                udp_frame::emit_ipv4(buf, self.macs, ips, IpProtocol::Icmp, icmp.len()).ok()
+            }
+            (IpAddr::V6(from), IpAddr::V6(to)) => {
+                let end = IP6_HEADERS_LEN + icmp.len();
+                let dst = buf.get_mut(IP6_HEADERS_LEN..end)?;
+                dst.copy_from_slice(icmp);
+                let mut p = icmpv6::Packet::new_checked(&mut dst[..]).ok()?;
+                p.set_echo_ident(self.ident);
+                p.fill_checksum(&from, &to);
+                let ips = (from, to);
+                udp_frame::emit_ipv6(buf, self.macs, ips, IpProtocol::Icmpv6, icmp.len()).ok()
+            }
+            _ => None,
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! timers drive the flows; packets of no flow get a RST or ICMP unreachable
 //! from smoltcp.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use mio::{Events, Interest, Token};
 
 use super::device::PuntDevice;
-use super::flow::{PacketInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN};
+use super::flow::{
+    PacketInfo, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
+};
 use super::icmp_nat::IcmpFlow;
 use super::publish::{UdpInFlow, LISTENER_BASE};
 use super::stack::{NetStack, Runner};
@@ -25,9 +27,6 @@ use smoltcp::time::Instant;
 const TCP_IDLE_MS: i64 = 2 * 3600 * 1000;
 /// A host connect that has not finished by then is given up (ms).
 const CONNECT_TIMEOUT_MS: i64 = 30_000;
-
-/// ICMP type of an echo request.
-const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// A flow's state.
 pub enum Flow {
@@ -50,13 +49,14 @@ impl Runner {
     fn host_target(&mut self, info: &PacketInfo) -> Option<SocketAddr> {
         let net = self.nets.get(&info.key.network)?;
         let remote = info.key.remote;
-        if Some(*remote.ip()) == net.gw.ipv4 {
-            // Only networks that opted in reach the host's loopback.
-            return net
-                .host_loopback
-                .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), remote.port()));
-        }
-        Some(SocketAddr::V4(remote))
+        let loopback = match remote.ip() {
+            IpAddr::V4(ip) if Some(ip) == net.gw.ipv4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if Some(ip) == net.gw.ipv6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            _ => return Some(remote),
+        };
+        // Only networks that opted in reach the host's loopback.
+        net.host_loopback
+            .then(|| SocketAddr::new(loopback, remote.port()))
     }
 
     fn reject(&mut self, f: Frame, info: &PacketInfo) {
@@ -85,9 +85,7 @@ impl Runner {
                 Some(to) => self.open_udp(f, info, to, now),
                 None => self.reject(f, &info),
             },
-            PROTO_ICMP if f.data().get(info.l4) == Some(&ICMP_ECHO_REQUEST) => {
-                self.open_icmp(f, info, now)
-            }
+            PROTO_ICMP | PROTO_ICMPV6 if info.is_echo_request(&f) => self.open_icmp(f, info, now),
             _ => {
                 bump(&self.counters.nat_unsupported, 1);
                 self.injector.free(f);
@@ -165,9 +163,9 @@ impl Runner {
         let Some(gw_mac) = self.nets.get(&info.key.network).map(|n| n.gw.mac) else {
             return self.injector.free(f);
         };
-        let sandbox = (f.meta.src, *info.key.local.ip(), f.meta.in_port);
+        let sandbox = (f.meta.src, info.key.local.ip(), f.meta.in_port);
         let ident = info.key.local.port();
-        let flow = match IcmpFlow::open(*info.key.remote.ip(), sandbox, ident, gw_mac, now) {
+        let flow = match IcmpFlow::open(info.key.remote.ip(), sandbox, ident, gw_mac, now) {
             Ok(flow) => flow,
             Err(e) => {
                 let c = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -236,12 +234,12 @@ impl Runner {
 
     /// Removes every flow of `ip` on `network`: TCP flows are reset on the
     /// host side, host sockets closed.
-    pub(super) fn forget(&mut self, network: crate::tables::topology::NetworkId, ip: Ipv4Addr) {
+    pub(super) fn forget(&mut self, network: crate::tables::topology::NetworkId, ip: IpAddr) {
         for slot in self.flows.slots() {
             let mine = self
                 .flows
                 .get_mut(slot)
-                .is_some_and(|(k, _)| k.network == network && *k.local.ip() == ip);
+                .is_some_and(|(k, _)| k.network == network && k.local.ip() == ip);
             if !mine {
                 continue;
             }
@@ -466,47 +464,61 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
     Some(next)
 }
 
-/// ICMP destination unreachable (host unreachable) from the gateway for the
-/// packet in `f`, carrying its IP header and first 8 bytes of payload.
+/// ICMP destination unreachable (host unreachable; for IPv6, ICMPv6
+/// address unreachable) from the gateway for the packet in `f`, carrying its
+/// IP header and first 8 bytes of payload.
 fn send_unreachable(io: &mut FlowIo<'_>, f: &Frame) {
-    let (Some(gw4), l3) = (io.net.gw.ipv4, f.meta.l3_offset as usize) else {
-        return;
-    };
+    use crate::wire::udp_frame::{emit_ipv4, emit_ipv6, IP6_HEADERS_LEN, IP_HEADERS_LEN};
+    use crate::wire::{icmpv4, icmpv6, IpProtocol};
+    let l3 = f.meta.l3_offset as usize;
     let Some(ip) = f.data().get(l3..) else { return };
-    let Some(ihl) = ip.first().map(|v| usize::from(v & 0x0f) * 4) else {
-        return;
+    let v6 = ip.first().is_some_and(|v| v >> 4 == 6);
+    let header = if v6 {
+        40
+    } else {
+        ip.first().map_or(0, |v| usize::from(v & 0x0f) * 4)
     };
-    let Some(quote) = ip.get(..(ihl + 8).min(ip.len())) else {
-        return;
-    };
-    let Some(sandbox) = ip
-        .get(12..16)
-        .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    else {
+    let Some(quote) = ip.get(..(header + 8).min(ip.len())) else {
         return;
     };
     let macs = (io.net.gw.mac, f.meta.src);
+    let gw = (io.net.gw.ipv4, io.net.gw.ipv6);
     io.injector.send(f.meta.in_port, |out| {
         let space = out.receive_space();
-        let l4 = crate::wire::udp_frame::IP_HEADERS_LEN;
-        let Some(icmp) = space.get_mut(l4..l4 + 8 + quote.len()) else {
+        let l4 = if v6 { IP6_HEADERS_LEN } else { IP_HEADERS_LEN };
+        let len = 8 + quote.len();
+        let Some(icmp) = space.get_mut(l4..l4 + len) else {
             return false;
         };
-        icmp[..8].copy_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]);
         icmp[8..].copy_from_slice(quote);
-        let Ok(mut p) = crate::wire::icmpv4::Packet::new_checked(&mut icmp[..]) else {
-            return false;
+        let written = if v6 {
+            let (Some(gw6), Some(sandbox)) = (gw.1, quote.get(8..24)) else {
+                return false;
+            };
+            let mut a = [0u8; 16];
+            a.copy_from_slice(sandbox);
+            let sandbox = std::net::Ipv6Addr::from(a);
+            icmp[..8].copy_from_slice(&[1, 3, 0, 0, 0, 0, 0, 0]);
+            let Ok(mut p) = icmpv6::Packet::new_checked(&mut icmp[..]) else {
+                return false;
+            };
+            p.fill_checksum(&gw6, &sandbox);
+            emit_ipv6(space, macs, (gw6, sandbox), IpProtocol::Icmpv6, len)
+        } else {
+            let (Some(gw4), Some(s)) = (gw.0, quote.get(12..16)) else {
+                return false;
+            };
+            let sandbox = Ipv4Addr::new(s[0], s[1], s[2], s[3]);
+            icmp[..8].copy_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]);
+            let Ok(mut p) = icmpv4::Packet::new_checked(&mut icmp[..]) else {
+                return false;
+            };
+            p.fill_checksum();
+            emit_ipv4(space, macs, (gw4, sandbox), IpProtocol::Icmp, len)
         };
-        p.fill_checksum();
-        match crate::wire::udp_frame::emit_ipv4(
-            space,
-            macs,
-            (gw4, sandbox),
-            crate::wire::IpProtocol::Icmp,
-            8 + quote.len(),
-        ) {
-            Ok(len) => {
-                out.set_len(len);
+        match written {
+            Ok(n) => {
+                out.set_len(n);
                 true
             }
             Err(_) => false,

@@ -86,7 +86,7 @@ pub enum StackCommand {
         /// The network.
         network: NetworkId,
         /// The sandbox's address.
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
     },
     /// Close a published socket (its flows keep running); the reply says
     /// it is closed, so the port is free.
@@ -176,8 +176,8 @@ impl Runner {
                     let key = FlowKey {
                         network: target.network,
                         proto,
-                        local: target.service,
-                        remote: cand,
+                        local: target.service.into(),
+                        remote: cand.into(),
                     };
                     if self.flows.find(&key).is_none() {
                         return Some(cand);
@@ -232,8 +232,8 @@ impl Runner {
             let key = FlowKey {
                 network: target.network,
                 proto: PROTO_TCP,
-                local: target.service,
-                remote,
+                local: target.service.into(),
+                remote: remote.into(),
             };
             match self.flows.insert(key, Flow::Tcp(flow)) {
                 Ok(slot) => {
@@ -304,8 +304,8 @@ impl Runner {
         let key = FlowKey {
             network: target.network,
             proto: PROTO_UDP,
-            local: target.service,
-            remote,
+            local: target.service.into(),
+            remote: remote.into(),
         };
         let flow = UdpInFlow {
             listener: id,
@@ -313,8 +313,8 @@ impl Runner {
             to_sandbox: UdpFrameAddrs {
                 src_mac: gw_mac,
                 dst_mac: target.mac,
-                src: remote,
-                dst: target.service,
+                src: remote.into(),
+                dst: target.service.into(),
             },
             port: target.port,
             last_active: now,
@@ -346,7 +346,7 @@ impl Runner {
         self.announce_neighbour(
             target.network,
             target.mac,
-            *target.service.ip(),
+            (*target.service.ip()).into(),
             target.port,
             now,
         );

@@ -6,13 +6,14 @@
 //! [`super::nat`]). A sandbox's frames always reach the same thread, which
 //! owns all its flows, so threads share nothing but the cap on flows in all.
 //!
-//! smoltcp learns neighbours only from ARP, so before a new client's first
-//! segment the stack feeds it a synthetic ARP request from that client (the
-//! MAC and address of the punted frame); smoltcp's reply to it is dropped.
+//! smoltcp learns neighbours only from ARP and NDP, so before a new client's
+//! first segment the stack feeds it a synthetic ARP request (IPv4) or
+//! neighbour solicitation (IPv6) from that client (the MAC and address of the
+//! punted frame); smoltcp's reply to it is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -180,7 +181,7 @@ pub(super) struct NetStack {
     pub(super) reject_rx: VecDeque<Frame>,
     reject: SocketSet<'static>,
     pub(super) clients: HashMap<MacAddr, PortId>,
-    neighbours: HashMap<Ipv4Addr, (MacAddr, i64)>,
+    neighbours: HashMap<IpAddr, (MacAddr, i64)>,
     dns: DnsTcp,
     pub(super) mtu: usize,
     pub(super) host_loopback: bool,
@@ -309,7 +310,7 @@ impl GatewayStack {
 
     /// Drops every flow of a sandbox address that left `network`, on every
     /// thread (the address may be handed out again, to another port).
-    pub fn forget(&self, network: NetworkId, ip: Ipv4Addr) {
+    pub fn forget(&self, network: NetworkId, ip: std::net::IpAddr) {
         for shard in &self.shards {
             self.send(shard, StackCommand::Forget { network, ip });
         }
@@ -448,16 +449,30 @@ impl Runner {
             None => {}
         }
         let gw = gw.clone();
-        let gw4 = gw.ipv4?;
         let table = self.dns.table.load();
         let zone = table.zone(id);
         let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
-        let prefix = zone
-            .and_then(|z| z.subnets.iter().find(|(a, _)| a.is_ipv4()).map(|s| s.1))
-            .unwrap_or(24);
+        let prefix = |v4: bool| {
+            zone.and_then(|z| {
+                z.subnets
+                    .iter()
+                    .find(|(a, _)| a.is_ipv4() == v4)
+                    .map(|s| s.1)
+            })
+        };
+        let mut addrs = Vec::new();
+        if let Some(gw4) = gw.ipv4 {
+            addrs.push(IpCidr::new(gw4.into(), prefix(true).unwrap_or(24)));
+        }
+        if let Some(gw6) = gw.ipv6 {
+            addrs.push(IpCidr::new(gw6.into(), prefix(false).unwrap_or(64)));
+        }
+        if addrs.is_empty() {
+            return None;
+        }
         let now = self.now();
-        let iface = self.make_iface(&gw, gw4, prefix, mtu, false, now);
-        let large = self.make_iface(&gw, gw4, prefix, mtu, true, now);
+        let iface = self.make_iface(&gw, &addrs, mtu, false, now);
+        let large = self.make_iface(&gw, &addrs, mtu, true, now);
         self.nets.insert(
             id,
             NetStack {
@@ -485,8 +500,7 @@ impl Runner {
     fn make_iface(
         &mut self,
         gw: &GatewayInfo,
-        gw4: Ipv4Addr,
-        prefix: u8,
+        addrs: &[IpCidr],
         mtu: usize,
         offload: bool,
         now: Instant,
@@ -509,11 +523,18 @@ impl Runner {
         );
         let mut iface = Interface::new(config, &mut dev, now);
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(gw4.into(), prefix));
+            for cidr in addrs {
+                let _ = a.push(*cidr);
+            }
         });
         // NAT: answer for every address the sandboxes dial.
         iface.set_any_ip(true);
-        let _ = iface.routes_mut().add_default_ipv4_route(gw4);
+        if let Some(gw4) = gw.ipv4 {
+            let _ = iface.routes_mut().add_default_ipv4_route(gw4);
+        }
+        if let Some(gw6) = gw.ipv6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(gw6);
+        }
         iface
     }
 
@@ -526,13 +547,14 @@ impl Runner {
     }
 
     /// Records that `mac`/`ip` sits on `port`, and tells smoltcp (whose
-    /// neighbour cache learns only from ARP) with a synthetic ARP request
-    /// from it when the entry is new or getting old.
+    /// neighbour cache learns only from ARP and NDP) with a synthetic ARP
+    /// request or neighbour solicitation from it when the entry is new or
+    /// getting old.
     pub(super) fn announce_neighbour(
         &mut self,
         id: NetworkId,
         mac: MacAddr,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         port: PortId,
         now: i64,
     ) {
@@ -542,9 +564,10 @@ impl Runner {
             .neighbours
             .get(&ip)
             .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS);
-        let Some(gw4) = net.gw.ipv4.filter(|_| stale) else {
+        if !stale {
             return;
-        };
+        }
+        let gw = net.gw.clone();
         for large in [false, true] {
             let Some(mut a) = self.injector.alloc() else {
                 return;
@@ -552,7 +575,15 @@ impl Runner {
             let Some(net) = self.nets.get_mut(&id) else {
                 return self.injector.free(a);
             };
-            if !fill_arp_request(&mut a, mac, ip, gw4) {
+            let filled = match ip {
+                IpAddr::V4(ip) => gw
+                    .ipv4
+                    .is_some_and(|gw4| fill_arp_request(&mut a, mac, ip, gw4)),
+                IpAddr::V6(ip) => gw
+                    .ipv6
+                    .is_some_and(|gw6| fill_solicitation(&mut a, (mac, ip), (gw.mac, gw6))),
+            };
+            if !filled {
                 return self.injector.free(a);
             }
             if large {
@@ -570,7 +601,7 @@ impl Runner {
             let Some(f) = self.punt.shard(self.shard).frames.pop() else {
                 break;
             };
-            if f.meta.ethertype != EtherType::Ipv4 {
+            if !matches!(f.meta.ethertype, EtherType::Ipv4 | EtherType::Ipv6) {
                 bump(&self.counters.punt_unhandled, 1);
                 self.injector.free(f);
                 continue;
@@ -581,14 +612,14 @@ impl Runner {
                 self.injector.free(f);
                 continue;
             };
-            self.announce_neighbour(id, mac, *info.key.local.ip(), port, now);
+            self.announce_neighbour(id, mac, info.key.local.ip(), port, now);
             let Some(net) = self.nets.get_mut(&id) else {
                 bump(&self.counters.punt_unhandled, 1);
                 self.injector.free(f);
                 continue;
             };
             let to_dns = info.key.proto == PROTO_TCP
-                && Some(*info.key.remote.ip()) == net.gw.ipv4
+                && Some(info.key.remote.ip()) == net.gw.ipv4.map(IpAddr::V4)
                 && info.key.remote.port() == crate::dns::DNS_PORT;
             if to_dns {
                 net.rx.push_back(f);
@@ -674,6 +705,40 @@ impl Runner {
         }
         bump(&self.counters.unroutable, unroutable);
         sleep
+    }
+}
+
+/// Makes `f` a neighbour solicitation from the client (MAC, address) for
+/// the gateway (MAC, address), sent to the gateway directly.
+fn fill_solicitation(
+    f: &mut Frame,
+    client: (MacAddr, Ipv6Addr),
+    gateway: (MacAddr, Ipv6Addr),
+) -> bool {
+    use crate::wire::icmpv6::Icmpv6Repr;
+    use crate::wire::udp_frame::{emit_ipv6, IP6_HEADERS_LEN};
+    use crate::wire::IpProtocol;
+    let ns = Icmpv6Repr::NeighborSolicit {
+        target_addr: gateway.1,
+        lladdr: Some(client.0),
+    };
+    let len = ns.buffer_len();
+    let space = f.receive_space();
+    let Some(body) = space.get_mut(IP6_HEADERS_LEN..IP6_HEADERS_LEN + len) else {
+        return false;
+    };
+    if ns.emit(body, &client.1, &gateway.1).is_err() {
+        return false;
+    }
+    let macs = (client.0, gateway.0);
+    match emit_ipv6(space, macs, (client.1, gateway.1), IpProtocol::Icmpv6, len) {
+        Ok(n) => {
+            // NDP insists on a hop limit of 255.
+            space[14 + 7] = 255;
+            f.set_len(n);
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -77,7 +77,7 @@ pub struct TcpFlow {
 impl TcpFlow {
     /// Starts the host connect to `to` for a sandbox connection addressed to
     /// `remote`.
-    pub fn connect(to: SocketAddr, remote: SocketAddrV4, now: i64) -> io::Result<TcpFlow> {
+    pub fn connect(to: SocketAddr, remote: SocketAddr, now: i64) -> io::Result<TcpFlow> {
         let host = TcpStream::connect(to)?;
         let _ = host.set_nodelay(true);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
@@ -85,7 +85,7 @@ impl TcpFlow {
         // Listening on exactly the address the sandbox dialled: with the
         // interface accepting any address, this socket answers the held SYN.
         let _ = sock.listen(IpListenEndpoint {
-            addr: Some((*remote.ip()).into()),
+            addr: Some(remote.ip().into()),
             port: remote.port(),
         });
         let handle = sockets.add(sock);

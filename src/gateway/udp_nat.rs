@@ -5,7 +5,7 @@
 //! conntrack.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use mio::net::UdpSocket;
 
@@ -37,8 +37,8 @@ impl UdpFlow {
     /// (at `local_mac` on `port`) to `remote`, answered from `gateway_mac`.
     pub fn open(
         to: SocketAddr,
-        local: (MacAddr, SocketAddrV4, PortId),
-        remote: SocketAddrV4,
+        local: (MacAddr, SocketAddr, PortId),
+        remote: SocketAddr,
         gateway_mac: MacAddr,
         now: i64,
     ) -> io::Result<UdpFlow> {

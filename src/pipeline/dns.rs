@@ -153,8 +153,8 @@ impl Dns {
                 let addrs = UdpFrameAddrs {
                     src_mac: gw.mac,
                     dst_mac: f.meta.src,
-                    src: gw_addr,
-                    dst: q.client,
+                    src: gw_addr.into(),
+                    dst: q.client.into(),
                 };
                 Some(write_answer(f, &addrs, &self.out))
             }

@@ -82,6 +82,24 @@ pub struct FrameInner {
     pub meta: Meta,
 }
 
+#[cfg(test)]
+impl Frame {
+    /// A frame holding `bytes` with its L2 metadata filled in as the parse
+    /// stage would, arriving on `in_port` of network 0 (tests).
+    pub fn parsed(bytes: &[u8], in_port: PortId) -> Frame {
+        let mut f = Frame::alloc();
+        f.fill(bytes);
+        let h = crate::wire::ethernet::parse_l2(bytes).expect("test frame parses");
+        f.meta.in_port = in_port;
+        f.meta.network = NetworkId(0);
+        f.meta.dst = h.dst;
+        f.meta.src = h.src;
+        f.meta.ethertype = h.ethertype;
+        f.meta.l3_offset = h.l3_offset;
+        f
+    }
+}
+
 impl Frame {
     /// Allocates a buffer. Only pools call this, at start-up.
     pub fn alloc() -> Frame {

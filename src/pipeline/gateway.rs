@@ -1,5 +1,6 @@
 //! Stage `gateway`: the switch's own address on each network. Answers ARP
-//! requests for the gateway IPv4 address and ICMP echo requests to it, by
+//! requests for the gateway IPv4 address, neighbour solicitations for its
+//! IPv6 address (as a router), and ICMP / ICMPv6 echo requests to either, by
 //! rewriting the request into the reply in place and sending it back out of
 //! the ingress port. Other frames addressed to the gateway MAC are dropped as
 //! `gateway-unhandled` (stages for NAT insert themselves before this one).
@@ -8,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
+use super::ndp;
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::GatewayInfo;
 use crate::wire::ethernet::EtherType;
@@ -65,6 +67,25 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
                 },
             )
         }
+        EtherType::Ipv6 => {
+            let gw6 = gw.ipv6?;
+            if ndp::solicited(f) == Some(gw6) {
+                return Some(match ndp::advertise_router(f, gw.mac) {
+                    Some(()) => Action::Output(f.meta.in_port),
+                    None => Action::Drop(DropReason::Malformed),
+                });
+            }
+            if !to_gateway_mac {
+                return None;
+            }
+            if !ndp::is_echo_request_to(f, gw6) {
+                return Some(Action::Drop(DropReason::GatewayUnhandled));
+            }
+            Some(match ndp::echo_reply_in_place(f.data_mut(), l3, gw.mac) {
+                Some(()) => Action::Output(f.meta.in_port),
+                None => Action::Drop(DropReason::Malformed),
+            })
+        }
         _ if to_gateway_mac => Some(Action::Drop(DropReason::GatewayUnhandled)),
         _ => None,
     }
@@ -93,5 +114,122 @@ impl Stage for Gateway {
                 f.meta.action = action;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+    use crate::pipeline::nat::tests::{topology, GW6, GW_MAC, ME6, SANDBOX};
+    use crate::ports::PortId;
+    use crate::tables::topology::NetworkId;
+    use crate::wire::icmpv6::{self, Icmpv6Repr};
+    use crate::wire::ipv6::Ipv6Repr;
+    use crate::wire::IpProtocol;
+    use crate::wire::MacAddr;
+
+    /// A neighbour solicitation for the gateway from the sandbox, to `dst`
+    /// (MAC, address), with or without the source link-layer option.
+    fn solicitation(dst: (MacAddr, [u8; 16]), lladdr: bool) -> Vec<u8> {
+        let (me, to) = (Ipv6Addr::from(ME6), Ipv6Addr::from(dst.1));
+        let ns = Icmpv6Repr::NeighborSolicit {
+            target_addr: Ipv6Addr::from(GW6),
+            lladdr: lladdr.then_some(SANDBOX),
+        };
+        let len = ns.buffer_len();
+        let mut b = vec![0u8; 54 + len];
+        b[0..6].copy_from_slice(&dst.0 .0);
+        b[6..12].copy_from_slice(&SANDBOX.0);
+        b[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let ip = Ipv6Repr {
+            src_addr: me,
+            dst_addr: to,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: len as u16,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        ip.emit(&mut b[14..54]).unwrap();
+        ns.emit(&mut b[54..], &me, &to).unwrap();
+        b
+    }
+
+    fn gateway(f: &mut Frame) -> Option<Action> {
+        let t = topology(false);
+        let gw = t
+            .network(NetworkId(0))
+            .and_then(|n| n.gateway.clone())
+            .unwrap();
+        decide(&gw, f)
+    }
+
+    #[test]
+    fn solicitations_for_the_gateway_get_a_router_advertisement() {
+        let group = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1];
+        let multicast = MacAddr([0x33, 0x33, 0xff, 0, 0, 1]);
+        for (dst, lladdr) in [((multicast, group), true), ((GW_MAC, GW6), false)] {
+            let mut f = Frame::parsed(&solicitation(dst, lladdr), PortId(3));
+            assert_eq!(gateway(&mut f), Some(Action::Output(PortId(3))));
+            let r = f.data();
+            assert_eq!((&r[0..6], &r[6..12]), (&SANDBOX.0[..], &GW_MAC.0[..]));
+            assert_eq!((r[20], r[21]), (58, 255), "ICMPv6, hop limit 255");
+            let (gw, me) = (Ipv6Addr::from(GW6), Ipv6Addr::from(ME6));
+            let p = icmpv6::Packet::new_checked(&r[54..]).unwrap();
+            assert_eq!(
+                Icmpv6Repr::parse(&p, &gw, &me),
+                Ok(Icmpv6Repr::NeighborAdvert {
+                    flags: icmpv6::NA_ROUTER | icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+                    target_addr: gw,
+                    lladdr: Some(GW_MAC),
+                })
+            );
+        }
+        // A solicitation for another address is not the gateway's to answer.
+        let mut b = solicitation((GW_MAC, GW6), true);
+        let target = 54 + 8 + 15;
+        b[target] = 9;
+        let mut f = Frame::parsed(&b, PortId(3));
+        assert_eq!(
+            gateway(&mut f),
+            Some(Action::Drop(DropReason::GatewayUnhandled))
+        );
+    }
+
+    #[test]
+    fn echo_to_the_gateway_is_answered() {
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0)
+            .ipv6(ME6, GW6, 64)
+            .icmpv6_echo_request(7, 3)
+            .write(&mut b, b"hello")
+            .unwrap();
+        let mut f = Frame::parsed(&b, PortId(2));
+        assert_eq!(gateway(&mut f), Some(Action::Output(PortId(2))));
+        let p = etherparse::SlicedPacket::from_ethernet(f.data()).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not ipv6")
+        };
+        assert_eq!(ip.header().source(), GW6);
+        assert_eq!(ip.header().destination(), ME6);
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not icmpv6")
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv6Type::EchoReply(etherparse::IcmpEchoHeader { id: 7, seq: 3 })
+        );
+        let sum = icmp
+            .header()
+            .icmp_type
+            .calc_checksum(GW6, ME6, icmp.payload())
+            .unwrap();
+        assert_eq!(icmp.checksum(), sum);
+        // A corrupted request is dropped, not answered.
+        b[60] ^= 0xff;
+        let mut f = Frame::parsed(&b, PortId(2));
+        assert_eq!(gateway(&mut f), Some(Action::Drop(DropReason::Malformed)));
     }
 }

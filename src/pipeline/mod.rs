@@ -17,6 +17,7 @@ pub mod ingress;
 pub mod inject;
 pub mod learn;
 pub mod nat;
+pub mod ndp;
 pub mod offload;
 pub mod overlay;
 pub mod parse;

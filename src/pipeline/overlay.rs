@@ -8,17 +8,15 @@
 //! relayed to another). Unknown unicast and the tunnel side of flooding are
 //! handled by the worker's flood (see `worker::flood`).
 
-use std::net::Ipv6Addr;
-
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
+use super::ndp::{advertise_in_place, ns_target};
 use super::stage::{Stage, StageContext};
 use crate::clock::Millis;
 use crate::tables::mac::MacTable;
 use crate::tables::overlay::OverlayNet;
 use crate::tables::topology::Topology;
 use crate::wire::ethernet::EtherType;
-use crate::wire::icmpv6::{self, Icmpv6Repr};
 use crate::wire::{arp, MacAddr};
 
 const ARP_REQUEST: u16 = 1;
@@ -83,72 +81,6 @@ pub fn decide(
     None
 }
 
-/// IPv6 header fields and sizes used by NDP suppression.
-const IPV6_HEADER: usize = 40;
-const PROTO_ICMPV6: u8 = 58;
-/// A solicitation with its source link-layer address option: 24 + 8 bytes,
-/// the size of the advertisement with the target's, so it is answered in
-/// place. Others (DAD probes, which carry no option) are flooded.
-const NDP_WITH_LLADDR: usize = 32;
-
-fn ipv6_at(b: &[u8], at: usize) -> Option<Ipv6Addr> {
-    let s: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
-    Some(Ipv6Addr::from(s))
-}
-
-/// The target of a neighbour solicitation that can be answered in place: a
-/// checksummed NS with hop limit 255, a specified source and a source
-/// link-layer address option.
-fn ns_target(f: &Frame) -> Option<Ipv6Addr> {
-    let l3 = usize::from(f.meta.l3_offset);
-    let b = f.data();
-    let ip = b.get(l3..l3 + IPV6_HEADER)?;
-    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    if ip[6] != PROTO_ICMPV6 || ip[7] != 255 || plen != NDP_WITH_LLADDR {
-        return None;
-    }
-    let (src, dst) = (ipv6_at(ip, 8)?, ipv6_at(ip, 24)?);
-    if src.is_unspecified() {
-        return None;
-    }
-    let body = b.get(l3 + IPV6_HEADER..l3 + IPV6_HEADER + plen)?;
-    let p = icmpv6::Packet::new_checked(body).ok()?;
-    match Icmpv6Repr::parse(&p, &src, &dst).ok()? {
-        Icmpv6Repr::NeighborSolicit {
-            target_addr,
-            lladdr: Some(_),
-        } => Some(target_addr),
-        _ => None,
-    }
-}
-
-/// Rewrites a solicitation checked by [`ns_target`] into the solicited
-/// advertisement from `remote`, back to the requester.
-fn advertise_in_place(b: &mut [u8], l3: usize, remote: MacAddr) -> Option<()> {
-    let requester_ip = ipv6_at(b, l3 + 8)?;
-    let body = l3 + IPV6_HEADER;
-    let target = icmpv6::Packet::new_checked(b.get(body..body + NDP_WITH_LLADDR)?)
-        .ok()?
-        .target_addr();
-    let na = Icmpv6Repr::NeighborAdvert {
-        flags: icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
-        target_addr: target,
-        lladdr: Some(remote),
-    };
-    if na.buffer_len() != NDP_WITH_LLADDR {
-        return None;
-    }
-    na.emit(b.get_mut(body..)?, &target, &requester_ip).ok()?;
-    b.get_mut(l3 + 8..l3 + 24)?
-        .copy_from_slice(&target.octets());
-    b.get_mut(l3 + 24..l3 + 40)?
-        .copy_from_slice(&requester_ip.octets());
-    let requester = MacAddr::from_bytes(b.get(6..12)?);
-    b.get_mut(0..6)?.copy_from_slice(&requester.0);
-    b.get_mut(6..12)?.copy_from_slice(&remote.0);
-    Some(())
-}
-
 /// The target IPv4 address of an ARP request.
 fn arp_request_target(f: &Frame) -> Option<std::net::Ipv4Addr> {
     let l3 = usize::from(f.meta.l3_offset);
@@ -186,25 +118,16 @@ impl Stage for Overlay {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
     use crate::tables::mac::MacTable;
     use crate::tables::overlay::fixture::*;
     use crate::tables::topology::NetworkId;
-    use crate::wire::ethernet;
+    use crate::wire::icmpv6::{self, Icmpv6Repr};
 
     fn frame(bytes: &[u8], in_port: crate::ports::PortId) -> Frame {
-        let mut f = Frame::alloc();
-        f.fill(bytes);
-        let h = ethernet::parse_l2(bytes).expect("test frame parses");
-        f.meta.in_port = in_port;
-        f.meta.network = NetworkId(0);
-        f.meta.dst = h.dst;
-        f.meta.src = h.src;
-        f.meta.ethertype = h.ethertype;
-        f.meta.l3_offset = h.l3_offset;
-        f
+        Frame::parsed(bytes, in_port)
     }
 
     fn decide_on(topo: &Topology, mac: &MacTable, f: &mut Frame) -> Option<Action> {

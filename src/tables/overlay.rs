@@ -304,6 +304,7 @@ pub mod fixture {
             internal: false,
             mac_cap: 8192,
             subnet4: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
+            subnet6: None,
             host_loopback: false,
         });
         t.add_port(port(LOCAL_PORT, net, Some(LOCAL)));

@@ -52,11 +52,23 @@ pub struct NetworkInfo {
     pub mac_cap: usize,
     /// IPv4 subnet (address, prefix length).
     pub subnet4: Option<(Ipv4Addr, u8)>,
+    /// IPv6 subnet (address, prefix length).
+    pub subnet6: Option<(Ipv6Addr, u8)>,
     /// The gateway address reaches the host's loopback.
     pub host_loopback: bool,
 }
 
 impl NetworkInfo {
+    /// True if `ip` is on the network's own IPv6 subnet.
+    pub fn on_subnet6(&self, ip: Ipv6Addr) -> bool {
+        self.subnet6.is_some_and(|(net, len)| {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(net) & mask == u128::from(ip) & mask
+        })
+    }
+
     /// True if `ip` is on the network's own IPv4 subnet.
     pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
         self.subnet4.is_some_and(|(net, len)| {
@@ -231,6 +243,7 @@ mod tests {
             internal: false,
             mac_cap: 8192,
             subnet4: None,
+            subnet6: None,
             host_loopback: false,
         }
     }

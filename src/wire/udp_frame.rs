@@ -1,14 +1,18 @@
-//! Builders for whole Ethernet + IPv4 (+ UDP) frames around a payload that
-//! is already in place: what the gateway's DNS and NAT send to sandboxes.
+//! Builders for whole Ethernet + IPv4 or IPv6 (+ UDP) frames around a
+//! payload that is already in place: what the gateway's DNS and NAT send to
+//! sandboxes.
 
-use core::net::{IpAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::ipv4::{IpProtocol, Ipv4Repr};
+use super::ipv6::Ipv6Repr;
 use super::udp::UdpRepr;
 use super::{MacAddr, Result};
 
 /// Ethernet (14) + IPv4 (20) + UDP (8) header bytes: where the payload starts.
 pub const HEADERS_LEN: usize = 14 + 20 + 8;
+/// Ethernet (14) + IPv6 (40) + UDP (8) header bytes.
+pub const HEADERS_LEN_V6: usize = 14 + 40 + 8;
 
 /// Who sends a datagram to whom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +22,54 @@ pub struct UdpFrameAddrs {
     /// Ethernet destination.
     pub dst_mac: MacAddr,
     /// IP source and UDP source port.
-    pub src: SocketAddrV4,
-    /// IP destination and UDP destination port.
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    /// IP destination and UDP destination port (same family as `src`).
+    pub dst: SocketAddr,
+}
+
+impl UdpFrameAddrs {
+    /// Where the payload starts in a frame to these addresses.
+    pub fn headers_len(&self) -> usize {
+        if self.src.is_ipv4() {
+            HEADERS_LEN
+        } else {
+            HEADERS_LEN_V6
+        }
+    }
 }
 
 /// Ethernet (14) + IPv4 (20): where an IP payload starts.
 pub const IP_HEADERS_LEN: usize = 14 + 20;
+/// Ethernet (14) + IPv6 (40): where an IPv6 payload starts.
+pub const IP6_HEADERS_LEN: usize = 14 + 40;
+
+/// Writes the Ethernet and IPv6 headers in front of the `l4_len` bytes of a
+/// `protocol` packet already at `buf[IP6_HEADERS_LEN..]`; returns the frame
+/// length.
+pub fn emit_ipv6(
+    buf: &mut [u8],
+    macs: (MacAddr, MacAddr),
+    ips: (Ipv6Addr, Ipv6Addr),
+    protocol: IpProtocol,
+    l4_len: usize,
+) -> Result<usize> {
+    let total = IP6_HEADERS_LEN + l4_len;
+    let buf = buf.get_mut(..total).ok_or(super::Error::BufferTooSmall)?;
+    buf[0..6].copy_from_slice(&macs.1 .0);
+    buf[6..12].copy_from_slice(&macs.0 .0);
+    buf[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = Ipv6Repr {
+        src_addr: ips.0,
+        dst_addr: ips.1,
+        next_header: protocol,
+        payload_len: u16::try_from(l4_len).map_err(|_| super::Error::Malformed)?,
+        hop_limit: 64,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    ip.emit(&mut buf[14..IP6_HEADERS_LEN])?;
+    Ok(total)
+}
 
 /// Writes the Ethernet and IPv4 headers in front of the `l4_len` bytes of a
 /// `protocol` packet already at `buf[IP_HEADERS_LEN..]`; returns the frame
@@ -55,30 +100,35 @@ pub fn emit_ipv4(
     Ok(total)
 }
 
-/// Writes the Ethernet, IPv4 and UDP headers (with checksums) in front of the
-/// `payload_len` bytes already at `buf[HEADERS_LEN..]`; returns the frame
+/// Writes the Ethernet, IP and UDP headers (with checksums) in front of the
+/// `payload_len` bytes already at `buf[a.headers_len()..]`; returns the frame
 /// length.
 pub fn emit(buf: &mut [u8], a: &UdpFrameAddrs, payload_len: usize) -> Result<usize> {
-    let total = emit_ipv4(
-        buf,
-        (a.src_mac, a.dst_mac),
-        (*a.src.ip(), *a.dst.ip()),
-        IpProtocol::Udp,
-        8 + payload_len,
-    )?;
+    let macs = (a.src_mac, a.dst_mac);
+    let (total, l4) = match (a.src.ip(), a.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (
+            emit_ipv4(buf, macs, (s, d), IpProtocol::Udp, 8 + payload_len)?,
+            IP_HEADERS_LEN,
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (
+            emit_ipv6(buf, macs, (s, d), IpProtocol::Udp, 8 + payload_len)?,
+            IP6_HEADERS_LEN,
+        ),
+        _ => return Err(super::Error::Malformed),
+    };
     let udp = UdpRepr {
         src_port: a.src.port(),
         dst_port: a.dst.port(),
     };
-    let (src, dst) = (IpAddr::V4(*a.src.ip()), IpAddr::V4(*a.dst.ip()));
-    udp.emit(&mut buf[34..], payload_len, &src, &dst)?;
+    udp.emit(&mut buf[l4..], payload_len, &a.src.ip(), &a.dst.ip())?;
     Ok(total)
 }
 
 /// Copies `payload` into place and writes the headers around it; returns the
 /// frame length.
 pub fn write(buf: &mut [u8], a: &UdpFrameAddrs, payload: &[u8]) -> Result<usize> {
-    buf.get_mut(HEADERS_LEN..HEADERS_LEN + payload.len())
+    let at = a.headers_len();
+    buf.get_mut(at..at + payload.len())
         .ok_or(super::Error::BufferTooSmall)?
         .copy_from_slice(payload);
     emit(buf, a, payload.len())
@@ -96,8 +146,8 @@ mod tests {
         let a = UdpFrameAddrs {
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 53),
-            dst: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000),
+            src: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 53)),
+            dst: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 40000)),
         };
         let n = emit(&mut buf, &a, 5).unwrap();
         assert_eq!(n, HEADERS_LEN + 5);
@@ -119,5 +169,39 @@ mod tests {
                 .unwrap(),
             u.checksum()
         );
+    }
+
+    #[test]
+    fn builds_an_ipv6_frame_etherparse_accepts() {
+        let mut buf = vec![0u8; 120];
+        let a = UdpFrameAddrs {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src: "[2001:db8::1]:53".parse().unwrap(),
+            dst: "[fd00:1::2]:40000".parse().unwrap(),
+        };
+        let n = write(&mut buf, &a, b"hello").unwrap();
+        assert_eq!(n, HEADERS_LEN_V6 + 5);
+        let p = etherparse::SlicedPacket::from_ethernet(&buf[..n]).unwrap();
+        let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+            panic!("not udp")
+        };
+        assert_eq!(u.payload(), b"hello");
+        let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+            panic!("not ipv6")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(
+            u.to_header()
+                .calc_checksum_ipv6_raw(h.source, h.destination, b"hello")
+                .unwrap(),
+            u.checksum()
+        );
+        // Mixed families are refused, not written.
+        let mixed = UdpFrameAddrs {
+            dst: "10.0.0.2:1".parse().unwrap(),
+            ..a
+        };
+        assert!(write(&mut [0u8; 120], &mixed, b"x").is_err());
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +47,8 @@ impl Inet {
         let peer = format!("synat-n{pid:x}{k}");
         let host_addr = format!("{}/30", inet.host_ip());
         let ns_addr = format!("{}/30", inet.addr());
+        let host_addr6 = format!("{}/64", inet.host_ip6());
+        let ns_addr6 = format!("{}/64", inet.addr6());
         let ns = inet.ns.as_str();
         let hi = inet.host_if.as_str();
         for args in [
@@ -55,8 +57,10 @@ impl Inet {
                 "link", "add", hi, "type", "veth", "peer", "name", &peer, "netns", ns,
             ],
             vec!["addr", "add", &host_addr, "dev", hi],
+            vec!["addr", "add", &host_addr6, "dev", hi, "nodad"],
             vec!["link", "set", hi, "up"],
             vec!["-n", ns, "addr", "add", &ns_addr, "dev", &peer],
+            vec!["-n", ns, "addr", "add", &ns_addr6, "dev", &peer, "nodad"],
             vec!["-n", ns, "link", "set", &peer, "up"],
             vec!["-n", ns, "link", "set", "lo", "up"],
         ] {
@@ -72,6 +76,22 @@ impl Inet {
     /// The far end's address.
     pub fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 254, self.n, 2)
+    }
+
+    /// The host's IPv6 address on the link.
+    pub fn host_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0xfe, u16::from(self.n), 0, 0, 0, 0, 1)
+    }
+
+    /// The far end's IPv6 address.
+    pub fn addr6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0xfe, u16::from(self.n), 0, 0, 0, 0, 2)
+    }
+
+    /// A listener on the far end's IPv6 address, inside the namespace.
+    pub fn listen6(&self) -> TcpListener {
+        let addr = self.addr6();
+        self.enter(move || TcpListener::bind((addr, 0)).expect("bind far [v6]"))
     }
 
     /// A listener on the far end's address, inside the namespace: bound by a
@@ -222,7 +242,7 @@ fn answer(s: &mut MioStream, buf: &mut Vec<u8>) -> bool {
 
 /// A UDP server thread on 127.0.0.1 sending every datagram back.
 pub struct UdpEcho {
-    /// Its port on 127.0.0.1.
+    /// Its port (on 127.0.0.1 unless bound elsewhere).
     pub port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -230,7 +250,12 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start() -> UdpEcho {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp echo");
+        UdpEcho::start_on("127.0.0.1:0")
+    }
+
+    /// An echo bound to `addr` (e.g. `[::1]:0`).
+    pub fn start_on(addr: &str) -> UdpEcho {
+        let sock = UdpSocket::bind(addr).expect("bind udp echo");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let port = sock.local_addr().expect("addr").port();

@@ -707,7 +707,10 @@ impl Daemon {
         self.close_publications(&ep.id, None);
         if let Some(&network) = self.net_ids.get(&ep.network) {
             // Its flows must not pass to the next sandbox given its address.
-            self.stack.forget(network, ep.ipv4);
+            self.stack.forget(network, ep.ipv4.into());
+            if let Some(ip6) = ep.ipv6 {
+                self.stack.forget(network, ip6.into());
+            }
         }
         let ports = self.ports.remove(&ep.id).unwrap_or_default();
         self.release_ports(&ep, ports);
@@ -825,6 +828,7 @@ fn network_spec(net: &Network) -> NetworkSpec {
         internal: net.internal,
         mac_cap: net.mac_cap,
         subnet4: Some((net.subnet4.addr(), net.subnet4.prefix())),
+        subnet6: net.subnet6.map(|s| (s.addr(), s.prefix())),
         host_loopback: net.host_loopback,
     }
 }

@@ -1,0 +1,172 @@
+//! Neighbour discovery and ICMPv6 echo answered in place: a neighbour
+//! solicitation for an address the switch answers for (the gateway's, or a
+//! remote endpoint's on an overlay) becomes the solicited advertisement, and
+//! an echo request to the gateway its reply, rewritten in the frame that
+//! brought it and sent back out of the ingress port.
+
+use std::net::Ipv6Addr;
+
+use super::frame::Frame;
+use crate::wire::icmpv6::{self, Icmpv6Repr};
+use crate::wire::MacAddr;
+
+/// IPv6 fixed header length.
+pub const IPV6_HEADER: usize = 40;
+/// ICMPv6's next-header number.
+pub const PROTO_ICMPV6: u8 = 58;
+/// A solicitation with its source link-layer address option: 24 + 8 bytes,
+/// the size of the advertisement with the target's, so it is answered in
+/// place. Others (DAD probes, which carry no option) are flooded.
+const NDP_WITH_LLADDR: usize = 32;
+
+/// The IPv6 address at `b[at..at + 16]`.
+pub fn ipv6_at(b: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let s: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(s))
+}
+
+/// The target of a neighbour solicitation that can be answered in place: a
+/// checksummed NS with hop limit 255, a specified source and a source
+/// link-layer address option.
+pub fn ns_target(f: &Frame) -> Option<Ipv6Addr> {
+    match solicitation(f)? {
+        (target, Some(_), NDP_WITH_LLADDR) => Some(target),
+        _ => None,
+    }
+}
+
+/// A checksummed neighbour solicitation with hop limit 255 and a specified
+/// source: its target, source link-layer address option and length.
+fn solicitation(f: &Frame) -> Option<(Ipv6Addr, Option<MacAddr>, usize)> {
+    let l3 = usize::from(f.meta.l3_offset);
+    let b = f.data();
+    let ip = b.get(l3..l3 + IPV6_HEADER)?;
+    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[6] != PROTO_ICMPV6 || ip[7] != 255 {
+        return None;
+    }
+    let (src, dst) = (ipv6_at(ip, 8)?, ipv6_at(ip, 24)?);
+    if src.is_unspecified() {
+        return None;
+    }
+    let body = b.get(l3 + IPV6_HEADER..l3 + IPV6_HEADER + plen)?;
+    let p = icmpv6::Packet::new_checked(body).ok()?;
+    match Icmpv6Repr::parse(&p, &src, &dst).ok()? {
+        Icmpv6Repr::NeighborSolicit {
+            target_addr,
+            lladdr,
+        } => Some((target_addr, lladdr, plen)),
+        _ => None,
+    }
+}
+
+/// Rewrites a solicitation checked by [`ns_target`] into the solicited
+/// advertisement from `remote`, back to the requester.
+pub fn advertise_in_place(b: &mut [u8], l3: usize, remote: MacAddr) -> Option<()> {
+    let requester_ip = ipv6_at(b, l3 + 8)?;
+    let body = l3 + IPV6_HEADER;
+    let target = icmpv6::Packet::new_checked(b.get(body..body + NDP_WITH_LLADDR)?)
+        .ok()?
+        .target_addr();
+    let na = Icmpv6Repr::NeighborAdvert {
+        flags: icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+        target_addr: target,
+        lladdr: Some(remote),
+    };
+    if na.buffer_len() != NDP_WITH_LLADDR {
+        return None;
+    }
+    na.emit(b.get_mut(body..)?, &target, &requester_ip).ok()?;
+    b.get_mut(l3 + 8..l3 + 24)?
+        .copy_from_slice(&target.octets());
+    b.get_mut(l3 + 24..l3 + 40)?
+        .copy_from_slice(&requester_ip.octets());
+    let requester = MacAddr::from_bytes(b.get(6..12)?);
+    b.get_mut(0..6)?.copy_from_slice(&requester.0);
+    b.get_mut(6..12)?.copy_from_slice(&remote.0);
+    Some(())
+}
+
+/// ICMPv6 type of an echo request.
+const ECHO_REQUEST: u8 = 128;
+/// ICMPv6 type of an echo reply.
+const ECHO_REPLY: u8 = 129;
+
+/// True if the IPv6 frame is an ICMPv6 echo request to `to` (right after the
+/// fixed header).
+pub fn is_echo_request_to(f: &Frame, to: Ipv6Addr) -> bool {
+    let l3 = usize::from(f.meta.l3_offset);
+    let b = f.data();
+    b.get(l3 + 6) == Some(&PROTO_ICMPV6)
+        && ipv6_at(b, l3 + 24) == Some(to)
+        && b.get(l3 + IPV6_HEADER) == Some(&ECHO_REQUEST)
+}
+
+/// Rewrites an ICMPv6 echo request (checked by [`is_echo_request_to`]) into
+/// its reply from `our_mac`, back to the requester; `None` if the packet is
+/// truncated or its checksum is wrong.
+pub fn echo_reply_in_place(b: &mut [u8], l3: usize, our_mac: MacAddr) -> Option<()> {
+    let ip = b.get(l3..l3 + IPV6_HEADER)?;
+    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let (src, dst) = (ipv6_at(ip, 8)?, ipv6_at(ip, 24)?);
+    let body = b.get_mut(l3 + IPV6_HEADER..l3 + IPV6_HEADER + plen)?;
+    let p = icmpv6::Packet::new_checked(&mut body[..]).ok()?;
+    if !p.verify_checksum(&src, &dst) || p.msg_code() != 0 {
+        return None;
+    }
+    body[0] = ECHO_REPLY;
+    let mut p = icmpv6::Packet::new_checked(&mut body[..]).ok()?;
+    p.fill_checksum(&dst, &src);
+    b.get_mut(l3 + 8..l3 + 24)?.copy_from_slice(&dst.octets());
+    b.get_mut(l3 + 24..l3 + 40)?.copy_from_slice(&src.octets());
+    b.get_mut(l3 + 7).map(|h| *h = 64)?;
+    let requester = MacAddr::from_bytes(b.get(6..12)?);
+    b.get_mut(0..6)?.copy_from_slice(&requester.0);
+    b.get_mut(6..12)?.copy_from_slice(&our_mac.0);
+    Some(())
+}
+
+/// The target of a neighbour solicitation with or without options (as a
+/// sandbox sends them to confirm a neighbour it knows): checksummed, hop
+/// limit 255, specified source.
+pub fn solicited(f: &Frame) -> Option<Ipv6Addr> {
+    solicitation(f).map(|(target, _, _)| target)
+}
+
+/// Replaces a solicitation checked by [`solicited`] with the advertisement
+/// of a router at `our_mac` for its target, back to the requester (whatever
+/// options the solicitation carried).
+pub fn advertise_router(f: &mut Frame, our_mac: MacAddr) -> Option<()> {
+    use crate::wire::ipv6::Ipv6Repr;
+    use crate::wire::IpProtocol;
+    const NA_LEN: usize = 32;
+    let l3 = usize::from(f.meta.l3_offset);
+    let b = f.data();
+    let requester_ip = ipv6_at(b, l3 + 8)?;
+    let target = ipv6_at(b, l3 + IPV6_HEADER + 8)?;
+    let mut out = [0u8; 18 + IPV6_HEADER + NA_LEN];
+    let n = l3 + IPV6_HEADER + NA_LEN;
+    let head = out.get_mut(..l3)?;
+    head.copy_from_slice(b.get(..l3)?);
+    head.get_mut(0..6)?.copy_from_slice(b.get(6..12)?);
+    head.get_mut(6..12)?.copy_from_slice(&our_mac.0);
+    let ip = Ipv6Repr {
+        src_addr: target,
+        dst_addr: requester_ip,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: NA_LEN as u16,
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    ip.emit(out.get_mut(l3..l3 + IPV6_HEADER)?).ok()?;
+    let na = Icmpv6Repr::NeighborAdvert {
+        flags: icmpv6::NA_ROUTER | icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+        target_addr: target,
+        lladdr: Some(our_mac),
+    };
+    na.emit(out.get_mut(l3 + IPV6_HEADER..n)?, &target, &requester_ip)
+        .ok()?;
+    f.fill(&out[..n]);
+    Some(())
+}
