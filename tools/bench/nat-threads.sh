@@ -4,12 +4,13 @@
 # thread owns the flows of the sandboxes whose port maps to it).
 #
 #   sudo tools/bench/nat-threads.sh [--sandboxes K] [--threads N] [--time S]
-#        [--rounds R] [--mtu M] [--workers W] [--bin PATH] [--no-build]
+#        [--rounds R] [--mtu M] [--workers W] [--ipv6] [--bin PATH] [--no-build]
 #
 # Defaults: 2 sandboxes, threads 1 vs 2, 2 workers, MTU 1500, 5 s, 3 rounds.
 # Per round and setting: one daemon (as root; the NAT path is the same as
 # rootless), one --host-loopback network, K iperf3 servers on the host's
-# 127.0.0.1, K `switchyard run -- iperf3 -c GATEWAY` clients started
+# 127.0.0.1 (--ipv6: [::1], the clients dialling the gateway's IPv6
+# address), K `switchyard run -- iperf3 -c GATEWAY` clients started
 # together; the round's figure is the sum of their receiver Gbit/s. Settings
 # alternate within a round so drift hits both. Prints the median, the range
 # and the daemon's CPU seconds per Gbit. Everything (daemons, sandboxes,
@@ -18,7 +19,7 @@ set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-K=2; N=2; T=5; ROUNDS=3; MTU=1500; WORKERS=2; BIN=""; BUILD=1
+K=2; N=2; T=5; ROUNDS=3; MTU=1500; WORKERS=2; BIN=""; BUILD=1; FAMILY=4
 while [ $# -gt 0 ]; do
   case $1 in
     --sandboxes) K=$2; shift ;;
@@ -27,9 +28,10 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift ;;
     --mtu) MTU=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
+    --ipv6) FAMILY=6 ;;
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -55,8 +57,8 @@ HZ=$(getconf CLK_TCK)
 
 # one_round THREADS ROUND: prints "GBPS CPU_TICKS"
 one_round() {
-  local threads=$1 round=$2 dir=$TMP/d$1-$2 sock pid i gw c0 c1 clients="" servers="" port
-  mkdir -p "$dir/state"; sock=$dir/api.sock
+  local threads=$1 round=$2 dir sock pid i gw c0 c1 clients="" servers="" port
+  dir=$(mktemp -d "$TMP/d$1-$2-XXXX"); mkdir -p "$dir/state"; sock=$dir/api.sock
   "$BIN" --socket "$sock" daemon --state-dir "$dir/state" --workers "$WORKERS" \
     --gateway-threads "$threads" </dev/null >"$dir/daemon.log" 2>&1 &
   pid=$!; PIDS="$PIDS $pid"
@@ -64,12 +66,14 @@ one_round() {
     [ -S "$sock" ] && "$BIN" --socket "$sock" network ls >/dev/null 2>&1 && break
     sleep 0.1
   done
-  "$BIN" --socket "$sock" network create nt --subnet 10.249.0.0/24 --mtu "$MTU" --host-loopback >/dev/null \
+  "$BIN" --socket "$sock" network create nt --subnet 10.249.0.0/24 --ipv6-subnet fd00:249::/64 \
+    --mtu "$MTU" --host-loopback >/dev/null \
     || die "network create (daemon log: $(tail -2 "$dir/daemon.log"))"
-  gw=10.249.0.1
+  local bind=127.0.0.1; gw=10.249.0.1
+  [ "$FAMILY" = 6 ] && { bind=::1; gw=fd00:249::1; }
   for i in $(seq 1 "$K"); do
     port=$((40100 + i))
-    iperf3 -s -B 127.0.0.1 -p "$port" </dev/null >"$dir/srv$i.log" 2>&1 &
+    iperf3 -s -B "$bind" -p "$port" </dev/null >"$dir/srv$i.log" 2>&1 &
     servers="$servers $!"; PIDS="$PIDS $!"
   done
   sleep 0.5
@@ -97,7 +101,7 @@ print(f"{total:.2f} {ticks}")
 PY
 }
 
-log "Switchyard $BIN, $K sandboxes, MTU $MTU, $WORKERS workers, threads 1 vs $N, ${T}s x $ROUNDS"
+log "Switchyard $BIN, $K sandboxes, IPv$FAMILY, MTU $MTU, $WORKERS workers, threads 1 vs $N, ${T}s x $ROUNDS"
 RES=$TMP/res.txt; : > "$RES"
 for r in $(seq 1 "$ROUNDS"); do
   for th in 1 "$N"; do
@@ -106,16 +110,17 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "$th $out" >> "$RES"
   done
 done
-python3 - "$RES" "$HZ" "$K" "$MTU" "$WORKERS" "$T" "$ROUNDS" <<'PY'
+python3 - "$RES" "$HZ" "$K" "$MTU" "$WORKERS" "$T" "$ROUNDS" "$FAMILY" <<'PY'
 import sys, statistics
-res, hz, k, mtu, workers, t, rounds = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+res, hz, k, mtu, workers, t, rounds, family = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 rows = {}
 for line in open(res):
     p = line.split()
     if p[1] == "ERR":
         rows.setdefault(p[0], []).append(None); continue
     rows.setdefault(p[0], []).append((float(p[1]), int(p[2]) / hz))
-print(f"outbound NAT, {k} sandboxes at once -> host 127.0.0.1, MTU {mtu}, {workers} workers, iperf3 -t {t}, {rounds} rounds")
+lo = "127.0.0.1" if family == "4" else "[::1]"
+print(f"outbound NAT over IPv{family}, {k} sandboxes at once -> host {lo}, MTU {mtu}, {workers} workers, iperf3 -t {t}, {rounds} rounds")
 print("| gateway threads | Gbit/s, sum (median, min-max) | daemon CPU-s per Gbit |")
 print("|--:|--:|--:|")
 med = {}
