@@ -168,6 +168,7 @@ fn bad_frames_are_counted_drops() {
     let sec = PortSecurity {
         mac: Some(mac(1)),
         ipv4: vec![],
+        ipv6: vec![],
     };
     let a = sw.port(n, 0, sec);
     let b = sw.port(n, 0, PortSecurity::default());

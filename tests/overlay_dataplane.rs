@@ -112,6 +112,7 @@ impl Host {
                     security: PortSecurity {
                         mac: Some(m),
                         ipv4: vec![ip(ip_last)],
+                        ipv6: vec![],
                     },
                     worker: Some(0),
                 },

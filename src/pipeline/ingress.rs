@@ -1,8 +1,9 @@
 //! Stage `ingress`: the ingress port must be attached; its network is
 //! recorded; source MACs that are multicast or zero, and sources the port's
-//! security settings forbid (MAC, IPv4 source, ARP sender), are dropped.
+//! security settings forbid (MAC, IPv4 source, ARP sender, IPv6 source,
+//! neighbour advertisement target), are dropped.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
@@ -30,9 +31,39 @@ pub(crate) fn claimed_ipv4_in(frame: &[u8], ethertype: EtherType, l3: usize) -> 
     Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
 }
 
+/// ICMPv6 type of a neighbour advertisement.
+const NEIGHBOR_ADVERT: u8 = 136;
+
+/// The IPv6 addresses an IPv6 frame claims as its own: the source, and the
+/// target of a neighbour advertisement (the counterpart of an ARP sender).
+fn claimed_ipv6(f: &Frame) -> [Option<Ipv6Addr>; 2] {
+    let l3 = f.meta.l3_offset as usize;
+    let b = f.data();
+    let at = |i: usize| -> Option<Ipv6Addr> {
+        let a: [u8; 16] = b.get(i..i + 16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(a))
+    };
+    let advert = b.get(l3 + 6) == Some(&58) && b.get(l3 + 40) == Some(&NEIGHBOR_ADVERT);
+    [at(l3 + 8), if advert { at(l3 + 48) } else { None }]
+}
+
+/// Addresses a port may use without owning them: `::` (duplicate address
+/// detection) and link-local ones (neighbour discovery; the gateway never
+/// carries them out).
+fn unowned_ipv6(ip: &Ipv6Addr) -> bool {
+    ip.is_unspecified() || ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
 fn allowed(sec: &PortSecurity, f: &Frame) -> bool {
     if sec.mac.is_some_and(|m| m != f.meta.src) {
         return false;
+    }
+    if f.meta.ethertype == EtherType::Ipv6 {
+        return sec.ipv6.is_empty()
+            || claimed_ipv6(f)
+                .iter()
+                .flatten()
+                .all(|ip| unowned_ipv6(ip) || sec.ipv6.contains(ip));
     }
     if sec.ipv4.is_empty() {
         return true;
@@ -65,5 +96,75 @@ impl Stage for Ingress {
                 f.meta.action = Action::Drop(DropReason::Spoofed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::PortId;
+    use crate::wire::icmpv6::Icmpv6Repr;
+    use crate::wire::MacAddr;
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    fn sec() -> PortSecurity {
+        PortSecurity {
+            mac: Some(MAC),
+            ipv4: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            ipv6: vec!["fd00::2".parse().unwrap()],
+        }
+    }
+
+    fn udp6(src: &str) -> Frame {
+        let src: Ipv6Addr = src.parse().unwrap();
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(MAC.0, [2, 0, 0, 0, 0, 1])
+            .ipv6(src.octets(), [0x20; 16], 64)
+            .udp(1, 2)
+            .write(&mut b, b"x")
+            .unwrap();
+        Frame::parsed(&b, PortId(1))
+    }
+
+    fn advert(target: &str) -> Frame {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fe80::2".parse().unwrap(), "fe80::1".parse().unwrap());
+        let na = Icmpv6Repr::NeighborAdvert {
+            flags: 0,
+            target_addr: target.parse().unwrap(),
+            lladdr: Some(MAC),
+        };
+        let mut b = vec![0u8; 54 + na.buffer_len()];
+        b[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        b[6..12].copy_from_slice(&MAC.0);
+        b[12..14].copy_from_slice(&[0x86, 0xdd]);
+        b[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, na.buffer_len() as u8, 58, 255]);
+        b[22..38].copy_from_slice(&src.octets());
+        b[38..54].copy_from_slice(&dst.octets());
+        na.emit(&mut b[54..], &src, &dst).unwrap();
+        Frame::parsed(&b, PortId(1))
+    }
+
+    #[test]
+    fn ipv6_sources_and_advertised_targets_must_be_the_ports_own() {
+        let sec = sec();
+        assert!(allowed(&sec, &udp6("fd00::2")));
+        assert!(allowed(&sec, &udp6("fe80::1234")), "link-local");
+        assert!(allowed(&sec, &udp6("::")), "duplicate address detection");
+        assert!(!allowed(&sec, &udp6("fd00::3")), "another's address");
+        assert!(!allowed(&sec, &udp6("2001:db8::2")));
+        assert!(allowed(&sec, &advert("fd00::2")));
+        assert!(allowed(&sec, &advert("fe80::2")));
+        assert!(
+            !allowed(&sec, &advert("fd00::3")),
+            "poisoning another's entry"
+        );
+        // No IPv6 list: anything (ports the control plane did not restrict).
+        let open = PortSecurity {
+            ipv6: vec![],
+            ..sec
+        };
+        assert!(allowed(&open, &udp6("fd00::3")));
     }
 }

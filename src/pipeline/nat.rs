@@ -67,13 +67,23 @@ fn decide4(topo: &Topology, net: &NetworkInfo, gw4: Ipv4Addr, ip: &[u8]) -> Opti
 /// (no extension headers), and of ICMPv6 only echo requests leave.
 fn decide6(topo: &Topology, net: &NetworkInfo, gw6: Ipv6Addr, ip: &[u8]) -> Option<Action> {
     let fixed = ip.get(..40)?;
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&fixed[24..40]);
-    let dst = Ipv6Addr::from(a);
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&fixed[at..at + 16]);
+        Ipv6Addr::from(a)
+    };
+    let (src, dst) = (addr(8), addr(24));
     let proto = fixed[6];
+    // Only a sandbox's own address is carried: never `::` or a link-local
+    // one (which port security lets any sandbox use).
+    let owned = !(src.is_unspecified() || src.segments()[0] & 0xffc0 == 0xfe80);
     if dst == gw6 {
         // As for IPv4; ICMPv6 to the gateway is the gateway stage's.
-        return matches!(proto, PROTO_TCP | PROTO_UDP).then_some(Action::Punt);
+        return matches!(proto, PROTO_TCP | PROTO_UDP).then_some(if owned {
+            Action::Punt
+        } else {
+            Action::Drop(DropReason::GatewayUnhandled)
+        });
     }
     let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
     if net.on_subnet6(dst) || dst.is_multicast() || dst.is_unspecified() || link_local {
@@ -81,6 +91,9 @@ fn decide6(topo: &Topology, net: &NetworkInfo, gw6: Ipv6Addr, ip: &[u8]) -> Opti
     }
     if net.internal {
         return Some(Action::Drop(DropReason::InternalNetwork));
+    }
+    if !owned {
+        return Some(Action::Drop(DropReason::GatewayUnhandled));
     }
     if topo.networks().any(|n| n.on_subnet6(dst)) {
         return Some(Action::Drop(DropReason::Isolated));
@@ -217,6 +230,17 @@ pub(crate) mod tests {
         assert_eq!(
             decide_for(&t, &other_net),
             Some(Action::Drop(DropReason::Isolated))
+        );
+        let mut from_link_local = Vec::new();
+        etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0)
+            .ipv6(ll, far, 64)
+            .tcp(1, 2, 1, 1000)
+            .write(&mut from_link_local, &[])
+            .unwrap();
+        assert_eq!(
+            decide_for(&t, &from_link_local),
+            Some(Action::Drop(DropReason::GatewayUnhandled)),
+            "only a sandbox's own address leaves"
         );
         let internal = topology(true);
         assert_eq!(

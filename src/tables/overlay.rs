@@ -287,7 +287,11 @@ pub mod fixture {
                 mtu: 1450,
                 segments_gso: false,
             },
-            security: PortSecurity { mac, ipv4: vec![] },
+            security: PortSecurity {
+                mac,
+                ipv4: vec![],
+                ipv6: vec![],
+            },
         }
     }
 

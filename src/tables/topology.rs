@@ -87,6 +87,9 @@ pub struct PortSecurity {
     pub mac: Option<MacAddr>,
     /// The only IPv4 source addresses the port may use.
     pub ipv4: Vec<Ipv4Addr>,
+    /// The only IPv6 addresses the port may use besides `::` and link-local
+    /// ones (empty: any).
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// A port as the data plane sees it.

@@ -663,6 +663,7 @@ impl Daemon {
         let security = PortSecurity {
             mac: Some(ep.mac),
             ipv4: vec![ep.ipv4],
+            ipv6: ep.ipv6.into_iter().collect(),
         };
         let spec = PortSpec {
             network,
