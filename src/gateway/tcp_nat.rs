@@ -283,10 +283,13 @@ const LARGE_MSS: u16 = u16::MAX - 40;
 fn raise_mss(f: &mut Frame) {
     let l3 = f.meta.l3_offset as usize;
     let b = f.data_mut();
-    let Some(ihl) = b.get(l3).map(|v| usize::from(v & 0x0f) * 4) else {
-        return;
+    // The TCP header: after the IPv4 header, or right after IPv6's fixed
+    // header (the only IPv6 layout the stack takes).
+    let l4 = match b.get(l3).map(|v| v >> 4) {
+        Some(4) if b.get(l3 + 9) == Some(&6) => l3 + usize::from(b[l3] & 0x0f) * 4,
+        Some(6) if b.get(l3 + 6) == Some(&6) => l3 + 40,
+        _ => return,
     };
-    let l4 = l3 + ihl;
     let Some(&[doff, flags]) = b
         .get(l4 + 12..l4 + 14)
         .and_then(|s| <&[u8; 2]>::try_from(s).ok())
@@ -376,5 +379,31 @@ mod tests {
         // Truncated frames are left alone without panicking.
         f.fill(&syn[..40]);
         raise_mss(&mut f);
+    }
+
+    #[test]
+    fn ipv6_syn_mss_is_raised_and_its_addresses_untouched() {
+        // A source address that, read with IPv4 offsets, looks like a SYN
+        // with a 60-byte header and an MSS option in the address's last
+        // bytes: only the real TCP header may change.
+        let src = [
+            0, 0, 0, 0, 0xf0, 0x02, 0, 0, 0, 0, 0, 0, 0x02, 0x04, 0x05, 0xb4,
+        ];
+        let mut syn = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6(src, [0x20; 16], 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1440)])
+            .unwrap()
+            .write(&mut syn, &[])
+            .unwrap();
+        let mut f = Frame::alloc();
+        f.fill(&syn);
+        f.meta.l3_offset = 14;
+        raise_mss(&mut f);
+        let out = f.data();
+        assert_eq!(out[..74], syn[..74], "Ethernet, IPv6, fixed TCP header");
+        assert_eq!(out[76..78], LARGE_MSS.to_be_bytes());
     }
 }
