@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -516,27 +516,29 @@ fn syn_flood_is_capped() {
     drop(silent);
 }
 
-/// Two host ports free for TCP and UDP on every address, from
+/// N host ports free for TCP and UDP on every address, from
 /// 20000 + pid % 10000 on (below the ephemeral range, so no client takes
 /// them meanwhile).
-fn free_ports() -> (u16, u16) {
+fn free_ports<const N: usize>() -> [u16; N] {
     let free = |p: u16| {
         TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
             && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
     };
     let mut p = 20_000 + (std::process::id() % 10_000) as u16;
-    let mut found = Vec::new();
-    while found.len() < 2 {
+    let mut found = [0; N];
+    let mut n = 0;
+    while n < N {
         if free(p) {
-            found.push(p);
+            found[n] = p;
+            n += 1;
         }
         p = if p >= 29_999 { 20_000 } else { p + 1 };
     }
-    (found[0], found[1])
+    found
 }
 
 /// Connects to `to` and reads until the server closes (at most 3 s each).
-fn read_reply(to: SocketAddrV4) -> std::io::Result<String> {
+fn read_reply(to: impl Into<SocketAddr>) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut out = String::new();
@@ -545,8 +547,14 @@ fn read_reply(to: SocketAddrV4) -> std::io::Result<String> {
 }
 
 /// Sends a datagram to `to` until one comes back (5 tries, 1 s each).
-fn udp_ask(to: SocketAddrV4) -> std::io::Result<String> {
-    let u = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn udp_ask(to: impl Into<SocketAddr>) -> std::io::Result<String> {
+    let to = to.into();
+    let any: SocketAddr = if to.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let u = UdpSocket::bind(any)?;
     u.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut buf = [0u8; 512];
     for _ in 0..5 {
@@ -578,11 +586,31 @@ def tcp():
             pass
         c.close()
 threading.Thread(target=tcp, daemon=True).start()
+def dual(kind, port):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    return s
+def tcp6():
+    s = dual(socket.SOCK_STREAM, 8081)
+    s.listen(64)
+    while True:
+        c, a = s.accept()
+        try:
+            c.sendall(("peer=%s:%d\n" % (a[0], a[1])).encode())
+        except OSError:
+            pass
+        c.close()
+def udp(u):
+    while True:
+        data, a = u.recvfrom(2048)
+        u.sendto(("peer=%s\n" % a[0]).encode(), a)
+threading.Thread(target=tcp6, daemon=True).start()
+threading.Thread(target=udp, args=(dual(socket.SOCK_DGRAM, 9001),), daemon=True).start()
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.bind(("0.0.0.0", 9000))
-while True:
-    data, a = u.recvfrom(2048)
-    u.sendto(("peer=%s\n" % a[0]).encode(), a)
+udp(u)
 "#;
 
 fn stderr(out: &std::process::Output) -> String {
@@ -596,12 +624,18 @@ fn published_ports_keep_the_client_address() {
     };
     let started = Instant::now();
     let inet = Inet::create(1);
-    let (hp, up) = free_ports();
+    let [hp, up, hp6, up6] = free_ports::<4>();
     env.start_daemon();
-    create_network(&env, "pub", "10.236.0.0/24", &[]);
+    create_network(
+        &env,
+        "pub",
+        "10.236.0.0/24",
+        &["--ipv6-subnet", "fd00:236::/64"],
+    );
     let script = env.dir.join("peer_server.py");
     std::fs::write(&script, PEER_SERVER).expect("write server");
     let (tcp_spec, udp_spec) = (format!("{hp}:8080"), format!("{up}:9000/udp"));
+    let (tcp6_spec, udp6_spec) = (format!("[::]:{hp6}:8081"), format!("[::]:{up6}:9001/udp"));
     let script = script.display().to_string();
     env.spawn(&[
         "run",
@@ -613,6 +647,10 @@ fn published_ports_keep_the_client_address() {
         &tcp_spec,
         "-p",
         &udp_spec,
+        "-p",
+        &tcp6_spec,
+        "-p",
+        &udp6_spec,
         "--",
         "python3",
         &script,
@@ -661,14 +699,43 @@ fn published_ports_keep_the_client_address() {
         "UDP too: {reply}"
     );
 
+    // A listener on [::]: IPv6 clients reach the sandbox's IPv6 address
+    // from their own, IPv4 clients (mapped into IPv6 by the listener) its
+    // IPv4 address from theirs.
+    let peer_ip = |reply: &str| {
+        let p = field(reply, "peer");
+        p.rsplit_once(':')
+            .map(|(ip, _)| ip.to_string())
+            .unwrap_or(p)
+    };
+    let published6 = SocketAddr::from((inet.host_ip6(), hp6));
+    let reply = inet
+        .enter(move || read_reply(published6))
+        .expect("tcp client over IPv6");
+    assert_eq!(peer_ip(&reply), inet.addr6().to_string(), "{reply}");
+    let mapped = SocketAddr::from((inet.host_ip(), hp6));
+    let reply = inet
+        .enter(move || read_reply(mapped))
+        .expect("tcp client over IPv4 to [::]");
+    assert_eq!(
+        peer_ip(&reply),
+        format!("::ffff:{}", inet.addr()),
+        "{reply}"
+    );
+    let to6 = SocketAddr::from((inet.host_ip6(), up6));
+    let reply = inet
+        .enter(move || udp_ask(to6))
+        .expect("udp client over IPv6");
+    assert_eq!(field(&reply, "peer"), inet.addr6().to_string(), "{reply}");
+
     // A client on the host's loopback is spliced into the sandbox.
     let spliced = event(&stats(&env), "published-spliced");
     let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hp)).expect("loopback client");
     assert!(reply.starts_with("peer="), "loopback client: {reply:?}");
     let v = stats(&env);
     assert!(event(&v, "published-spliced") > spliced, "{v}");
-    assert!(event(&v, "published-tcp-connections") >= 4, "{v}");
-    assert!(event(&v, "published-udp-sessions") >= 1, "{v}");
+    assert!(event(&v, "published-tcp-connections") >= 6, "{v}");
+    assert!(event(&v, "published-udp-sessions") >= 2, "{v}");
 
     // Ports another endpoint or another process holds, or privileged ones.
     let out = env.sy(&["publish", "other", &tcp_spec]);

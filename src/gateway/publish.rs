@@ -5,7 +5,7 @@
 //! (an address the sandbox cannot answer) appears as the gateway address.
 //! UDP keeps a session per client, with the same idle timeouts as NAT flows.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Token};
@@ -20,6 +20,11 @@ use crate::tables::topology::NetworkId;
 use crate::wire::udp_frame::UdpFrameAddrs;
 use crate::wire::MacAddr;
 
+/// True for fe80::/10, which means nothing off its link.
+fn is_link_local(ip: &std::net::Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
 /// Tokens at and above this are published sockets (below: flows).
 pub const LISTENER_BASE: usize = 1 << 40;
 /// Ephemeral ports given to loopback clients as seen from the sandbox.
@@ -32,6 +37,9 @@ pub struct PublishTarget {
     pub network: NetworkId,
     /// The service: the sandbox's address and container port.
     pub service: SocketAddrV4,
+    /// The same port on the sandbox's IPv6 address, if it has one: IPv6
+    /// clients reach it from their own address.
+    pub service6: Option<SocketAddrV6>,
     /// The sandbox's MAC.
     pub mac: MacAddr,
     /// The sandbox's port in the data plane.
@@ -153,39 +161,53 @@ impl Runner {
         }
     }
 
-    /// The client as the sandbox sees it: its own address, or the gateway
-    /// with a free port for clients the sandbox cannot reach (loopback,
-    /// IPv6).
+    /// Which service address a client reaches and from where, as the
+    /// sandbox sees it: an IPv4 client (also one mapped into IPv6 by a
+    /// dual-stack listener) the IPv4 service from its own address; an IPv6
+    /// client the IPv6 service from its own address, if the sandbox has
+    /// one; anyone else (loopback, IPv6 to an IPv4-only sandbox) the IPv4
+    /// service from the gateway with a free port.
     fn visible_peer(
         &mut self,
         peer: SocketAddr,
         target: &PublishTarget,
         proto: u8,
-    ) -> Option<SocketAddrV4> {
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let v4 = SocketAddr::V4(target.service);
+        let peer = match peer {
+            SocketAddr::V6(p) => match p.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddr::from((ip, p.port())),
+                None => peer,
+            },
+            p => p,
+        };
+        let routable = !peer.ip().is_loopback() && !peer.ip().is_unspecified();
+        match (peer, target.service6) {
+            (SocketAddr::V4(_), _) if routable => return Some((v4, peer)),
+            (SocketAddr::V6(p), Some(s6)) if routable && !is_link_local(p.ip()) => {
+                return Some((SocketAddr::V6(s6), peer))
+            }
+            _ => {}
+        }
         let gw4 = self.net(target.network)?.gw.ipv4?;
-        match peer {
-            SocketAddr::V4(p) if !p.ip().is_loopback() && !p.ip().is_unspecified() => Some(p),
-            _ => {
-                for _ in 0..64 {
-                    self.next_ephemeral = if self.next_ephemeral >= *EPHEMERAL.end() {
-                        *EPHEMERAL.start()
-                    } else {
-                        self.next_ephemeral.max(*EPHEMERAL.start()) + 1
-                    };
-                    let cand = SocketAddrV4::new(gw4, self.next_ephemeral);
-                    let key = FlowKey {
-                        network: target.network,
-                        proto,
-                        local: target.service.into(),
-                        remote: cand.into(),
-                    };
-                    if self.flows.find(&key).is_none() {
-                        return Some(cand);
-                    }
-                }
-                None
+        for _ in 0..64 {
+            self.next_ephemeral = if self.next_ephemeral >= *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                self.next_ephemeral.max(*EPHEMERAL.start()) + 1
+            };
+            let cand = SocketAddr::from((gw4, self.next_ephemeral));
+            let key = FlowKey {
+                network: target.network,
+                proto,
+                local: v4,
+                remote: cand,
+            };
+            if self.flows.find(&key).is_none() {
+                return Some((v4, cand));
             }
         }
+        None
     }
 
     fn accept_tcp(&mut self, id: u64, target: PublishTarget, now: i64) {
@@ -209,11 +231,11 @@ impl Runner {
                     continue;
                 }
             }
-            let Some(remote) = self.visible_peer(peer, &target, PROTO_TCP) else {
+            let Some((service, remote)) = self.visible_peer(peer, &target, PROTO_TCP) else {
                 bump(&self.counters.nat_flow_cap, 1);
                 continue;
             };
-            self.learn_sandbox(&target);
+            self.learn_sandbox(&target, service);
             let large = self.port_offload(target.port);
             let Some(net) = self.nets.get_mut(&target.network) else {
                 return;
@@ -223,8 +245,7 @@ impl Runner {
             } else {
                 &mut net.iface
             };
-            let Some(mut flow) =
-                TcpFlow::accepted(stream, iface.context(), remote, target.service, now)
+            let Some(mut flow) = TcpFlow::accepted(stream, iface.context(), remote, service, now)
             else {
                 continue;
             };
@@ -232,8 +253,8 @@ impl Runner {
             let key = FlowKey {
                 network: target.network,
                 proto: PROTO_TCP,
-                local: target.service.into(),
-                remote: remote.into(),
+                local: service,
+                remote,
             };
             match self.flows.insert(key, Flow::Tcp(flow)) {
                 Ok(slot) => {
@@ -299,13 +320,13 @@ impl Runner {
         if let Some(&slot) = self.udp_peers.get(&(id, peer)) {
             return Some(slot);
         }
-        let remote = self.visible_peer(peer, target, PROTO_UDP)?;
-        self.learn_sandbox(target);
+        let (service, remote) = self.visible_peer(peer, target, PROTO_UDP)?;
+        self.learn_sandbox(target, service);
         let key = FlowKey {
             network: target.network,
             proto: PROTO_UDP,
-            local: target.service.into(),
-            remote: remote.into(),
+            local: service,
+            remote,
         };
         let flow = UdpInFlow {
             listener: id,
@@ -313,8 +334,8 @@ impl Runner {
             to_sandbox: UdpFrameAddrs {
                 src_mac: gw_mac,
                 dst_mac: target.mac,
-                src: remote.into(),
-                dst: target.service.into(),
+                src: remote,
+                dst: service,
             },
             port: target.port,
             last_active: now,
@@ -340,15 +361,10 @@ impl Runner {
         }
     }
 
-    /// Makes sure the stack can address the sandbox before it first spoke.
-    fn learn_sandbox(&mut self, target: &PublishTarget) {
+    /// Makes sure the stack can address the sandbox's `service` before the
+    /// sandbox first spoke.
+    fn learn_sandbox(&mut self, target: &PublishTarget, service: SocketAddr) {
         let now = self.now().total_millis();
-        self.announce_neighbour(
-            target.network,
-            target.mac,
-            (*target.service.ip()).into(),
-            target.port,
-            now,
-        );
+        self.announce_neighbour(target.network, target.mac, service.ip(), target.port, now);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 
 use mio::net::TcpStream;
@@ -110,8 +110,8 @@ impl TcpFlow {
     pub fn accepted(
         host: TcpStream,
         cx: &mut smoltcp::iface::Context,
-        remote: SocketAddrV4,
-        service: SocketAddrV4,
+        remote: SocketAddr,
+        service: SocketAddr,
         now: i64,
     ) -> Option<TcpFlow> {
         let _ = host.set_nodelay(true);
@@ -119,8 +119,8 @@ impl TcpFlow {
         let mut sock = new_socket();
         sock.connect(
             cx,
-            (*service.ip(), service.port()),
-            (*remote.ip(), remote.port()),
+            (service.ip(), service.port()),
+            (remote.ip(), remote.port()),
         )
         .ok()?;
         let handle = sockets.add(sock);

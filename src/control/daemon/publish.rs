@@ -130,6 +130,9 @@ impl Daemon {
             let target = PublishTarget {
                 network,
                 service,
+                service6: ep
+                    .ipv6
+                    .map(|ip| std::net::SocketAddrV6::new(ip, container, 0, 0)),
                 mac: ep.mac,
                 port,
                 splice,
