@@ -48,6 +48,42 @@ fn pick_ports(attempt: u32) -> Option<(u16, u16)> {
     (a != b && free(a) && free(b)).then_some((a, b))
 }
 
+/// The arguments that run etcd as the one member `name` of its own
+/// cluster, serving clients on `client` and peers on `peer` (URLs), with its
+/// data in `data`.
+pub fn single_member_args(name: &str, data: &Path, client: &str, peer: &str) -> Vec<String> {
+    let data = data.to_str().expect("utf8 data dir");
+    [
+        ("--name", name),
+        ("--data-dir", data),
+        ("--listen-client-urls", client),
+        ("--advertise-client-urls", client),
+        ("--listen-peer-urls", peer),
+        ("--initial-advertise-peer-urls", peer),
+        ("--initial-cluster", &format!("{name}={peer}")),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .collect()
+}
+
+/// True when etcd at `addr` answers `/health` with `"health":"true"`
+/// (from the calling thread's network namespace).
+pub fn healthy_at(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
 impl Etcd {
     /// Starts etcd, or returns `None` (after a skip message) when it is not
     /// installed outside CI.
@@ -95,14 +131,12 @@ impl Etcd {
             .map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(&self.bin)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--name", "default"])
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(single_member_args(
+                "default",
+                &self.data_dir(),
+                &client,
+                &peer,
+            ))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -130,19 +164,7 @@ impl Etcd {
 
     /// Whether `/health` says so.
     fn healthy(&self) -> bool {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.contains("\"health\":\"true\"")
+        healthy_at(SocketAddr::from(([127, 0, 0, 1], self.client_port)))
     }
 
     /// `etcd://127.0.0.1:PORT`, for `ClusterConfig::new`.

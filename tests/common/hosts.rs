@@ -11,8 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -411,16 +410,13 @@ impl Hosts {
             .open(self.dir.join("etcd.log"))
             .expect("etcd log");
         let mut c = self.in_ns_cmd(&self.underlay, &["etcd"]);
-        c.args(["--name", "sy-test", "--data-dir", path_str(&data)])
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", peer])
-            .args(["--initial-advertise-peer-urls", peer])
-            .args(["--initial-cluster", &format!("sy-test={peer}")])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("fd"))
-            .stderr(log);
+        c.args(super::etcd::single_member_args(
+            "sy-test", &data, &client, peer,
+        ))
+        .args(["--logger", "zap", "--log-outputs", "stderr"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("fd"))
+        .stderr(log);
         let mut child = spawn_retry(&mut c).expect("spawn etcd");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -451,16 +447,8 @@ impl Hosts {
     /// True when etcd answers `/health` with `"health":"true"` from inside
     /// the underlay namespace.
     pub fn etcd_healthy(&self) -> bool {
-        let reply = self.enter(&self.underlay, || {
-            let to = SocketAddr::from((UNDERLAY_IP, ETCD_PORT));
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(500)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            Some(text)
-        });
-        reply.is_some_and(|t| t.contains("\"health\":\"true\""))
+        let to = SocketAddr::from((UNDERLAY_IP, ETCD_PORT));
+        self.enter(&self.underlay, move || super::etcd::healthy_at(to))
     }
 
     /// Kills etcd with SIGKILL, keeping its data dir.
