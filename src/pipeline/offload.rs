@@ -142,7 +142,13 @@ fn segment_into(
 /// Merges runs of consecutive segments of one TCP flow in `pending` into GSO
 /// frames (see [`gro`]), freeing the merged ones. Order is kept.
 fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCounters) {
-    if pending.len() < 2 {
+    // Most batches hold no two neighbouring TCP/IPv4 frames (small packets,
+    // other protocols): find that out with a byte test per frame before
+    // the full comparison.
+    let mergeable = pending
+        .windows(2)
+        .any(|w| gro::may_continue(w[0].data(), w[1].data(), &w[1].vnet));
+    if !mergeable {
         return;
     }
     let mut kept = 0;

@@ -60,6 +60,19 @@ impl<'a> Seg<'a> {
     }
 }
 
+/// A quick filter for [`continues`]: false when `next` certainly does not
+/// continue `head` (either is not TCP over IPv4 without options, or `next`
+/// carries offload requests).
+#[inline]
+pub fn may_continue(head: &[u8], next: &[u8], next_vnet: &VirtioNetHdr) -> bool {
+    let tcp4 = |f: &[u8]| {
+        f.get(12..14) == Some(&[0x08, 0x00][..])
+            && f.get(ETH) == Some(&0x45)
+            && f.get(ETH + 9) == Some(&6)
+    };
+    !next_vnet.is_gso() && !next_vnet.needs_csum() && tcp4(next) && tcp4(head)
+}
+
 /// If `next` (a plain frame) continues `head` (plain, or coalesced by
 /// [`finish`] with `head_vnet`), returns where `next`'s payload starts and
 /// the MSS of the coalesced frame; append `next[offset..]` to `head`, then

@@ -291,6 +291,12 @@ fn gro_coalesces_what_gso_segmented() {
     let mut head = segs[0].clone();
     let mut vnet = VirtioNetHdr::NONE;
     for s in &segs[1..] {
+        // The quick filter never rules out what continues.
+        assert!(crate::wire::gro::may_continue(
+            &head,
+            s,
+            &VirtioNetHdr::NONE
+        ));
         let (at, mss) =
             crate::wire::gro::continues(&head, &vnet, s, &VirtioNetHdr::NONE).expect("continues");
         assert_eq!(mss, 1400);
@@ -310,4 +316,10 @@ fn gro_coalesces_what_gso_segmented() {
     // The short last segment ends the run; PSH on the first stops it too.
     let last = &segs[14];
     assert!(crate::wire::gro::continues(last, &none, &segs[0], &none).is_none());
+    // Not TCP over IPv4, or offloads asked of the next frame: ruled out.
+    let mut udp = segs[1].clone();
+    udp[14 + 9] = 17;
+    assert!(!crate::wire::gro::may_continue(&segs[0], &udp, &none));
+    assert!(!crate::wire::gro::may_continue(&udp, &segs[1], &none));
+    assert!(!crate::wire::gro::may_continue(&segs[0], &segs[1], &b.hdr));
 }
