@@ -201,15 +201,11 @@ impl phy::Device for PuntDevice<'_> {
 /// for segmentation. Other frames get none.
 fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
     use crate::wire::gso::partial_pseudo_csum;
+    use crate::wire::ipv6::addr_at;
     use crate::wire::IpProtocol;
     use std::net::IpAddr;
     const L3: usize = ETHERNET_HEADER;
     let addr4 = |b: &[u8]| IpAddr::from([b[0], b[1], b[2], b[3]]);
-    let addr6 = |b: &[u8]| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&b[..16]);
-        IpAddr::from(a)
-    };
     let (ip_hdr, tcp_len, src, dst, gso) = match frame.get(12..14) {
         Some([0x08, 0x00]) => {
             let Some(ip) = frame.get(L3..L3 + 20) else {
@@ -233,17 +229,15 @@ fn tcp_offload(frame: &mut [u8], seg_mtu: usize) -> VirtioNetHdr {
             let Some(ip) = frame.get(L3..L3 + 40) else {
                 return VirtioNetHdr::NONE;
             };
+            let addrs = (addr_at(ip, 8), addr_at(ip, 24));
+            let (Some(src), Some(dst)) = addrs else {
+                return VirtioNetHdr::NONE;
+            };
             if ip[0] >> 4 != 6 || ip[6] != 6 {
                 return VirtioNetHdr::NONE;
             }
             let tcp_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            (
-                40,
-                tcp_len,
-                addr6(&ip[8..24]),
-                addr6(&ip[24..40]),
-                GsoType::TcpV6,
-            )
+            (40, tcp_len, src.into(), dst.into(), GsoType::TcpV6)
         }
         _ => return VirtioNetHdr::NONE,
     };
@@ -283,7 +277,7 @@ fn gateway_chatter(frame: &[u8]) -> bool {
         Some([0x08, 0x06]) => true,
         Some([0x86, 0xdd]) => {
             let l4 = ETHERNET_HEADER + 40;
-            frame.get(ETHERNET_HEADER + 6) == Some(&58)
+            frame.get(ETHERNET_HEADER + 6) == Some(&crate::pipeline::ndp::PROTO_ICMPV6)
                 && frame.get(l4).is_some_and(|t| (133..=137).contains(t))
         }
         _ => false,

@@ -6,12 +6,15 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::pipeline::frame::Frame;
+use crate::pipeline::ndp::ECHO_REQUEST as ICMPV6_ECHO_REQUEST;
+pub use crate::pipeline::ndp::PROTO_ICMPV6;
 use crate::tables::topology::NetworkId;
+use crate::wire::ipv6::addr_at;
 
 /// IP protocol numbers the gateway carries.
 pub const PROTO_ICMP: u8 = 1;
@@ -19,12 +22,8 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 /// UDP.
 pub const PROTO_UDP: u8 = 17;
-/// ICMPv6.
-pub const PROTO_ICMPV6: u8 = 58;
 /// ICMP type of an echo request.
 const ICMP_ECHO_REQUEST: u8 = 8;
-/// ICMPv6 type of an echo request.
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// A flow as the sandbox sees it: from `local` (its own address and port) to
 /// `remote`.
@@ -85,12 +84,8 @@ impl PacketInfo {
                 let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
                 let l4 = l3 + 40;
                 let end = (l4 + payload).min(b.len());
-                let addr = |at: usize| {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(&ip[at..at + 16]);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                };
-                (addr(8), addr(24), ip[6], l4, end)
+                let addr = |at| addr_at(ip, at).map(IpAddr::V6);
+                (addr(8)?, addr(24)?, ip[6], l4, end)
             }
             _ => return None,
         };

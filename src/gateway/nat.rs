@@ -492,12 +492,9 @@ fn send_unreachable(io: &mut FlowIo<'_>, f: &Frame) {
         };
         icmp[8..].copy_from_slice(quote);
         let written = if v6 {
-            let (Some(gw6), Some(sandbox)) = (gw.1, quote.get(8..24)) else {
+            let (Some(gw6), Some(sandbox)) = (gw.1, crate::wire::ipv6::addr_at(quote, 8)) else {
                 return false;
             };
-            let mut a = [0u8; 16];
-            a.copy_from_slice(sandbox);
-            let sandbox = std::net::Ipv6Addr::from(a);
             icmp[..8].copy_from_slice(&[1, 3, 0, 0, 0, 0, 0, 0]);
             let Ok(mut p) = icmpv6::Packet::new_checked(&mut icmp[..]) else {
                 return false;

@@ -20,11 +20,6 @@ use crate::tables::topology::NetworkId;
 use crate::wire::udp_frame::UdpFrameAddrs;
 use crate::wire::MacAddr;
 
-/// True for fe80::/10, which means nothing off its link.
-fn is_link_local(ip: &std::net::Ipv6Addr) -> bool {
-    ip.segments()[0] & 0xffc0 == 0xfe80
-}
-
 /// Tokens at and above this are published sockets (below: flows).
 pub const LISTENER_BASE: usize = 1 << 40;
 /// Ephemeral ports given to loopback clients as seen from the sandbox.
@@ -184,7 +179,7 @@ impl Runner {
         let routable = !peer.ip().is_loopback() && !peer.ip().is_unspecified();
         match (peer, target.service6) {
             (SocketAddr::V4(_), _) if routable => return Some((v4, peer)),
-            (SocketAddr::V6(p), Some(s6)) if routable && !is_link_local(p.ip()) => {
+            (SocketAddr::V6(p), Some(s6)) if routable && !p.ip().is_unicast_link_local() => {
                 return Some((SocketAddr::V6(s6), peer))
             }
             _ => {}

@@ -33,7 +33,7 @@ use crate::dns::answer::Responder;
 use crate::dns::DnsService;
 use crate::pipeline::frame::Frame;
 use crate::pipeline::inject::Injector;
-use crate::pipeline::punt::PuntQueue;
+use crate::pipeline::punt::{PuntQueue, PuntShard};
 use crate::ports::PortId;
 use crate::stats::bump;
 use crate::tables::topology::{GatewayInfo, NetworkId, SharedTopology};
@@ -320,14 +320,11 @@ impl GatewayStack {
     /// closed, so its port is free.
     pub fn close(&self, id: u64) {
         let (done, wait) = crossbeam::channel::bounded(self.shards.len());
-        let asked = self
-            .shards
-            .iter()
-            .filter(|s| {
-                let done = done.clone();
-                self.send(s, StackCommand::Close { id, done })
-            })
-            .count();
+        let mut asked = 0;
+        for s in &self.shards {
+            let done = done.clone();
+            asked += usize::from(self.send(s, StackCommand::Close { id, done }));
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         for _ in 0..asked {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -394,11 +391,8 @@ impl Runner {
                 let ms = (t - self.now().total_millis()).max(0) as u64;
                 delay = delay.min(std::time::Duration::from_millis(ms));
             }
-            self.punt
-                .shard(self.shard)
-                .sleeping
-                .store(true, Ordering::SeqCst);
-            let busy = !self.punt.shard(self.shard).frames.is_empty()
+            self.inbox().sleeping.store(true, Ordering::SeqCst);
+            let busy = !self.inbox().frames.is_empty()
                 || !self.answers.queues[self.shard].is_empty()
                 || !self.ready_listeners.is_empty()
                 || !self.commands.is_empty();
@@ -412,10 +406,7 @@ impl Runner {
                     tracing::warn!("gateway stack poll failed: {e}");
                 }
             }
-            self.punt
-                .shard(self.shard)
-                .sleeping
-                .store(false, Ordering::SeqCst);
+            self.inbox().sleeping.store(false, Ordering::SeqCst);
             self.host_events(&events);
         }
         for (_, mut net) in self.nets.drain() {
@@ -423,6 +414,11 @@ impl Runner {
                 self.injector.free(f);
             }
         }
+    }
+
+    /// This thread's punt shard.
+    fn inbox(&self) -> &PuntShard {
+        self.punt.shard(self.shard)
     }
 
     /// True if the data-plane port takes offloads (GSO, partial checksums).
@@ -598,7 +594,7 @@ impl Runner {
     fn take_punted(&mut self) {
         let now = self.now().total_millis();
         for _ in 0..ROUND {
-            let Some(f) = self.punt.shard(self.shard).frames.pop() else {
+            let Some(f) = self.inbox().frames.pop() else {
                 break;
             };
             if !matches!(f.meta.ethertype, EtherType::Ipv4 | EtherType::Ipv6) {
@@ -716,7 +712,7 @@ fn fill_solicitation(
     gateway: (MacAddr, Ipv6Addr),
 ) -> bool {
     use crate::wire::icmpv6::Icmpv6Repr;
-    use crate::wire::udp_frame::{emit_ipv6, IP6_HEADERS_LEN};
+    use crate::wire::udp_frame::{emit_ipv6_hops, IP6_HEADERS_LEN};
     use crate::wire::IpProtocol;
     let ns = Icmpv6Repr::NeighborSolicit {
         target_addr: gateway.1,
@@ -731,10 +727,9 @@ fn fill_solicitation(
         return false;
     }
     let macs = (client.0, gateway.0);
-    match emit_ipv6(space, macs, (client.1, gateway.1), IpProtocol::Icmpv6, len) {
+    let ips = (client.1, gateway.1);
+    match emit_ipv6_hops(space, macs, ips, IpProtocol::Icmpv6, len, 255) {
         Ok(n) => {
-            // NDP insists on a hop limit of 255.
-            space[14 + 7] = 255;
             f.set_len(n);
             true
         }

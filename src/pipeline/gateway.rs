@@ -13,7 +13,7 @@ use super::ndp;
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::GatewayInfo;
 use crate::wire::ethernet::EtherType;
-use crate::wire::{arp, icmpv4};
+use crate::wire::{arp, icmpv4, icmpv6};
 
 const ARP_REQUEST: u16 = 1;
 const PROTO_ICMP: u8 = 1;
@@ -70,7 +70,8 @@ fn decide(gw: &GatewayInfo, f: &mut Frame) -> Option<Action> {
         EtherType::Ipv6 => {
             let gw6 = gw.ipv6?;
             if ndp::solicited(f) == Some(gw6) {
-                return Some(match ndp::advertise_router(f, gw.mac) {
+                let flags = icmpv6::NA_ROUTER | icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE;
+                return Some(match ndp::advertise(f, gw.mac, flags) {
                     Some(()) => Action::Output(f.meta.in_port),
                     None => Action::Drop(DropReason::Malformed),
                 });

@@ -7,9 +7,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
+use super::ndp;
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::PortSecurity;
 use crate::wire::ethernet::EtherType;
+use crate::wire::ipv6::addr_at;
 
 /// The ingress-checks stage.
 pub struct Ingress;
@@ -39,19 +41,19 @@ const NEIGHBOR_ADVERT: u8 = 136;
 fn claimed_ipv6(f: &Frame) -> [Option<Ipv6Addr>; 2] {
     let l3 = f.meta.l3_offset as usize;
     let b = f.data();
-    let at = |i: usize| -> Option<Ipv6Addr> {
-        let a: [u8; 16] = b.get(i..i + 16)?.try_into().ok()?;
-        Some(Ipv6Addr::from(a))
-    };
-    let advert = b.get(l3 + 6) == Some(&58) && b.get(l3 + 40) == Some(&NEIGHBOR_ADVERT);
-    [at(l3 + 8), if advert { at(l3 + 48) } else { None }]
+    let advert =
+        b.get(l3 + 6) == Some(&ndp::PROTO_ICMPV6) && b.get(l3 + 40) == Some(&NEIGHBOR_ADVERT);
+    [
+        addr_at(b, l3 + 8),
+        if advert { addr_at(b, l3 + 48) } else { None },
+    ]
 }
 
 /// Addresses a port may use without owning them: `::` (duplicate address
 /// detection) and link-local ones (neighbour discovery; the gateway never
 /// carries them out).
 fn unowned_ipv6(ip: &Ipv6Addr) -> bool {
-    ip.is_unspecified() || ip.segments()[0] & 0xffc0 == 0xfe80
+    ip.is_unspecified() || ip.is_unicast_link_local()
 }
 
 fn allowed(sec: &PortSecurity, f: &Frame) -> bool {

@@ -9,15 +9,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
+use super::ndp::{ECHO_REQUEST, PROTO_ICMPV6};
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::{NetworkInfo, Topology};
 use crate::wire::ethernet::EtherType;
+use crate::wire::ipv6::addr_at;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// The NAT hand-off stage.
 pub struct Nat;
@@ -67,16 +67,11 @@ fn decide4(topo: &Topology, net: &NetworkInfo, gw4: Ipv4Addr, ip: &[u8]) -> Opti
 /// (no extension headers), and of ICMPv6 only echo requests leave.
 fn decide6(topo: &Topology, net: &NetworkInfo, gw6: Ipv6Addr, ip: &[u8]) -> Option<Action> {
     let fixed = ip.get(..40)?;
-    let addr = |at: usize| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&fixed[at..at + 16]);
-        Ipv6Addr::from(a)
-    };
-    let (src, dst) = (addr(8), addr(24));
+    let (src, dst) = (addr_at(fixed, 8)?, addr_at(fixed, 24)?);
     let proto = fixed[6];
     // Only a sandbox's own address is carried: never `::` or a link-local
     // one (which port security lets any sandbox use).
-    let owned = !(src.is_unspecified() || src.segments()[0] & 0xffc0 == 0xfe80);
+    let owned = !(src.is_unspecified() || src.is_unicast_link_local());
     if dst == gw6 {
         // As for IPv4; ICMPv6 to the gateway is the gateway stage's.
         return matches!(proto, PROTO_TCP | PROTO_UDP).then_some(if owned {
@@ -85,8 +80,11 @@ fn decide6(topo: &Topology, net: &NetworkInfo, gw6: Ipv6Addr, ip: &[u8]) -> Opti
             Action::Drop(DropReason::GatewayUnhandled)
         });
     }
-    let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
-    if net.on_subnet6(dst) || dst.is_multicast() || dst.is_unspecified() || link_local {
+    if net.on_subnet6(dst)
+        || dst.is_multicast()
+        || dst.is_unspecified()
+        || dst.is_unicast_link_local()
+    {
         return None;
     }
     if net.internal {
@@ -100,7 +98,7 @@ fn decide6(topo: &Topology, net: &NetworkInfo, gw6: Ipv6Addr, ip: &[u8]) -> Opti
     }
     Some(match proto {
         PROTO_TCP | PROTO_UDP => Action::Punt,
-        PROTO_ICMPV6 if ip.get(40) == Some(&ICMPV6_ECHO_REQUEST) => Action::Punt,
+        PROTO_ICMPV6 if ip.get(40) == Some(&ECHO_REQUEST) => Action::Punt,
         _ => Action::Drop(DropReason::GatewayUnhandled),
     })
 }

@@ -8,22 +8,16 @@ use std::net::Ipv6Addr;
 
 use super::frame::Frame;
 use crate::wire::icmpv6::{self, Icmpv6Repr};
+use crate::wire::ipv6::addr_at as ipv6_at;
 use crate::wire::MacAddr;
 
 /// IPv6 fixed header length.
 pub const IPV6_HEADER: usize = 40;
 /// ICMPv6's next-header number.
 pub const PROTO_ICMPV6: u8 = 58;
-/// A solicitation with its source link-layer address option: 24 + 8 bytes,
-/// the size of the advertisement with the target's, so it is answered in
-/// place. Others (DAD probes, which carry no option) are flooded.
+/// A solicitation with its source link-layer address option: 24 + 8 bytes.
+/// Only these are answered for remote endpoints; others are flooded.
 const NDP_WITH_LLADDR: usize = 32;
-
-/// The IPv6 address at `b[at..at + 16]`.
-pub fn ipv6_at(b: &[u8], at: usize) -> Option<Ipv6Addr> {
-    let s: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
-    Some(Ipv6Addr::from(s))
-}
 
 /// The target of a neighbour solicitation that can be answered in place: a
 /// checksummed NS with hop limit 255, a specified source and a source
@@ -60,35 +54,8 @@ fn solicitation(f: &Frame) -> Option<(Ipv6Addr, Option<MacAddr>, usize)> {
     }
 }
 
-/// Rewrites a solicitation checked by [`ns_target`] into the solicited
-/// advertisement from `remote`, back to the requester.
-pub fn advertise_in_place(b: &mut [u8], l3: usize, remote: MacAddr) -> Option<()> {
-    let requester_ip = ipv6_at(b, l3 + 8)?;
-    let body = l3 + IPV6_HEADER;
-    let target = icmpv6::Packet::new_checked(b.get(body..body + NDP_WITH_LLADDR)?)
-        .ok()?
-        .target_addr();
-    let na = Icmpv6Repr::NeighborAdvert {
-        flags: icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
-        target_addr: target,
-        lladdr: Some(remote),
-    };
-    if na.buffer_len() != NDP_WITH_LLADDR {
-        return None;
-    }
-    na.emit(b.get_mut(body..)?, &target, &requester_ip).ok()?;
-    b.get_mut(l3 + 8..l3 + 24)?
-        .copy_from_slice(&target.octets());
-    b.get_mut(l3 + 24..l3 + 40)?
-        .copy_from_slice(&requester_ip.octets());
-    let requester = MacAddr::from_bytes(b.get(6..12)?);
-    b.get_mut(0..6)?.copy_from_slice(&requester.0);
-    b.get_mut(6..12)?.copy_from_slice(&remote.0);
-    Some(())
-}
-
 /// ICMPv6 type of an echo request.
-const ECHO_REQUEST: u8 = 128;
+pub const ECHO_REQUEST: u8 = 128;
 /// ICMPv6 type of an echo reply.
 const ECHO_REPLY: u8 = 129;
 
@@ -133,10 +100,11 @@ pub fn solicited(f: &Frame) -> Option<Ipv6Addr> {
     solicitation(f).map(|(target, _, _)| target)
 }
 
-/// Replaces a solicitation checked by [`solicited`] with the advertisement
-/// of a router at `our_mac` for its target, back to the requester (whatever
-/// options the solicitation carried).
-pub fn advertise_router(f: &mut Frame, our_mac: MacAddr) -> Option<()> {
+/// Replaces a solicitation checked by [`solicited`] or [`ns_target`] with
+/// the advertisement of its target at `our_mac` (with `flags`, e.g.
+/// [`icmpv6::NA_ROUTER`] for the gateway), back to the requester, whatever
+/// options the solicitation carried.
+pub fn advertise(f: &mut Frame, our_mac: MacAddr, flags: u8) -> Option<()> {
     use crate::wire::ipv6::Ipv6Repr;
     use crate::wire::IpProtocol;
     const NA_LEN: usize = 32;
@@ -161,7 +129,7 @@ pub fn advertise_router(f: &mut Frame, our_mac: MacAddr) -> Option<()> {
     };
     ip.emit(out.get_mut(l3..l3 + IPV6_HEADER)?).ok()?;
     let na = Icmpv6Repr::NeighborAdvert {
-        flags: icmpv6::NA_ROUTER | icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+        flags,
         target_addr: target,
         lladdr: Some(our_mac),
     };

@@ -10,13 +10,14 @@
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
-use super::ndp::{advertise_in_place, ns_target};
+use super::ndp::{advertise, ns_target};
 use super::stage::{Stage, StageContext};
 use crate::clock::Millis;
 use crate::tables::mac::MacTable;
 use crate::tables::overlay::OverlayNet;
 use crate::tables::topology::Topology;
 use crate::wire::ethernet::EtherType;
+use crate::wire::icmpv6::{NA_OVERRIDE, NA_SOLICITED};
 use crate::wire::{arp, MacAddr};
 
 const ARP_REQUEST: u16 = 1;
@@ -44,8 +45,7 @@ pub fn decide(
             if isolate {
                 return Some(Action::Drop(DropReason::Isolated));
             }
-            let l3 = usize::from(f.meta.l3_offset);
-            return Some(match advertise_in_place(f.data_mut(), l3, remote) {
+            return Some(match advertise(f, remote, NA_SOLICITED | NA_OVERRIDE) {
                 Some(()) => Action::Output(f.meta.in_port),
                 None => Action::Drop(DropReason::Malformed),
             });

@@ -53,6 +53,19 @@ pub fn emit_ipv6(
     protocol: IpProtocol,
     l4_len: usize,
 ) -> Result<usize> {
+    emit_ipv6_hops(buf, macs, ips, protocol, l4_len, 64)
+}
+
+/// [`emit_ipv6`] with a hop limit of the caller's (neighbour discovery
+/// insists on 255).
+pub fn emit_ipv6_hops(
+    buf: &mut [u8],
+    macs: (MacAddr, MacAddr),
+    ips: (Ipv6Addr, Ipv6Addr),
+    protocol: IpProtocol,
+    l4_len: usize,
+    hop_limit: u8,
+) -> Result<usize> {
     let total = IP6_HEADERS_LEN + l4_len;
     let buf = buf.get_mut(..total).ok_or(super::Error::BufferTooSmall)?;
     buf[0..6].copy_from_slice(&macs.1 .0);
@@ -63,7 +76,7 @@ pub fn emit_ipv6(
         dst_addr: ips.1,
         next_header: protocol,
         payload_len: u16::try_from(l4_len).map_err(|_| super::Error::Malformed)?,
-        hop_limit: 64,
+        hop_limit,
         traffic_class: 0,
         flow_label: 0,
     };
