@@ -3,7 +3,8 @@
 # vs Open vSwitch userspace datapath (netdev) with TAP ports.
 #
 # Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH] [--no-build]
-#   setups: sy1 sy2 kbridge ovs
+#                                       [--busy-poll-us US]
+#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon
 #   the Switchyard binary: --bin, else $SWITCHYARD_BIN, else cargo build --release
 #   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build)
 #
@@ -22,13 +23,15 @@ QUICK=0
 ONLY="sy1,sy2,kbridge,ovs"
 BIN=${SWITCHYARD_BIN:-}
 BUILD=1
+BUSY_POLL_US=0
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
     --only) ONLY=$2; shift ;;
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    --busy-poll-us) BUSY_POLL_US=$2; shift ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -135,7 +138,8 @@ up_sy() {  # up_sy WORKERS
   NS_A=sybench-a-$SUF; NS_B=sybench-b-$SUF; NS_SW=""
   mkns "$NS_A" && mkns "$NS_B" || return 1
   SY_DIR=$TMP/sy; mkdir -p "$SY_DIR/state"; SY_SOCK=$SY_DIR/api.sock
-  "$BIN" --socket "$SY_SOCK" daemon --state-dir "$SY_DIR/state" --workers "$w" > "$SY_DIR/daemon.log" 2>&1 &
+  "$BIN" --socket "$SY_SOCK" daemon --state-dir "$SY_DIR/state" --workers "$w" \
+    --busy-poll-us "$BUSY_POLL_US" > "$SY_DIR/daemon.log" 2>&1 &
   SY_PID=$!; KILL_PIDS=$SY_PID; SW_PIDS=$SY_PID
   for i in $(seq 1 100); do
     [ -S "$SY_SOCK" ] && sy network ls >/dev/null 2>&1 && break
@@ -213,6 +217,21 @@ m_pps() {  # m_pps SETUP
   local rx="/sys/class/net/$DEV_B/statistics/rx_packets" tx="/sys/class/net/$DEV_A/statistics/tx_packets"
   local txd="/sys/class/net/$DEV_A/statistics/tx_dropped"
   local r0 t0 d0 r1 t1 d1 w0 w1
+  # A socket bound to the destination port that never reads: B's stack drops
+  # the frames at the full socket instead of answering each one with an ICMP
+  # port unreachable (rate-limited, but its route lookups ran for every frame
+  # and cost the thread that delivers to B -- our worker, OVS's PMD, or the
+  # sender's softirq for the bridge -- about a fifth of its time).
+  ip netns exec "$NS_B" timeout $(( PPS_T + 10 )) python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.77.0.3", 5001))
+print("bound", flush=True)
+time.sleep(float(sys.argv[1]))' $(( PPS_T + 5 )) > "$TMP/sink-$s.log" 2>&1 &
+  local sink=$! i
+  AUX_PIDS="$AUX_PIDS $sink"
+  for i in $(seq 1 50); do grep -q bound "$TMP/sink-$s.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q bound "$TMP/sink-$s.log" || note "$s: UDP sink in B did not start: $(cat "$TMP/sink-$s.log")"
   r0=$(ip netns exec "$NS_B" cat $rx); t0=$(ip netns exec "$NS_A" cat $tx); d0=$(ip netns exec "$NS_A" cat $txd)
   w0=$(date +%s.%N)
   ip netns exec "$NS_A" timeout -s INT "$PPS_T" trafgen -q -i "$cfg" -o "$DEV_A" -P 1 > "$TMP/trafgen-$s.log" 2>&1
@@ -220,6 +239,7 @@ m_pps() {  # m_pps SETUP
   w1=$(date +%s.%N)
   sleep 0.3   # let the switch drain its queues before reading B's counter
   r1=$(ip netns exec "$NS_B" cat $rx); t1=$(ip netns exec "$NS_A" cat $tx); d1=$(ip netns exec "$NS_A" cat $txd)
+  stop_pid $sink; wait $sink 2>/dev/null
   [ $rc = 0 ] || [ $rc = 124 ] || note "$s: trafgen exited $rc: $(tail -3 "$TMP/trafgen-$s.log" | tr '\n' ' ')"
   python3 "$HERE/report.py" pps "$r0" "$r1" "$t0" "$t1" "$d0" "$d1" "$w0" "$w1" | while read -r k v; do put "$s" "$k" "$v"; done
 }
@@ -266,6 +286,6 @@ GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 "$HERE/report.py" table "$RES" "$NOTES" \
   --setups "${SETUPS# }" --cmd "$CMDLINE" --nproc "$(nproc)" --kernel "$(uname -sr)" \
   --date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" --elapsed $(( T_END - T_START )) \
-  --params "iperf3 -t $IPERF_T; trafgen ${PPS_T} s; ping -i 0.01 -c $PING_N" \
+  --params "iperf3 -t $IPERF_T; trafgen ${PPS_T} s; ping -i 0.01 -c $PING_N; Switchyard --busy-poll-us $BUSY_POLL_US" \
   --load "$LOAD0" --version "$VER (git $GIT)" --ovs "$(ovs-vswitchd --version 2>/dev/null | head -1)" \
   | tee "$HERE/last-run.txt"
