@@ -194,7 +194,17 @@ impl Dataplane {
         config: DataplaneConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<(Dataplane, Vec<Worker>), DataplaneError> {
-        Self::build(config, clock, |_| Pipeline::standard(), false)
+        Self::inline_with(config, clock, |_| Pipeline::standard())
+    }
+
+    /// [`Dataplane::inline`] with the pipeline `make_pipeline` builds for
+    /// each worker.
+    pub fn inline_with(
+        config: DataplaneConfig,
+        clock: Arc<dyn Clock>,
+        make_pipeline: impl Fn(WorkerId) -> Pipeline,
+    ) -> Result<(Dataplane, Vec<Worker>), DataplaneError> {
+        Self::build(config, clock, make_pipeline, false)
     }
 
     fn build(

@@ -4,7 +4,8 @@
 //! `tasks.`, PTR, scoping between networks, forwarding to an upstream (a fake
 //! one this test runs on a loopback address), TCP fallback for a large
 //! answer, internal networks refusing to forward, and malformed queries
-//! counted while good ones keep being answered.
+//! counted while good ones keep being answered; and the same service at a
+//! dual-stack network's IPv6 gateway (UDP, TCP, PTR, forwarding).
 
 mod common;
 
@@ -104,6 +105,34 @@ fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The first value of `key` in `out`, trimmed ("" when missing).
+fn first(out: &str, key: &str) -> String {
+    field(out, key)
+        .first()
+        .copied()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Runs `script` with `sh -c` in a new sandbox named `client` on `network`;
+/// returns its output.
+fn client(env: &Env, network: &str, script: &str) -> String {
+    let out = env.sy(&[
+        "run",
+        "--network",
+        network,
+        "--name",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    ok(&out, &format!("client on {network}"));
+    text(&out)
+}
+
 #[test]
 fn gateway_dns_end_to_end() {
     let Some(mut env) = Env::with_tools("dns", Some(USER), &["dig", "getent", "nc"]) else {
@@ -165,27 +194,8 @@ fn gateway_dns_end_to_end() {
         head -c 300 /dev/urandom | nc -u -w1 10.211.0.1 53 >/dev/null 2>&1
         q after web1
     "#;
-    let out = env.sy(&[
-        "run",
-        "--network",
-        "n1",
-        "--name",
-        "client",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    ok(&out, "client on n1");
-    let o = text(&out);
-    let first = |k: &str| {
-        field(&o, k)
-            .first()
-            .copied()
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    };
+    let o = client(&env, "n1", script);
+    let first = |k: &str| first(&o, k);
     assert_eq!(first("web1"), "10.211.0.11", "{o}");
     assert_eq!(first("web1fqdn"), "10.211.0.11", "{o}");
     assert_eq!(first("web1net"), "10.211.0.11", "{o}");
@@ -248,4 +258,79 @@ fn gateway_dns_end_to_end() {
         drop("dns-malformed") + ev("dns-formerr") >= 2,
         "malformed queries counted: {v}"
     );
+}
+
+#[test]
+fn gateway_dns_over_ipv6() {
+    let Some(mut env) = Env::with_tools("dns6", Some(USER), &["dig", "getent"]) else {
+        return;
+    };
+    let upstream = FakeUpstream::start();
+    let up = format!("127.0.0.1:{}", upstream.port);
+    env.start_daemon_with(&["--dns-upstream", &up]);
+    let create = [
+        "network",
+        "create",
+        "d6",
+        "--subnet",
+        "10.214.0.0/24",
+        "--ipv6-subnet",
+        "fd00:214::/64",
+    ];
+    ok(&env.sy(&create), "network create");
+    env.spawn(&[
+        "run",
+        "--network",
+        "d6",
+        "--name",
+        "web1",
+        "--alias",
+        "web",
+        "--",
+        "sleep",
+        "120",
+    ]);
+    env.wait_endpoints(&["web1"]);
+
+    // The client finds the IPv6 gateway in its resolv.conf and asks it
+    // directly; its own names are in /etc/hosts under both addresses.
+    let script = r#"
+        gw6=$(sed -n 's/^nameserver \(.*:.*\)$/\1/p' /etc/resolv.conf)
+        echo "servers=$(grep -c '^nameserver' /etc/resolv.conf)"
+        echo "gw6=$gw6"
+        q() { echo "$1=$(dig +short +time=2 +tries=2 @$gw6 $2 | tr '\n' ' ')"; }
+        q aaaa "web1 AAAA"
+        q a "WEB A"
+        echo "tcp=$(dig +tcp +short +time=2 @$gw6 web1 AAAA)"
+        q ptr "-x $(dig +short +time=2 @$gw6 web1 AAAA)"
+        q external external.example
+        echo "nx=$(dig +time=2 @$gw6 nosuch.example | grep -o 'status: [A-Z]*')"
+        echo "hosts=$(grep -c 'client' /etc/hosts)"
+        echo "getent=$(getent ahostsv6 web1 | head -1 | cut -d' ' -f1)"
+    "#;
+    let o = client(&env, "d6", script);
+    let first = |k: &str| first(&o, k);
+    assert_eq!(first("servers"), "2", "IPv4 and IPv6 gateway:\n{o}");
+    assert_eq!(first("gw6"), "fd00:214::1", "{o}");
+    let aaaa = first("aaaa");
+    assert!(aaaa.starts_with("fd00:214::"), "AAAA over IPv6:\n{o}");
+    assert_eq!(first("tcp"), aaaa, "the same over TCP:\n{o}");
+    assert!(first("a").starts_with("10.214.0."), "A over IPv6:\n{o}");
+    assert_eq!(first("ptr"), "web1.switchyard.internal.", "ip6.arpa:\n{o}");
+    assert_eq!(first("external"), "192.0.2.77", "forwarded:\n{o}");
+    assert_eq!(first("nx"), "status: NXDOMAIN", "{o}");
+    assert_eq!(first("hosts"), "2", "own name under both addresses:\n{o}");
+    assert_eq!(first("getent"), aaaa, "{o}");
+    assert!(upstream.queries.load(Ordering::Relaxed) >= 2);
+
+    let stats = env.sy(&["stats", "--json"]);
+    ok(&stats, "stats");
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
+    assert!(ev("dns-tcp-queries") >= 1, "{v}");
+    assert!(ev("dns-forwarded") >= 2, "{v}");
+    let drops = v["stats"]["drops"]["gateway-unhandled"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(drops, 0, "nothing for the gateway went unanswered: {v}");
 }

@@ -1,6 +1,7 @@
-//! Arbitrary frames from two in-memory ports through a whole pipeline (one
-//! network with a gateway): nothing panics, every frame is either sent or
-//! counted as a drop.
+//! Arbitrary frames from two in-memory ports through a whole pipeline with
+//! the gateway's services (DNS answered in the worker, NAT hand-off; one
+//! dual-stack network with a gateway and one named endpoint): nothing
+//! panics, every frame is either sent or counted as a drop.
 #![no_main]
 
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use switchyard::clock::FakeClock;
 use switchyard::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use switchyard::dns::records::{DnsSettings, DnsTable, EndpointRecord, NetworkRecords};
+use switchyard::dns::DnsService;
+use switchyard::pipeline::Pipeline;
 use switchyard::ports::memory::MemoryPort;
 use switchyard::ports::PortCaps;
 use switchyard::tables::topology::{GatewayInfo, PortSecurity};
@@ -22,7 +26,10 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
         ..DataplaneConfig::default()
     };
     let clock = FakeClock::new();
-    let Ok((mut dp, mut workers)) = Dataplane::inline(config, Arc::new(clock.clone())) else {
+    let dns = DnsService::new(DnsSettings::default());
+    let make = |_| Pipeline::with_gateway_services(dns.clone());
+    let Ok((mut dp, mut workers)) = Dataplane::inline_with(config, Arc::new(clock.clone()), make)
+    else {
         return;
     };
     let Ok(net) = dp.add_network(NetworkSpec {
@@ -42,13 +49,43 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
     }) else {
         return;
     };
+    let web = EndpointRecord {
+        name: "web".into(),
+        aliases: vec!["svc".into()],
+        ipv4: Some([10, 0, 0, 2].into()),
+        ipv6: Some("fd00::2".parse().expect("literal")),
+        srv_port: 80,
+    };
+    let records = NetworkRecords {
+        id: net,
+        name: "fuzz".into(),
+        forward: true,
+        mtu: 1500,
+        subnets: vec![
+            ([10, 0, 0, 0].into(), 24),
+            ("fd00::".parse().expect("literal"), 64),
+        ],
+        endpoints: vec![web],
+    };
+    dns.table.store(Arc::new(DnsTable::build(
+        DnsSettings::default(),
+        &[records],
+    )));
     let mut handles = Vec::new();
     // With offloads; without; and without but cutting GSO frames itself
     // (a VXLAN tunnel port's caps).
     for (i, offload, segments_gso) in [(0, true, false), (1, false, false), (1, false, true)] {
-        let caps = PortCaps { offload, mtu: 1500, segments_gso };
+        let caps = PortCaps {
+            offload,
+            mtu: 1500,
+            segments_gso,
+        };
         let (port, handle) = MemoryPort::new("fuzz", caps, 1024);
-        let spec = PortSpec { network: net, security: PortSecurity::default(), worker: Some(i) };
+        let spec = PortSpec {
+            network: net,
+            security: PortSecurity::default(),
+            worker: Some(i),
+        };
         if dp.add_port(spec, Box::new(port)).is_err() {
             return;
         }

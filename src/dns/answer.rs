@@ -416,4 +416,4 @@ fn strip_prefix<'a>(name: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,7 +8,7 @@ pub mod forward;
 pub mod records;
 pub mod upstream;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -44,16 +44,16 @@ impl ReplyRoute {
     /// the gateway (MAC, address).
     pub fn udp(
         port: PortId,
-        gateway: (MacAddr, SocketAddrV4),
-        client: (MacAddr, SocketAddrV4),
+        gateway: (MacAddr, SocketAddr),
+        client: (MacAddr, SocketAddr),
     ) -> ReplyRoute {
         ReplyRoute::Udp {
             port,
             addrs: UdpFrameAddrs {
                 src_mac: gateway.0,
                 dst_mac: client.0,
-                src: gateway.1.into(),
-                dst: client.1.into(),
+                src: gateway.1,
+                dst: client.1,
             },
         }
     }

@@ -5,7 +5,6 @@
 //! capped, and idle ones are closed.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -84,14 +83,10 @@ pub struct DnsTcp {
 }
 
 impl DnsTcp {
-    /// Adds listening sockets on `gateway:53` until enough are spare.
-    pub fn listen(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        gateway: Ipv4Addr,
-        conns: &mut ConnIds,
-        now: Instant,
-    ) {
+    /// Adds listening sockets on port 53 until enough are spare. They take
+    /// connections to any of the interface's addresses: the network's IPv4
+    /// and IPv6 gateway (only segments to those reach this socket set).
+    pub fn listen(&mut self, sockets: &mut SocketSet<'static>, conns: &mut ConnIds, now: Instant) {
         let listening = self
             .sessions
             .keys()
@@ -106,7 +101,7 @@ impl DnsTcp {
                 tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
             );
             let ep = IpListenEndpoint {
-                addr: Some(gateway.into()),
+                addr: None,
                 port: DNS_PORT,
             };
             if s.listen(ep).is_err() {

@@ -614,9 +614,11 @@ impl Runner {
                 self.injector.free(f);
                 continue;
             };
+            let gw = info.key.remote.ip();
             let to_dns = info.key.proto == PROTO_TCP
-                && Some(info.key.remote.ip()) == net.gw.ipv4.map(IpAddr::V4)
-                && info.key.remote.port() == crate::dns::DNS_PORT;
+                && info.key.remote.port() == crate::dns::DNS_PORT
+                && (Some(gw) == net.gw.ipv4.map(IpAddr::V4)
+                    || Some(gw) == net.gw.ipv6.map(IpAddr::V6));
             if to_dns {
                 net.rx.push_back(f);
             } else {
@@ -644,9 +646,7 @@ impl Runner {
         let mut sleep = std::time::Duration::from_millis(MAX_SLEEP_MS);
         let mut unroutable = 0u64;
         for (id, net) in self.nets.iter_mut() {
-            if let Some(gw4) = net.gw.ipv4 {
-                net.dns.listen(&mut net.sockets, gw4, &mut self.conns, now);
-            }
+            net.dns.listen(&mut net.sockets, &mut self.conns, now);
             let mut reject = PuntDevice::new(
                 &mut net.reject_rx,
                 &mut self.done,

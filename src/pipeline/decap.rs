@@ -219,16 +219,6 @@ mod tests {
     #[test]
     fn stage_only_touches_frames_of_the_vxlan_port() {
         let topo = topology(false);
-        let mut mac = crate::tables::mac::MacTable::new(Default::default(), 16);
-        let counters = crate::stats::WorkerCounters::default();
-        let mut learned = Vec::new();
-        let mut cx = StageContext {
-            now: 0,
-            topo: &topo,
-            mac: &mut mac,
-            learned: &mut learned,
-            counters: &counters,
-        };
         let inner = ipv4_frame(LOCAL, REMOTE_B, ip(11));
         let mut from_vxlan = datagram(VNI, &inner);
         from_vxlan.meta.in_port = RX;
@@ -237,7 +227,7 @@ mod tests {
         from_tap.fill(&inner);
         from_tap.meta.in_port = LOCAL_PORT;
         let mut frames = [from_vxlan, from_tap];
-        Decap.process(&mut cx, &mut frames);
+        crate::pipeline::stage::run_alone(&mut Decap, &topo, &mut frames);
         assert_eq!(frames[0].meta.in_port, TUNNEL_B);
         assert_eq!(frames[0].data(), &inner[..]);
         assert_eq!(frames[1].meta.in_port, LOCAL_PORT);

@@ -1,10 +1,11 @@
-//! Stage `dns`: UDP queries to a network's gateway on port 53. Local names
+//! Stage `dns`: UDP queries to a network's gateway (its IPv4 or IPv6
+//! address) on port 53. Local names
 //! are answered right here, in the worker, by rewriting the query frame into
 //! the answer (no syscall, no allocation); other names go to the forwarder
 //! (REFUSED on internal networks). TCP segments to port 53 go to the gateway
 //! stack, which serves DNS over TCP. Everything else passes untouched.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use super::drop::DropReason;
@@ -15,14 +16,17 @@ use crate::dns::{DnsService, ReplyRoute, DNS_PORT};
 use crate::stats::{bump, WorkerCounters};
 use crate::tables::topology::GatewayInfo;
 use crate::wire::ethernet::EtherType;
+use crate::wire::ipv6;
 use crate::wire::udp_frame::{self, UdpFrameAddrs};
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::MacAddr;
 
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-/// IPv4 (20) + UDP (8): what the answer's payload must leave room for.
+/// IPv4 (20) + UDP (8): what an answer's payload must leave room for.
 const IP_UDP_LEN: u16 = 28;
+/// IPv6 (40) + UDP (8), the same over IPv6.
+const IP6_UDP_LEN: u16 = 48;
 
 /// The DNS stage of one worker.
 pub struct Dns {
@@ -44,7 +48,9 @@ impl Dns {
 
 /// A UDP datagram to the gateway's port 53, located in the frame.
 struct Query {
-    client: SocketAddrV4,
+    client: SocketAddr,
+    /// The gateway address it was sent to (same family as `client`).
+    gateway: IpAddr,
     /// Payload range in the frame.
     start: usize,
     end: usize,
@@ -58,49 +64,87 @@ enum Located {
     Tcp,
 }
 
-/// Finds a DNS query to `gw` in the frame; `Err` for one that must be
-/// dropped, `Ok(None)` for any other frame.
+/// Finds a DNS query to `gw` (its IPv4 or IPv6 address) in the frame; `Err`
+/// for one that must be dropped, `Ok(None)` for any other frame.
 fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Located>, DropReason> {
-    let Some(gw4) = gw.ipv4 else { return Ok(None) };
-    if f.meta.dst != gw.mac || f.meta.ethertype != EtherType::Ipv4 {
+    if f.meta.dst != gw.mac {
         return Ok(None);
     }
     let b = f.data();
     let l3 = f.meta.l3_offset as usize;
-    let Some(ip) = b.get(l3..l3 + 20) else {
-        return Ok(None);
+    // (gateway, client, protocol, where L4 starts, where the IP packet ends,
+    // whether the IP header rules out a whole datagram)
+    let (gateway, client, proto, l4, ip_end, bad) = match f.meta.ethertype {
+        EtherType::Ipv4 => {
+            let Some(gw4) = gw.ipv4 else { return Ok(None) };
+            let Some(ip) = b.get(l3..l3 + 20) else {
+                return Ok(None);
+            };
+            if ip[0] >> 4 != 4 || ip[16..20] != gw4.octets() {
+                return Ok(None);
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let bad = ihl < 20 || frag & 0x3fff != 0;
+            let client = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            (
+                IpAddr::V4(gw4),
+                IpAddr::V4(client),
+                ip[9],
+                l3 + ihl,
+                l3 + total,
+                bad,
+            )
+        }
+        EtherType::Ipv6 => {
+            let Some(gw6) = gw.ipv6 else { return Ok(None) };
+            let Some(ip) = b.get(l3..l3 + 40) else {
+                return Ok(None);
+            };
+            if ip[0] >> 4 != 6 || ipv6::addr_at(b, l3 + 24) != Some(gw6) {
+                return Ok(None);
+            }
+            let Some(client) = ipv6::addr_at(b, l3 + 8) else {
+                return Ok(None);
+            };
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            // Next header straight to TCP or UDP: queries carry no
+            // extension headers.
+            let end = l3 + 40 + payload;
+            (
+                IpAddr::V6(gw6),
+                IpAddr::V6(client),
+                ip[6],
+                l3 + 40,
+                end,
+                false,
+            )
+        }
+        _ => return Ok(None),
     };
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ip[16..20] != gw4.octets() {
-        return Ok(None);
-    }
-    if ip[9] == PROTO_TCP {
-        let port = b.get(l3 + ihl + 2..l3 + ihl + 4);
+    if proto == PROTO_TCP {
+        let port = b.get(l4 + 2..l4 + 4);
         return Ok((port == Some(&DNS_PORT.to_be_bytes()[..])).then_some(Located::Tcp));
     }
-    if ip[9] != PROTO_UDP {
+    if proto != PROTO_UDP {
         return Ok(None);
     }
-    let udp = l3 + ihl;
-    let Some(u) = b.get(udp..udp + 8) else {
+    let Some(u) = b.get(l4..l4 + 8) else {
         return Err(DropReason::DnsMalformed);
     };
     if u16::from_be_bytes([u[2], u[3]]) != DNS_PORT {
         return Ok(None);
     }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let udp_len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-    if ihl < 20 || frag & 0x3fff != 0 || udp_len < 8 || udp + udp_len > (l3 + total).min(b.len()) {
+    if bad || udp_len < 8 || l4 + udp_len > ip_end.min(b.len()) {
         return Err(DropReason::DnsMalformed);
     }
     Ok(Some(Located::Udp(Query {
-        client: SocketAddrV4::new(
-            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-            u16::from_be_bytes([u[0], u[1]]),
-        ),
-        start: udp + 8,
-        end: udp + udp_len,
+        client: SocketAddr::new(client, u16::from_be_bytes([u[0], u[1]])),
+        gateway,
+        start: l4 + 8,
+        end: l4 + udp_len,
     })))
 }
 
@@ -133,8 +177,13 @@ impl Dns {
         let Some(zone) = table.zone(f.meta.network) else {
             return Some(Action::Drop(DropReason::GatewayUnhandled));
         };
-        let path_max = zone.mtu.saturating_sub(IP_UDP_LEN);
-        let gw_addr = SocketAddrV4::new(gw.ipv4?, DNS_PORT);
+        let headers = if q.gateway.is_ipv4() {
+            IP_UDP_LEN
+        } else {
+            IP6_UDP_LEN
+        };
+        let path_max = zone.mtu.saturating_sub(headers);
+        let gw_addr = SocketAddr::new(q.gateway, DNS_PORT);
         let query = &f.data()[q.start..q.end];
         let outcome = self.responder.respond(
             &table.settings,
@@ -153,8 +202,8 @@ impl Dns {
                 let addrs = UdpFrameAddrs {
                     src_mac: gw.mac,
                     dst_mac: f.meta.src,
-                    src: gw_addr.into(),
-                    dst: q.client.into(),
+                    src: gw_addr,
+                    dst: q.client,
                 };
                 Some(write_answer(f, &addrs, &self.out))
             }
@@ -211,5 +260,153 @@ impl Stage for Dns {
                 f.meta.action = action;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use domain::base::iana::Rtype;
+
+    use super::*;
+    use crate::dns::answer::tests::{a_records, aaaa_records, query};
+    use crate::pipeline::nat::tests::{topology, GW6, GW_MAC, ME6, SANDBOX};
+    use crate::ports::PortId;
+    use crate::tables::topology::NetworkId;
+
+    const ME4: [u8; 4] = [10, 0, 0, 2];
+    const GW4: [u8; 4] = [10, 0, 0, 1];
+
+    /// Network 0's zone: `web1`, dual-stack.
+    fn service() -> Arc<DnsService> {
+        use crate::dns::records::{DnsSettings, DnsTable, EndpointRecord, NetworkRecords};
+        let net = NetworkRecords {
+            id: NetworkId(0),
+            name: "front".into(),
+            forward: true,
+            mtu: 1500,
+            subnets: vec![
+                (IpAddr::V4(Ipv4Addr::from(GW4)), 24),
+                (IpAddr::V6(Ipv6Addr::from(GW6)), 64),
+            ],
+            endpoints: vec![EndpointRecord {
+                name: "web1".into(),
+                aliases: vec![],
+                ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                ipv6: Some("fd00::5".parse().unwrap()),
+                srv_port: 0,
+            }],
+        };
+        let s = DnsService::new(DnsSettings::default());
+        s.table
+            .store(Arc::new(DnsTable::build(DnsSettings::default(), &[net])));
+        s
+    }
+
+    /// Runs the stage over one frame from the sandbox's port 3.
+    fn run(bytes: &[u8]) -> Frame {
+        let mut frames = [Frame::parsed(bytes, PortId(3))];
+        crate::pipeline::stage::run_alone(&mut Dns::new(service()), &topology(false), &mut frames);
+        let [f] = frames;
+        f
+    }
+
+    fn v4() -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+        etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0).ipv4(ME4, GW4, 64)
+    }
+
+    fn v6() -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+        etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0).ipv6(ME6, GW6, 64)
+    }
+
+    /// The answer in `f`, checked to be a UDP datagram from `gw`:53 to
+    /// `me`:40000 with a correct checksum.
+    fn answer(f: &Frame, gw: IpAddr, me: IpAddr) -> Vec<u8> {
+        assert_eq!(f.meta.action, Action::Output(PortId(3)));
+        let p = etherparse::SlicedPacket::from_ethernet(f.data()).unwrap();
+        let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else {
+            panic!("not udp")
+        };
+        assert_eq!((u.source_port(), u.destination_port()), (53, 40000));
+        let sum = match (&p.net, gw, me) {
+            (Some(etherparse::NetSlice::Ipv4(ip)), IpAddr::V4(g), IpAddr::V4(m)) => {
+                let h = ip.header();
+                assert_eq!((h.source_addr(), h.destination_addr()), (g, m));
+                u.to_header()
+                    .calc_checksum_ipv4_raw(g.octets(), m.octets(), u.payload())
+                    .unwrap()
+            }
+            (Some(etherparse::NetSlice::Ipv6(ip)), IpAddr::V6(g), IpAddr::V6(m)) => {
+                let h = ip.header();
+                assert_eq!((h.source_addr(), h.destination_addr()), (g, m));
+                u.to_header()
+                    .calc_checksum_ipv6_raw(g.octets(), m.octets(), u.payload())
+                    .unwrap()
+            }
+            _ => panic!("wrong family"),
+        };
+        assert_eq!(u.checksum(), sum);
+        u.payload().to_vec()
+    }
+
+    #[test]
+    fn queries_to_either_gateway_address_are_answered_in_their_family() {
+        let (gw6, me6) = (IpAddr::from(GW6), IpAddr::from(ME6));
+        let mut b = Vec::new();
+        v6().udp(40000, 53)
+            .write(&mut b, &query("web1", Rtype::AAAA, None))
+            .unwrap();
+        let f = run(&b);
+        let a = answer(&f, gw6, me6);
+        assert_eq!(&a[..2], &0x1234u16.to_be_bytes()[..], "the query's id");
+        assert_eq!(aaaa_records(&a), ["fd00::5".parse::<Ipv6Addr>().unwrap()]);
+
+        // An A query over IPv6, and the same over IPv4.
+        for (bytes, gw, me) in [
+            (v6(), gw6, me6),
+            (v4(), IpAddr::from(GW4), IpAddr::from(ME4)),
+        ]
+        .map(|(step, gw, me)| {
+            let mut b = Vec::new();
+            step.udp(40000, 53)
+                .write(&mut b, &query("WEB1", Rtype::A, None))
+                .unwrap();
+            (b, gw, me)
+        }) {
+            let a = answer(&run(&bytes), gw, me);
+            assert_eq!(a_records(&a), [Ipv4Addr::new(10, 0, 0, 5)]);
+        }
+    }
+
+    #[test]
+    fn tcp_to_port_53_goes_to_the_stack_and_other_traffic_passes() {
+        let mut tcp = Vec::new();
+        v6().tcp(40000, 53, 1, 1000).write(&mut tcp, &[]).unwrap();
+        assert_eq!(run(&tcp).meta.action, Action::Punt);
+        let mut other = Vec::new();
+        v6().udp(40000, 5353).write(&mut other, b"x").unwrap();
+        assert_eq!(run(&other).meta.action, Action::Continue);
+        // To another IPv6 address: not ours.
+        let mut far = Vec::new();
+        let elsewhere = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0)
+            .ipv6(ME6, elsewhere, 64)
+            .udp(40000, 53)
+            .write(&mut far, &query("web1", Rtype::A, None))
+            .unwrap();
+        assert_eq!(run(&far).meta.action, Action::Continue);
+    }
+
+    #[test]
+    fn a_datagram_longer_than_its_ipv6_packet_is_dropped() {
+        let mut b = Vec::new();
+        v6().udp(40000, 53)
+            .write(&mut b, &query("web1", Rtype::A, None))
+            .unwrap();
+        // IPv6 payload length two bytes short of the UDP length.
+        let len = u16::from_be_bytes([b[18], b[19]]) - 2;
+        b[18..20].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(run(&b).meta.action, Action::Drop(DropReason::DnsMalformed));
     }
 }

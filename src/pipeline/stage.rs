@@ -104,3 +104,25 @@ impl Pipeline {
         }
     }
 }
+
+/// Runs `stage` once over `frames` with a fresh MAC table and counters at
+/// time 0 (for stage tests); returns the counters.
+#[cfg(test)]
+pub(crate) fn run_alone(
+    stage: &mut dyn Stage,
+    topo: &Topology,
+    frames: &mut [Frame],
+) -> WorkerCounters {
+    let mut mac = MacTable::new(Default::default(), 16);
+    let counters = WorkerCounters::default();
+    let mut learned = Vec::new();
+    let mut cx = StageContext {
+        now: 0,
+        topo,
+        mac: &mut mac,
+        learned: &mut learned,
+        counters: &counters,
+    };
+    stage.process(&mut cx, frames);
+    counters
+}

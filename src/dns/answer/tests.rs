@@ -11,7 +11,8 @@ use crate::tables::topology::NetworkId;
 
 const UDP: Transport = Transport::Udp { path_max: 1472 };
 
-fn query(name: &str, qtype: Rtype, edns: Option<u16>) -> Vec<u8> {
+/// A query for `name` (id 0x1234, RD), with EDNS0 of that payload size.
+pub(crate) fn query(name: &str, qtype: Rtype, edns: Option<u16>) -> Vec<u8> {
     let mut b = MessageBuilder::new_vec();
     b.header_mut().set_id(0x1234);
     b.header_mut().set_rd(true);
@@ -45,13 +46,28 @@ impl Answer {
         self.msg().header().rcode()
     }
     fn a(&self) -> Vec<Ipv4Addr> {
-        let m = self.msg();
-        m.answer()
-            .unwrap()
-            .limit_to::<A>()
-            .map(|r| r.unwrap().data().addr())
-            .collect()
+        a_records(&self.bytes)
     }
+}
+
+/// The addresses of the A records in the answer section of `message`.
+pub(crate) fn a_records(message: &[u8]) -> Vec<Ipv4Addr> {
+    let m = Message::from_octets(message).unwrap();
+    m.answer()
+        .unwrap()
+        .limit_to::<A>()
+        .map(|r| r.unwrap().data().addr())
+        .collect()
+}
+
+/// The addresses of the AAAA records in the answer section of `message`.
+pub(crate) fn aaaa_records(message: &[u8]) -> Vec<Ipv6Addr> {
+    let m = Message::from_octets(message).unwrap();
+    m.answer()
+        .unwrap()
+        .limit_to::<Aaaa>()
+        .map(|r| r.unwrap().data().addr())
+        .collect()
 }
 
 fn ask(r: &mut Responder, net: u16, q: &[u8], t: Transport) -> Answer {
@@ -231,14 +247,10 @@ fn srv_and_aaaa() {
     );
     let mut r = Responder::default();
     let a = ask_in(&table, &mut r, 0, &query("v6", Rtype::AAAA, None), UDP);
-    let got: Vec<_> = a
-        .msg()
-        .answer()
-        .unwrap()
-        .limit_to::<Aaaa>()
-        .map(|r| r.unwrap().data().addr())
-        .collect();
-    assert_eq!(got, ["fd00::5".parse::<Ipv6Addr>().unwrap()]);
+    assert_eq!(
+        aaaa_records(&a.bytes),
+        ["fd00::5".parse::<Ipv6Addr>().unwrap()]
+    );
     let a = ask_in(&table, &mut r, 0, &query("v6", Rtype::A, None), UDP);
     assert_eq!(
         (a.rcode(), a.a().len()),
