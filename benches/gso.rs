@@ -56,5 +56,19 @@ fn segmentation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, segmentation);
+/// The Internet checksum over a segment's worth and over 64 KiB (what
+/// segmentation and checksum completion spend most of their time in).
+fn checksum(c: &mut Criterion) {
+    let mut g = c.benchmark_group("checksum");
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 + 3) as u8).collect();
+    for len in [1448usize, 65536] {
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("{len}B"), |b| {
+            b.iter(|| switchyard::wire::checksum::sum(std::hint::black_box(&data[..len])))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, segmentation, checksum);
 criterion_main!(benches);

@@ -10,28 +10,36 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Ones-complement sum of `data` taken as big-endian 16-bit words; an odd
 /// trailing byte is padded with zero. The result is folded to at most 0xffff.
 ///
-/// Processes eight bytes per step into a 64-bit accumulator (end-around carry),
-/// which is valid because 2^64 - 1 is a multiple of 2^16 - 1.
+/// Adds the data as native-endian 32-bit words into four independent 64-bit
+/// accumulators (no carry handling needed: 2^32 words would have to pass
+/// before one could overflow), which the compiler turns into vector adds.
+/// The ones-complement sum is independent of byte order up to a final swap
+/// (RFC 1071, 2.B), and a sum of 32-bit words folds to the sum of their
+/// 16-bit halves because 2^32 - 1 is a multiple of 2^16 - 1.
 pub fn sum(data: &[u8]) -> u32 {
-    let mut acc: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let (s, carry) = acc.overflowing_add(v);
-        acc = s + carry as u64;
+    let mut acc = [0u64; 4];
+    let mut blocks = data.chunks_exact(16);
+    for b in &mut blocks {
+        for (a, w) in acc.iter_mut().zip(b.chunks_exact(4)) {
+            *a += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        }
     }
-    let rest = chunks.remainder();
-    let mut tail: u64 = 0;
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        tail += u16::from_be_bytes([p[0], p[1]]) as u64;
+    let mut total = acc[0] + acc[1] + acc[2] + acc[3];
+    let rest = blocks.remainder();
+    let mut words = rest.chunks_exact(4);
+    for w in &mut words {
+        total += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [b] = pairs.remainder() {
-        tail += (*b as u64) << 8;
-    }
-    let (s, carry) = acc.overflowing_add(tail);
-    acc = s + carry as u64;
-    fold(acc) as u32
+    let mut tail = [0u8; 4];
+    let left = words.remainder();
+    tail[..left.len()].copy_from_slice(left);
+    total += u64::from(u32::from_ne_bytes(tail));
+    let folded = fold(total);
+    u32::from(if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    })
 }
 
 /// Folds a ones-complement accumulator (`u32` or `u64`) to 16 bits with
