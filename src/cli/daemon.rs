@@ -29,9 +29,10 @@ pub struct DaemonArgs {
     /// Overlay settings.
     #[command(flatten)]
     pub overlay: super::overlay_args::OverlayArgs,
-    /// Microseconds an idle worker keeps polling before it sleeps (0: sleep
-    /// at once). Saves wake-ups under steady load, costs CPU when idle.
-    #[arg(long, value_name = "US", default_value_t = 0)]
+    /// Microseconds a worker keeps polling after its last work before it
+    /// sleeps (0: sleep at once). Saves wake-ups under steady load; an idle
+    /// switch still sleeps.
+    #[arg(long, value_name = "US", default_value_t = crate::pipeline::worker::DEFAULT_BUSY_POLL.as_micros() as u64)]
     pub busy_poll_us: u64,
     /// DNS settings.
     #[command(flatten)]

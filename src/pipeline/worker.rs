@@ -104,9 +104,17 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// How long an idle worker keeps polling without sleeping, so a frame
     /// arriving soon after the last one needs no wake-up (zero: sleep at
-    /// once).
+    /// once). The default, [`DEFAULT_BUSY_POLL`], is spent only after work:
+    /// an idle switch sleeps.
     pub busy_poll: Duration,
 }
+
+/// Default busy-poll budget: on the 2-core reference machine 50 µs gave the
+/// overlay's TCP stream 7-15 % more throughput in each of four alternating
+/// A/B pairs against 0 (wake-ups between the tunnel socket and the TAP are
+/// saved), 200 µs no more than 0, and TAP-to-TAP runs were unchanged within
+/// their noise.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -115,7 +123,7 @@ impl Default for WorkerConfig {
             mac: MacConfig::default(),
             mac_capacity: 1024,
             idle_timeout: Duration::from_millis(100),
-            busy_poll: Duration::ZERO,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }

@@ -12,6 +12,7 @@
 #   --streams LIST comma-separated iperf3 -P values (default 1,4)
 #   --only LIST    setups to measure (default: all three)
 #   --workers N    Switchyard data-plane workers per daemon (default 2)
+#   --busy-poll-us US  passed to each Switchyard daemon (default 50, the daemon's own default)
 #   --bin PATH     Switchyard binary (default: cargo build --release, then
 #                  ${CARGO_TARGET_DIR:-REPO/target}/release/switchyard)
 #
@@ -42,7 +43,7 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
-QUICK=0; T=""; ROUNDS=""; STREAMS=""; ONLY="kernel,static,etcd"; WORKERS=2; BIN=""; BUILD=1
+QUICK=0; T=""; ROUNDS=""; STREAMS=""; ONLY="kernel,static,etcd"; WORKERS=2; BUSY_POLL_US=50; BIN=""; BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
     --streams) STREAMS=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
+    --busy-poll-us) BUSY_POLL_US=$2; shift ;;
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
     -h|--help) sed -n 2,38p "$0"; exit 0 ;;
@@ -152,7 +154,7 @@ sy_daemon() {
   local setup=$1 i=$2; shift 2
   local s=$PFX-$setup sock=$TMP/$setup-h$i.sock k
   ip netns exec "$s-h$i" "$BIN" --socket "$sock" daemon --state-dir "$TMP/$setup-h$i-state" \
-    --workers "$WORKERS" --advertise "10.200.0.$((i + 1))" "$@" </dev/null >"$TMP/$setup-h$i.log" 2>&1 &
+    --workers "$WORKERS" --busy-poll-us "$BUSY_POLL_US" --advertise "10.200.0.$((i + 1))" "$@" </dev/null >"$TMP/$setup-h$i.log" 2>&1 &
   DPID=$!; PIDS="$PIDS $DPID"
   for k in $(seq 1 100); do
     [ -S "$sock" ] && "$BIN" --socket "$sock" network ls >/dev/null 2>&1 && return 0
@@ -277,7 +279,7 @@ res, notes, hz, setups = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 print("Overlay across two hosts: Switchyard VXLAN vs kernel bridges + kernel vxlan (iperf3 TCP, Gbit/s)")
 print("command:   $CMDLINE")
 print("date:      $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, $(uname -sr), load before $LOAD0, took $(( T_END - T_START )) s")
-print("tools:     Switchyard $SY_VER (git $GIT, $WORKERS workers per daemon); etcd ${ETCD_VER:-?}; iperf3 $IPERF_VER -t $T, $ROUNDS round(s)")
+print("tools:     Switchyard $SY_VER (git $GIT, $WORKERS workers per daemon, busy poll $BUSY_POLL_US us); etcd ${ETCD_VER:-?}; iperf3 $IPERF_VER -t $T, $ROUNDS round(s)")
 print("topology:  2 host namespaces on a bridged veth underlay (MTU 1500), VNI $VNI, MTU $MTU inside; data h0 -> h1")
 print()
 R = {}

@@ -4,7 +4,7 @@
 #
 # Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH] [--no-build]
 #                                       [--busy-poll-us US]
-#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon
+#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon (default 50, its own default)
 #   the Switchyard binary: --bin, else $SWITCHYARD_BIN, else cargo build --release
 #   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build)
 #
@@ -23,7 +23,7 @@ QUICK=0
 ONLY="sy1,sy2,kbridge,ovs"
 BIN=${SWITCHYARD_BIN:-}
 BUILD=1
-BUSY_POLL_US=0
+BUSY_POLL_US=50
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
