@@ -102,6 +102,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             busy_poll: Duration::ZERO,
         },
         gateway_threads: 0,
+        cpu_affinity: None,
     };
     let (mut dp, mut ws) = Dataplane::inline(config, Arc::new(SystemClock::new())).unwrap();
     let net = dp

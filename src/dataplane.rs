@@ -31,6 +31,9 @@ pub enum DataplaneError {
     /// Starting a worker failed.
     #[error("cannot start data-plane worker: {0}")]
     Start(#[source] std::io::Error),
+    /// Pinning a worker to its CPU failed.
+    #[error("cannot pin data-plane worker {0} to CPU {1}: {2}")]
+    Pin(usize, usize, #[source] std::io::Error),
     /// No such network.
     #[error("network {0:?} does not exist in the data plane")]
     UnknownNetwork(NetworkId),
@@ -61,7 +64,7 @@ pub enum DataplaneError {
 }
 
 /// Data-plane settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DataplaneConfig {
     /// Number of worker threads.
     pub workers: usize,
@@ -74,6 +77,9 @@ pub struct DataplaneConfig {
     /// Gateway-stack threads, each with its own punt queue (0: one per
     /// worker).
     pub gateway_threads: usize,
+    /// CPUs to pin workers to: worker `i` runs on `cpus[i % cpus.len()]`
+    /// (`None` or empty: wherever the scheduler puts them).
+    pub cpu_affinity: Option<Vec<usize>>,
 }
 
 impl Default for DataplaneConfig {
@@ -84,6 +90,7 @@ impl Default for DataplaneConfig {
             inbox_depth: 1024,
             worker: WorkerConfig::default(),
             gateway_threads: 0,
+            cpu_affinity: None,
         }
     }
 }
@@ -175,6 +182,7 @@ impl Dataplane {
         clock: Arc<dyn Clock>,
         make_pipeline: impl Fn(WorkerId) -> Pipeline,
     ) -> Result<Dataplane, DataplaneError> {
+        let cpus = config.cpu_affinity.clone().unwrap_or_default();
         let (mut dp, workers) = Self::build(config, clock, make_pipeline, true)?;
         for w in workers {
             let id = dp.threads.len();
@@ -182,7 +190,16 @@ impl Dataplane {
                 .name(format!("sy-worker-{id}"))
                 .spawn(move || w.run())
                 .map_err(DataplaneError::Start)?;
+            // Pinned before it has a port: nothing runs on the wrong CPU.
+            let pinned = match cpus.get(id % cpus.len().max(1)) {
+                Some(&cpu) => crate::sys::affinity::pin(&handle, cpu)
+                    .map(|()| tracing::info!(worker = id, cpu, "worker pinned"))
+                    .map_err(|e| DataplaneError::Pin(id, cpu, e)),
+                None => Ok(()),
+            };
             dp.threads.push(handle);
+            // On failure `dp` is dropped, which stops the workers started.
+            pinned?;
         }
         Ok(dp)
     }

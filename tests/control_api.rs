@@ -778,3 +778,74 @@ fn too_many_clients_are_refused_and_served_again_later() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The `Cpus_allowed_list` of every `sy-worker-*` thread of process `pid`.
+fn worker_cpus(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("sy-worker-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push(cpus);
+    }
+    out
+}
+
+#[test]
+fn cpu_affinity_pins_workers_and_bad_lists_are_refused() {
+    let dir = TempDir::new("affinity");
+    let sock = dir.path().join("api.sock");
+    // The last CPU this test may use: both workers go there.
+    let allowed = switchyard::sys::affinity::allowed_cpus().expect("cpus");
+    let cpu = allowed.last().expect("a cpu").to_string();
+    let mut daemon = Spawned(
+        bin()
+            .args(["--socket"])
+            .arg(&sock)
+            .args(["daemon", "--workers", "2", "--cpu-affinity", &cpu])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    );
+    // The API socket is bound before the data plane starts: wait for the
+    // workers themselves (each is pinned right after it is spawned).
+    let want = [cpu.clone(), cpu];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = worker_cpus(daemon.0.id());
+    while seen != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = worker_cpus(daemon.0.id());
+    }
+    assert_eq!(seen, want);
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+
+    for (bad, says) in [
+        ("4095", "not one this process may run on"),
+        ("1-x", "bad --cpu-affinity"),
+    ] {
+        let out = bin()
+            .args(["--socket"])
+            .arg(dir.path().join("other.sock"))
+            .args(["daemon", "--workers", "1", "--cpu-affinity", bad])
+            .arg("--state-dir")
+            .arg(dir.path().join("state2"))
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

@@ -23,17 +23,12 @@ pub struct DaemonArgs {
     /// API socket (overrides the global --socket).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Data-plane worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub workers: Option<u16>,
+    /// Worker settings.
+    #[command(flatten)]
+    pub worker: super::worker_args::WorkerArgs,
     /// Overlay settings.
     #[command(flatten)]
     pub overlay: super::overlay_args::OverlayArgs,
-    /// Microseconds a worker keeps polling after its last work before it
-    /// sleeps (0: sleep at once). Saves wake-ups under steady load; an idle
-    /// switch still sleeps.
-    #[arg(long, value_name = "US", default_value_t = crate::pipeline::worker::DEFAULT_BUSY_POLL.as_micros() as u64)]
-    pub busy_poll_us: u64,
     /// DNS settings.
     #[command(flatten)]
     pub dns: super::dns_args::DnsArgs,
@@ -83,11 +78,8 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     super::gateway_args::raise_file_limit();
     let server = Server::bind(&socket)?;
     let mut dataplane = DataplaneConfig::default();
-    if let Some(n) = args.workers {
-        dataplane.workers = usize::from(n);
-    }
+    args.worker.apply(&mut dataplane)?;
     dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
-    dataplane.worker.busy_poll = std::time::Duration::from_micros(args.busy_poll_us);
     let config = DaemonConfig {
         state_dir: args.state_dir.unwrap_or_else(paths::default_state_dir),
         dataplane,

@@ -15,6 +15,7 @@ pub mod stats;
 pub mod trace;
 pub mod unpublish;
 pub mod up;
+pub mod worker_args;
 
 use std::io;
 use std::path::{Path, PathBuf};

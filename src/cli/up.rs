@@ -30,9 +30,9 @@ pub struct UpArgs {
     /// Topology file (TOML).
     #[arg(value_name = "FILE.toml")]
     pub file: PathBuf,
-    /// Data-plane worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub workers: Option<u16>,
+    /// Worker settings.
+    #[command(flatten)]
+    pub worker: super::worker_args::WorkerArgs,
     /// DNS settings.
     #[command(flatten)]
     pub dns: super::dns_args::DnsArgs,
@@ -110,9 +110,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     super::gateway_args::raise_file_limit();
     let server = Server::bind(socket)?;
     let mut dataplane = DataplaneConfig::default();
-    if let Some(n) = args.workers {
-        dataplane.workers = usize::from(n);
-    }
+    args.worker.apply(&mut dataplane)?;
     dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
     let queues = dataplane.workers;
     let state_dir = temp_state_dir();

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod affinity;
 pub mod fd;
 pub mod netlink;
 pub mod netns;

@@ -4,7 +4,8 @@
 #
 # Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH] [--no-build]
 #                                       [--busy-poll-us US]
-#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon (default 50, its own default)
+#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon (default 50, its own default),
+#   and so is $SY_DAEMON_ARGS (e.g. SY_DAEMON_ARGS=--cpu-affinity)
 #   the Switchyard binary: --bin, else $SWITCHYARD_BIN, else cargo build --release
 #   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build)
 #
@@ -139,7 +140,7 @@ up_sy() {  # up_sy WORKERS
   mkns "$NS_A" && mkns "$NS_B" || return 1
   SY_DIR=$TMP/sy; mkdir -p "$SY_DIR/state"; SY_SOCK=$SY_DIR/api.sock
   "$BIN" --socket "$SY_SOCK" daemon --state-dir "$SY_DIR/state" --workers "$w" \
-    --busy-poll-us "$BUSY_POLL_US" > "$SY_DIR/daemon.log" 2>&1 &
+    --busy-poll-us "$BUSY_POLL_US" ${SY_DAEMON_ARGS:-} > "$SY_DIR/daemon.log" 2>&1 &
   SY_PID=$!; KILL_PIDS=$SY_PID; SW_PIDS=$SY_PID
   for i in $(seq 1 100); do
     [ -S "$SY_SOCK" ] && sy network ls >/dev/null 2>&1 && break
@@ -286,6 +287,6 @@ GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 "$HERE/report.py" table "$RES" "$NOTES" \
   --setups "${SETUPS# }" --cmd "$CMDLINE" --nproc "$(nproc)" --kernel "$(uname -sr)" \
   --date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" --elapsed $(( T_END - T_START )) \
-  --params "iperf3 -t $IPERF_T; trafgen ${PPS_T} s; ping -i 0.01 -c $PING_N; Switchyard --busy-poll-us $BUSY_POLL_US" \
+  --params "iperf3 -t $IPERF_T; trafgen ${PPS_T} s; ping -i 0.01 -c $PING_N; Switchyard --busy-poll-us $BUSY_POLL_US ${SY_DAEMON_ARGS:-}" \
   --load "$LOAD0" --version "$VER (git $GIT)" --ovs "$(ovs-vswitchd --version 2>/dev/null | head -1)" \
   | tee "$HERE/last-run.txt"
