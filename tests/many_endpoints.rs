@@ -6,6 +6,12 @@
 //! counter that tells that cause apart from a switch fault. Needs root;
 //! outside CI a machine that cannot run it skips it, with CI=true that is a
 //! failure. Namespaces and the daemon are removed on drop, even on failure.
+//!
+//! Also here, with the same kind of endpoints: port security holds (a
+//! sandbox sending from an address not its own is dropped as `spoofed`)
+//! unless the endpoint is connected with `--no-port-security`, whose sandbox
+//! may then change its MAC and take more addresses, as a bridge inside it
+//! would.
 
 mod common;
 
@@ -42,21 +48,7 @@ fn thirty_endpoints_two_workers_every_sampled_ping_answers() {
         .map(|i| TestNetns::new(&format!("m{i}")))
         .collect();
     for (i, ns) in sandboxes.iter().enumerate() {
-        let path = ns.path();
-        let path = path.to_str().expect("utf8");
-        ok(
-            &env.sy(&[
-                "connect",
-                "many",
-                "--netns",
-                path,
-                "--name",
-                &format!("e{i}"),
-                "--ip",
-                &ip(i),
-            ]),
-            "connect",
-        );
+        connect(&env, "many", ns, &format!("e{i}"), &ip(i), &[]);
     }
     // Each endpoint pings TARGETS others (a fixed spread, so every endpoint
     // is also pinged TARGETS times), IN_FLIGHT at a time.
@@ -92,4 +84,84 @@ fn thirty_endpoints_two_workers_every_sampled_ping_answers() {
         text.contains("\"host-arp-table-full\""),
         "stats report the host's ARP table overflows: {text}"
     );
+}
+
+/// `connect`s `ns` to `net` as `name` with address `ip` and `extra` options.
+fn connect(env: &Env, net: &str, ns: &TestNetns, name: &str, ip: &str, extra: &[&str]) {
+    let path = ns.path();
+    let path = path.to_str().expect("utf8");
+    let mut args = vec!["connect", net, "--netns", path, "--name", name, "--ip", ip];
+    args.extend(extra);
+    ok(&env.sy(&args), "connect");
+}
+
+#[test]
+fn port_security_holds_unless_turned_off() {
+    let Some(mut env) = Env::with_tools("portsec", None, &["ping", "ip"]) else {
+        return;
+    };
+    env.start_daemon();
+    let k = unique_octet();
+    let subnet = format!("10.205.{k}.0/24");
+    ok(
+        &env.sy(&["network", "create", "ps", "--subnet", &subnet]),
+        "create network",
+    );
+    let ip = |last: u8| format!("10.205.{k}.{last}");
+    let (locked, open, target) = (
+        TestNetns::new("psl"),
+        TestNetns::new("pso"),
+        TestNetns::new("pst"),
+    );
+    connect(&env, "ps", &locked, "locked", &ip(10), &[]);
+    connect(&env, "ps", &open, "open", &ip(11), &["--no-port-security"]);
+    connect(&env, "ps", &target, "target", &ip(12), &[]);
+    let run = |ns: &TestNetns, cmd: &str| {
+        let out = ns.exec(&["sh", "-c", cmd]);
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    };
+    let ping_from = |ns: &TestNetns, src: &str| {
+        ns.exec(&["ping", "-n", "-q", "-c1", "-W2", "-I", src, &ip(12)])
+            .status
+            .success()
+    };
+    assert!(ping_from(&locked, &ip(10)), "own address");
+    assert!(ping_from(&open, &ip(11)), "own address");
+
+    // A second address: refused on the locked port, carried on the open one,
+    // which also changes its MAC first.
+    run(&locked, &format!("ip addr add {}/24 dev eth0", ip(50)));
+    run(
+        &open,
+        &format!(
+            "ip link set eth0 down && ip link set eth0 address 02:5e:00:aa:bb:cc \
+             && ip link set eth0 up && ip addr add {}/24 dev eth0",
+            ip(51)
+        ),
+    );
+    assert!(
+        !ping_from(&locked, &ip(50)),
+        "another address on a locked port"
+    );
+    assert!(
+        ping_from(&open, &ip(51)),
+        "another MAC and address, unlocked"
+    );
+
+    let stats = env.sy(&["stats", "--json"]);
+    ok(&stats, "stats");
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+    let spoofed = v["stats"]["drops"]["spoofed"].as_u64().unwrap_or(0);
+    assert!(spoofed >= 1, "the locked port's frames counted: {v}");
+    let inspect = env.sy(&["network", "inspect", "ps"]);
+    ok(&inspect, "inspect");
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let security_of = |name: &str| {
+        v["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["name"] == name))
+            .map(|e| e["port_security"].clone())
+    };
+    assert_eq!(security_of("open"), Some(false.into()), "{v}");
+    assert_eq!(security_of("locked"), Some(true.into()), "{v}");
 }

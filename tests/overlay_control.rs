@@ -187,6 +187,7 @@ fn connect(
         aliases: vec![format!("{name}-alias")],
         ip: None,
         publish: vec![],
+        port_security: true,
     })
     .expect("connect")
 }
@@ -264,6 +265,7 @@ fn cluster_store_shares_networks_endpoints_and_names() {
         aliases: vec![],
         ip: None,
         publish: vec![],
+        port_security: true,
     });
     assert!(
         matches!(dup, Err(DaemonError::EndpointExists { .. })),

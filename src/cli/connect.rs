@@ -36,6 +36,10 @@ pub struct ConnectArgs {
     /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<Publication>,
+    /// Let the sandbox send from any MAC and address (a bridge or VMs
+    /// inside it); by default only its own are accepted.
+    #[arg(long)]
+    pub no_port_security: bool,
 }
 
 /// Runs `connect`.
@@ -59,6 +63,7 @@ pub fn connect(socket: &Path, a: ConnectArgs) -> Result<(), CliError> {
         aliases: a.aliases,
         ip: a.ip,
         publish: a.publish,
+        port_security: !a.no_port_security,
     }))?;
     print(&format!(
         "connected {} to {} as {} ({}, {}, {})\n",

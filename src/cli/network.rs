@@ -62,6 +62,9 @@ pub struct CreateArgs {
     /// Let sandboxes reach the host's 127.0.0.1 through the gateway address.
     #[arg(long)]
     pub host_loopback: bool,
+    /// Most MAC addresses the network learns (default 8192).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::control::MAX_MAC_CAP as u64))]
+    pub mac_cap: Option<u64>,
 }
 
 /// Runs a network verb.
@@ -79,7 +82,7 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                 isolate: a.isolate,
                 vni: a.vni,
                 mtu: a.mtu,
-                mac_cap: None,
+                mac_cap: a.mac_cap.map(|n| n as usize),
                 host_loopback: a.host_loopback,
             }))?;
             let vni = n.vni.map(|v| format!(", vni {v}")).unwrap_or_default();

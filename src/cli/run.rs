@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<Publication>,
+    /// Let the sandbox send from any MAC and address on its networks (a
+    /// bridge or VMs inside it); by default only its own are accepted.
+    #[arg(long)]
+    pub no_port_security: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -51,6 +55,8 @@ pub struct SandboxSpec {
     pub ip: Option<Ipv4Addr>,
     /// Publications (on the first network's endpoint).
     pub publish: Vec<Publication>,
+    /// Source checks on its ports.
+    pub port_security: bool,
     /// The command.
     pub command: Vec<String>,
 }
@@ -168,6 +174,7 @@ fn attach_all(
             aliases: spec.aliases.clone(),
             ip: if first { spec.ip } else { None },
             publish: if first { spec.publish.clone() } else { vec![] },
+            port_security: spec.port_security,
         }))?;
         // The same name on every network.
         name.get_or_insert_with(|| ep.name.clone());
@@ -223,6 +230,7 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, CliError> {
         aliases: args.aliases,
         ip: args.ip,
         publish: args.publish,
+        port_security: !args.no_port_security,
         command: args.command,
     };
     let mut launched = prepare(&mut client, &spec)?;

@@ -59,6 +59,10 @@ pub struct SandboxDecl {
     /// Published ports.
     #[serde(default)]
     pub publish: Vec<Publication>,
+    /// Source checks on its ports (`port_security = false`: any MAC and
+    /// address, e.g. a bridge inside).
+    #[serde(default = "crate::control::model::enabled")]
+    pub port_security: bool,
     /// The command and its arguments.
     pub command: Vec<String>,
 }
@@ -173,6 +177,7 @@ fn bring_up(client: &mut Client, topo: &Topology) -> Result<Vec<Launched>, CliEr
             aliases: s.aliases.clone(),
             ip: s.ip,
             publish: s.publish.clone(),
+            port_security: s.port_security,
             command: s.command.clone(),
         };
         match prepare(client, &spec) {
@@ -270,5 +275,32 @@ fn tear_down(socket: &Path, launched: Vec<Launched>, pids: &[u32]) {
                 eprintln!("switchyard: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandboxes_keep_port_security_unless_the_file_turns_it_off() {
+        let topo: Topology = toml::from_str(
+            r#"
+            [[sandbox]]
+            name = "a"
+            command = ["true"]
+            [[sandbox]]
+            name = "b"
+            port_security = false
+            command = ["true"]
+            "#,
+        )
+        .unwrap();
+        let open: Vec<bool> = topo.sandboxes.iter().map(|s| s.port_security).collect();
+        assert_eq!(open, [true, false]);
+        assert!(toml::from_str::<Topology>(
+            "[[sandbox]]\nname = \"c\"\nport_secure = 1\ncommand = [\"x\"]"
+        )
+        .is_err());
     }
 }

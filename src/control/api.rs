@@ -151,6 +151,10 @@ pub struct Connect {
     /// Publications, as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]` strings.
     #[serde(default)]
     pub publish: Vec<Publication>,
+    /// Source checks on the endpoint's port (default on; off lets the
+    /// sandbox send from any MAC and address, e.g. a bridge or VMs inside).
+    #[serde(default = "crate::control::model::enabled")]
+    pub port_security: bool,
 }
 
 /// Arguments of `disconnect`.

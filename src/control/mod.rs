@@ -17,3 +17,7 @@ pub mod paths;
 pub mod server;
 pub mod store;
 pub mod trace;
+
+/// Largest MAC-learning cap a network may ask for (`mac_cap`): 16 Mi
+/// entries, about 400 MiB of table per worker at most.
+pub const MAX_MAC_CAP: usize = 1 << 24;

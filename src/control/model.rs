@@ -352,6 +352,15 @@ pub struct Endpoint {
     pub default_route: bool,
     /// Published ports (stored; not yet served).
     pub publications: Vec<Publication>,
+    /// Whether the port may only use the endpoint's own MAC and addresses
+    /// as sources (on unless connected with `--no-port-security`).
+    #[serde(default = "enabled")]
+    pub port_security: bool,
+}
+
+/// Serde default of switches that are on unless turned off.
+pub fn enabled() -> bool {
+    true
 }
 
 /// Serde for [`MacAddr`] as its `aa:bb:..` text.

@@ -13,9 +13,15 @@
 #   --keep-arp-limit  leave the host's ARP table limit as it is (by default
 #                  net.ipv4.neigh.default.gc_thresh2/3 are raised for the run
 #                  so N endpoints fit, and restored on exit)
+#   --flood-locked endpoint 0 keeps port security (its flood is then dropped
+#                  as spoofed, nothing learned); by default it is connected
+#                  with --no-port-security, as a bridge inside a sandbox
+#                  would be, and the network's --mac-cap fits the flood
 # Phases: (a) reachability: every endpoint pings K others (ping -c1 -W1, P at
-# a time, whole phase bounded to 60 s); (b) flood: endpoint 0 sends N broadcast
-# frames with random source MACs (trafgen), stats and daemon RSS before/after;
+# a time, whole phase bounded to 60 s); (b) flood: endpoint 0 sends N frames
+# with random source MACs to the gateway's MAC (trafgen; learned, then dropped
+# by the gateway as unhandled, so the flood is not multiplied by flooding to
+# every port), stats and daemon RSS before/after;
 # (c) iperf3 TCP between endpoints 1 and 2 without flood, then while endpoint 0
 # floods N random MACs paced over the iperf3 run. Namespaces sysc-SUFFIX-I, the
 # daemon and its state directory are removed on exit, also on failure.
@@ -26,6 +32,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
 N=100; MACS=100000; FLOOD_PPS=50000; SAMPLE=20; PAR=4; WORKERS=2; IPERF_T=5; QUICK=0; KEEP_ARP=0
+FLOOD_OPEN=1
 BIN=${SWITCHYARD_BIN:-}
 BUILD=1
 while [ $# -gt 0 ]; do
@@ -39,7 +46,8 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep-arp-limit) KEEP_ARP=1 ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    --flood-locked) FLOOD_OPEN=0 ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -112,13 +120,18 @@ for i in $(seq 1 100); do
   [ -S "$SY_SOCK" ] && sy network ls >/dev/null 2>&1 && break
   alive; sleep 0.1
 done
-sy network create scale --subnet 10.78.0.0/24 >/dev/null || { log "network create failed"; exit 1; }
+# Room for both floods' MACs (phases b and c, each MACS random ones) and the
+# endpoints, so the table's growth is what is measured, not its cap.
+MAC_CAP=$(( 2 * MACS + N + 1024 ))
+sy network create scale --subnet 10.78.0.0/24 --mac-cap "$MAC_CAP" >/dev/null \
+  || { log "network create failed"; exit 1; }
 RSS_IDLE=$(rss_kb)
 log "attaching $N endpoints"
 T0=$(date +%s.%N)
 for i in $(seq 0 $(( N - 1 ))); do
   ip netns add "$(ns $i)" && ip -n "$(ns $i)" link set lo up || { log "ip netns add failed"; exit 1; }
-  sy connect scale --netns /run/netns/"$(ns $i)" --name "e$i" --ip "$(ip_of $i)" >/dev/null \
+  OPEN=""; [ "$i" = 0 ] && [ "$FLOOD_OPEN" = 1 ] && OPEN=--no-port-security
+  sy connect scale --netns /run/netns/"$(ns $i)" --name "e$i" --ip "$(ip_of $i)" $OPEN >/dev/null \
     || { log "connect e$i failed"; alive; exit 1; }
 done
 T1=$(date +%s.%N)
@@ -178,11 +191,16 @@ alive
 
 # ------------------------------------------------------------ (b) flood
 FLOOD_CFG=$TMP/flood.cfg
-# 64-byte broadcast frame, source MAC 02:xx:xx:xx:xx:xx (unicast, locally
-# administered, 5 random bytes per frame), ethertype 0x88b5 (local experimental).
-cat > "$FLOOD_CFG" <<'EOF'
+# 64-byte frame to the gateway's MAC, source MAC 02:xx:xx:xx:xx:xx (unicast,
+# locally administered, 5 random bytes per frame), ethertype 0x88b5 (local
+# experimental): learned, then dropped by the gateway (gateway-unhandled).
+ip netns exec "$(ns 0)" ping -n -c1 -W1 10.78.0.1 >/dev/null 2>&1
+GW_MAC=$(ip -n "$(ns 0)" neigh show 10.78.0.1 dev eth0 | awk '/lladdr/{print $3; exit}')
+[ -n "$GW_MAC" ] || { log "cannot learn the gateway's MAC"; exit 1; }
+GW_BYTES=$(echo "$GW_MAC" | sed 's/\([0-9a-f][0-9a-f]\)/0x\1/g; s/:/, /g')
+cat > "$FLOOD_CFG" <<EOF
 {
-  0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+  $GW_BYTES,
   0x02, drnd(5),
   0x88, 0xb5,
   fill(0x00, 50)
@@ -242,6 +260,7 @@ rows = [
   ("endpoints attached", f"$N in {float('$ATTACH_S'):.1f} s ($WORKERS workers)"),
   ("(a) pings ok / sent", f"$PING_OK / $NPAIRS in {float('$PING_S'):.1f} s, $PAR in flight (no reply in 1 s: $PING_FAIL, $PING_RETRY_OK of them ok on retry; not run before the 60 s bound: {$NPAIRS - $PING_OK - $PING_FAIL})"),
   ("(a) host ARP table limit / overflows during (a)", f"$ARP_T3 (was $ARP_T3_0) / $ARP_FULLS_A"),
+  ("(b) network --mac-cap / e0's port security", f"{$MAC_CAP:,} / {'off (connected with --no-port-security)' if $FLOOD_OPEN else 'on (--flood-locked)'}"),
   ("(b) flood frames sent by e0", f"{$tx1 - $tx0:,} into the switch, {$txd1 - $txd0:,} dropped by e0's TAP, in {float('$FLOOD_S'):.2f} s (trafgen -n $MACS -b ${FLOOD_PPS}pps)"),
   ("(b) mac-learned / mac-evicted", f"+{d(s0,s1,'mac-learned',ev):,} / +{d(s0,s1,'mac-evicted',ev):,}"),
   ("(b) drops mac-cap / spoofed / invalid-source", f"+{d(s0,s1,'mac-cap',dr):,} / +{d(s0,s1,'spoofed',dr):,} / +{d(s0,s1,'invalid-source',dr):,}"),

@@ -329,8 +329,14 @@ impl Daemon {
                 "--host-loopback needs a way out; an --internal network has none".into(),
             ));
         }
-        if req.mac_cap == Some(0) {
-            return Err(DaemonError::Invalid("mac_cap must be at least 1".into()));
+        if req
+            .mac_cap
+            .is_some_and(|n| n == 0 || n > super::MAX_MAC_CAP)
+        {
+            return Err(DaemonError::Invalid(format!(
+                "mac_cap must be 1 to {}",
+                super::MAX_MAC_CAP
+            )));
         }
         let default_mtu = match req.driver {
             Driver::Overlay => OVERLAY_MTU,
@@ -577,6 +583,7 @@ impl Daemon {
             ipv6,
             default_route: siblings.is_empty(),
             publications,
+            port_security: req.port_security,
         };
         let attached = self.attach_endpoint(&ep, &net, seq);
         if let Err(e) = &attached {
@@ -660,10 +667,15 @@ impl Daemon {
                 network: net.name.clone(),
                 source,
             })?;
-        let security = PortSecurity {
-            mac: Some(ep.mac),
-            ipv4: vec![ep.ipv4],
-            ipv6: ep.ipv6.into_iter().collect(),
+        // Without port security, every field empty: any source passes.
+        let security = if ep.port_security {
+            PortSecurity {
+                mac: Some(ep.mac),
+                ipv4: vec![ep.ipv4],
+                ipv6: ep.ipv6.into_iter().collect(),
+            }
+        } else {
+            PortSecurity::default()
         };
         let spec = PortSpec {
             network,
