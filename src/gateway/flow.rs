@@ -12,16 +12,10 @@ use std::sync::Arc;
 
 use crate::pipeline::frame::Frame;
 use crate::pipeline::ndp::ECHO_REQUEST as ICMPV6_ECHO_REQUEST;
-pub use crate::pipeline::ndp::PROTO_ICMPV6;
 use crate::tables::topology::NetworkId;
 use crate::wire::ipv6::addr_at;
+pub use crate::wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
-/// IP protocol numbers the gateway carries.
-pub const PROTO_ICMP: u8 = 1;
-/// TCP.
-pub const PROTO_TCP: u8 = 6;
-/// UDP.
-pub const PROTO_UDP: u8 = 17;
 /// ICMP type of an echo request.
 const ICMP_ECHO_REQUEST: u8 = 8;
 

@@ -21,8 +21,7 @@ use crate::wire::udp_frame::{self, UdpFrameAddrs};
 use crate::wire::virtio_net::VirtioNetHdr;
 use crate::wire::MacAddr;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+use crate::wire::{PROTO_TCP, PROTO_UDP};
 /// IPv4 (20) + UDP (8): what an answer's payload must leave room for.
 const IP_UDP_LEN: u16 = 28;
 /// IPv6 (40) + UDP (8), the same over IPv6.

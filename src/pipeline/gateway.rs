@@ -16,7 +16,7 @@ use crate::wire::ethernet::EtherType;
 use crate::wire::{arp, icmpv4, icmpv6};
 
 const ARP_REQUEST: u16 = 1;
-const PROTO_ICMP: u8 = 1;
+use crate::wire::PROTO_ICMP;
 const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// The gateway stage.

@@ -15,9 +15,7 @@ use crate::tables::topology::{NetworkInfo, Topology};
 use crate::wire::ethernet::EtherType;
 use crate::wire::ipv6::addr_at;
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+use crate::wire::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// The NAT hand-off stage.
 pub struct Nat;

@@ -13,8 +13,7 @@ use crate::wire::MacAddr;
 
 /// IPv6 fixed header length.
 pub const IPV6_HEADER: usize = 40;
-/// ICMPv6's next-header number.
-pub const PROTO_ICMPV6: u8 = 58;
+pub use crate::wire::PROTO_ICMPV6;
 /// A solicitation with its source link-layer address option: 24 + 8 bytes.
 /// Only these are answered for remote endpoints; others are flooded.
 const NDP_WITH_LLADDR: usize = 32;

@@ -7,10 +7,10 @@ use super::{Error, MacAddr, Result};
 use core::net::Ipv6Addr;
 
 mod ndp;
+use super::PROTO_ICMPV6 as PROTO;
 use ndp::emit_lladdr;
 pub use ndp::{NdpOption, NdpOptionType, NdpOptions};
 
-const PROTO: u8 = 58;
 /// Length of the common header plus the 4-byte message body start.
 pub const HEADER_LEN: usize = 8;
 

@@ -24,6 +24,17 @@ mod mac;
 pub use ipv4::IpProtocol;
 pub use mac::MacAddr;
 
+/// IP protocol number of ICMP, as the IPv4 header's protocol byte holds it
+/// (for the byte tests of the data plane's stages; [`IpProtocol`] for
+/// building).
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// IPv6 next-header number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+
 /// Why a packet could not be parsed or built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

@@ -2,6 +2,7 @@
 //! [`TcpRepr`].
 
 use super::checksum;
+use super::PROTO_TCP as PROTO;
 use super::{Error, Result};
 use core::net::IpAddr;
 
@@ -9,7 +10,6 @@ use core::net::IpAddr;
 pub const HEADER_LEN: usize = 20;
 /// Longest TCP header (data offset 15).
 pub const MAX_HEADER_LEN: usize = 60;
-const PROTO: u8 = 6;
 
 /// Byte ranges of the header fields.
 pub mod field {

@@ -1,12 +1,12 @@
 //! UDP datagrams (RFC 768): the [`Packet`] view and [`UdpRepr`].
 
 use super::checksum;
+use super::PROTO_UDP as PROTO;
 use super::{Error, Result};
 use core::net::IpAddr;
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
-const PROTO: u8 = 17;
 
 /// Byte ranges of the header fields.
 pub mod field {
