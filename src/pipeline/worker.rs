@@ -48,6 +48,11 @@ pub struct WorkerShared {
     pub counters: Arc<WorkerCounters>,
 }
 
+/// Whether a learn inbox is full enough that its worker should drain it now.
+fn learn_inbox_needs_draining(q: &ArrayQueue<LearnMsg>) -> bool {
+    q.len() * 2 >= q.capacity()
+}
+
 impl WorkerShared {
     /// Wakes the worker if it is sleeping.
     pub fn wake(&self) {
@@ -685,6 +690,12 @@ impl Worker {
                     bump(&self.me.counters.learn_msgs_lost, 1);
                 }
             }
+            // An idle peer reads its inbox only when it wakes: past half
+            // full, wake it before a burst of new MACs (a flood) overflows
+            // it. Below that, messages wait for its next wake-up.
+            if learn_inbox_needs_draining(&peer.learn_inbox) {
+                peer.wake();
+            }
         }
         self.learned.clear();
     }
@@ -792,4 +803,33 @@ pub fn make_shared_unpolled(inbox_depth: usize) -> Arc<WorkerShared> {
         waker: None,
         counters: Arc::new(WorkerCounters::default()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::topology::NetworkId;
+
+    #[test]
+    fn a_half_full_learn_inbox_wakes_its_sleeping_worker() {
+        let (shared, mut polls) = make_shared(2, 8).unwrap();
+        let peer = &shared[1];
+        peer.sleeping.store(true, Ordering::SeqCst);
+        let msg = |i: u8| LearnMsg {
+            network: NetworkId(0),
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, i]),
+            port: PortId(1),
+            seen: 0,
+        };
+        for i in 0..3 {
+            peer.learn_inbox.push(msg(i)).unwrap();
+        }
+        assert!(!learn_inbox_needs_draining(&peer.learn_inbox));
+        peer.learn_inbox.push(msg(3)).unwrap();
+        assert!(learn_inbox_needs_draining(&peer.learn_inbox));
+        peer.wake();
+        let mut events = Events::with_capacity(4);
+        polls[1].poll(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.iter().any(|e| e.token() == WAKER), "woken");
+    }
 }
