@@ -6,14 +6,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::pipeline::frame::Frame;
 use crate::pipeline::ndp::ECHO_REQUEST as ICMPV6_ECHO_REQUEST;
 use crate::tables::topology::NetworkId;
-use crate::wire::ipv6::addr_at;
+use crate::wire::ip::IpView;
 pub use crate::wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// ICMP type of an echo request.
@@ -58,31 +58,18 @@ impl PacketInfo {
     /// only with TCP, UDP or ICMPv6 right after the fixed header).
     pub fn parse(f: &Frame) -> Option<PacketInfo> {
         let b = f.data();
-        let l3 = f.meta.l3_offset as usize;
-        let (src, dst, proto, l4, end) = match b.get(l3).map(|v| v >> 4)? {
-            4 => {
-                let ip = b.get(l3..l3 + 20)?;
-                let ihl = usize::from(ip[0] & 0x0f) * 4;
-                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                let end = (l3 + total).min(b.len());
-                let l4 = l3 + ihl;
-                if ihl < 20 || l4 > end {
-                    return None;
-                }
-                let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-                let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-                (IpAddr::V4(src), IpAddr::V4(dst), ip[9], l4, end)
-            }
-            6 => {
-                let ip = b.get(l3..l3 + 40)?;
-                let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                let l4 = l3 + 40;
-                let end = (l4 + payload).min(b.len());
-                let addr = |at| addr_at(ip, at).map(IpAddr::V6);
-                (addr(8)?, addr(24)?, ip[6], l4, end)
-            }
-            _ => return None,
-        };
+        let ip = IpView::parse(b, f.meta.l3_offset as usize)?;
+        if !ip.header_ok || ip.l4 > ip.end {
+            return None;
+        }
+        let IpView {
+            src,
+            dst,
+            proto,
+            l4,
+            end,
+            ..
+        } = ip;
         let (sport, dport, tcp_flags) = match proto {
             PROTO_TCP => {
                 let t = b.get(l4..l4 + 14)?;
@@ -301,6 +288,8 @@ impl<T> Drop for FlowTable<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn key(last: u8, port: u16) -> FlowKey {

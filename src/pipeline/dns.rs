@@ -5,7 +5,7 @@
 //! (REFUSED on internal networks). TCP segments to port 53 go to the gateway
 //! stack, which serves DNS over TCP. Everything else passes untouched.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::drop::DropReason;
@@ -16,12 +16,11 @@ use crate::dns::{DnsService, ReplyRoute, DNS_PORT};
 use crate::stats::{bump, WorkerCounters};
 use crate::tables::topology::GatewayInfo;
 use crate::wire::ethernet::EtherType;
-use crate::wire::ipv6;
+use crate::wire::ip::IpView;
 use crate::wire::udp_frame::{self, UdpFrameAddrs};
 use crate::wire::virtio_net::VirtioNetHdr;
-use crate::wire::MacAddr;
+use crate::wire::{MacAddr, PROTO_TCP, PROTO_UDP};
 
-use crate::wire::{PROTO_TCP, PROTO_UDP};
 /// IPv4 (20) + UDP (8): what an answer's payload must leave room for.
 const IP_UDP_LEN: u16 = 28;
 /// IPv6 (40) + UDP (8), the same over IPv6.
@@ -70,58 +69,19 @@ fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Located>, DropReason> {
         return Ok(None);
     }
     let b = f.data();
-    let l3 = f.meta.l3_offset as usize;
-    // (gateway, client, protocol, where L4 starts, where the IP packet ends,
-    // whether the IP header rules out a whole datagram)
-    let (gateway, client, proto, l4, ip_end, bad) = match f.meta.ethertype {
-        EtherType::Ipv4 => {
-            let Some(gw4) = gw.ipv4 else { return Ok(None) };
-            let Some(ip) = b.get(l3..l3 + 20) else {
-                return Ok(None);
-            };
-            if ip[0] >> 4 != 4 || ip[16..20] != gw4.octets() {
-                return Ok(None);
-            }
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let bad = ihl < 20 || frag & 0x3fff != 0;
-            let client = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            (
-                IpAddr::V4(gw4),
-                IpAddr::V4(client),
-                ip[9],
-                l3 + ihl,
-                l3 + total,
-                bad,
-            )
-        }
-        EtherType::Ipv6 => {
-            let Some(gw6) = gw.ipv6 else { return Ok(None) };
-            let Some(ip) = b.get(l3..l3 + 40) else {
-                return Ok(None);
-            };
-            if ip[0] >> 4 != 6 || ipv6::addr_at(b, l3 + 24) != Some(gw6) {
-                return Ok(None);
-            }
-            let Some(client) = ipv6::addr_at(b, l3 + 8) else {
-                return Ok(None);
-            };
-            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            // Next header straight to TCP or UDP: queries carry no
-            // extension headers.
-            let end = l3 + 40 + payload;
-            (
-                IpAddr::V6(gw6),
-                IpAddr::V6(client),
-                ip[6],
-                l3 + 40,
-                end,
-                false,
-            )
-        }
-        _ => return Ok(None),
+    let Some(ip) = IpView::parse(b, f.meta.l3_offset as usize) else {
+        return Ok(None);
     };
+    let to_gateway = match (f.meta.ethertype, ip.dst) {
+        (EtherType::Ipv4, IpAddr::V4(dst)) => gw.ipv4 == Some(dst),
+        (EtherType::Ipv6, IpAddr::V6(dst)) => gw.ipv6 == Some(dst),
+        _ => false,
+    };
+    if !to_gateway {
+        return Ok(None);
+    }
+    // Queries carry no IPv6 extension headers: the next header is UDP or TCP.
+    let (proto, l4) = (ip.proto, ip.l4);
     if proto == PROTO_TCP {
         let port = b.get(l4 + 2..l4 + 4);
         return Ok((port == Some(&DNS_PORT.to_be_bytes()[..])).then_some(Located::Tcp));
@@ -136,12 +96,12 @@ fn locate(gw: &GatewayInfo, f: &Frame) -> Result<Option<Located>, DropReason> {
         return Ok(None);
     }
     let udp_len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-    if bad || udp_len < 8 || l4 + udp_len > ip_end.min(b.len()) {
+    if !ip.header_ok || ip.fragment || udp_len < 8 || l4 + udp_len > ip.end {
         return Err(DropReason::DnsMalformed);
     }
     Ok(Some(Located::Udp(Query {
-        client: SocketAddr::new(client, u16::from_be_bytes([u[0], u[1]])),
-        gateway,
+        client: SocketAddr::new(ip.src, u16::from_be_bytes([u[0], u[1]])),
+        gateway: ip.dst,
         start: l4 + 8,
         end: l4 + udp_len,
     })))
@@ -264,7 +224,7 @@ impl Stage for Dns {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use domain::base::iana::Rtype;
 

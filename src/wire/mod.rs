@@ -12,6 +12,7 @@ pub mod gro;
 pub mod gso;
 pub mod icmpv4;
 pub mod icmpv6;
+pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
