@@ -16,22 +16,28 @@ use crate::ports::PortId;
 /// The forwarding stage.
 pub struct Forward;
 
+/// A lookup that found nothing (no port has this number).
+const NOT_FOUND: u32 = u32::MAX;
+
 impl Stage for Forward {
     fn name(&self) -> &'static str {
         "forward"
     }
 
     fn process(&mut self, cx: &mut StageContext<'_>, frames: &mut [Frame]) {
+        // A batch comes from one port, so its frames share a network.
+        let mut net_cache = None;
         for chunk in frames.chunks_mut(BATCH_SIZE) {
-            let mut found: [Option<PortId>; BATCH_SIZE] = [None; BATCH_SIZE];
-            for (f, slot) in chunk.iter().zip(found.iter_mut()) {
+            // Port numbers found, NOT_FOUND for a miss or a frame skipped.
+            let mut found = [NOT_FOUND; BATCH_SIZE];
+            for (slot, f) in found.iter_mut().zip(chunk.iter()) {
                 if !f.meta.action.is_final() && !f.meta.dst.is_multicast() {
-                    *slot = cx.mac.lookup(f.meta.network, f.meta.dst, cx.now);
+                    if let Some(p) = cx.mac.lookup(f.meta.network, f.meta.dst, cx.now) {
+                        *slot = p.0;
+                    }
                 }
             }
-            // A batch comes from one port, so its frames share a network.
-            let mut net_cache = None;
-            for (f, known) in chunk.iter_mut().zip(found) {
+            for (f, &known) in chunk.iter_mut().zip(found.iter()) {
                 if f.meta.action.is_final() {
                     continue;
                 }
@@ -48,16 +54,15 @@ impl Stage for Forward {
                         }
                     },
                 };
-                let action = match known {
-                    Some(p) if p == f.meta.in_port => Action::Drop(DropReason::Hairpin),
-                    Some(p) if cx.topo.port(p).is_some() => Action::Output(p),
-                    _ => Action::Flood,
-                };
-                f.meta.action = match action {
-                    Action::Output(_) | Action::Flood if net.isolate => {
-                        Action::Drop(DropReason::Isolated)
-                    }
-                    a => a,
+                let known = PortId(known);
+                f.meta.action = if known == f.meta.in_port {
+                    Action::Drop(DropReason::Hairpin)
+                } else if net.isolate {
+                    Action::Drop(DropReason::Isolated)
+                } else if known.0 != NOT_FOUND && cx.topo.port(known).is_some() {
+                    Action::Output(known)
+                } else {
+                    Action::Flood
                 };
             }
         }

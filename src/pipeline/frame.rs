@@ -103,10 +103,27 @@ impl Frame {
 impl Frame {
     /// Allocates a buffer. Only pools call this, at start-up.
     pub fn alloc() -> Frame {
+        Frame::with_buffer(Frame::new_buffer())
+    }
+
+    /// Allocates `count` frames with their metadata side by side in memory,
+    /// apart from the buffers: every stage walks the metadata of a whole
+    /// batch, and 64 frames then span a few pages instead of 64, which
+    /// keeps the walks within the CPU's first-level TLB.
+    pub fn alloc_many(count: usize) -> Vec<Frame> {
+        let bufs: Vec<Box<[u8]>> = (0..count).map(|_| Frame::new_buffer()).collect();
+        bufs.into_iter().map(Frame::with_buffer).collect()
+    }
+
+    fn new_buffer() -> Box<[u8]> {
+        // A zeroed allocation of this size is fresh memory: pages become
+        // resident only when touched, so small frames cost one page.
+        vec![0u8; BUFFER_LEN].into_boxed_slice()
+    }
+
+    fn with_buffer(buf: Box<[u8]>) -> Frame {
         Frame(Box::new(FrameInner {
-            // Zeroed allocation of this size comes from mmap: pages become
-            // resident only when touched, so small frames cost one page.
-            buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            buf,
             start: HEADROOM,
             len: 0,
             vnet: VirtioNetHdr::NONE,

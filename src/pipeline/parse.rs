@@ -4,7 +4,13 @@
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::stage::{Stage, StageContext};
-use crate::wire::ethernet;
+use crate::wire::ethernet::{self, EtherType};
+use crate::wire::MacAddr;
+
+#[inline(always)]
+fn mac(h: &[u8; ethernet::HEADER_LEN], at: usize) -> MacAddr {
+    MacAddr([h[at], h[at + 1], h[at + 2], h[at + 3], h[at + 4], h[at + 5]])
+}
 
 /// The parse stage.
 pub struct Parse;
@@ -18,6 +24,22 @@ impl Stage for Parse {
         for f in frames.iter_mut() {
             if f.meta.action.is_final() {
                 continue;
+            }
+            // Untagged frames, nearly all of them: fields go straight from
+            // the frame to the metadata. Building parse_l2's result on the
+            // stack and copying it field by field made the CPU reload
+            // bytes it had just stored in different widths, which stalls.
+            if let Some(h) = f.data().first_chunk::<{ ethernet::HEADER_LEN }>() {
+                let et = u16::from_be_bytes([h[12], h[13]]);
+                if !ethernet::is_tag(et) {
+                    let (dst, src) = (mac(h, 0), mac(h, 6));
+                    let m = &mut f.meta;
+                    m.dst = dst;
+                    m.src = src;
+                    m.ethertype = EtherType::from(et);
+                    m.l3_offset = ethernet::HEADER_LEN as u16;
+                    continue;
+                }
             }
             match ethernet::parse_l2(f.data()) {
                 Ok(h) => {

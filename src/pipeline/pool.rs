@@ -18,9 +18,9 @@ pub type SharedPool = Arc<ArrayQueue<Frame>>;
 /// Creates the shared queue holding `count` preallocated frames.
 pub fn shared_pool(count: usize) -> SharedPool {
     let q = ArrayQueue::new(count.max(1));
-    for _ in 0..count {
+    for f in Frame::alloc_many(count) {
         // Cannot fail: the queue was made with room for `count` frames.
-        let _ = q.push(Frame::alloc());
+        let _ = q.push(f);
     }
     Arc::new(q)
 }

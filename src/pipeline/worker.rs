@@ -384,7 +384,9 @@ impl Worker {
             let Some(f) = self.me.inbox.pop() else { break };
             n += 1;
             match f.meta.action {
-                Action::Output(p) => self.enqueue_local(p, f),
+                Action::Output(p) => {
+                    self.enqueue_local(p, f);
+                }
                 _ => self.pool.free(f),
             }
         }
@@ -521,8 +523,19 @@ impl Worker {
 
     fn dispatch(&mut self, topo: &Topology) {
         let mut batch = std::mem::take(&mut self.batch);
+        // The port the previous frame was queued on locally: a batch mostly
+        // goes to one port, and its followers skip the route lookup.
+        let mut last_local = None;
         for f in batch.drain(..) {
             match f.meta.action {
+                Action::Output(p) if last_local == Some(p) => {
+                    match self.slots.get_mut(p.0 as usize) {
+                        Some(Some(slot)) => slot.pending.push(f),
+                        _ => {
+                            self.enqueue_local(p, f);
+                        }
+                    }
+                }
                 Action::Drop(reason) => {
                     self.me.counters.count_drop(reason);
                     self.pool.free(f);
@@ -532,8 +545,13 @@ impl Worker {
                     self.me.counters.count_drop(DropReason::NoRoute);
                     self.pool.free(f);
                 }
-                Action::Output(p) => self.route(topo, p, f),
-                Action::Flood => self.flood(topo, f),
+                Action::Output(p) => {
+                    last_local = self.route(topo, p, f).then_some(p);
+                }
+                Action::Flood => {
+                    last_local = None;
+                    self.flood(topo, f);
+                }
                 Action::Punt => match self.punt.push(f) {
                     Ok(shard) => self.punted |= 1 << shard,
                     Err(f) => {
@@ -600,20 +618,21 @@ impl Worker {
         }
     }
 
-    fn route(&mut self, topo: &Topology, p: PortId, mut f: Frame) {
+    /// Queues `f` for port `p`: on this worker when it serves one of the
+    /// port's queues, else in the owner's inbox. True if queued locally.
+    fn route(&mut self, topo: &Topology, p: PortId, mut f: Frame) -> bool {
         let Some(info) = topo.port(p) else {
             self.me.counters.count_drop(DropReason::NoRoute);
             self.pool.free(f);
-            return;
+            return false;
         };
         if info.queue_workers & (1 << self.id) != 0 {
-            self.enqueue_local(p, f);
-            return;
+            return self.enqueue_local(p, f);
         }
         let Some(peer) = self.peers.get(info.owner) else {
             self.me.counters.count_drop(DropReason::NoRoute);
             self.pool.free(f);
-            return;
+            return false;
         };
         f.meta.action = Action::Output(p);
         match peer.inbox.push(f) {
@@ -626,19 +645,24 @@ impl Worker {
                 self.pool.free(f);
             }
         }
+        false
     }
 
-    fn enqueue_local(&mut self, p: PortId, f: Frame) {
+    /// Adds `f` to port `p`'s pending frames; false (frame dropped) when
+    /// this worker has no such port.
+    fn enqueue_local(&mut self, p: PortId, f: Frame) -> bool {
         match self.slots.get_mut(p.0 as usize) {
             Some(Some(slot)) => {
                 if slot.pending.is_empty() {
                     self.dirty.push(p);
                 }
                 slot.pending.push(f);
+                true
             }
             _ => {
                 self.me.counters.count_drop(DropReason::NoRoute);
                 self.pool.free(f);
+                false
             }
         }
     }

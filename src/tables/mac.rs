@@ -2,8 +2,8 @@
 //!
 //! Scheme: every worker owns a private table and is its only reader and
 //! writer, so lookups never lock and never share a cache line. When a worker
-//! learns something new (a new address, a move, or a refresh older than a
-//! quarter of the aging time) it tells the other workers with a [`LearnMsg`]
+//! learns something new (a new address, a move, or the first refresh in a
+//! new quarter of the aging time) it tells the other workers with a [`LearnMsg`]
 //! through lock-free queues (see `pipeline::learn`); they apply it with
 //! [`MacTable::learn_remote`]. Tables converge within one batch.
 //!
@@ -43,7 +43,7 @@ pub struct LearnMsg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learned {
     /// Known at this port already; `announce` asks to tell the other workers
-    /// (the refresh is older than a quarter of the aging time).
+    /// (the first refresh in a new quarter of the aging time).
     Refreshed {
         /// Whether peers should hear about it.
         announce: bool,
@@ -69,15 +69,15 @@ impl Learned {
     }
 }
 
-/// 24 bytes, so more of a large table stays in cache. Times are the low 32
-/// bits of the millisecond clock; ages are computed with wrapping arithmetic,
-/// exact while an entry is younger than 49 days (aging removes it long before).
+/// 16 bytes: four to a cache line and never split across two, so more of a
+/// large table stays in cache. Times are the low 32 bits of the millisecond
+/// clock; ages are computed with wrapping arithmetic, exact while an entry is
+/// younger than 49 days (aging removes it long before).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     key: u64,
     port: PortId,
     seen: u32,
-    announced: u32,
 }
 
 #[inline]
@@ -163,6 +163,13 @@ impl MacTable {
         self.config
     }
 
+    /// A quarter of the aging time in ms (at least 1): the period in which
+    /// a refresh is announced at most once.
+    #[inline]
+    fn quarter(&self) -> u32 {
+        (self.config.aging_ms / 4).clamp(1, u32::MAX as Millis) as u32
+    }
+
     /// Where `mac` was last seen on `network`, unless that has aged out.
     #[inline]
     pub fn lookup(&self, network: NetworkId, mac: MacAddr, now: Millis) -> Option<PortId> {
@@ -186,23 +193,22 @@ impl MacTable {
     ) -> Learned {
         let k = key(network, mac);
         let h = hash(k);
+        let quarter = self.quarter();
         if let Some(e) = self.entries.find_mut(h, |e| e.key == k) {
             if e.port == port {
+                // Peers hear of a busy address once per quarter of the aging
+                // time, so their copies never age out while it is alive.
+                let announce = t32(now) / quarter != e.seen / quarter;
                 e.seen = t32(now);
-                let announce = age(now, e.announced) > self.config.aging_ms / 4;
-                if announce {
-                    e.announced = t32(now);
-                }
                 return Learned::Refreshed { announce };
             }
             let old = e.port;
             e.port = port;
             e.seen = t32(now);
-            e.announced = t32(now);
             self.moved(k, old, port);
             return Learned::Moved;
         }
-        self.insert_new(k, port, now, now, cap())
+        self.insert_new(k, port, now, cap())
     }
 
     /// Applies what another worker learned. Never asks to announce.
@@ -216,7 +222,6 @@ impl MacTable {
             }
             let old = e.port;
             e.seen = t32(msg.seen);
-            e.announced = t32(msg.seen);
             if old == msg.port {
                 return Learned::Refreshed { announce: false };
             }
@@ -224,18 +229,11 @@ impl MacTable {
             self.moved(k, old, msg.port);
             return Learned::Moved;
         }
-        self.insert_new(k, msg.port, msg.seen, msg.seen, cap)
+        self.insert_new(k, msg.port, msg.seen, cap)
     }
 
     #[cold]
-    fn insert_new(
-        &mut self,
-        k: u64,
-        port: PortId,
-        seen: Millis,
-        announced: Millis,
-        cap: usize,
-    ) -> Learned {
+    fn insert_new(&mut self, k: u64, port: PortId, seen: Millis, cap: usize) -> Learned {
         let network = network_of(k);
         let count = self.networks.get(&network).map_or(0, |n| n.count);
         let mut evicted = false;
@@ -251,7 +249,6 @@ impl MacTable {
                 key: k,
                 port,
                 seen: t32(seen),
-                announced: t32(announced),
             },
             |e| hash(e.key),
         );
@@ -454,11 +451,23 @@ mod tests {
     }
 
     #[test]
-    fn refresh_is_announced_after_a_quarter_of_aging() {
+    fn refresh_is_announced_once_per_quarter_of_aging() {
         let mut t = table(8);
         t.learn(N, mac(1), PortId(1), 0, || 8);
-        assert!(!t.learn(N, mac(1), PortId(1), 75_000, || 8).announce());
-        assert!(t.learn(N, mac(1), PortId(1), 75_001, || 8).announce());
+        assert!(!t.learn(N, mac(1), PortId(1), 74_999, || 8).announce());
+        assert!(t.learn(N, mac(1), PortId(1), 75_000, || 8).announce());
+        assert!(!t.learn(N, mac(1), PortId(1), 149_999, || 8).announce());
+        // A quiet address is announced again when it comes back.
+        assert!(t.learn(N, mac(1), PortId(1), 290_000, || 8).announce());
+        // Refreshes a peer reported count as announced.
+        let msg = LearnMsg {
+            network: N,
+            mac: mac(1),
+            port: PortId(1),
+            seen: 300_001,
+        };
+        t.learn_remote(msg, 8);
+        assert!(!t.learn(N, mac(1), PortId(1), 300_002, || 8).announce());
     }
 
     #[test]
@@ -545,7 +554,7 @@ mod tests {
 
     #[test]
     fn entry_is_small_and_ages_across_u32_wrap() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
         let mut t = table(8);
         let start = u32::MAX as Millis - 1_000;
         t.learn(N, mac(1), PortId(1), start, || 8);

@@ -59,7 +59,8 @@ impl From<EtherType> for u16 {
 }
 
 #[inline(always)]
-fn is_tag(v: u16) -> bool {
+/// Whether an EtherType is an 802.1Q or 802.1ad VLAN tag.
+pub fn is_tag(v: u16) -> bool {
     v == 0x8100 || v == 0x88A8
 }
 
