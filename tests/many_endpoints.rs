@@ -11,7 +11,7 @@
 //! sandbox sending from an address not its own is dropped as `spoofed`)
 //! unless the endpoint is connected with `--no-port-security`, whose sandbox
 //! may then change its MAC and take more addresses, as a bridge inside it
-//! would.
+//! would. And `daemon --mac-aging` sets how long learned addresses last.
 
 mod common;
 
@@ -164,4 +164,45 @@ fn port_security_holds_unless_turned_off() {
     };
     assert_eq!(security_of("open"), Some(false.into()), "{v}");
     assert_eq!(security_of("locked"), Some(true.into()), "{v}");
+}
+
+/// The MAC aging time comes from `daemon --mac-aging`: with one second,
+/// two endpoints' addresses are forgotten (`mac-aged`) soon after their
+/// last ping, and the next ping is switched again once they are relearned.
+#[test]
+fn mac_aging_is_configurable() {
+    let Some(mut env) = Env::with_tools("aging", None, &["ping", "ip"]) else {
+        return;
+    };
+    env.start_daemon_with(&["--mac-aging", "1"]);
+    let k = unique_octet();
+    let subnet = format!("10.206.{k}.0/24");
+    ok(
+        &env.sy(&["network", "create", "ag", "--subnet", &subnet]),
+        "create network",
+    );
+    let ip = |last: u8| format!("10.206.{k}.{last}");
+    let (a, b) = (TestNetns::new("aga"), TestNetns::new("agb"));
+    connect(&env, "ag", &a, "a", &ip(10), &[]);
+    connect(&env, "ag", &b, "b", &ip(11), &[]);
+    assert!(ping(&a, &ip(11)), "first ping");
+    let events = |env: &Env| {
+        let stats = env.sy(&["stats", "--json"]);
+        ok(&stats, "stats");
+        let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+        let n = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
+        (n("mac-learned"), n("mac-aged"))
+    };
+    let (learned, _) = events(&env);
+    assert!(learned >= 2, "both MACs learned");
+    // Each worker holds its own table: both forget both addresses.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut aged = 0;
+    while aged < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        aged = events(&env).1;
+    }
+    assert!(aged >= 2, "addresses aged out after 1 s: {aged}");
+    assert!(ping(&a, &ip(11)), "ping after aging");
+    assert!(events(&env).0 > learned, "relearned after aging");
 }

@@ -1,10 +1,12 @@
 //! Data-plane worker options shared by `daemon` and `up`: how many workers,
-//! how long they busy-poll, and which CPUs they are pinned to.
+//! how long they busy-poll, which CPUs they are pinned to, and how long
+//! their MAC tables remember an address.
 
 use clap::Args;
 
 use super::CliError;
 use crate::dataplane::DataplaneConfig;
+use crate::tables::mac::DEFAULT_AGING_MS;
 
 /// Worker options.
 #[derive(Debug, Clone, Args)]
@@ -22,7 +24,17 @@ pub struct WorkerArgs {
     /// to the i-th CPU this process may run on.
     #[arg(long, value_name = "CPUS", num_args = 0..=1, default_missing_value = "auto")]
     pub cpu_affinity: Option<String>,
+    /// Seconds a learned MAC address is remembered without traffic from it
+    /// (as a Linux bridge's ageing_time); then unknown unicast to it floods
+    /// again until it is heard.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_AGING_MS / 1000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_AGING_S))]
+    pub mac_aging: u64,
 }
+
+/// Longest MAC aging accepted: a day (entries keep 32-bit millisecond times,
+/// exact up to 49 days).
+const MAX_AGING_S: u64 = 86_400;
 
 impl WorkerArgs {
     /// Puts these options into `config`; a CPU list that cannot be used is
@@ -32,6 +44,7 @@ impl WorkerArgs {
             config.workers = usize::from(n);
         }
         config.worker.busy_poll = std::time::Duration::from_micros(self.busy_poll_us);
+        config.worker.mac.aging_ms = self.mac_aging * 1000;
         if let Some(spec) = &self.cpu_affinity {
             let allowed = crate::sys::affinity::allowed_cpus()
                 .map_err(|e| CliError::Invalid(format!("cannot read this process's CPUs: {e}")))?;
