@@ -3,7 +3,8 @@
 //! Switchyard daemon as root; sandboxes are namespaces attached with
 //! `connect --netns`. Static peers and an etcd cluster store (etcd 3.4 on
 //! the underlay); ping, `dig`/`getent` and iperf3 between sandboxes on
-//! different hosts; unique addresses when hosts attach at once; a killed
+//! different hosts; unique addresses when hosts attach at once, and unique
+//! IPv6 addresses (mirroring the IPv4 ones) pinging across hosts; a killed
 //! host's endpoints expiring; traffic surviving an etcd restart; and a
 //! Linux kernel VXLAN device talking to a Switchyard sandbox. The first two
 //! tests check the fixture and the kernel-to-kernel VXLAN baseline alone.
@@ -474,7 +475,107 @@ fn concurrent_attach(h: &mut Hosts, per_host: usize) -> Vec<Attached> {
     eps
 }
 
+/// The overlay's IPv6 subnet in the IPv6 tests: endpoints' addresses mirror
+/// their IPv4 ones (10.77.0.N -> fd77:77::N).
+const SUBNET6: &str = "fd77:77::/64";
+
+/// The global IPv6 addresses on `sandbox`'s interfaces.
+fn sandbox_addrs6(h: &Hosts, sandbox: &str) -> Vec<std::net::Ipv6Addr> {
+    let out = h.exec(
+        sandbox,
+        &["ip", "-6", "-o", "addr", "show", "scope", "global"],
+        Duration::from_secs(5),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let cidr = l.split_whitespace().skip_while(|w| *w != "inet6").nth(1)?;
+            cidr.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Creates the dual-stack overlay on hosts `on`, attaches `a6` on host 0
+/// and `b6` on host 1, and checks that each got the IPv6 address that
+/// mirrors its IPv4 one (so two hosts never hand out the same one) and
+/// that they ping each other over IPv6.
+fn dual_stack_pair(h: &mut Hosts, on: &[usize]) {
+    for &i in on {
+        let mut args = vec!["network", "create", NET, "--driver", "overlay"];
+        args.extend(["--subnet", SUBNET, "--ipv6-subnet", SUBNET6]);
+        if on.len() > 1 {
+            args.extend(["--vni", "4242"]);
+        }
+        h.sy_ok(i, &args);
+    }
+    if on.len() == 1 {
+        assert!(
+            wait_until(PROPAGATION, || network_row(h, 1, NET).is_some()),
+            "network not on host 1"
+        );
+    }
+    let a = attach(h, 0, "a6");
+    let b = attach(h, 1, "b6");
+    let mirror = |ip: Ipv4Addr| -> std::net::Ipv6Addr {
+        format!("fd77:77::{:x}", ip.octets()[3])
+            .parse()
+            .expect("v6")
+    };
+    let (a6, b6) = (sandbox_addrs6(h, &a.sandbox), sandbox_addrs6(h, &b.sandbox));
+    assert_eq!(a6, vec![mirror(a.ip)], "a6's IPv6 address");
+    assert_eq!(b6, vec![mirror(b.ip)], "b6's IPv6 address");
+    assert_ne!(a6, b6, "two hosts handed out one IPv6 address");
+    // Duplicate address detection must finish before the address is used.
+    let b6 = b6[0].to_string();
+    let pinged = wait_until(Duration::from_secs(10), || {
+        let out = h.exec(
+            &a.sandbox,
+            &["ping", "-6", "-n", "-q", "-c", "1", "-W", "1", &b6],
+            Duration::from_secs(5),
+        );
+        out.status.success()
+    });
+    assert!(pinged, "a6 cannot ping {b6} across the overlay");
+}
+
+#[test]
+fn static_peers_ipv6_unique_and_reachable() {
+    let Some(mut h) = Hosts::new(2, &[]) else {
+        return;
+    };
+    let (a, b) = (h.ip(0).to_string(), h.ip(1).to_string());
+    h.start_daemon(0, &["--peer", &b]);
+    h.start_daemon(1, &["--peer", &a]);
+    dual_stack_pair(&mut h, &[0, 1]);
+    // An IPv6 subnet too small to mirror the IPv4 one is refused up front.
+    let out = h.sy(
+        0,
+        &[
+            "network",
+            "create",
+            "small6",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.78.0.0/24",
+            "--ipv6-subnet",
+            "fd78::/121",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("/120 or shorter"), "{}", text(&out));
+}
+
 // ------------------------------------------------------------ cluster store
+
+#[test]
+fn cluster_ipv6_unique_and_reachable() {
+    let Some(mut h) = Hosts::new(2, &[]) else {
+        return;
+    };
+    cluster(&mut h, 2);
+    dual_stack_pair(&mut h, &[0]);
+}
 
 #[test]
 fn cluster_network_names_and_iperf() {

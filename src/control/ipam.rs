@@ -63,6 +63,18 @@ pub enum IpamError {
         /// The subnet.
         subnet: String,
     },
+    /// An overlay network's IPv6 subnet cannot mirror its IPv4 subnet.
+    #[error("IPv6 subnet {subnet6} is too small for overlay network {network:?}: its endpoints' IPv6 addresses mirror their IPv4 addresses in {subnet4}, so use a prefix of /{max_prefix} or shorter")]
+    Ipv6TooSmallForOverlay {
+        /// Network name.
+        network: String,
+        /// Its IPv4 subnet.
+        subnet4: String,
+        /// Its IPv6 subnet.
+        subnet6: String,
+        /// The longest IPv6 prefix that would do.
+        max_prefix: u8,
+    },
     /// Every host address of the network is taken.
     #[error("network {network:?} ({subnet}) has no free addresses; disconnect an endpoint or create a network with a larger subnet")]
     Exhausted {
@@ -327,6 +339,54 @@ pub fn allocate4_striped(
         })
 }
 
+/// The IPv6 address of an overlay endpoint whose IPv4 address is `ipv4`:
+/// the same offset into `subnet6` (10.0.9.5 -> fd00::5 for 10.0.9.0/24 and
+/// fd00::/64). Hosts of an overlay hand out IPv4 addresses that never clash
+/// (striped in static-peer mode, leased from the cluster store otherwise),
+/// so these never clash either, with no coordination of their own. Offset 1
+/// would be the IPv6 gateway (`::1`); an endpoint there (the IPv4 gateway is
+/// elsewhere) takes the offset of the IPv4 broadcast address instead, which
+/// no endpoint holds.
+pub fn overlay_ipv6(
+    network: &str,
+    subnet4: Ipv4Net,
+    ipv4: Ipv4Addr,
+    subnet6: Ipv6Net,
+) -> Result<Ipv6Addr, IpamError> {
+    check_overlay_ipv6(network, subnet4, subnet6)?;
+    let offset = u64::from(u32::from(ipv4).wrapping_sub(u32::from(subnet4.addr())));
+    let offset = if offset == 1 {
+        subnet4.size() - 1
+    } else {
+        offset
+    };
+    subnet6
+        .nth(u128::from(offset))
+        .ok_or_else(|| IpamError::OutsideSubnet {
+            ip: ipv4.to_string(),
+            network: network.to_string(),
+            subnet: subnet4.to_string(),
+        })
+}
+
+/// Whether `subnet6` can mirror every address of `subnet4` (see
+/// [`overlay_ipv6`]).
+pub fn check_overlay_ipv6(
+    network: &str,
+    subnet4: Ipv4Net,
+    subnet6: Ipv6Net,
+) -> Result<(), IpamError> {
+    if subnet6.nth(u128::from(subnet4.size() - 1)).is_some() {
+        return Ok(());
+    }
+    Err(IpamError::Ipv6TooSmallForOverlay {
+        network: network.to_string(),
+        subnet4: subnet4.to_string(),
+        subnet6: subnet6.to_string(),
+        max_prefix: 96 + subnet4.prefix(),
+    })
+}
+
 /// Allocates an IPv6 address sequentially from `::2`, skipping `used` and the
 /// gateway.
 pub fn allocate6(
@@ -495,6 +555,27 @@ garbage line
             allocate4("n", s, gw, &used, None),
             Err(IpamError::Exhausted { .. })
         ));
+    }
+
+    #[test]
+    fn overlay_ipv6_mirrors_ipv4_and_avoids_the_gateway() {
+        let s4: Ipv4Net = "10.0.9.0/24".parse().unwrap();
+        let s6: Ipv6Net = "fd00:9::/64".parse().unwrap();
+        let v6 = |ip: &str| overlay_ipv6("n", s4, ip.parse().unwrap(), s6).unwrap();
+        assert_eq!(v6("10.0.9.5"), "fd00:9::5".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6("10.0.9.254"), "fd00:9::fe".parse::<Ipv6Addr>().unwrap());
+        // .1 as an endpoint (gateway elsewhere) must not become ::1.
+        assert_eq!(v6("10.0.9.1"), "fd00:9::ff".parse::<Ipv6Addr>().unwrap());
+        let mut seen = BTreeSet::new();
+        for n in 1..255u8 {
+            let ip = Ipv4Addr::new(10, 0, 9, n);
+            assert!(seen.insert(overlay_ipv6("n", s4, ip, s6).unwrap()));
+        }
+        assert!(!seen.contains(&gateway6(s6).unwrap()));
+        // A /120 holds a /24's offsets; a /121 does not.
+        assert!(check_overlay_ipv6("n", s4, "fd00::/120".parse().unwrap()).is_ok());
+        let err = check_overlay_ipv6("n", s4, "fd00::/121".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("/120 or shorter"), "{err}");
     }
 
     #[test]

@@ -296,12 +296,17 @@ impl Daemon {
                 ep.name
             );
         }
-        if let Err(e) = store.release_ip(&ep.network, ep.ipv4) {
-            tracing::warn!(
-                "cluster store kept address {} of {}: {e}",
-                ep.ipv4,
-                ep.network
-            );
+        self.cluster_release_ip(&ep.network, ep.ipv4);
+    }
+
+    /// Gives an address leased for `network` back; failures are logged (the
+    /// host's lease removes it anyway if it goes away).
+    pub(super) fn cluster_release_ip(&self, network: &str, ip: Ipv4Addr) {
+        let Some(store) = &self.cluster else {
+            return;
+        };
+        if let Err(e) = store.release_ip(network, ip) {
+            tracing::warn!("cluster store kept address {ip} of {network}: {e}");
         }
     }
 

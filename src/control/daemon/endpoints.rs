@@ -84,9 +84,16 @@ impl Daemon {
                 publications.push(p);
             }
         }
-        let ipv6 = match (net.subnet6, net.gateway6) {
-            (Some(s6), Some(g6)) => {
-                let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
+        let used6: BTreeSet<_> = on_net.iter().filter_map(|e| e.ipv6).collect();
+        // An overlay spans hosts: its IPv6 addresses mirror the IPv4 ones,
+        // which are unique across hosts (see ipam::overlay_ipv6), and are
+        // chosen once the IPv4 address is known.
+        let mut ipv6 = match (net.subnet6, net.gateway6, net.driver) {
+            (Some(s6), _, Driver::Overlay) => {
+                ipam::check_overlay_ipv6(&net.name, net.subnet4, s6)?;
+                None
+            }
+            (Some(s6), Some(g6), Driver::Bridge) => {
                 Some(ipam::allocate6(&net.name, s6, g6, &used6)?)
             }
             _ => None,
@@ -117,6 +124,21 @@ impl Daemon {
                 )?
             }
         };
+        if let (Some(s6), Driver::Overlay) = (net.subnet6, net.driver) {
+            // Cannot fail: the subnet was checked above and ipv4 lies in
+            // subnet4. A clash means a local endpoint still holds an address
+            // handed out before addresses were mirrored.
+            let ip6 = ipam::overlay_ipv6(&net.name, net.subnet4, ipv4, s6)
+                .ok()
+                .filter(|ip6| !used6.contains(ip6));
+            if ip6.is_none() && leased.is_some() {
+                self.cluster_release_ip(&net.name, ipv4);
+            }
+            ipv6 = Some(ip6.ok_or_else(|| ipam::IpamError::Exhausted {
+                network: net.name.clone(),
+                subnet: s6.to_string(),
+            })?);
+        }
         let ep = Endpoint {
             id,
             name,

@@ -379,6 +379,9 @@ impl Daemon {
             }
             None => None,
         };
+        if let (Some(s6), Driver::Overlay) = (req.ipv6_subnet, req.driver) {
+            ipam::check_overlay_ipv6(&req.name, subnet4, s6)?;
+        }
         let mut net = Network {
             name: req.name,
             driver: req.driver,
