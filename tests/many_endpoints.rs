@@ -11,7 +11,8 @@
 //! sandbox sending from an address not its own is dropped as `spoofed`)
 //! unless the endpoint is connected with `--no-port-security`, whose sandbox
 //! may then change its MAC and take more addresses, as a bridge inside it
-//! would. And `daemon --mac-aging` sets how long learned addresses last.
+//! would. And `daemon --mac-aging` sets how long learned addresses last,
+//! and `connect`/`run --ip6` give static IPv6 addresses.
 
 mod common;
 
@@ -205,4 +206,98 @@ fn mac_aging_is_configurable() {
     assert!(aged >= 2, "addresses aged out after 1 s: {aged}");
     assert!(ping(&a, &ip(11)), "ping after aging");
     assert!(events(&env).0 > learned, "relearned after aging");
+}
+
+/// Static IPv6 addresses: `connect --ip6` and `run --ip6` put the address
+/// asked for on the sandbox's interface and it is reachable; an address in
+/// use, outside the subnet, or on a network without IPv6 is refused with a
+/// clear error.
+#[test]
+fn static_ipv6_addresses() {
+    let Some(mut env) = Env::with_tools("ip6", None, &["ping", "ip"]) else {
+        return;
+    };
+    env.start_daemon();
+    let k = unique_octet();
+    let (subnet, subnet6) = (format!("10.207.{k}.0/24"), format!("fd00:207:{k:x}::/64"));
+    ok(
+        &env.sy(&[
+            "network",
+            "create",
+            "s6",
+            "--subnet",
+            &subnet,
+            "--ipv6-subnet",
+            &subnet6,
+        ]),
+        "create network",
+    );
+    ok(
+        &env.sy(&[
+            "network",
+            "create",
+            "only4",
+            "--subnet",
+            &format!("10.208.{k}.0/24"),
+        ]),
+        "create network",
+    );
+    let ip6 = |last: &str| format!("fd00:207:{k:x}::{last}");
+    let (a, b) = (TestNetns::new("s6a"), TestNetns::new("s6b"));
+    connect(
+        &env,
+        "s6",
+        &a,
+        "a",
+        &format!("10.207.{k}.10"),
+        &["--ip6", &ip6("77")],
+    );
+    let addrs = a.exec(&["ip", "-6", "-o", "addr", "show", "scope", "global"]);
+    let addrs = String::from_utf8_lossy(&addrs.stdout).to_string();
+    assert!(addrs.contains(&format!("{}/64", ip6("77"))), "{addrs}");
+
+    let refused = |net: &str, addr: &str, says: &str| {
+        let path = b.path();
+        let path = path.to_str().expect("utf8");
+        let out = env.sy(&["connect", net, "--netns", path, "--ip6", addr]);
+        assert!(!out.status.success(), "--ip6 {addr} on {net} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "--ip6 {addr} on {net}: {err}");
+    };
+    refused("s6", &ip6("77"), "already in use");
+    refused("s6", "fd00:999::5", "outside subnet");
+    refused("s6", &ip6("1"), "reserved");
+    refused("only4", &ip6("78"), "no IPv6 subnet");
+
+    connect(&env, "s6", &b, "b", &format!("10.207.{k}.11"), &[]);
+    let pinged = (0..20).any(|_| {
+        let ok = b
+            .exec(&["ping", "-6", "-n", "-q", "-c1", "-W1", &ip6("77")])
+            .status
+            .success();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        ok
+    });
+    assert!(pinged, "b cannot ping a's static address");
+
+    let out = env.sy(&[
+        "run",
+        "--network",
+        "s6",
+        "--ip6",
+        &ip6("99"),
+        "--",
+        "ip",
+        "-6",
+        "-o",
+        "addr",
+        "show",
+        "scope",
+        "global",
+    ]);
+    ok(&out, "run --ip6");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("{}/64", ip6("99"))), "{shown}");
 }

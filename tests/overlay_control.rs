@@ -186,6 +186,7 @@ fn connect(
         name: Some(name.into()),
         aliases: vec![format!("{name}-alias")],
         ip: None,
+        ip6: None,
         publish: vec![],
         port_security: true,
     })
@@ -264,6 +265,7 @@ fn cluster_store_shares_networks_endpoints_and_names() {
         name: Some("db".into()),
         aliases: vec![],
         ip: None,
+        ip6: None,
         publish: vec![],
         port_security: true,
     });

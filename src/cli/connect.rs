@@ -1,6 +1,6 @@
 //! `switchyard connect`: attaches an existing sandbox to a network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -33,6 +33,9 @@ pub struct ConnectArgs {
     /// Static IPv4 address.
     #[arg(long, value_name = "IP")]
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address (network with an IPv6 subnet, not an overlay).
+    #[arg(long, value_name = "IP6")]
+    pub ip6: Option<Ipv6Addr>,
     /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<Publication>,
@@ -62,6 +65,7 @@ pub fn connect(socket: &Path, a: ConnectArgs) -> Result<(), CliError> {
         name: a.name,
         aliases: a.aliases,
         ip: a.ip,
+        ip6: a.ip6,
         publish: a.publish,
         port_security: !a.no_port_security,
     }))?;

@@ -4,7 +4,7 @@
 //! launch part is shared with `switchyard up`.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// Static IPv4 address (on the first network).
     #[arg(long, value_name = "IP")]
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address (on the first network).
+    #[arg(long, value_name = "IP6")]
+    pub ip6: Option<Ipv6Addr>,
     /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<Publication>,
@@ -53,6 +56,8 @@ pub struct SandboxSpec {
     pub aliases: Vec<String>,
     /// Static IPv4 address on the first network.
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address on the first network.
+    pub ip6: Option<Ipv6Addr>,
     /// Publications (on the first network's endpoint).
     pub publish: Vec<Publication>,
     /// Source checks on its ports.
@@ -173,6 +178,7 @@ fn attach_all(
             name: name.clone(),
             aliases: spec.aliases.clone(),
             ip: if first { spec.ip } else { None },
+            ip6: if first { spec.ip6 } else { None },
             publish: if first { spec.publish.clone() } else { vec![] },
             port_security: spec.port_security,
         }))?;
@@ -229,6 +235,7 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, CliError> {
         networks: args.networks,
         aliases: args.aliases,
         ip: args.ip,
+        ip6: args.ip6,
         publish: args.publish,
         port_security: !args.no_port_security,
         command: args.command,

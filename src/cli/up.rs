@@ -4,7 +4,7 @@
 //! Ctrl-C or SIGTERM. State is kept in a temporary directory: an `up` run
 //! leaves nothing behind.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +56,9 @@ pub struct SandboxDecl {
     /// Static IPv4 address on the first network.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address on the first network.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// Published ports.
     #[serde(default)]
     pub publish: Vec<Publication>,
@@ -176,6 +179,7 @@ fn bring_up(client: &mut Client, topo: &Topology) -> Result<Vec<Launched>, CliEr
             networks: s.networks.clone(),
             aliases: s.aliases.clone(),
             ip: s.ip,
+            ip6: s.ip6,
             publish: s.publish.clone(),
             port_security: s.port_security,
             command: s.command.clone(),
@@ -302,5 +306,24 @@ mod tests {
             "[[sandbox]]\nname = \"c\"\nport_secure = 1\ncommand = [\"x\"]"
         )
         .is_err());
+    }
+
+    #[test]
+    fn sandboxes_take_static_addresses_of_both_families() {
+        let topo: Topology = toml::from_str(
+            r#"
+            [[sandbox]]
+            name = "a"
+            ip = "10.89.100.5"
+            ip6 = "fd00:89::5"
+            command = ["true"]
+            "#,
+        )
+        .unwrap();
+        let s = &topo.sandboxes[0];
+        assert_eq!(s.ip, Some("10.89.100.5".parse().unwrap()));
+        assert_eq!(s.ip6, Some("fd00:89::5".parse().unwrap()));
+        let bad = "[[sandbox]]\nname = \"b\"\nip6 = \"10.0.0.1\"\ncommand = [\"x\"]";
+        assert!(toml::from_str::<Topology>(bad).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! connection as the client likes. Requests are decoded straight into typed
 //! values (CIDRs, addresses, publications), so bad input is rejected here.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -148,6 +148,10 @@ pub struct Connect {
     /// Static IPv4 address.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address (networks with an IPv6 subnet; not on overlays,
+    /// where it follows the IPv4 address).
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// Publications, as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]` strings.
     #[serde(default)]
     pub publish: Vec<Publication>,

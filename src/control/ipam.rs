@@ -111,6 +111,14 @@ pub enum IpamError {
         /// Network name.
         network: String,
     },
+    /// A static IPv6 address the network cannot take.
+    #[error("network {network:?} cannot take a static IPv6 address: {why}")]
+    NoStaticIpv6 {
+        /// Network name.
+        network: String,
+        /// Why not.
+        why: &'static str,
+    },
     /// The host routing table could not be read.
     #[error("cannot read host routes from {path}: {source}")]
     Routes {
@@ -387,14 +395,33 @@ pub fn check_overlay_ipv6(
     })
 }
 
-/// Allocates an IPv6 address sequentially from `::2`, skipping `used` and the
-/// gateway.
+/// Allocates an IPv6 address: `requested` if it is a free host address of
+/// the subnet (not the subnet-router anycast `::` nor the gateway), else
+/// sequentially from `::2`, skipping `used` and the gateway.
 pub fn allocate6(
     network: &str,
     subnet: Ipv6Net,
     gateway: Ipv6Addr,
     used: &BTreeSet<Ipv6Addr>,
+    requested: Option<Ipv6Addr>,
 ) -> Result<Ipv6Addr, IpamError> {
+    if let Some(ip) = requested {
+        let (ip_s, network) = (ip.to_string(), network.to_string());
+        if !subnet.contains(ip) {
+            return Err(IpamError::OutsideSubnet {
+                ip: ip_s,
+                network,
+                subnet: subnet.to_string(),
+            });
+        }
+        if ip == gateway || ip == subnet.addr() {
+            return Err(IpamError::Reserved { ip: ip_s, network });
+        }
+        if used.contains(&ip) {
+            return Err(IpamError::InUse { ip: ip_s, network });
+        }
+        return Ok(ip);
+    }
     (2u128..)
         .map_while(|n| subnet.nth(n))
         .take(used.len() + 2)
@@ -579,15 +606,34 @@ garbage line
     }
 
     #[test]
+    fn v6_static_addresses_are_checked() {
+        let s: Ipv6Net = "fd00:5::/64".parse().unwrap();
+        let gw = gateway6(s).unwrap();
+        let used: BTreeSet<Ipv6Addr> = ["fd00:5::2".parse().unwrap()].into();
+        let ask = |ip: &str| allocate6("n", s, gw, &used, Some(ip.parse().unwrap()));
+        assert_eq!(
+            ask("fd00:5::99").unwrap(),
+            "fd00:5::99".parse::<Ipv6Addr>().unwrap()
+        );
+        assert!(matches!(
+            ask("fd00:6::9"),
+            Err(IpamError::OutsideSubnet { .. })
+        ));
+        assert!(matches!(ask("fd00:5::1"), Err(IpamError::Reserved { .. })));
+        assert!(matches!(ask("fd00:5::"), Err(IpamError::Reserved { .. })));
+        assert!(matches!(ask("fd00:5::2"), Err(IpamError::InUse { .. })));
+    }
+
+    #[test]
     fn v6_sequential() {
         let s: Ipv6Net = "fd00::/126".parse().unwrap();
         let gw = gateway6(s).unwrap();
         let mut used = BTreeSet::new();
-        let a = allocate6("n", s, gw, &used).unwrap();
+        let a = allocate6("n", s, gw, &used, None).unwrap();
         assert_eq!(a.to_string(), "fd00::2");
         used.insert(a);
-        used.insert(allocate6("n", s, gw, &used).unwrap());
-        assert!(allocate6("n", s, gw, &used).is_err());
+        used.insert(allocate6("n", s, gw, &used, None).unwrap());
+        assert!(allocate6("n", s, gw, &used, None).is_err());
         assert!(gateway6("fd00::/127".parse().unwrap()).is_err());
     }
 }

@@ -88,13 +88,28 @@ impl Daemon {
         // An overlay spans hosts: its IPv6 addresses mirror the IPv4 ones,
         // which are unique across hosts (see ipam::overlay_ipv6), and are
         // chosen once the IPv4 address is known.
+        let no_static6 = |why| ipam::IpamError::NoStaticIpv6 {
+            network: net.name.clone(),
+            why,
+        };
         let mut ipv6 = match (net.subnet6, net.gateway6, net.driver) {
             (Some(s6), _, Driver::Overlay) => {
+                if req.ip6.is_some() {
+                    return Err(no_static6(
+                        "on an overlay the IPv6 address follows the IPv4 one (give --ip)",
+                    )
+                    .into());
+                }
                 ipam::check_overlay_ipv6(&net.name, net.subnet4, s6)?;
                 None
             }
             (Some(s6), Some(g6), Driver::Bridge) => {
-                Some(ipam::allocate6(&net.name, s6, g6, &used6)?)
+                Some(ipam::allocate6(&net.name, s6, g6, &used6, req.ip6)?)
+            }
+            _ if req.ip6.is_some() => {
+                return Err(
+                    no_static6("it has no IPv6 subnet (network create --ipv6-subnet)").into(),
+                )
             }
             _ => None,
         };
