@@ -255,6 +255,8 @@ fn static_ipv6_addresses() {
     let addrs = a.exec(&["ip", "-6", "-o", "addr", "show", "scope", "global"]);
     let addrs = String::from_utf8_lossy(&addrs.stdout).to_string();
     assert!(addrs.contains(&format!("{}/64", ip6("77"))), "{addrs}");
+    let ps = env.ps();
+    assert!(ps.contains("IPV6") && ps.contains(&ip6("77")), "{ps}");
 
     let refused = |net: &str, addr: &str, says: &str| {
         let path = b.path();

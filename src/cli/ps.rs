@@ -14,6 +14,10 @@ use crate::control::model::Endpoint;
 #[derive(Debug, Args)]
 pub struct PsArgs {}
 
+fn ipv6(ip: Option<std::net::Ipv6Addr>) -> String {
+    ip.map_or_else(|| "-".into(), |ip| ip.to_string())
+}
+
 /// Runs `ps`.
 pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
     let mut c = client(socket)?;
@@ -27,6 +31,7 @@ pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
                 e.network.clone(),
                 e.name.clone(),
                 e.ipv4.to_string(),
+                ipv6(e.ipv6),
                 e.mac.to_string(),
                 e.ifname.clone(),
                 if published.is_empty() {
@@ -43,6 +48,7 @@ pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
             e.network.clone(),
             e.name.clone(),
             e.ipv4.to_string(),
+            ipv6(e.ipv6),
             e.mac.to_string(),
             "-".into(),
             "-".into(),
@@ -50,7 +56,16 @@ pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
         ]
     }));
     print(&table(
-        &["NETWORK", "NAME", "IP", "MAC", "TAP", "PUBLISHED", "HOST"],
+        &[
+            "NETWORK",
+            "NAME",
+            "IP",
+            "IPV6",
+            "MAC",
+            "TAP",
+            "PUBLISHED",
+            "HOST",
+        ],
         &rows,
     ))
 }
