@@ -83,18 +83,29 @@ impl Stage for Ingress {
     }
 
     fn process(&mut self, cx: &mut StageContext<'_>, frames: &mut [Frame]) {
+        // A batch comes from one port: look it up once, and skip the source
+        // checks of a port without port security.
+        let mut cached = None;
         for f in frames.iter_mut() {
             if f.meta.action.is_final() {
                 continue;
             }
-            let Some(port) = cx.topo.port(f.meta.in_port) else {
-                f.meta.action = Action::Drop(DropReason::UnknownPort);
-                continue;
+            let (port, open) = match cached {
+                Some((id, port, open)) if id == f.meta.in_port => (port, open),
+                _ => {
+                    let Some(port) = cx.topo.port(f.meta.in_port) else {
+                        f.meta.action = Action::Drop(DropReason::UnknownPort);
+                        continue;
+                    };
+                    let open = port.security.is_open();
+                    cached = Some((f.meta.in_port, port, open));
+                    (port, open)
+                }
             };
             f.meta.network = port.network;
             if f.meta.src.is_multicast() || f.meta.src.is_zero() {
                 f.meta.action = Action::Drop(DropReason::InvalidSource);
-            } else if !allowed(&port.security, f) {
+            } else if !open && !allowed(&port.security, f) {
                 f.meta.action = Action::Drop(DropReason::Spoofed);
             }
         }

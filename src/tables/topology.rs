@@ -92,6 +92,13 @@ pub struct PortSecurity {
     pub ipv6: Vec<Ipv6Addr>,
 }
 
+impl PortSecurity {
+    /// True when nothing is checked: any MAC and address may be used.
+    pub fn is_open(&self) -> bool {
+        self.mac.is_none() && self.ipv4.is_empty() && self.ipv6.is_empty()
+    }
+}
+
 /// A port as the data plane sees it.
 #[derive(Debug, Clone)]
 pub struct PortInfo {
