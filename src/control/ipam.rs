@@ -304,6 +304,33 @@ impl Stripe {
     }
 }
 
+/// A static address asked for on `network` (either family): it must lie in
+/// `subnet` (`inside`), not be one of its reserved addresses, and be free.
+fn check_requested<A: Ord + std::fmt::Display>(
+    network: &str,
+    subnet: &dyn std::fmt::Display,
+    ip: A,
+    inside: bool,
+    reserved: bool,
+    used: &BTreeSet<A>,
+) -> Result<A, IpamError> {
+    let (ip_s, network) = (ip.to_string(), network.to_string());
+    if !inside {
+        return Err(IpamError::OutsideSubnet {
+            ip: ip_s,
+            network,
+            subnet: subnet.to_string(),
+        });
+    }
+    if reserved {
+        return Err(IpamError::Reserved { ip: ip_s, network });
+    }
+    if used.contains(&ip) {
+        return Err(IpamError::InUse { ip: ip_s, network });
+    }
+    Ok(ip)
+}
+
 /// Like [`allocate4`], but picks (when no address is requested) only from
 /// `stripe`. A requested address may lie anywhere in the subnet.
 pub fn allocate4_striped(
@@ -316,26 +343,14 @@ pub fn allocate4_striped(
 ) -> Result<Ipv4Addr, IpamError> {
     let reserved = |ip: Ipv4Addr| ip == subnet.addr() || ip == subnet.broadcast() || ip == gateway;
     if let Some(ip) = requested {
-        if !subnet.contains(ip) {
-            return Err(IpamError::OutsideSubnet {
-                ip: ip.to_string(),
-                network: network.to_string(),
-                subnet: subnet.to_string(),
-            });
-        }
-        if reserved(ip) {
-            return Err(IpamError::Reserved {
-                ip: ip.to_string(),
-                network: network.to_string(),
-            });
-        }
-        if used.contains(&ip) {
-            return Err(IpamError::InUse {
-                ip: ip.to_string(),
-                network: network.to_string(),
-            });
-        }
-        return Ok(ip);
+        return check_requested(
+            network,
+            &subnet,
+            ip,
+            subnet.contains(ip),
+            reserved(ip),
+            used,
+        );
     }
     (1..subnet.size().saturating_sub(1))
         .filter(|n| stripe.holds(*n))
@@ -406,21 +421,8 @@ pub fn allocate6(
     requested: Option<Ipv6Addr>,
 ) -> Result<Ipv6Addr, IpamError> {
     if let Some(ip) = requested {
-        let (ip_s, network) = (ip.to_string(), network.to_string());
-        if !subnet.contains(ip) {
-            return Err(IpamError::OutsideSubnet {
-                ip: ip_s,
-                network,
-                subnet: subnet.to_string(),
-            });
-        }
-        if ip == gateway || ip == subnet.addr() {
-            return Err(IpamError::Reserved { ip: ip_s, network });
-        }
-        if used.contains(&ip) {
-            return Err(IpamError::InUse { ip: ip_s, network });
-        }
-        return Ok(ip);
+        let reserved = ip == gateway || ip == subnet.addr();
+        return check_requested(network, &subnet, ip, subnet.contains(ip), reserved, used);
     }
     (2u128..)
         .map_while(|n| subnet.nth(n))

@@ -7,11 +7,6 @@ use super::stage::{Stage, StageContext};
 use crate::wire::ethernet::{self, EtherType};
 use crate::wire::MacAddr;
 
-#[inline(always)]
-fn mac(h: &[u8; ethernet::HEADER_LEN], at: usize) -> MacAddr {
-    MacAddr([h[at], h[at + 1], h[at + 2], h[at + 3], h[at + 4], h[at + 5]])
-}
-
 /// The parse stage.
 pub struct Parse;
 
@@ -32,7 +27,7 @@ impl Stage for Parse {
             if let Some(h) = f.data().first_chunk::<{ ethernet::HEADER_LEN }>() {
                 let et = u16::from_be_bytes([h[12], h[13]]);
                 if !ethernet::is_tag(et) {
-                    let (dst, src) = (mac(h, 0), mac(h, 6));
+                    let (dst, src) = (MacAddr::from_bytes(&h[..6]), MacAddr::from_bytes(&h[6..]));
                     let m = &mut f.meta;
                     m.dst = dst;
                     m.src = src;
