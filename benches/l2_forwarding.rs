@@ -23,6 +23,7 @@ const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1500,
     segments_gso: false,
+    uso: false,
 };
 const BUDGET: usize = 8;
 

@@ -18,6 +18,7 @@ const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1500,
     segments_gso: false,
+    uso: false,
 };
 
 fn mac(i: u8) -> MacAddr {

@@ -24,6 +24,7 @@ const CAPS: PortCaps = PortCaps {
     offload: true,
     mtu: 1450,
     segments_gso: false,
+    uso: false,
 };
 
 fn mac(i: u8) -> MacAddr {

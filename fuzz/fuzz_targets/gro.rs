@@ -1,10 +1,11 @@
-//! TCP receive coalescing: two arbitrary frames (split where the first byte
-//! says), the head plain or already coalesced; deciding and merging never
-//! panics.
+//! TCP and UDP receive coalescing: two arbitrary frames (split where the
+//! first byte says), the head plain or already coalesced, the next plain or
+//! with a partial checksum; deciding and merging never panics, and a UDP
+//! merge always ends in a frame the same rules accept as a head.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use switchyard::wire::gro;
 use switchyard::wire::virtio_net::{GsoType, VirtioNetHdr, F_NEEDS_CSUM};
+use switchyard::wire::{gro, udp_gro};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, rest)) = data.split_first() else { return };
@@ -22,6 +23,31 @@ fuzz_target!(|data: &[u8]| {
             f.extend_from_slice(&next[at..]);
             let psh = gro::has_psh(next);
             let _ = gro::finish(&mut f, mss, psh);
+        }
+    }
+    let partial = VirtioNetHdr {
+        flags: F_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 6,
+        ..VirtioNetHdr::NONE
+    };
+    let uso = |gso_size| VirtioNetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GsoType::UdpL4,
+        gso_size,
+        ..VirtioNetHdr::NONE
+    };
+    let mss = u16::from(cut as u8);
+    for vnet in [VirtioNetHdr::NONE, uso(mss), uso(1)] {
+        for next_vnet in [VirtioNetHdr::NONE, partial] {
+            let _ = udp_gro::may_continue(head, next, &next_vnet);
+            if let Some(m) = udp_gro::continues(head, &vnet, next, &next_vnet) {
+                let mut f = head[..m.head_len].to_vec();
+                f.extend_from_slice(&next[m.payload.0..m.payload.1]);
+                let out = udp_gro::finish(&mut f, m.mss);
+                assert_eq!(out.gso_type, GsoType::UdpL4);
+                assert_eq!(out.gso_size, m.mss);
+            }
         }
     }
 });

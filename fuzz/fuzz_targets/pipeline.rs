@@ -72,13 +72,14 @@ fuzz_target!(|input: Vec<(bool, bool, Vec<u8>)>| {
         &[records],
     )));
     let mut handles = Vec::new();
-    // With offloads; without; and without but cutting GSO frames itself
-    // (a VXLAN tunnel port's caps).
+    // With offloads (USO too, so UDP runs are coalesced); without; and
+    // without but cutting GSO frames itself (a VXLAN tunnel port's caps).
     for (i, offload, segments_gso) in [(0, true, false), (1, false, false), (1, false, true)] {
         let caps = PortCaps {
             offload,
             mtu: 1500,
             segments_gso,
+            uso: offload,
         };
         let (port, handle) = MemoryPort::new("fuzz", caps, 1024);
         let spec = PortSpec {

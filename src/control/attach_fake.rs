@@ -47,6 +47,7 @@ impl Attacher for FakeAttacher {
             offload: false,
             mtu: req.mtu,
             segments_gso: false,
+            uso: false,
         };
         let (port, handle) = MemoryPort::new(&format!("fake-{}", req.ifname), caps, 256);
         if let Ok(mut log) = self.log.lock() {

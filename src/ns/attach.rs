@@ -164,7 +164,13 @@ enum HelperRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum HelperReply {
-    Attached { ifname: String, offload: bool },
+    Attached {
+        ifname: String,
+        offload: bool,
+        /// Absent from an older helper: no USO.
+        #[serde(default)]
+        uso: bool,
+    },
     Detached,
     Connected,
     Failed(Failure),
@@ -179,15 +185,17 @@ pub struct Attachment {
     pub ifname: String,
     /// True when the TAP accepted checksum and TSO offloads.
     pub offload: bool,
+    /// True when the TAP also takes UDP segmentation offload frames.
+    pub uso: bool,
 }
 
 impl Attachment {
     /// Wraps every queue as a [`TapPort`] with MTU `mtu`.
     pub fn into_ports(self, mtu: u16) -> io::Result<Vec<TapPort>> {
-        let (name, offload) = (self.ifname, self.offload);
+        let (name, offload, uso) = (self.ifname, self.offload, self.uso);
         self.fds
             .into_iter()
-            .map(|fd| TapPort::from_fd(fd, &name, mtu, offload))
+            .map(|fd| TapPort::from_fd(fd, &name, mtu, offload, uso))
             .collect()
     }
 }
@@ -209,10 +217,15 @@ pub fn attach_detailed(helper_exe: &Path, req: &AttachRequest) -> Result<Attachm
     let target = req.target.to_string();
     let (reply, fds) = run_helper(helper_exe, &HelperRequest::Attach(req.clone()))?;
     match reply {
-        HelperReply::Attached { ifname, offload } if fds.len() == req.queues => Ok(Attachment {
+        HelperReply::Attached {
+            ifname,
+            offload,
+            uso,
+        } if fds.len() == req.queues => Ok(Attachment {
             fds,
             ifname,
             offload,
+            uso,
         }),
         HelperReply::Attached { .. } => Err(AttachError::Protocol(format!(
             "{} fds received for {} queues",
@@ -472,12 +485,14 @@ fn do_attach(req: &AttachRequest) -> Result<(Vec<tun::TapQueue>, HelperReply), F
         .map(|q| q.name.clone())
         .unwrap_or_else(|| req.ifname.clone());
     let offload = queues.iter().all(|q| q.offload);
+    let uso = queues.iter().all(|q| q.uso);
     configure(req, &name).map_err(Failure::netlink)?;
     Ok((
         queues,
         HelperReply::Attached {
             ifname: name,
             offload,
+            uso,
         },
     ))
 }

@@ -12,7 +12,7 @@ use crate::ports::{PortCaps, CUT_MAX_HEADER, CUT_MAX_SEGMENTS};
 use crate::stats::WorkerCounters;
 use crate::wire::gso::{complete_checksum, Segmenter};
 use crate::wire::virtio_net::VirtioNetHdr;
-use crate::wire::{ethernet, gro};
+use crate::wire::{ethernet, gro, udp_gro};
 
 /// Room for an Ethernet header with one VLAN tag above the MTU.
 const L2_OVERHEAD: usize = ethernet::HEADER_LEN + 4;
@@ -28,7 +28,7 @@ pub fn adapt(
     counters: &WorkerCounters,
 ) {
     if caps.offload {
-        coalesce(pending, pool, counters);
+        coalesce(pending, pool, counters, caps.uso);
         return;
     }
     // GSO frames always go through the loop below, which decides once per
@@ -140,14 +140,16 @@ fn segment_into(
 }
 
 /// Merges runs of consecutive segments of one TCP flow in `pending` into GSO
-/// frames (see [`gro`]), freeing the merged ones. Order is kept.
-fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCounters) {
-    // Most batches hold no two neighbouring TCP/IPv4 frames (small packets,
-    // other protocols): find that out with a byte test per frame before
-    // the full comparison.
-    let mergeable = pending
-        .windows(2)
-        .any(|w| gro::may_continue(w[0].data(), w[1].data(), &w[1].vnet));
+/// frames (see [`gro`]), and with `udp` runs of datagrams of one UDP flow
+/// into USO frames (see [`udp_gro`]), freeing the merged ones. Order is kept.
+fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCounters, udp: bool) {
+    // Most batches hold no two neighbouring frames of either kind (small
+    // packets of many flows, other protocols): find that out with a byte
+    // test per frame before the full comparison.
+    let mergeable = pending.windows(2).any(|w| {
+        gro::may_continue(w[0].data(), w[1].data(), &w[1].vnet)
+            || (udp && udp_gro::may_continue(w[0].data(), w[1].data(), &w[1].vnet))
+    });
     if !mergeable {
         return;
     }
@@ -155,17 +157,27 @@ fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCo
     for i in 1..pending.len() {
         let (done, rest) = pending.split_at_mut(i);
         let (head, next) = (&mut done[kept], &rest[0]);
-        let merged = match gro::continues(head.data(), &head.vnet, next.data(), &next.vnet) {
-            Some((at, mss)) => {
-                let psh = gro::has_psh(next.data());
-                if head.append(&next.data()[at..]) {
-                    head.vnet = gro::finish(head.data_mut(), mss, psh);
-                    true
-                } else {
-                    false
-                }
+        let merged = if let Some((at, mss)) =
+            gro::continues(head.data(), &head.vnet, next.data(), &next.vnet)
+        {
+            let psh = gro::has_psh(next.data());
+            head.append(&next.data()[at..]) && {
+                head.vnet = gro::finish(head.data_mut(), mss, psh);
+                true
             }
-            None => false,
+        } else if let Some(m) = udp
+            .then(|| udp_gro::continues(head.data(), &head.vnet, next.data(), &next.vnet))
+            .flatten()
+        {
+            // Cutting off the head's Ethernet padding changes nothing if
+            // the append then fails.
+            head.set_len(m.head_len);
+            head.append(&next.data()[m.payload.0..m.payload.1]) && {
+                head.vnet = udp_gro::finish(head.data_mut(), m.mss);
+                true
+            }
+        } else {
+            false
         };
         if !merged {
             kept += 1;
@@ -178,5 +190,74 @@ fn coalesce(pending: &mut Vec<Frame>, pool: &mut BufferPool, counters: &WorkerCo
     }
     if merged > 0 {
         crate::stats::bump(&counters.gro_merged, merged as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::udp_frame;
+
+    fn caps(uso: bool) -> PortCaps {
+        PortCaps {
+            offload: true,
+            mtu: 1500,
+            segments_gso: false,
+            uso,
+        }
+    }
+
+    /// A UDP datagram of flow `port` as the gateway builds one (DF, valid
+    /// checksums).
+    fn udp(pool: &mut BufferPool, port: u16, len: usize) -> Frame {
+        let mut f = pool.alloc().expect("frame");
+        let a = udp_frame::UdpFrameAddrs {
+            src_mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 2]),
+            src: "10.0.0.1:53".parse().expect("addr"),
+            dst: format!("10.0.0.2:{port}").parse().expect("addr"),
+        };
+        let n = udp_frame::write(f.receive_space(), &a, &vec![port as u8; len]).expect("fits");
+        f.set_len(n);
+        f
+    }
+
+    #[test]
+    fn udp_runs_merge_for_uso_ports_only_and_order_is_kept() {
+        for uso in [true, false] {
+            let mut pool = BufferPool::standalone(16);
+            let counters = WorkerCounters::default();
+            let mut pending = vec![
+                udp(&mut pool, 1000, 100),
+                udp(&mut pool, 1000, 100),
+                udp(&mut pool, 1000, 40),
+                udp(&mut pool, 2000, 100),
+                udp(&mut pool, 1000, 100),
+                udp(&mut pool, 1000, 100),
+            ];
+            let mut scratch = Vec::new();
+            adapt(caps(uso), &mut pending, &mut scratch, &mut pool, &counters);
+            let shape: Vec<_> = pending.iter().map(|f| (f.len(), f.vnet.gso_size)).collect();
+            if uso {
+                assert_eq!(
+                    shape,
+                    [(42 + 240, 100), (42 + 100, 0), (42 + 200, 100)],
+                    "a short datagram ends a run, another flow splits one"
+                );
+                assert_eq!(
+                    counters
+                        .gro_merged
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    3
+                );
+                assert!(pending[0].vnet.gso_type == crate::wire::virtio_net::GsoType::UdpL4);
+            } else {
+                assert_eq!(pending.len(), 6);
+                assert!(pending.iter().all(|f| !f.vnet.is_gso()));
+            }
+            for f in pending.drain(..) {
+                pool.free(f);
+            }
+        }
     }
 }

@@ -49,6 +49,11 @@ pub struct PortCaps {
     /// kernel's). Partial checksums and other GSO types are still completed
     /// or segmented by the switch.
     pub segments_gso: bool,
+    /// With `offload`: also takes UDP segmentation offload frames
+    /// (virtio-net `UDP_L4`, Linux 6.2 and later), so the switch coalesces
+    /// consecutive datagrams of one flow into one frame for it (see
+    /// [`crate::wire::udp_gro`]).
+    pub uso: bool,
 }
 
 /// Outcome of [`Port::send`].

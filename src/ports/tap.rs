@@ -29,8 +29,15 @@ impl TapPort {
     /// Wraps a TAP queue fd (opened with `IFF_VNET_HDR` and a 10-byte header
     /// size) received from elsewhere, e.g. [`crate::ns::attach::attach`];
     /// makes it non-blocking. `offload` says whether `TUNSETOFFLOAD` was
-    /// accepted for the device.
-    pub fn from_fd(fd: OwnedFd, name: &str, mtu: u16, offload: bool) -> io::Result<TapPort> {
+    /// accepted for the device, `uso` whether it knows UDP segmentation
+    /// offload too (see [`crate::sys::tun::TapQueue`]).
+    pub fn from_fd(
+        fd: OwnedFd,
+        name: &str,
+        mtu: u16,
+        offload: bool,
+        uso: bool,
+    ) -> io::Result<TapPort> {
         Ok(TapPort {
             file: tun::tap_file_from_fd(fd)?,
             name: name.to_string(),
@@ -38,6 +45,7 @@ impl TapPort {
                 offload,
                 mtu,
                 segments_gso: false,
+                uso: offload && uso,
             },
             malformed: 0,
             malformed_reported: 0,
@@ -57,6 +65,7 @@ impl TapPort {
                     offload: q.offload,
                     mtu,
                     segments_gso: false,
+                    uso: q.offload && q.uso,
                 },
                 malformed: 0,
                 malformed_reported: 0,
@@ -175,7 +184,7 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .expect("socketpair");
-        let port = TapPort::from_fd(a, "t0", 1500, true).expect("wrap");
+        let port = TapPort::from_fd(a, "t0", 1500, true, false).expect("wrap");
         (port, File::from(b))
     }
 

@@ -242,6 +242,7 @@ impl Port for VxlanRxPort {
             offload: false,
             mtu: 1500,
             segments_gso: false,
+            uso: false,
         }
     }
 
@@ -525,6 +526,7 @@ impl Port for TunnelPort {
             offload: false,
             mtu: self.mtu,
             segments_gso: true,
+            uso: false,
         }
     }
 

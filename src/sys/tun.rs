@@ -72,6 +72,9 @@ pub struct TapQueue {
     pub name: String,
     /// True when the kernel accepted checksum and TSO offloads.
     pub offload: bool,
+    /// True when the kernel knows UDP segmentation offload (Linux 6.2+), and
+    /// so takes `UDP_L4` GSO frames written to the TAP.
+    pub uso: bool,
 }
 
 /// Checks a requested interface name; `""` lets the kernel pick one.
@@ -134,11 +137,28 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<TapQueue, TapError> {
     // SAFETY: `fd` is a TAP fd owned by `file`; TUNSETOFFLOAD takes its
     // argument by value, no memory is shared.
     let offload = unsafe { tun_set_offload(fd, OFFLOADS as c_int) }.is_ok();
+    let uso = offload && probe_uso(fd);
     Ok(TapQueue {
         file,
         name,
         offload,
+        uso,
     })
+}
+
+/// Asks whether the kernel knows UDP segmentation offload: it refuses
+/// offload bits it does not know (so that callers can probe, says tun.c).
+/// The same kernels take `UDP_L4` frames on write. USO stays off for reads,
+/// as the switch does not segment UDP itself: the offloads are set back to
+/// [`OFFLOADS`], and a kernel that refuses that reports no offload at all.
+fn probe_uso(fd: std::os::fd::RawFd) -> bool {
+    let with_uso = OFFLOADS | libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    // SAFETY: as for the TUNSETOFFLOAD in `open_queue`: `fd` is a live TAP
+    // fd, the argument is passed by value.
+    let known = unsafe { tun_set_offload(fd, with_uso as c_int) }.is_ok();
+    // SAFETY: as above.
+    let restored = unsafe { tun_set_offload(fd, OFFLOADS as c_int) }.is_ok();
+    known && restored
 }
 
 /// Creates TAP `name` (`""` or a pattern like `"tap%d"` lets the kernel pick)
@@ -160,8 +180,10 @@ pub fn open_tap(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
     }
     // Offloads are per device; report the weakest answer for all queues.
     let offload = out.iter().all(|q| q.offload);
+    let uso = out.iter().all(|q| q.uso);
     for q in out.iter_mut() {
         q.offload = offload;
+        q.uso = uso;
     }
     Ok(out)
 }

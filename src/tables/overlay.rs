@@ -286,6 +286,7 @@ pub mod fixture {
                 offload: false,
                 mtu: 1450,
                 segments_gso: false,
+                uso: false,
             },
             security: PortSecurity {
                 mac,

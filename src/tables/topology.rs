@@ -269,6 +269,7 @@ mod tests {
                 offload: true,
                 mtu: 1500,
                 segments_gso: false,
+                uso: false,
             },
             security: PortSecurity::default(),
         }

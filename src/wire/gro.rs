@@ -73,6 +73,15 @@ pub fn may_continue(head: &[u8], next: &[u8], next_vnet: &VirtioNetHdr) -> bool 
     !next_vnet.is_gso() && !next_vnet.needs_csum() && tcp4(next) && tcp4(head)
 }
 
+/// The segment size of a run that an `np`-byte segment continues, its head
+/// carrying `hp` bytes of payload, coalesced with segment size `merged` or
+/// plain (then its payload is the size): every segment but the last must
+/// be exactly that size, none empty. Shared by TCP and UDP coalescing.
+pub(crate) fn run_mss(merged: Option<u16>, hp: usize, np: usize) -> Option<usize> {
+    let mss = merged.map_or(hp, usize::from);
+    (mss != 0 && np != 0 && np <= mss && hp % mss == 0).then_some(mss)
+}
+
 /// If `next` (a plain frame) continues `head` (plain, or coalesced by
 /// [`finish`] with `head_vnet`), returns where `next`'s payload starts and
 /// the MSS of the coalesced frame; append `next[offset..]` to `head`, then
@@ -92,15 +101,8 @@ pub fn continues(
         _ => return None,
     };
     let (h, n) = (Seg::parse(head)?, Seg::parse(next)?);
-    let mss = if merged {
-        usize::from(head_vnet.gso_size)
-    } else {
-        h.payload_len()
-    };
     let (hp, np) = (h.payload_len(), n.payload_len());
-    if mss == 0 || np == 0 || np > mss || hp % mss != 0 {
-        return None;
-    }
+    let mss = run_mss(merged.then_some(head_vnet.gso_size), hp, np)?;
     if h.flags() != ACK || (n.flags() != ACK && n.flags() != ACK | PSH) {
         return None;
     }

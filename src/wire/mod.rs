@@ -18,6 +18,7 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod udp_frame;
+pub mod udp_gro;
 pub mod virtio_net;
 pub mod vxlan;
 

@@ -5,7 +5,8 @@
   report.py iperf FILE.json                -> Gbit/s received (or "err")
   report.py iperf-error FILE.json          -> iperf3's error text
   report.py cpu T0 T1 HZ W0 W1 GBPS        -> cpu_pct / cpu_s_per_gbit lines
-  report.py pps R0 R1 T0 T1 D0 D1 W0 W1    -> pps_rx / pps_tx / tx_drop_pct lines
+  report.py pps R0 R1 T0 T1 D0 D1 W0 W1 [F0 F1] -> pps_rx / pps_tx / tx_drop_pct lines
+                                           (R: datagrams B's UDP took, F: frames on B's device)
   report.py trafgen-cfg DMAC SMAC SIP DIP  -> trafgen packet config (64-byte UDP frame)
   report.py sy-drops SETUP S0 S1 S2        -> notes on Switchyard drop counters
   report.py table RESULTS NOTES --setups ... -> the final table
@@ -117,8 +118,10 @@ def cmd_cpu(t0, t1, hz, w0, w1, gbps):
         print("cpu_s_per_gbit err")
 
 
-def cmd_pps(r0, r1, t0, t1, d0, d1, w0, w1):
+def cmd_pps(r0, r1, t0, t1, d0, d1, w0, w1, f0=None, f1=None):
     wall = float(w1) - float(w0)
+    if f0 is not None and f1 is not None:
+        print("pps_rx_dev_frames %d" % (int(f1) - int(f0)))
     rx = int(r1) - int(r0)
     tx = int(t1) - int(t0)
     dr = int(d1) - int(d0)
@@ -241,8 +244,9 @@ def cmd_table(argv):
             bits.append("sender's device tx_dropped %s/s (trafgen offered ~%s pps)" % (
                 fmt(d["pps_tx_dropped"]), fmt(off)))
         if "pps_rx_frames" in d:
-            bits.append("trafgen %s frames sent, %s received in %s s" % (
-                d.get("pps_tx_frames"), d.get("pps_rx_frames"), d.get("pps_secs")))
+            bits.append("trafgen %s datagrams sent, %s received in %s s (in %s frames on B's device)" % (
+                d.get("pps_tx_frames"), d.get("pps_rx_frames"), d.get("pps_secs"),
+                d.get("pps_rx_dev_frames", "?")))
         if "ping_loss_pct" in d:
             bits.append("ping loss %s%%, max RTT %s ms, %s of %s replies over 1 ms" % (
                 d["ping_loss_pct"], d.get("rtt_max_ms", "?"), d.get("rtt_over_1ms", "?"),

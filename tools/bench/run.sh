@@ -208,6 +208,11 @@ m_iperf() {  # m_iperf SETUP STREAMS -> gbps (and CPU for 1 stream)
   fi
 }
 
+udp_rcvbuf_errors() {  # udp_rcvbuf_errors NS: the namespace's Udp RcvbufErrors counter
+  ip netns exec "$1" awk '/^Udp:/ { n++; if (n == 1) for (i = 2; i <= NF; i++) col[$i] = i;
+                                    else print $col["RcvbufErrors"] }' /proc/net/snmp
+}
+
 m_pps() {  # m_pps SETUP
   local s=$1 cfg=$TMP/trafgen-$1.cfg mac smac
   ip netns exec "$NS_A" ping -n -c 1 -W 1 10.77.0.3 >/dev/null 2>&1
@@ -217,32 +222,52 @@ m_pps() {  # m_pps SETUP
   python3 "$HERE/report.py" trafgen-cfg "$mac" "$smac" 10.77.0.2 10.77.0.3 > "$cfg"
   local rx="/sys/class/net/$DEV_B/statistics/rx_packets" tx="/sys/class/net/$DEV_A/statistics/tx_packets"
   local txd="/sys/class/net/$DEV_A/statistics/tx_dropped"
-  local r0 t0 d0 r1 t1 d1 w0 w1
-  # A socket bound to the destination port that never reads: B's stack drops
-  # the frames at the full socket instead of answering each one with an ICMP
-  # port unreachable (rate-limited, but its route lookups ran for every frame
-  # and cost the thread that delivers to B -- our worker, OVS's PMD, or the
-  # sender's softirq for the bridge -- about a fifth of its time).
+  local r0 t0 d0 r1 t1 d1 w0 w1 f0 f1 q
+  # What B receives is counted where its UDP layer takes each datagram, not
+  # on B's device: a switch that coalesces a run of datagrams into one USO
+  # frame (Switchyard does, as a NIC with GRO would) delivers them in fewer
+  # device frames, which B's kernel cuts back into the same datagrams.
+  # The sink binds the destination port and does not read while trafgen
+  # runs: B's stack drops the datagrams at the full socket (counted in
+  # RcvbufErrors) instead of answering each one with an ICMP port
+  # unreachable (rate-limited, but its route lookups ran for every frame and
+  # cost the thread that delivers to B -- our worker, OVS's PMD, or the
+  # sender's softirq for the bridge -- about a fifth of its time). At the
+  # end it drains what its buffer holds and prints that count.
+  # Received = RcvbufErrors (delta) + drained.
   ip netns exec "$NS_B" timeout $(( PPS_T + 10 )) python3 -c '
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("10.77.0.3", 5001))
 print("bound", flush=True)
-time.sleep(float(sys.argv[1]))' $(( PPS_T + 5 )) > "$TMP/sink-$s.log" 2>&1 &
+time.sleep(float(sys.argv[1]))
+s.setblocking(False)
+n = 0
+while True:
+    try:
+        s.recv(2048)
+        n += 1
+    except BlockingIOError:
+        break
+print("drained", n, flush=True)' $(( PPS_T + 2 )) > "$TMP/sink-$s.log" 2>&1 &
   local sink=$! i
   AUX_PIDS="$AUX_PIDS $sink"
   for i in $(seq 1 50); do grep -q bound "$TMP/sink-$s.log" 2>/dev/null && break; sleep 0.1; done
   grep -q bound "$TMP/sink-$s.log" || note "$s: UDP sink in B did not start: $(cat "$TMP/sink-$s.log")"
-  r0=$(ip netns exec "$NS_B" cat $rx); t0=$(ip netns exec "$NS_A" cat $tx); d0=$(ip netns exec "$NS_A" cat $txd)
+  r0=$(udp_rcvbuf_errors "$NS_B"); f0=$(ip netns exec "$NS_B" cat $rx)
+  t0=$(ip netns exec "$NS_A" cat $tx); d0=$(ip netns exec "$NS_A" cat $txd)
   w0=$(date +%s.%N)
   ip netns exec "$NS_A" timeout -s INT "$PPS_T" trafgen -q -i "$cfg" -o "$DEV_A" -P 1 > "$TMP/trafgen-$s.log" 2>&1
   local rc=$?
   w1=$(date +%s.%N)
-  sleep 0.3   # let the switch drain its queues before reading B's counter
-  r1=$(ip netns exec "$NS_B" cat $rx); t1=$(ip netns exec "$NS_A" cat $tx); d1=$(ip netns exec "$NS_A" cat $txd)
-  stop_pid $sink; wait $sink 2>/dev/null
+  t1=$(ip netns exec "$NS_A" cat $tx); d1=$(ip netns exec "$NS_A" cat $txd)
+  wait $sink 2>/dev/null   # wakes 2 s after trafgen stops: the switch has drained its queues
+  r1=$(udp_rcvbuf_errors "$NS_B"); f1=$(ip netns exec "$NS_B" cat $rx)
+  q=$(awk '/^drained/{print $2}' "$TMP/sink-$s.log")
+  [ -n "$q" ] || { note "$s: UDP sink in B did not report: $(tail -2 "$TMP/sink-$s.log" | tr '\n' ' ')"; q=0; }
+  r1=$(( r1 + q ))
   [ $rc = 0 ] || [ $rc = 124 ] || note "$s: trafgen exited $rc: $(tail -3 "$TMP/trafgen-$s.log" | tr '\n' ' ')"
-  python3 "$HERE/report.py" pps "$r0" "$r1" "$t0" "$t1" "$d0" "$d1" "$w0" "$w1" | while read -r k v; do put "$s" "$k" "$v"; done
+  python3 "$HERE/report.py" pps "$r0" "$r1" "$t0" "$t1" "$d0" "$d1" "$w0" "$w1" "$f0" "$f1" | while read -r k v; do put "$s" "$k" "$v"; done
 }
 
 run_setup() {  # run_setup KEY LABEL UPCMD...
