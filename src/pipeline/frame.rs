@@ -189,6 +189,24 @@ impl FrameInner {
         &mut self.buf[HEADROOM..]
     }
 
+    /// Like [`Frame::receive_space`], with `prefix` bytes of the headroom
+    /// before it (at most [`HEADROOM`]), so one `read` takes a header the
+    /// frame does not keep (a TAP's virtio-net header) and the frame; follow
+    /// with [`Frame::set_len`] of what was read minus `prefix`.
+    pub fn receive_space_after(&mut self, prefix: usize) -> &mut [u8] {
+        self.start = HEADROOM;
+        &mut self.buf[HEADROOM - prefix.min(HEADROOM)..]
+    }
+
+    /// The frame with `prefix` bytes of headroom before it, for writing a
+    /// header the frame does not keep in front of it and sending both with
+    /// one `write`; `None` when the headroom is shorter. The frame itself
+    /// (start, length) is unchanged.
+    pub fn with_prefix(&mut self, prefix: usize) -> Option<&mut [u8]> {
+        let from = self.start.checked_sub(prefix)?;
+        Some(&mut self.buf[from..self.start + self.len])
+    }
+
     /// Sets the frame length after receiving into [`Frame::receive_space`]
     /// (clamped to the space available).
     pub fn set_len(&mut self, len: usize) {
