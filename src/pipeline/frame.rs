@@ -183,16 +183,16 @@ impl FrameInner {
     }
 
     /// The whole space after the headroom, for a port to receive into; follow
-    /// with [`Frame::set_len`].
+    /// with [`FrameInner::set_len`].
     pub fn receive_space(&mut self) -> &mut [u8] {
         self.start = HEADROOM;
         &mut self.buf[HEADROOM..]
     }
 
-    /// Like [`Frame::receive_space`], with `prefix` bytes of the headroom
+    /// Like [`FrameInner::receive_space`], with `prefix` bytes of the headroom
     /// before it (at most [`HEADROOM`]), so one `read` takes a header the
     /// frame does not keep (a TAP's virtio-net header) and the frame; follow
-    /// with [`Frame::set_len`] of what was read minus `prefix`.
+    /// with [`FrameInner::set_len`] of what was read minus `prefix`.
     pub fn receive_space_after(&mut self, prefix: usize) -> &mut [u8] {
         self.start = HEADROOM;
         &mut self.buf[HEADROOM - prefix.min(HEADROOM)..]
@@ -207,7 +207,7 @@ impl FrameInner {
         Some(&mut self.buf[from..self.start + self.len])
     }
 
-    /// Sets the frame length after receiving into [`Frame::receive_space`]
+    /// Sets the frame length after receiving into [`FrameInner::receive_space`]
     /// (clamped to the space available).
     pub fn set_len(&mut self, len: usize) {
         self.len = len.min(self.buf.len() - self.start);
