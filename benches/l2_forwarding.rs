@@ -112,6 +112,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
             mac_capacity: learned * 2,
             idle_timeout: Duration::ZERO,
             busy_poll: Duration::ZERO,
+            udp_gro: true,
         },
         gateway_threads: 0,
         cpu_affinity: None,

@@ -39,10 +39,16 @@ fn request(target: SandboxTarget, subnet: u8, host: u8) -> AttachRequest {
 }
 
 fn dataplane_with(ports: Vec<TapPort>) -> Dataplane {
-    let config = DataplaneConfig {
+    dataplane_configured(ports, true)
+}
+
+/// A one-worker data plane over `ports`, coalescing UDP or not.
+fn dataplane_configured(ports: Vec<TapPort>, udp_gro: bool) -> Dataplane {
+    let mut config = DataplaneConfig {
         workers: 1,
         ..DataplaneConfig::default()
     };
+    config.worker.udp_gro = udp_gro;
     let mut dp = Dataplane::start(config, Arc::new(SystemClock::new())).expect("start data plane");
     let net = dp
         .add_network(NetworkSpec {
@@ -387,39 +393,45 @@ fn udp_runs_are_coalesced_and_arrive_intact() {
     if !require_root_or_skip() {
         return;
     }
-    let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
-    let x = unique_octet();
-    let ports = attach_pair(&a, &b, x, true);
-    let uso = ports.iter().all(|p| p.caps().uso);
-    let dp = dataplane_with(ports);
-    for dst in [format!("10.123.{x}.3"), format!("fd5a:{x}::3")] {
-        let mut recv = std::process::Command::new("ip")
-            .args(["netns", "exec", b.name(), "python3", "-c", UDP_RECV, &dst])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("receiver");
-        let mut out = std::io::BufReader::new(recv.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("receiver starts");
-        assert_eq!(line.trim(), "ready");
-        let _recv = scopeguard(recv);
-        let sent = a.exec(&["python3", "-c", UDP_SEND, &dst]);
-        assert!(
-            sent.status.success(),
-            "sender: {}",
-            String::from_utf8_lossy(&sent.stderr)
-        );
-        line.clear();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("receiver reports");
-        assert_eq!(
-            line.trim(),
-            "1000 0 0",
-            "to {dst}: datagrams received, wrong, out of order"
-        );
-    }
-    let merged = dp.stats().events.get("gro-merged").copied().unwrap_or(0);
-    eprintln!("USO: {uso}; datagrams merged into another: {merged}");
-    if uso {
-        assert!(merged > 0, "no UDP run was coalesced");
+    // Coalescing on (the default), then off (`--no-udp-gro`): the same
+    // datagrams arrive either way, merged only in the first case.
+    for udp_gro in [true, false] {
+        let (a, b) = (TestNetns::new("a"), TestNetns::new("b"));
+        let x = unique_octet();
+        let ports = attach_pair(&a, &b, x, true);
+        let uso = ports.iter().all(|p| p.caps().uso);
+        let dp = dataplane_configured(ports, udp_gro);
+        for dst in [format!("10.123.{x}.3"), format!("fd5a:{x}::3")] {
+            let mut recv = std::process::Command::new("ip")
+                .args(["netns", "exec", b.name(), "python3", "-c", UDP_RECV, &dst])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("receiver");
+            let mut out = std::io::BufReader::new(recv.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("receiver starts");
+            assert_eq!(line.trim(), "ready");
+            let _recv = scopeguard(recv);
+            let sent = a.exec(&["python3", "-c", UDP_SEND, &dst]);
+            assert!(
+                sent.status.success(),
+                "sender: {}",
+                String::from_utf8_lossy(&sent.stderr)
+            );
+            line.clear();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("receiver reports");
+            assert_eq!(
+                line.trim(),
+                "1000 0 0",
+                "to {dst} (UDP GRO {udp_gro}): datagrams received, wrong, out of order"
+            );
+        }
+        let merged = dp.stats().events.get("gro-merged").copied().unwrap_or(0);
+        eprintln!("USO: {uso}; UDP GRO: {udp_gro}; datagrams merged into another: {merged}");
+        if !udp_gro {
+            assert_eq!(merged, 0, "coalesced although turned off");
+        } else if uso {
+            assert!(merged > 0, "no UDP run was coalesced");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Data-plane worker options shared by `daemon` and `up`: how many workers,
-//! how long they busy-poll, which CPUs they are pinned to, and how long
-//! their MAC tables remember an address.
+//! how long they busy-poll, which CPUs they are pinned to, how long their
+//! MAC tables remember an address, and whether they coalesce UDP.
 
 use clap::Args;
 
@@ -30,6 +30,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_AGING_MS / 1000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_AGING_S))]
     pub mac_aging: u64,
+    /// Send every UDP datagram to an endpoint as a frame of its own, instead
+    /// of coalescing runs of one flow into one USO frame that the endpoint's
+    /// kernel splits again (as a NIC with GRO would).
+    #[arg(long)]
+    pub no_udp_gro: bool,
 }
 
 /// Longest MAC aging accepted: a day (entries keep 32-bit millisecond times,
@@ -45,6 +50,7 @@ impl WorkerArgs {
         }
         config.worker.busy_poll = std::time::Duration::from_micros(self.busy_poll_us);
         config.worker.mac.aging_ms = self.mac_aging * 1000;
+        config.worker.udp_gro = !self.no_udp_gro;
         if let Some(spec) = &self.cpu_affinity {
             let allowed = crate::sys::affinity::allowed_cpus()
                 .map_err(|e| CliError::Invalid(format!("cannot read this process's CPUs: {e}")))?;
@@ -134,6 +140,32 @@ mod tests {
             assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
         }
         assert_eq!(format_cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        w: WorkerArgs,
+    }
+
+    fn applied(args: &[&str]) -> DataplaneConfig {
+        use clap::Parser;
+        let parsed =
+            Wrap::try_parse_from(std::iter::once("t").chain(args.iter().copied())).expect("parses");
+        let mut config = DataplaneConfig::default();
+        parsed.w.apply(&mut config).expect("applies");
+        config
+    }
+
+    #[test]
+    fn options_reach_the_worker_config() {
+        let d = applied(&[]);
+        assert!(d.worker.udp_gro);
+        assert_eq!(d.worker.mac.aging_ms, DEFAULT_AGING_MS);
+        let c = applied(&["--no-udp-gro", "--mac-aging", "7", "--busy-poll-us", "0"]);
+        assert!(!c.worker.udp_gro);
+        assert_eq!(c.worker.mac.aging_ms, 7000);
+        assert_eq!(c.worker.busy_poll, std::time::Duration::ZERO);
     }
 
     #[test]

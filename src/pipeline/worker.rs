@@ -112,6 +112,11 @@ pub struct WorkerConfig {
     /// once). The default, [`DEFAULT_BUSY_POLL`], is spent only after work:
     /// an idle switch sleeps.
     pub busy_poll: Duration,
+    /// Coalesce runs of datagrams of one UDP flow into one frame for ports
+    /// that take UDP segmentation offload ([`crate::wire::udp_gro`]); off,
+    /// every datagram leaves as its own frame. TCP coalescing is not
+    /// affected.
+    pub udp_gro: bool,
 }
 
 /// Default busy-poll budget: on the 2-core reference machine 50 µs gave the
@@ -129,6 +134,7 @@ impl Default for WorkerConfig {
             mac_capacity: 1024,
             idle_timeout: Duration::from_millis(100),
             busy_poll: DEFAULT_BUSY_POLL,
+            udp_gro: true,
         }
     }
 }
@@ -342,7 +348,8 @@ impl Worker {
         } else if port.has_rx() {
             self.unpolled.push(id);
         }
-        let caps = port.caps();
+        let mut caps = port.caps();
+        caps.uso &= self.config.udp_gro;
         self.slots[i] = Some(Slot {
             port,
             caps,
