@@ -65,7 +65,7 @@ impl TapPort {
                     offload: q.offload,
                     mtu,
                     segments_gso: false,
-                    uso: q.offload && q.uso,
+                    uso: q.uso,
                 },
                 malformed: 0,
                 malformed_reported: 0,

@@ -73,7 +73,8 @@ pub struct TapQueue {
     /// True when the kernel accepted checksum and TSO offloads.
     pub offload: bool,
     /// True when the kernel knows UDP segmentation offload (Linux 6.2+), and
-    /// so takes `UDP_L4` GSO frames written to the TAP.
+    /// so takes `UDP_L4` GSO frames written to the TAP. Only ever true with
+    /// `offload`.
     pub uso: bool,
 }
 

@@ -6,8 +6,11 @@
 //! contiguous sequence, every segment but the last exactly one MSS, only
 //! ACK (PSH on the last) set, identical options. No I/O, no allocation.
 
-use super::checksum;
+use core::net::IpAddr;
+
+use super::gso::partial_pseudo_csum;
 use super::virtio_net::{GsoType, VirtioNetHdr, F_NEEDS_CSUM};
+use super::{ipv4, IpProtocol};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -131,30 +134,18 @@ pub fn continues(
 /// the TCP checksum field set to the pseudo-header partial sum. Returns its
 /// virtio-net header.
 pub fn finish(frame: &mut [u8], mss: u16, last_psh: bool) -> VirtioNetHdr {
-    let ip_len = frame.len() - ETH;
-    frame[ETH + 2..ETH + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    frame[ETH + 10..ETH + 12].fill(0);
-    let ip_csum = checksum::finish(checksum::sum(&frame[ETH..ETH + IP]));
-    frame[ETH + 10..ETH + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let ip_len = (frame.len() - ETH) as u16;
+    let mut ip = ipv4::Packet::new_unchecked(&mut frame[ETH..]);
+    ip.set_total_len(ip_len);
+    ip.fill_checksum();
+    let (src, dst): (IpAddr, IpAddr) = (ip.src_addr().into(), ip.dst_addr().into());
     let tcp = ETH + IP;
     let thl = usize::from(frame[tcp + 12] >> 4) * 4;
     if last_psh {
         frame[tcp + 13] |= PSH;
     }
-    let src = [
-        frame[ETH + 12],
-        frame[ETH + 13],
-        frame[ETH + 14],
-        frame[ETH + 15],
-    ];
-    let dst = [
-        frame[ETH + 16],
-        frame[ETH + 17],
-        frame[ETH + 18],
-        frame[ETH + 19],
-    ];
-    let pseudo = checksum::pseudo_header_v4(src.into(), dst.into(), 6, (ip_len - IP) as u32);
-    frame[tcp + 16..tcp + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    let partial = partial_pseudo_csum(&src, &dst, IpProtocol::Tcp, u32::from(ip_len) - IP as u32);
+    frame[tcp + 16..tcp + 18].copy_from_slice(&partial.to_be_bytes());
     VirtioNetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: GsoType::TcpV4,

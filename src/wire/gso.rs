@@ -229,7 +229,8 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &VirtioNetHdr) -> Result<()> {
 
 /// The partial checksum Linux leaves in a TCP/UDP header for `F_NEEDS_CSUM`
 /// and GSO frames: the folded pseudo-header sum for `len` bytes, not
-/// complemented. Used to build test frames.
+/// complemented. Coalescing ([`super::gro`], [`super::udp_gro`]) writes it
+/// into the frames it builds; tests build frames with it.
 pub fn partial_pseudo_csum(src: &IpAddr, dst: &IpAddr, proto: IpProtocol, len: u32) -> u16 {
     checksum::fold(checksum::pseudo_header(src, dst, proto.into(), len))
 }

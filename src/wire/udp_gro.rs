@@ -15,8 +15,11 @@
 //! cannot turn a corrupt datagram into a good one; a partial checksum (a
 //! local sender's offload) is taken as it is. No I/O, no allocation.
 
-use super::checksum;
+use core::net::IpAddr;
+
+use super::gso::partial_pseudo_csum;
 use super::virtio_net::{GsoType, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
+use super::{ipv4, ipv6, udp, IpProtocol};
 
 const ETH: usize = 14;
 const UDP: usize = 8;
@@ -88,20 +91,17 @@ impl<'a> Dgram<'a> {
         self.f.len() - self.l4 - UDP
     }
 
-    fn pseudo(&self, udp_len: usize) -> u32 {
-        let f = self.f;
+    /// The IP source and destination, for the pseudo header.
+    fn addrs(&self) -> (IpAddr, IpAddr) {
+        let ip = &self.f[ETH..];
         match self.fam {
             Family::V4 => {
-                let a = |at: usize| [f[at], f[at + 1], f[at + 2], f[at + 3]].into();
-                checksum::pseudo_header_v4(a(ETH + 12), a(ETH + 16), 17, udp_len as u32)
+                let p = ipv4::Packet::new_unchecked(ip);
+                (p.src_addr().into(), p.dst_addr().into())
             }
             Family::V6 => {
-                let a = |at: usize| {
-                    let mut b = [0u8; 16];
-                    b.copy_from_slice(&f[at..at + 16]);
-                    std::net::Ipv6Addr::from(b)
-                };
-                checksum::pseudo_header_v6(&a(ETH + 8), &a(ETH + 24), 17, udp_len as u32)
+                let p = ipv6::Packet::new_unchecked(ip);
+                (p.src_addr().into(), p.dst_addr().into())
             }
         }
     }
@@ -109,10 +109,10 @@ impl<'a> Dgram<'a> {
     /// True if the datagram may be merged as far as checksums go: the IPv4
     /// header checksum verifies, and the UDP checksum is partial (as a local
     /// sender's offload leaves it), vouched for by the sender's
-    /// `DATA_VALID`, absent (IPv4 only) or correct.
+    /// `DATA_VALID`, or verifies (absent counts only for IPv4).
     fn checksums_ok(&self, vnet: &VirtioNetHdr) -> bool {
-        let f = self.f;
-        if self.fam == Family::V4 && checksum::fold(checksum::sum(&f[ETH..ETH + 20])) != 0xffff {
+        if self.fam == Family::V4 && !ipv4::Packet::new_unchecked(&self.f[ETH..]).verify_checksum()
+        {
             return false;
         }
         if vnet.needs_csum() {
@@ -121,12 +121,8 @@ impl<'a> Dgram<'a> {
         if vnet.flags & F_DATA_VALID != 0 {
             return true;
         }
-        let udp = &f[self.l4..];
-        if self.fam == Family::V4 && udp[6..8] == [0, 0] {
-            return true;
-        }
-        let total = checksum::combine(self.pseudo(udp.len()), checksum::sum(udp));
-        checksum::fold(total) == 0xffff
+        let (src, dst) = self.addrs();
+        udp::Packet::new_unchecked(&self.f[self.l4..]).verify_checksum(&src, &dst)
     }
 }
 
@@ -222,26 +218,33 @@ pub fn continues(
 /// field set to the pseudo-header partial sum. Returns its virtio-net
 /// header. `frame` must be one [`continues`] accepted as head.
 pub fn finish(frame: &mut [u8], mss: u16) -> VirtioNetHdr {
-    let v4 = frame[12..14] == [0x08, 0x00];
-    let l4 = if v4 { ETH + 20 } else { ETH + 40 };
-    let udp_len = frame.len() - l4;
-    if v4 {
-        let tot = (frame.len() - ETH) as u16;
-        frame[ETH + 2..ETH + 4].copy_from_slice(&tot.to_be_bytes());
-        frame[ETH + 10..ETH + 12].fill(0);
-        let ip_csum = checksum::finish(checksum::sum(&frame[ETH..ETH + 20]));
-        frame[ETH + 10..ETH + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let fam = if frame[12..14] == [0x08, 0x00] {
+        Family::V4
     } else {
-        frame[ETH + 4..ETH + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        Family::V6
+    };
+    let l4 = if fam == Family::V4 {
+        ETH + 20
+    } else {
+        ETH + 40
+    };
+    let udp_len = (frame.len() - l4) as u16;
+    if fam == Family::V4 {
+        let mut ip = ipv4::Packet::new_unchecked(&mut frame[ETH..]);
+        ip.set_total_len(udp_len + 20);
+        ip.fill_checksum();
+    } else {
+        ipv6::Packet::new_unchecked(&mut frame[ETH..]).set_payload_len(udp_len);
     }
-    frame[l4 + 4..l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    let pseudo = Dgram {
-        f: frame,
-        fam: if v4 { Family::V4 } else { Family::V6 },
-        l4,
-    }
-    .pseudo(udp_len);
-    frame[l4 + 6..l4 + 8].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    let (src, dst) = Dgram { f: frame, fam, l4 }.addrs();
+    let mut u = udp::Packet::new_unchecked(&mut frame[l4..]);
+    u.set_len(udp_len);
+    u.set_checksum(partial_pseudo_csum(
+        &src,
+        &dst,
+        IpProtocol::Udp,
+        udp_len.into(),
+    ));
     VirtioNetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: GsoType::UdpL4,
@@ -259,6 +262,17 @@ mod tests {
 
     const MACS: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
 
+    /// Fills in the IPv4 header checksum (for IPv4) and the UDP checksum of
+    /// datagram `f`.
+    fn fill_checksums(f: &mut [u8]) {
+        let d = Dgram::parse(f).expect("parse");
+        let (l4, (src, dst), v4) = (d.l4, d.addrs(), d.fam == Family::V4);
+        if v4 {
+            ipv4::Packet::new_unchecked(&mut f[ETH..]).fill_checksum();
+        }
+        udp::Packet::new_unchecked(&mut f[l4..]).fill_checksum(&src, &dst);
+    }
+
     /// An IPv4 UDP datagram with valid checksums (or none, with `csum`
     /// false) and `pad` bytes of Ethernet padding.
     fn v4(id: u16, df: bool, payload: &[u8], csum: bool, pad: usize) -> Vec<u8> {
@@ -270,19 +284,14 @@ mod tests {
         f.extend(id.to_be_bytes());
         f.extend(if df { [0x40, 0] } else { [0, 0] });
         f.extend([64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 3]);
-        let c = checksum::finish(checksum::sum(&f[ETH..ETH + 20]));
-        f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
         let ulen = (UDP + payload.len()) as u16;
         f.extend([0x13, 0x88, 0x13, 0x89]);
         f.extend(ulen.to_be_bytes());
         f.extend([0, 0]);
         f.extend(payload);
-        if csum {
-            let l4 = ETH + 20;
-            let d = Dgram::parse(&f).expect("parse");
-            let p = d.pseudo(usize::from(ulen));
-            let c = checksum::finish(checksum::combine(p, checksum::sum(&f[l4..])));
-            f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        fill_checksums(&mut f);
+        if !csum {
+            f[ETH + 20 + 6..ETH + 20 + 8].fill(0);
         }
         f.extend(std::iter::repeat_n(0u8, pad));
         f
@@ -299,10 +308,7 @@ mod tests {
         f.extend(((UDP + payload.len()) as u16).to_be_bytes());
         f.extend([0, 0]);
         f.extend(payload);
-        let l4 = ETH + 40;
-        let p = Dgram::parse(&f).expect("parse").pseudo(f.len() - l4);
-        let c = checksum::finish(checksum::combine(p, checksum::sum(&f[l4..])));
-        f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        fill_checksums(&mut f);
         f
     }
 
@@ -338,18 +344,10 @@ mod tests {
                 if v4 {
                     s[ETH + 2..ETH + 4].copy_from_slice(&(ulen + 20).to_be_bytes());
                     s[ETH + 4..ETH + 6].copy_from_slice(&((id + i) as u16).to_be_bytes());
-                    s[ETH + 10..ETH + 12].fill(0);
-                    let c = checksum::finish(checksum::sum(&s[ETH..ETH + 20]));
-                    s[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
                 } else {
                     s[ETH + 4..ETH + 6].copy_from_slice(&ulen.to_be_bytes());
                 }
-                s[l4 + 6..l4 + 8].fill(0);
-                let p = Dgram::parse(&s)
-                    .expect("segment parses")
-                    .pseudo(usize::from(ulen));
-                let c = checksum::finish(checksum::combine(p, checksum::sum(&s[l4..])));
-                s[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+                fill_checksums(&mut s);
                 s
             })
             .collect()
