@@ -1,7 +1,9 @@
 //! Software segmentation of a 64 KiB TCP frame (IPv4 and IPv6) into MSS-sized
 //! frames, as done when a GSO frame leaves through a port without offloads;
 //! the Internet checksum; and the other direction for UDP: coalescing a
-//! run of datagrams into one USO frame, as done for a TAP that takes USO.
+//! run of datagrams into one USO frame, as done for a TAP that takes USO,
+//! and a whole tx batch of interleaved flows going through the switch's
+//! coalescing step.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::PacketBuilder;
@@ -115,5 +117,63 @@ fn udp_coalescing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, segmentation, checksum, udp_coalescing);
+/// A tx batch of 64 DNS replies to 4 resolver sockets taking turns (the
+/// names' lengths end a run every third reply per socket), through the
+/// switch's whole coalescing step for a port with USO: 4 x 6 frames leave.
+/// Each iteration also takes the 64 frames from the pool and fills them.
+fn batch_coalescing(c: &mut Criterion) {
+    use switchyard::pipeline::offload;
+    use switchyard::pipeline::pool::BufferPool;
+    use switchyard::ports::PortCaps;
+    use switchyard::stats::WorkerCounters;
+    let replies: Vec<Vec<u8>> = (0..64)
+        .map(|i| {
+            let len = if (i / 4) % 3 == 2 { 36 } else { 37 };
+            let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(53, 40000 + (i % 4) as u16);
+            let mut f = Vec::with_capacity(b.size(len));
+            b.write(&mut f, &vec![i as u8; len])
+                .expect("building a reply");
+            f[20] = 0x40; // DF, as the gateway sends them
+            f
+        })
+        .collect();
+    let caps = PortCaps {
+        offload: true,
+        mtu: 1500,
+        segments_gso: false,
+        uso: true,
+    };
+    let mut pool = BufferPool::standalone(128);
+    let counters = WorkerCounters::default();
+    let (mut pending, mut scratch) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    let mut run = move || {
+        for r in &replies {
+            let mut f = pool.alloc().expect("pool sized for the batch");
+            f.receive_space()[..r.len()].copy_from_slice(r);
+            f.set_len(r.len());
+            pending.push(f);
+        }
+        offload::adapt(caps, &mut pending, &mut scratch, &mut pool, &counters);
+        let left = pending.len();
+        for f in pending.drain(..) {
+            pool.free(f);
+        }
+        left
+    };
+    assert_eq!(run(), 24, "each socket's replies merge in runs of three");
+    let mut g = c.benchmark_group("coalesce_batch");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("64_dns_replies_4_flows", |b| b.iter(&mut run));
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    segmentation,
+    checksum,
+    udp_coalescing,
+    batch_coalescing
+);
 criterion_main!(benches);
