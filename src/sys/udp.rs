@@ -391,8 +391,8 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_507;
 
 /// Groups datagrams into UDP GSO sends: runs of equal length where only the
-/// last may be shorter, bounded by [`GSO_MAX_SEGMENTS`] and
-/// [`GSO_MAX_BYTES`]. Calls `run(start, end, segment_size)` for each run.
+/// last may be shorter, bounded by `GSO_MAX_SEGMENTS` (64) and
+/// `GSO_MAX_BYTES` (65,507). Calls `run(start, end, segment_size)` for each run.
 pub fn gso_runs(lens: &[usize], mut run: impl FnMut(usize, usize, usize)) {
     let mut start = 0;
     while start < lens.len() {
