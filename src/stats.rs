@@ -37,8 +37,11 @@ pub struct WorkerCounters {
     pub mac_aged: AtomicU64,
     /// Frames flooded (counted once per frame, not per copy).
     pub flooded: AtomicU64,
-    /// TCP segments coalesced into a previous one before a TAP write (GRO).
+    /// TCP segments and UDP datagrams coalesced into a previous one before
+    /// a TAP write (GRO).
     pub gro_merged: AtomicU64,
+    /// Datagrams cut from UDP segmentation offload frames read from TAPs.
+    pub uso_split: AtomicU64,
     /// Frames handed to another worker.
     pub cross_sent: AtomicU64,
     /// Frames received from other workers.
@@ -157,13 +160,14 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         s.drops.insert(r.name().to_string(), v);
     }
     type Field = fn(&WorkerCounters) -> &AtomicU64;
-    let events: [(&str, Field); 18] = [
+    let events: [(&str, Field); 19] = [
         ("mac-learned", |w| &w.mac_learned),
         ("mac-moved", |w| &w.mac_moved),
         ("mac-evicted", |w| &w.mac_evicted),
         ("mac-aged", |w| &w.mac_aged),
         ("flooded", |w| &w.flooded),
         ("gro-merged", |w| &w.gro_merged),
+        ("uso-split", |w| &w.uso_split),
         ("cross-worker-sent", |w| &w.cross_sent),
         ("cross-worker-received", |w| &w.cross_received),
         ("learn-msgs-lost", |w| &w.learn_msgs_lost),

@@ -217,6 +217,27 @@ fn create_network(env: &Env, name: &str, subnet: &str, extra: &[&str]) {
     ok(&env.sy(&args), "network create");
 }
 
+/// A sandbox's UDP GSO send (`UDP_SEGMENT`): 10 datagrams of 100 bytes in
+/// one `sendto` to ADDR PORT (the switch reads it as one USO frame where the
+/// kernel has USO, and cuts it); prints how many distinct datagrams came
+/// back from an echo server.
+const GSO_BURST: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(17, 103, 100)
+s.settimeout(3)
+s.sendto(b"".join(b"gso%02d" % i + b"." * 95 for i in range(10)), (sys.argv[1], int(sys.argv[2])))
+got = set()
+try:
+    while len(got) < 10:
+        d = s.recv(2048)
+        if len(d) == 100 and d[5:] == b"." * 95:
+            got.add(d[:5])
+except socket.timeout:
+    pass
+print(len(got))
+"#;
+
 #[test]
 fn outbound_tcp_udp_and_refusals() {
     let Some(mut env) = Env::with_tools("nat", Some(USER), &["curl", "nc", "python3"]) else {
@@ -238,6 +259,7 @@ fn outbound_tcp_udp_and_refusals() {
         c() {{ curl -sS --noproxy '*' -m 5 "$@"; }}
         echo "tcp=$(c http://10.231.0.1:{lp}/)"
         echo "udp=$(echo hi | nc -u -w1 10.231.0.1 {up})"
+        echo "gso=$(python3 -c "$GSO" 10.231.0.1 {up})"
         start=$(date +%s%N); c http://10.231.0.1:{closed}/; rc=$?
         echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
         echo "inet=$(c {far_url})"
@@ -246,12 +268,18 @@ fn outbound_tcp_udp_and_refusals() {
         lp = local.port(),
         up = echo.port,
     );
+    let script = format!("GSO='{GSO_BURST}'\n{script}");
     let out = env.sy(&["run", "--network", "lo", "--", "sh", "-c", &script]);
     ok(&out, "client on lo");
     let o = text(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(field(&o, "tcp"), BODY, "host loopback over TCP:\n{o}{err}");
     assert_eq!(field(&o, "udp"), "hi", "host loopback over UDP:\n{o}{err}");
+    assert_eq!(
+        field(&o, "gso"),
+        "10",
+        "a UDP_SEGMENT burst leaves as its datagrams, each echoed:\n{o}{err}"
+    );
     assert_refused_quickly(&field(&o, "refused"), &o, &err);
     assert_eq!(field(&o, "inet"), BODY, "far host over the veth:\n{o}{err}");
 
@@ -290,6 +318,7 @@ fn outbound_tcp_udp_and_refusals() {
     assert!(event(&v, "nat-tcp-flows") >= 2, "{v}");
     assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
     assert!(event(&v, "nat-refused") >= 1, "{v}");
+    eprintln!("datagrams cut from USO reads: {}", event(&v, "uso-split"));
 }
 
 #[test]

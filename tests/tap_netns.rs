@@ -390,8 +390,9 @@ fn sandbox_reports_a_command_it_cannot_run() {
 }
 
 /// The sender in A: 25 UDP GSO sends of 40 datagrams each (39 of 300 bytes,
-/// one of 120), which A's kernel cuts into consecutive datagrams before the
-/// TAP. Payload: a 4-byte sequence number, then bytes derived from it.
+/// one of 120), which reach the switch as one USO frame each (or, on a
+/// kernel without USO, cut into consecutive datagrams before the TAP).
+/// Payload: a 4-byte sequence number, then bytes derived from it.
 const UDP_SEND: &str = r#"
 import socket, struct, sys, time
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
@@ -453,8 +454,20 @@ fn udp_runs_are_coalesced_and_arrive_intact() {
                 "to {dst} (UDP GRO {udp_gro}): datagrams received, wrong, out of order"
             );
         }
-        let merged = dp.stats().events.get("gro-merged").copied().unwrap_or(0);
-        eprintln!("USO: {uso}; UDP GRO: {udp_gro}; datagrams merged into another: {merged}");
+        let events = dp.stats().events;
+        let merged = events.get("gro-merged").copied().unwrap_or(0);
+        let split = events.get("uso-split").copied().unwrap_or(0);
+        eprintln!(
+            "USO: {uso}; UDP GRO: {udp_gro}; datagrams cut from USO reads: {split}, \
+             merged into another: {merged}"
+        );
+        // With USO on A's TAP each 40-datagram send crosses as one frame
+        // that the switch cuts; without, A's kernel cuts it before the TAP.
+        assert_eq!(
+            split,
+            if uso { 2000 } else { 0 },
+            "datagrams cut by the switch"
+        );
         if !udp_gro {
             assert_eq!(merged, 0, "coalesced although turned off");
         } else if uso {

@@ -436,6 +436,10 @@ impl Worker {
             if coalesced > 0 {
                 bump(&self.me.counters.gro_merged, coalesced);
             }
+            let split = slot.port.take_rx_split();
+            if split > 0 {
+                bump(&self.me.counters.uso_split, split);
+            }
             let errors = slot.port.take_rx_errors();
             if errors > 0 {
                 bump(&slot.counters.rx_errors, errors);

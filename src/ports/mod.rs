@@ -52,7 +52,8 @@ pub struct PortCaps {
     /// With `offload`: also takes UDP segmentation offload frames
     /// (virtio-net `UDP_L4`, Linux 6.2 and later), so the switch coalesces
     /// consecutive datagrams of one flow into one frame for it (see
-    /// [`crate::wire::udp_gro`]).
+    /// [`crate::wire::udp_gro`]); a TAP port with it also reads such frames
+    /// and cuts them into datagrams itself (see [`crate::wire::udp_gso`]).
     pub uso: bool,
 }
 
@@ -105,6 +106,12 @@ pub trait Port: Send {
     /// coalescing) since the last call; the worker counts them as
     /// `gro-merged` events.
     fn take_rx_coalesced(&mut self) -> u64 {
+        0
+    }
+
+    /// Datagrams the port cut from UDP segmentation offload frames it read
+    /// since the last call; the worker counts them as `uso-split` events.
+    fn take_rx_split(&mut self) -> u64 {
         0
     }
 

@@ -1,6 +1,9 @@
 //! TAP ports: one [`TapPort`] per queue fd of a TAP device opened with
 //! `IFF_VNET_HDR`. Every frame crosses the fd behind its 10-byte virtio-net
-//! header, so offloaded (GSO, partial checksum) frames pass unsplit.
+//! header, so offloaded (GSO, partial checksum) frames pass unsplit. A UDP
+//! segmentation offload frame read from a TAP (a `UDP_SEGMENT` burst from
+//! the sandbox) is cut into its datagrams right here, so the rest of the
+//! switch only ever sees TCP GSO frames.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
@@ -10,8 +13,8 @@ use super::{Port, PortCaps, TxResult};
 use crate::pipeline::frame::Frame;
 use crate::pipeline::pool::BufferPool;
 use crate::sys::tun;
-use crate::wire::ethernet;
-use crate::wire::virtio_net::{VirtioNetHdr, HEADER_LEN};
+use crate::wire::virtio_net::{GsoType, VirtioNetHdr, HEADER_LEN};
+use crate::wire::{ethernet, udp_gso};
 
 pub use crate::sys::tun::TapError;
 
@@ -23,6 +26,19 @@ pub struct TapPort {
     caps: PortCaps,
     malformed: u64,
     malformed_reported: u64,
+    /// A USO frame read but not yet wholly cut into datagrams (the batch
+    /// filled up first).
+    cut: Option<PendingCut>,
+    /// Datagrams cut from USO frames since the last [`Port::take_rx_split`].
+    split: u64,
+}
+
+/// A USO frame being cut: its plan and the next datagram to write.
+#[derive(Debug)]
+struct PendingCut {
+    frame: Frame,
+    plan: udp_gso::Plan,
+    next: usize,
 }
 
 impl TapPort {
@@ -49,6 +65,8 @@ impl TapPort {
             },
             malformed: 0,
             malformed_reported: 0,
+            cut: None,
+            split: 0,
         })
     }
 
@@ -69,14 +87,50 @@ impl TapPort {
                 },
                 malformed: 0,
                 malformed_reported: 0,
+                cut: None,
+                split: 0,
             })
             .collect())
     }
 
     /// Frames read but discarded because they were shorter than a virtio-net
-    /// header plus an Ethernet header.
+    /// header plus an Ethernet header, or USO frames that could not be cut.
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// Cuts the pending USO frame's next datagrams into frames appended to
+    /// `out`, at most `room` of them; frees the USO frame once it is wholly
+    /// cut. Returns how many it appended (fewer than `room` while the cut
+    /// is still pending only if the pool ran dry).
+    fn continue_cut(&mut self, pool: &mut BufferPool, out: &mut Vec<Frame>, room: usize) -> usize {
+        let Some(c) = self.cut.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < room && c.next < c.plan.segments {
+            let Some(mut f) = pool.alloc() else { break };
+            match udp_gso::write_segment(c.frame.data(), &c.plan, c.next, f.receive_space()) {
+                Ok((len, vnet)) => {
+                    f.set_len(len);
+                    f.vnet = vnet;
+                    out.push(f);
+                    n += 1;
+                }
+                Err(_) => {
+                    self.malformed += 1;
+                    pool.free(f);
+                }
+            }
+            c.next += 1;
+        }
+        self.split += n as u64;
+        if c.next >= c.plan.segments {
+            if let Some(done) = self.cut.take() {
+                pool.free(done.frame);
+            }
+        }
+        n
     }
 }
 
@@ -87,6 +141,10 @@ impl Port for TapPort {
 
     fn caps(&self) -> PortCaps {
         self.caps
+    }
+
+    fn take_rx_split(&mut self) -> u64 {
+        std::mem::take(&mut self.split)
     }
 
     fn take_rx_errors(&mut self) -> u64 {
@@ -105,7 +163,12 @@ impl Port for TapPort {
         out: &mut Vec<Frame>,
         max: usize,
     ) -> io::Result<usize> {
-        let mut got = 0;
+        // What is left of a USO frame first, in order; while some is still
+        // left the batch is full (or the pool dry) and the worker comes back.
+        let mut got = self.continue_cut(pool, out, max);
+        if self.cut.is_some() {
+            return Ok(got);
+        }
         while got < max {
             let Some(mut frame) = pool.alloc() else {
                 break;
@@ -146,6 +209,26 @@ impl Port for TapPort {
                 }
             }
             frame.set_len(n - HEADER_LEN);
+            if frame.vnet.gso_type == GsoType::UdpL4 {
+                match udp_gso::plan(frame.data(), &frame.vnet) {
+                    Ok(plan) => {
+                        self.cut = Some(PendingCut {
+                            frame,
+                            plan,
+                            next: 0,
+                        });
+                        got += self.continue_cut(pool, out, max - got);
+                        if self.cut.is_some() {
+                            return Ok(got);
+                        }
+                    }
+                    Err(_) => {
+                        self.malformed += 1;
+                        pool.free(frame);
+                    }
+                }
+                continue;
+            }
             out.push(frame);
             got += 1;
         }

@@ -72,9 +72,9 @@ pub struct TapQueue {
     pub name: String,
     /// True when the kernel accepted checksum and TSO offloads.
     pub offload: bool,
-    /// True when the kernel knows UDP segmentation offload (Linux 6.2+), and
-    /// so takes `UDP_L4` GSO frames written to the TAP. Only ever true with
-    /// `offload`.
+    /// True when the kernel took UDP segmentation offload (Linux 6.2+): the
+    /// TAP takes `UDP_L4` GSO frames written to it and hands such frames
+    /// to reads. Only ever true with `offload`.
     pub uso: bool,
 }
 
@@ -147,19 +147,17 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<TapQueue, TapError> {
     })
 }
 
-/// Asks whether the kernel knows UDP segmentation offload: it refuses
-/// offload bits it does not know (so that callers can probe, says tun.c).
-/// The same kernels take `UDP_L4` frames on write. USO stays off for reads,
-/// as the switch does not segment UDP itself: the offloads are set back to
-/// [`OFFLOADS`], and a kernel that refuses that reports no offload at all.
+/// Asks for UDP segmentation offload on top of [`OFFLOADS`]: the kernel
+/// refuses offload bits it does not know (so that callers can probe, says
+/// tun.c), so this is true on Linux 6.2 and later. Then USO frames pass both
+/// ways: the switch writes coalesced datagrams as one frame, and reads a
+/// sandbox's `UDP_SEGMENT` bursts whole (the TAP port cuts them). A kernel
+/// that refuses it changes nothing, so [`OFFLOADS`] stay.
 fn probe_uso(fd: std::os::fd::RawFd) -> bool {
     let with_uso = OFFLOADS | libc::TUN_F_USO4 | libc::TUN_F_USO6;
     // SAFETY: as for the TUNSETOFFLOAD in `open_queue`: `fd` is a live TAP
     // fd, the argument is passed by value.
-    let known = unsafe { tun_set_offload(fd, with_uso as c_int) }.is_ok();
-    // SAFETY: as above.
-    let restored = unsafe { tun_set_offload(fd, OFFLOADS as c_int) }.is_ok();
-    known && restored
+    unsafe { tun_set_offload(fd, with_uso as c_int) }.is_ok()
 }
 
 /// Creates TAP `name` (`""` or a pattern like `"tap%d"` lets the kernel pick)

@@ -19,6 +19,7 @@ pub mod tcp;
 pub mod udp;
 pub mod udp_frame;
 pub mod udp_gro;
+pub mod udp_gso;
 pub mod virtio_net;
 pub mod vxlan;
 

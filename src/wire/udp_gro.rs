@@ -18,7 +18,7 @@
 use core::net::IpAddr;
 
 use super::gso::partial_pseudo_csum;
-use super::virtio_net::{GsoType, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
+use super::virtio_net::{GsoType, VirtioNetHdr, F_DATA_VALID};
 use super::{ipv4, ipv6, udp, IpProtocol};
 
 const ETH: usize = 14;
@@ -237,23 +237,28 @@ pub fn finish(frame: &mut [u8], mss: u16) -> VirtioNetHdr {
         ipv6::Packet::new_unchecked(&mut frame[ETH..]).set_payload_len(udp_len);
     }
     let (src, dst) = Dgram { f: frame, fam, l4 }.addrs();
+    set_partial_checksum(frame, l4, &src, &dst, udp_len);
+    VirtioNetHdr::uso(l4, mss)
+}
+
+/// Sets the UDP header at `l4` to length `udp_len` and its checksum field to
+/// the pseudo-header sum of `src`, `dst` and that length, as a partial
+/// checksum (see [`VirtioNetHdr::udp_partial`]) wants it.
+pub(crate) fn set_partial_checksum(
+    frame: &mut [u8],
+    l4: usize,
+    src: &IpAddr,
+    dst: &IpAddr,
+    udp_len: u16,
+) {
     let mut u = udp::Packet::new_unchecked(&mut frame[l4..]);
     u.set_len(udp_len);
     u.set_checksum(partial_pseudo_csum(
-        &src,
-        &dst,
+        src,
+        dst,
         IpProtocol::Udp,
         udp_len.into(),
     ));
-    VirtioNetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: GsoType::UdpL4,
-        gso_ecn: false,
-        hdr_len: (l4 + UDP) as u16,
-        gso_size: mss,
-        csum_start: l4 as u16,
-        csum_offset: 6,
-    }
 }
 
 #[cfg(test)]
@@ -465,12 +470,7 @@ mod tests {
         for f in frames.iter_mut() {
             f[ETH + 20 + 6..ETH + 20 + 8].copy_from_slice(&[0x12, 0x34]);
         }
-        let partial = VirtioNetHdr {
-            flags: F_NEEDS_CSUM,
-            csum_start: 34,
-            csum_offset: 6,
-            ..VirtioNetHdr::NONE
-        };
+        let partial = VirtioNetHdr::udp_partial(34);
         let m = continues(&frames[0], &partial, &frames[1], &partial).expect("merges");
         assert_eq!(m.payload, (42, 42 + 64));
         let wrong_offset = VirtioNetHdr {

@@ -89,6 +89,28 @@ impl VirtioNetHdr {
         csum_offset: 0,
     };
 
+    /// A UDP datagram whose UDP header starts at `l4` and whose checksum
+    /// field holds the pseudo-header sum: the checksum is to be completed.
+    pub fn udp_partial(l4: usize) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: l4 as u16,
+            csum_offset: 6,
+            ..VirtioNetHdr::NONE
+        }
+    }
+
+    /// A USO frame (`UDP_L4`) of datagrams with `mss` payload bytes each,
+    /// its UDP header at `l4` and its checksum partial.
+    pub fn uso(l4: usize, mss: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            gso_type: GsoType::UdpL4,
+            hdr_len: (l4 + 8) as u16,
+            gso_size: mss,
+            ..VirtioNetHdr::udp_partial(l4)
+        }
+    }
+
     /// Parses the first [`HEADER_LEN`] bytes of `buf`.
     pub fn parse(buf: &[u8]) -> Result<VirtioNetHdr> {
         if buf.len() < HEADER_LEN {

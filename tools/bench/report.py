@@ -29,6 +29,7 @@ METRICS = [
     ("tcp4_gbps", "TCP 4 streams Gbit/s", True),
     ("pps_rx", "64B UDP rx pps", True),
     ("pps_tx", "64B UDP tx pps", True),
+    ("uso_dps", "UDP GSO 1200B rx datagrams/s", True),
     ("rtt_med_ms", "RTT median ms", False),
     ("rtt_p99_ms", "RTT p99 ms", False),
     ("cpu_pct", "switch CPU % (1 stream)", False),
@@ -247,6 +248,9 @@ def cmd_table(argv):
             bits.append("trafgen %s datagrams sent, %s received in %s s (in %s frames on B's device)" % (
                 d.get("pps_tx_frames"), d.get("pps_rx_frames"), d.get("pps_secs"),
                 d.get("pps_rx_dev_frames", "?")))
+        if "uso_rx_datagrams" in d:
+            bits.append("UDP GSO sender %s datagrams sent, %s received" % (
+                d.get("uso_tx_datagrams", "?"), d["uso_rx_datagrams"]))
         if "ping_loss_pct" in d:
             bits.append("ping loss %s%%, max RTT %s ms, %s of %s replies over 1 ms" % (
                 d["ping_loss_pct"], d.get("rtt_max_ms", "?"), d.get("rtt_over_1ms", "?"),

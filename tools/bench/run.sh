@@ -12,8 +12,10 @@
 # Two namespaces A (10.77.0.2) and B (10.77.0.3) on one switch per setup; every
 # switch but Switchyard's daemon runs in a third namespace of its own. All
 # namespaces are named sybench-<role>-<random suffix>; traffic never leaves them.
-# Metrics: iperf3 TCP 1 and 4 streams, 64-byte UDP pps (trafgen), ping RTT
-# median/p99, switch CPU per Gbit/s during the 1-stream run.
+# Metrics: iperf3 TCP 1 and 4 streams, 64-byte UDP pps (trafgen), 1200-byte
+# UDP datagrams per second from a UDP GSO sender (40 datagrams per send, as
+# QUIC stacks send; received on a UDP_GRO socket), ping RTT median/p99,
+# switch CPU per Gbit/s during the 1-stream run.
 set -u
 export LC_ALL=C
 
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$QUICK" = 1 ]; then IPERF_T=3; PPS_T=2; PING_N=200; else IPERF_T=5; PPS_T=5; PING_N=500; fi
+USO_T=$PPS_T
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 SUF=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -270,6 +273,54 @@ print("drained", n, flush=True)' $(( PPS_T + 2 )) > "$TMP/sink-$s.log" 2>&1 &
   python3 "$HERE/report.py" pps "$r0" "$r1" "$t0" "$t1" "$d0" "$d1" "$w0" "$w1" "$f0" "$f1" | while read -r k v; do put "$s" "$k" "$v"; done
 }
 
+m_uso() {  # m_uso SETUP: datagrams/s B receives from a UDP GSO sender in A
+  local s=$1 out=$TMP/uso-$1.txt
+  # The receiver asks for UDP_GRO (as QUIC servers do) and counts bytes
+  # until the sender has been quiet for 2 s; datagrams = bytes / 1200.
+  ip netns exec "$NS_B" timeout $(( USO_T + 15 )) python3 -c '
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.setsockopt(17, 104, 1)  # UDP_GRO
+s.bind(("10.77.0.3", 5002))
+s.settimeout(2)
+print("bound", flush=True)
+total, first, last = 0, None, None
+try:
+    while True:
+        total += len(s.recv(65536))
+        last = time.monotonic()
+        first = first or last
+except socket.timeout:
+    pass
+dur = last - first if first and last > first else 0
+print("uso_dps %.0f" % (total / 1200 / dur if dur else 0))
+print("uso_rx_datagrams %d" % (total // 1200))' > "$out" 2>&1 &
+  local rcv=$! i
+  AUX_PIDS="$AUX_PIDS $rcv"
+  for i in $(seq 1 50); do grep -q bound "$out" 2>/dev/null && break; sleep 0.1; done
+  ip netns exec "$NS_A" timeout $(( USO_T + 10 )) python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(17, 103, 1200)  # UDP_SEGMENT
+burst = bytes(1200 * 40)
+end, n = time.monotonic() + float(sys.argv[1]), 0
+while time.monotonic() < end:
+    try:
+        s.sendto(burst, ("10.77.0.3", 5002))
+        n += 40
+    except OSError:
+        pass
+print(n)' "$USO_T" > "$TMP/uso-send-$s.txt" 2>&1 || note "$s: UDP GSO sender failed: $(tail -1 "$TMP/uso-send-$s.txt")"
+  wait $rcv 2>/dev/null
+  if grep -q '^uso_dps' "$out"; then
+    grep '^uso_' "$out" | while read -r k v; do put "$s" "$k" "$v"; done
+    put "$s" uso_tx_datagrams "$(tail -1 "$TMP/uso-send-$s.txt")"
+  else
+    note "$s: UDP GSO receiver in B did not report: $(tail -2 "$out" | tr '\n' ' ')"; put "$s" uso_dps err
+  fi
+}
+
 run_setup() {  # run_setup KEY LABEL UPCMD...
   local s=$1; shift
   log "=== $s: setting up"
@@ -282,6 +333,7 @@ run_setup() {  # run_setup KEY LABEL UPCMD...
   log "$s: iperf3 4 streams"; m_iperf "$s" 4; sy_alive_check "$s" "iperf3 -P 4"
   sy_stats_save "$s" tcp
   log "$s: trafgen 64-byte UDP"; m_pps "$s"; sy_alive_check "$s" trafgen
+  log "$s: UDP GSO sender"; m_uso "$s"; sy_alive_check "$s" "UDP GSO"
   sy_stats_save "$s" end
   if [ -n "$SY_PID" ]; then
     python3 "$HERE/report.py" sy-drops "$s" "$SY_DIR/stats0.json" "$TMP/stats-$s-tcp.json" "$TMP/stats-$s-end.json" >> "$NOTES"
