@@ -416,9 +416,14 @@ impl Dataplane {
             (0..queues.len()).collect()
         };
         let id = topo.free_port_id();
+        let gateway_mac = topo
+            .network(spec.network)
+            .and_then(|n| n.gateway.as_ref())
+            .map(|g| g.mac);
         let mut blocks = Vec::with_capacity(queues.len());
         // Every worker must own its queue before others route frames to it.
-        for (port, &w) in queues.into_iter().zip(&owners) {
+        for (mut port, &w) in queues.into_iter().zip(&owners) {
+            port.set_gateway_mac(gateway_mac);
             let counters = Arc::new(PortCounters::default());
             self.send(
                 w,

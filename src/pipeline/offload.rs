@@ -13,8 +13,8 @@ use super::pool::BufferPool;
 use crate::ports::{PortCaps, CUT_MAX_HEADER, CUT_MAX_SEGMENTS};
 use crate::stats::WorkerCounters;
 use crate::wire::gso::{complete_checksum, Segmenter};
-use crate::wire::virtio_net::VirtioNetHdr;
-use crate::wire::{ethernet, gro, udp_gro};
+use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
+use crate::wire::{ethernet, gro, udp_gro, udp_gso};
 
 /// Ethernet header length.
 const ETH: usize = ethernet::HEADER_LEN;
@@ -33,6 +33,19 @@ pub fn adapt(
     counters: &WorkerCounters,
 ) {
     if caps.offload {
+        // A TAP without USO (before Linux 6.2) still takes partial checksums.
+        if !caps.uso && pending.iter().any(is_uso) {
+            scratch.clear();
+            for f in pending.drain(..) {
+                if is_uso(&f) {
+                    cut_uso_into(&f, false, usize::MAX, scratch, pool, counters);
+                    pool.free(f);
+                } else {
+                    scratch.push(f);
+                }
+            }
+            std::mem::swap(pending, scratch);
+        }
         coalesce(pending, pool, counters, caps.uso);
         return;
     }
@@ -49,6 +62,12 @@ pub fn adapt(
     }
     scratch.clear();
     for mut f in pending.drain(..) {
+        if is_uso(&f) {
+            let max_len = caps.mtu as usize + L2_OVERHEAD;
+            cut_uso_into(&f, true, max_len, scratch, pool, counters);
+            pool.free(f);
+            continue;
+        }
         if f.vnet.is_gso() && keeps_whole(&f, caps) {
             scratch.push(f);
             continue;
@@ -75,6 +94,62 @@ pub fn adapt(
         scratch.push(f);
     }
     std::mem::swap(pending, scratch);
+}
+
+fn is_uso(f: &Frame) -> bool {
+    f.vnet.gso_type == GsoType::UdpL4
+}
+
+/// Cuts USO frame `f` (a sandbox's UDP GSO burst that crossed whole) into
+/// its datagrams, appended to `out`, for a port that cannot take it; with
+/// `complete` their checksums are completed too (a port without offloads),
+/// else left partial. Datagrams longer than `max_len` are `too-big` drops,
+/// a frame that cannot be cut an `offload-failed` one; the datagrams cut
+/// count as `uso-split`.
+fn cut_uso_into(
+    f: &Frame,
+    complete: bool,
+    max_len: usize,
+    out: &mut Vec<Frame>,
+    pool: &mut BufferPool,
+    counters: &WorkerCounters,
+) {
+    let Ok(plan) = udp_gso::plan(f.data(), &f.vnet) else {
+        counters.count_drop(DropReason::OffloadFailed);
+        return;
+    };
+    let mut cut = 0;
+    for i in 0..plan.segments {
+        if plan.segment_len(i) > max_len {
+            counters.count_drop(DropReason::TooBig);
+            continue;
+        }
+        let Some(mut g) = pool.alloc() else {
+            counters.count_drop(DropReason::NoBuffer);
+            break;
+        };
+        let Ok((len, vnet)) = udp_gso::write_segment(f.data(), &plan, i, g.receive_space()) else {
+            counters.count_drop(DropReason::OffloadFailed);
+            pool.free(g);
+            continue;
+        };
+        g.set_len(len);
+        g.meta = f.meta;
+        g.vnet = vnet;
+        if complete {
+            if complete_checksum(g.data_mut(), &vnet).is_err() {
+                counters.count_drop(DropReason::OffloadFailed);
+                pool.free(g);
+                continue;
+            }
+            g.vnet = VirtioNetHdr::NONE;
+        }
+        out.push(g);
+        cut += 1;
+    }
+    if cut > 0 {
+        crate::stats::bump(&counters.uso_split, cut);
+    }
 }
 
 /// The segment size for GSO frame `f` leaving through a port of `mtu`: the
@@ -451,5 +526,94 @@ mod tests {
             }
         }
         assert!(total_merged > 500, "runs were merged: {total_merged}");
+    }
+
+    /// A USO frame of flow `port`: three 100-byte datagrams merged.
+    fn uso_frame(pool: &mut BufferPool) -> Frame {
+        let mut pending: Vec<Frame> = (0..3).map(|i| udp_filled(pool, 1000, 100, i)).collect();
+        adapt_for_uso(&mut pending, pool, &WorkerCounters::default());
+        assert_eq!(pending.len(), 1);
+        pending.pop().expect("one frame")
+    }
+
+    #[test]
+    fn uso_frames_cross_whole_or_are_cut_for_ports_that_cannot_take_them() {
+        let mut pool = BufferPool::standalone(32);
+        let plain = PortCaps {
+            offload: false,
+            mtu: 1500,
+            segments_gso: false,
+            uso: false,
+        };
+        let small = PortCaps { mtu: 100, ..plain };
+        for (caps, want) in [
+            (caps(true), "whole"),
+            (caps(false), "partial"),
+            (plain, "complete"),
+            (small, "too big"),
+        ] {
+            let counters = WorkerCounters::default();
+            let mut pending = vec![uso_frame(&mut pool)];
+            adapt(caps, &mut pending, &mut Vec::new(), &mut pool, &counters);
+            let split = counters
+                .uso_split
+                .load(std::sync::atomic::Ordering::Relaxed);
+            match want {
+                "whole" => {
+                    assert_eq!(pending.len(), 1);
+                    assert_eq!(pending[0].vnet.gso_type, GsoType::UdpL4);
+                    assert_eq!(split, 0);
+                }
+                "partial" | "complete" => {
+                    assert_eq!(pending.len(), 3, "{want}");
+                    assert_eq!(split, 3);
+                    for (i, f) in pending.iter().enumerate() {
+                        assert_eq!(f.len(), 42 + 100);
+                        assert_eq!(f.data()[42..], [i as u8; 100]);
+                        assert_eq!(f.vnet.needs_csum(), want == "partial");
+                        if want == "complete" {
+                            let p =
+                                etherparse::SlicedPacket::from_ethernet(f.data()).expect("parses");
+                            let (
+                                Some(etherparse::NetSlice::Ipv4(ip)),
+                                Some(etherparse::TransportSlice::Udp(u)),
+                            ) = (p.net, p.transport)
+                            else {
+                                panic!("udp over ipv4")
+                            };
+                            let h = ip.header().to_header();
+                            let sum = u
+                                .to_header()
+                                .calc_checksum_ipv4(&h, u.payload())
+                                .expect("sum");
+                            assert_eq!(u.checksum(), sum);
+                        }
+                    }
+                }
+                _ => {
+                    assert!(pending.is_empty());
+                    assert_eq!(
+                        counters.drops[DropReason::TooBig as usize]
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        3
+                    );
+                }
+            }
+            for f in pending.drain(..) {
+                pool.free(f);
+            }
+        }
+        // A USO frame that cannot be cut is dropped and counted.
+        let counters = WorkerCounters::default();
+        let mut bad = uso_frame(&mut pool);
+        bad.data_mut()[23] = 6; // TCP
+        let mut pending = vec![bad];
+        adapt(plain, &mut pending, &mut Vec::new(), &mut pool, &counters);
+        assert!(pending.is_empty());
+        assert_eq!(
+            counters.drops[DropReason::OffloadFailed as usize]
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }

@@ -115,6 +115,13 @@ pub trait Port: Send {
         0
     }
 
+    /// Tells the port the MAC of its network's gateway, the switch's own
+    /// address (ARP, ICMP, DNS, NAT and publishing answer there). A TAP port
+    /// cuts UDP segmentation offload frames it reads into datagrams only
+    /// when they go there, or to a group address, or while it does not know
+    /// the gateway; others cross whole (see [`crate::wire::udp_gso`]).
+    fn set_gateway_mac(&mut self, _mac: Option<crate::wire::MacAddr>) {}
+
     /// Writes every frame in `frames` (draining it) and returns the buffers to
     /// `pool`. Frames it cannot write are counted in `failed`, never retried.
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult;

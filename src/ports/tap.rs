@@ -2,8 +2,9 @@
 //! `IFF_VNET_HDR`. Every frame crosses the fd behind its 10-byte virtio-net
 //! header, so offloaded (GSO, partial checksum) frames pass unsplit. A UDP
 //! segmentation offload frame read from a TAP (a `UDP_SEGMENT` burst from
-//! the sandbox) is cut into its datagrams right here, so the rest of the
-//! switch only ever sees TCP GSO frames.
+//! the sandbox) crosses whole to another endpoint, as TCP GSO frames do; one
+//! for the gateway (whose DNS, NAT and publishing stages work on single
+//! datagrams) or for a group address is cut into its datagrams right here.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
@@ -14,7 +15,7 @@ use crate::pipeline::frame::Frame;
 use crate::pipeline::pool::BufferPool;
 use crate::sys::tun;
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr, HEADER_LEN};
-use crate::wire::{ethernet, udp_gso};
+use crate::wire::{ethernet, udp_gso, MacAddr};
 
 pub use crate::sys::tun::TapError;
 
@@ -31,6 +32,11 @@ pub struct TapPort {
     cut: Option<PendingCut>,
     /// Datagrams cut from USO frames since the last [`Port::take_rx_split`].
     split: u64,
+    /// Set once the data plane said where the gateway is (see
+    /// [`Port::set_gateway_mac`]); until then every USO frame is cut.
+    placed: bool,
+    /// The network's gateway MAC, if it has a gateway.
+    gateway: Option<MacAddr>,
 }
 
 /// A USO frame being cut: its plan and the next datagram to write.
@@ -67,6 +73,8 @@ impl TapPort {
             malformed_reported: 0,
             cut: None,
             split: 0,
+            placed: false,
+            gateway: None,
         })
     }
 
@@ -89,6 +97,8 @@ impl TapPort {
                 malformed_reported: 0,
                 cut: None,
                 split: 0,
+                placed: false,
+                gateway: None,
             })
             .collect())
     }
@@ -97,6 +107,14 @@ impl TapPort {
     /// header plus an Ethernet header, or USO frames that could not be cut.
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// True if USO frame `f` must be cut into datagrams before the
+    /// pipeline: it goes to the gateway or to a group address, or the port
+    /// has not been told where the gateway is.
+    fn must_cut(&self, f: &Frame) -> bool {
+        let dst = &f.data()[..6];
+        !self.placed || dst[0] & 1 != 0 || self.gateway.is_some_and(|g| dst == g.0)
     }
 
     /// Cuts the pending USO frame's next datagrams into frames appended to
@@ -145,6 +163,11 @@ impl Port for TapPort {
 
     fn take_rx_split(&mut self) -> u64 {
         std::mem::take(&mut self.split)
+    }
+
+    fn set_gateway_mac(&mut self, mac: Option<MacAddr>) {
+        self.placed = true;
+        self.gateway = mac;
     }
 
     fn take_rx_errors(&mut self) -> u64 {
@@ -209,7 +232,7 @@ impl Port for TapPort {
                 }
             }
             frame.set_len(n - HEADER_LEN);
-            if frame.vnet.gso_type == GsoType::UdpL4 {
+            if frame.vnet.gso_type == GsoType::UdpL4 && self.must_cut(&frame) {
                 match udp_gso::plan(frame.data(), &frame.vnet) {
                     Ok(plan) => {
                         self.cut = Some(PendingCut {
