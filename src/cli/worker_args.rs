@@ -32,7 +32,8 @@ pub struct WorkerArgs {
     pub mac_aging: u64,
     /// Send every UDP datagram to an endpoint as a frame of its own, instead
     /// of coalescing runs of one flow into one USO frame that the endpoint's
-    /// kernel splits again (as a NIC with GRO would).
+    /// kernel splits again (as a NIC with GRO would); a sandbox's UDP GSO
+    /// burst is cut too, instead of crossing whole.
     #[arg(long)]
     pub no_udp_gro: bool,
 }
