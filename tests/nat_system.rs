@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -575,6 +575,26 @@ fn read_reply(to: impl Into<SocketAddr>) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// Sends `n` short requests to echo service `to` on one connection, each
+/// after the previous answer (at most 2 s each); returns how many came back
+/// whole and how long that took.
+fn echo_exchanges(to: impl Into<SocketAddr>, n: usize) -> std::io::Result<(usize, Duration)> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_nodelay(true)?;
+    let start = Instant::now();
+    for i in 0..n {
+        let req = format!("request {i}\n");
+        s.write_all(req.as_bytes())?;
+        let mut got = vec![0u8; req.len()];
+        s.read_exact(&mut got)?;
+        if got != req.as_bytes() {
+            return Ok((i, start.elapsed()));
+        }
+    }
+    Ok((n, start.elapsed()))
+}
+
 /// Sends a datagram to `to` until one comes back (5 tries, 1 s each).
 fn udp_ask(to: impl Into<SocketAddr>) -> std::io::Result<String> {
     let to = to.into();
@@ -599,7 +619,8 @@ fn udp_ask(to: impl Into<SocketAddr>) -> std::io::Result<String> {
 
 /// The service of a published sandbox: TCP 8080 answers every connection
 /// with the client address it sees and closes; UDP 9000 answers every
-/// datagram with the client's IP.
+/// datagram with the client's IP; TCP 8082 echoes what it reads, as a
+/// request/response protocol answers.
 const PEER_SERVER: &str = r#"
 import socket, threading
 def tcp():
@@ -615,6 +636,22 @@ def tcp():
             pass
         c.close()
 threading.Thread(target=tcp, daemon=True).start()
+def echo_conn(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+def echo():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8082))
+    s.listen(64)
+    while True:
+        c, a = s.accept()
+        threading.Thread(target=echo_conn, args=(c,), daemon=True).start()
+threading.Thread(target=echo, daemon=True).start()
 def dual(kind, port):
     s = socket.socket(socket.AF_INET6, kind)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -653,7 +690,7 @@ fn published_ports_keep_the_client_address() {
     };
     let started = Instant::now();
     let inet = Inet::create(1);
-    let [hp, up, hp6, up6] = free_ports::<4>();
+    let [hp, up, hp6, up6, ep] = free_ports::<5>();
     env.start_daemon();
     create_network(
         &env,
@@ -665,6 +702,7 @@ fn published_ports_keep_the_client_address() {
     std::fs::write(&script, PEER_SERVER).expect("write server");
     let (tcp_spec, udp_spec) = (format!("{hp}:8080"), format!("{up}:9000/udp"));
     let (tcp6_spec, udp6_spec) = (format!("[::]:{hp6}:8081"), format!("[::]:{up6}:9001/udp"));
+    let echo_spec = format!("{ep}:8082");
     let script = script.display().to_string();
     env.spawn(&[
         "run",
@@ -680,6 +718,8 @@ fn published_ports_keep_the_client_address() {
         &tcp6_spec,
         "-p",
         &udp6_spec,
+        "-p",
+        &echo_spec,
         "--",
         "python3",
         &script,
@@ -761,8 +801,18 @@ fn published_ports_keep_the_client_address() {
     let spliced = event(&stats(&env), "published-spliced");
     let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hp)).expect("loopback client");
     assert!(reply.starts_with("peer="), "loopback client: {reply:?}");
+    // Request and response through the splice: every small request must be
+    // passed on at once. (Held back as if more were coming, each one waited
+    // for TCP's 200 ms cork timer, both ways: ~8 s for these 20.)
+    let (echoed, took) = echo_exchanges(SocketAddrV4::new(Ipv4Addr::LOCALHOST, ep), 20)
+        .expect("echo client over the loopback");
+    assert_eq!(echoed, 20, "requests answered through the splice");
+    assert!(
+        took < Duration::from_secs(2),
+        "20 requests through the splice took {took:?}"
+    );
     let v = stats(&env);
-    assert!(event(&v, "published-spliced") > spliced, "{v}");
+    assert!(event(&v, "published-spliced") > spliced + 1, "{v}");
     assert!(event(&v, "published-tcp-connections") >= 6, "{v}");
     assert!(event(&v, "published-udp-sessions") >= 2, "{v}");
 

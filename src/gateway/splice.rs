@@ -69,7 +69,10 @@ fn pump(src: &TcpStream, dst: &TcpStream) {
     // A larger pipe moves more per system call (64 KiB by default; 1 MiB is
     // what an unprivileged process may ask for by default).
     let _ = nix::fcntl::fcntl(&pipe_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+    // No SPLICE_F_MORE: it marks the write MSG_MORE, and TCP then holds a
+    // short segment back for more data that a request/response protocol
+    // never sends, up to its 200 ms cork timer per message and direction.
+    let flags = SpliceFFlags::SPLICE_F_MOVE;
     loop {
         let n = match splice(src.as_fd(), None, pipe_w.as_fd(), None, CHUNK, flags) {
             Ok(0) => break,
