@@ -623,11 +623,14 @@ fn udp_ask(to: impl Into<SocketAddr>) -> std::io::Result<String> {
 /// request/response protocol answers.
 const PEER_SERVER: &str = r#"
 import socket, threading
-def tcp():
+def listener(port):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 8080))
+    s.bind(("0.0.0.0", port))
     s.listen(64)
+    return s
+def tcp():
+    s = listener(8080)
     while True:
         c, a = s.accept()
         try:
@@ -644,10 +647,7 @@ def echo_conn(c):
         c.sendall(d)
     c.close()
 def echo():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 8082))
-    s.listen(64)
+    s = listener(8082)
     while True:
         c, a = s.accept()
         threading.Thread(target=echo_conn, args=(c,), daemon=True).start()
