@@ -56,7 +56,6 @@ fuzz_target!(|data: &[u8]| {
     let mss = u16::from(cut as u8);
     for vnet in [VirtioNetHdr::NONE, uso(mss), uso(1)] {
         for next_vnet in [VirtioNetHdr::NONE, partial] {
-            let _ = udp_gro::may_continue(head, next, &next_vnet);
             if let Some(m) = udp_gro::continues(head, &vnet, next, &next_vnet) {
                 let mut f = head[..m.head_len].to_vec();
                 f.extend_from_slice(&next[m.payload.0..m.payload.1]);

@@ -124,19 +124,19 @@ fn cut_uso_into(
             counters.count_drop(DropReason::TooBig);
             continue;
         }
-        let Some(mut g) = pool.alloc() else {
-            counters.count_drop(DropReason::NoBuffer);
-            break;
+        let mut g = match cut_datagram(f, &plan, i, pool) {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                counters.count_drop(DropReason::NoBuffer);
+                break;
+            }
+            Err(_) => {
+                counters.count_drop(DropReason::OffloadFailed);
+                continue;
+            }
         };
-        let Ok((len, vnet)) = udp_gso::write_segment(f.data(), &plan, i, g.receive_space()) else {
-            counters.count_drop(DropReason::OffloadFailed);
-            pool.free(g);
-            continue;
-        };
-        g.set_len(len);
-        g.meta = f.meta;
-        g.vnet = vnet;
         if complete {
+            let vnet = g.vnet;
             if complete_checksum(g.data_mut(), &vnet).is_err() {
                 counters.count_drop(DropReason::OffloadFailed);
                 pool.free(g);
@@ -149,6 +149,34 @@ fn cut_uso_into(
     }
     if cut > 0 {
         crate::stats::bump(&counters.uso_split, cut);
+    }
+}
+
+/// Writes datagram `i` of USO frame `f` (cut as `plan` says, see
+/// [`udp_gso::write_segment`]) into a frame from `pool`, with `f`'s
+/// metadata and a partial checksum; `Ok(None)` if the pool is empty. Shared
+/// by the TAP port (cutting at the read) and [`adapt`] (cutting for a port
+/// without USO).
+pub fn cut_datagram(
+    f: &Frame,
+    plan: &udp_gso::Plan,
+    i: usize,
+    pool: &mut BufferPool,
+) -> crate::wire::Result<Option<Frame>> {
+    let Some(mut g) = pool.alloc() else {
+        return Ok(None);
+    };
+    match udp_gso::write_segment(f.data(), plan, i, g.receive_space()) {
+        Ok((len, vnet)) => {
+            g.set_len(len);
+            g.vnet = vnet;
+            g.meta = f.meta;
+            Ok(Some(g))
+        }
+        Err(e) => {
+            pool.free(g);
+            Err(e)
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::{Port, PortCaps, TxResult};
 use crate::pipeline::frame::Frame;
+use crate::pipeline::offload;
 use crate::pipeline::pool::BufferPool;
 use crate::sys::tun;
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr, HEADER_LEN};
@@ -127,18 +128,13 @@ impl TapPort {
         };
         let mut n = 0;
         while n < room && c.next < c.plan.segments {
-            let Some(mut f) = pool.alloc() else { break };
-            match udp_gso::write_segment(c.frame.data(), &c.plan, c.next, f.receive_space()) {
-                Ok((len, vnet)) => {
-                    f.set_len(len);
-                    f.vnet = vnet;
+            match offload::cut_datagram(&c.frame, &c.plan, c.next, pool) {
+                Ok(Some(f)) => {
                     out.push(f);
                     n += 1;
                 }
-                Err(_) => {
-                    self.malformed += 1;
-                    pool.free(f);
-                }
+                Ok(None) => break,
+                Err(_) => self.malformed += 1,
             }
             c.next += 1;
         }

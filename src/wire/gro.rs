@@ -63,19 +63,6 @@ impl<'a> Seg<'a> {
     }
 }
 
-/// A quick filter for [`continues`]: false when `next` certainly does not
-/// continue `head` (either is not TCP over IPv4 without options, or `next`
-/// carries offload requests).
-#[inline]
-pub fn may_continue(head: &[u8], next: &[u8], next_vnet: &VirtioNetHdr) -> bool {
-    let tcp4 = |f: &[u8]| {
-        f.get(12..14) == Some(&[0x08, 0x00][..])
-            && f.get(ETH) == Some(&0x45)
-            && f.get(ETH + 9) == Some(&6)
-    };
-    !next_vnet.is_gso() && !next_vnet.needs_csum() && tcp4(next) && tcp4(head)
-}
-
 /// The segment size of a run that an `np`-byte segment continues, its head
 /// carrying `hp` bytes of payload, coalesced with segment size `merged` or
 /// plain (then its payload is the size): every segment but the last must
