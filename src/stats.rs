@@ -40,7 +40,8 @@ pub struct WorkerCounters {
     /// TCP segments and UDP datagrams coalesced into a previous one before
     /// a TAP write (GRO).
     pub gro_merged: AtomicU64,
-    /// Datagrams cut from UDP segmentation offload frames read from TAPs.
+    /// Datagrams cut from UDP segmentation offload frames: at a TAP read
+    /// (for the gateway or a group address) or before a port without USO.
     pub uso_split: AtomicU64,
     /// Frames handed to another worker.
     pub cross_sent: AtomicU64,

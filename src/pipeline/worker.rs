@@ -113,9 +113,9 @@ pub struct WorkerConfig {
     /// an idle switch sleeps.
     pub busy_poll: Duration,
     /// Coalesce runs of datagrams of one UDP flow into one frame for ports
-    /// that take UDP segmentation offload ([`crate::wire::udp_gro`]); off,
-    /// every datagram leaves as its own frame. TCP coalescing is not
-    /// affected.
+    /// that take UDP segmentation offload ([`crate::wire::udp_gro`]), and
+    /// pass a sandbox's UDP GSO bursts to them whole; off, every datagram
+    /// leaves as its own frame. TCP coalescing is not affected.
     pub udp_gro: bool,
 }
 

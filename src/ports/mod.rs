@@ -52,8 +52,9 @@ pub struct PortCaps {
     /// With `offload`: also takes UDP segmentation offload frames
     /// (virtio-net `UDP_L4`, Linux 6.2 and later), so the switch coalesces
     /// consecutive datagrams of one flow into one frame for it (see
-    /// [`crate::wire::udp_gro`]); a TAP port with it also reads such frames
-    /// and cuts them into datagrams itself (see [`crate::wire::udp_gso`]).
+    /// [`crate::wire::udp_gro`]), and a sandbox's UDP GSO burst crosses to it
+    /// whole; a port without it gets such a burst cut into datagrams (see
+    /// [`crate::wire::udp_gso`]). A TAP port with it also reads such bursts.
     pub uso: bool,
 }
 
