@@ -220,6 +220,47 @@ fn mac_aging_is_configurable() {
     assert!(relearned, "relearned after aging");
 }
 
+/// The busy-poll budget adapts: with a 20 ms maximum, pings 50 ms apart
+/// (gaps the spin never catches) cost no spinning once the budget has shrunk,
+/// where a fixed budget would spin 20 ms after each of them (about 0.8 s of
+/// CPU for these 40). Pings 5 ms apart still cross, every one answered.
+#[test]
+fn busy_polling_backs_off_when_traffic_trickles() {
+    let Some(mut env) = Env::with_tools("busy", None, &["ping", "ip"]) else {
+        return;
+    };
+    env.start_daemon_with(&["--busy-poll-us", "20000"]);
+    let k = unique_octet();
+    let subnet = format!("10.208.{k}.0/24");
+    ok(
+        &env.sy(&["network", "create", "bp", "--subnet", &subnet]),
+        "create network",
+    );
+    let ip = |last: u8| format!("10.208.{k}.{last}");
+    let (a, b) = (TestNetns::new("bpa"), TestNetns::new("bpb"));
+    connect(&env, "bp", &a, "a", &ip(10), &[]);
+    connect(&env, "bp", &b, "b", &ip(11), &[]);
+    assert!(ping(&a, &ip(11)), "first ping");
+    let pings = |gap: &str, n: &str| {
+        let out = a.exec(&["ping", "-q", "-n", "-i", gap, "-c", n, "-W", "1", &ip(11)]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && text.contains(&format!("{n} received")),
+            "pings every {gap} s: {text}"
+        );
+    };
+    // A few gaps for the budget to shrink, then the measured ones.
+    pings("0.05", "5");
+    let before = env.daemon_cpu();
+    pings("0.05", "40");
+    let used = env.daemon_cpu() - before;
+    assert!(
+        used < std::time::Duration::from_millis(300),
+        "40 pings 50 ms apart cost the daemon {used:?} of CPU: the spin did not back off"
+    );
+    pings("0.005", "200");
+}
+
 /// Static IPv6 addresses: `connect --ip6` and `run --ip6` put the address
 /// asked for on the sandbox's interface and it is reachable; an address in
 /// use, outside the subnet, or on a network without IPv6 is refused with a

@@ -14,9 +14,11 @@ pub struct WorkerArgs {
     /// Data-plane worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
-    /// Microseconds a worker keeps polling after its last work before it
-    /// sleeps (0: sleep at once). Saves wake-ups under steady load; an idle
-    /// switch still sleeps.
+    /// Most microseconds a worker keeps polling after its last work before
+    /// it sleeps (0: sleep at once). Saves wake-ups under steady load; the
+    /// budget adapts, halving while work comes later than this and doubling
+    /// back while it comes sooner, so a trickle of traffic or an idle switch
+    /// costs no spinning.
     #[arg(long, value_name = "US", default_value_t = crate::pipeline::worker::DEFAULT_BUSY_POLL.as_micros() as u64)]
     pub busy_poll_us: u64,
     /// Pin worker i to the i-th of these CPUs (a list such as 0-1 or 2,3,

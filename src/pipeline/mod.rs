@@ -7,6 +7,7 @@
 //! adaptation, tx). A new stage is added with [`Pipeline::insert_before`]
 //! without touching the others.
 
+pub mod busy_poll;
 pub mod decap;
 pub mod dns;
 pub mod drop;

@@ -9,13 +9,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use crossbeam::queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::busy_poll::BusyPoll;
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::offload;
@@ -107,10 +108,11 @@ pub struct WorkerConfig {
     pub mac_capacity: usize,
     /// Poll timeout when idle.
     pub idle_timeout: Duration,
-    /// How long an idle worker keeps polling without sleeping, so a frame
+    /// The most an idle worker keeps polling without sleeping, so a frame
     /// arriving soon after the last one needs no wake-up (zero: sleep at
-    /// once). The default, [`DEFAULT_BUSY_POLL`], is spent only after work:
-    /// an idle switch sleeps.
+    /// once). The budget actually spent adapts to the gaps between work
+    /// ([`super::busy_poll`]): an idle switch or a trickle of traffic
+    /// sleeps at once.
     pub busy_poll: Duration,
     /// Coalesce runs of datagrams of one UDP flow into one frame for ports
     /// that take UDP segmentation offload ([`crate::wire::udp_gro`]), and
@@ -176,6 +178,8 @@ pub struct Worker {
     punt: Arc<PuntQueue>,
     /// Punt shards pushed to in this batch, one bit each.
     punted: u64,
+    /// How long to spin before sleeping, adapted to the gaps between work.
+    busy: BusyPoll,
 }
 
 /// Everything needed to build a worker.
@@ -213,6 +217,7 @@ impl Worker {
         Worker {
             id: parts.id,
             config: parts.config,
+            busy: BusyPoll::new(parts.config.busy_poll),
             pipeline: parts.pipeline,
             pool: parts.pool,
             mac: MacTable::new(parts.config.mac, parts.config.mac_capacity),
@@ -760,19 +765,23 @@ impl Worker {
         let Some(poll) = self.poll.as_mut() else {
             return;
         };
-        if timeout > Duration::ZERO && self.config.busy_poll > Duration::ZERO {
-            let until = std::time::Instant::now() + self.config.busy_poll;
+        // When the worker went idle: the budget adapts to how long it stays so.
+        let idle_from = (timeout > Duration::ZERO).then(Instant::now);
+        let spin = self.busy.budget();
+        if let Some(from) = idle_from.filter(|_| spin > Duration::ZERO) {
+            let until = from + spin;
             loop {
                 let res = poll.poll(&mut self.events, Some(Duration::ZERO));
                 let work = !self.events.is_empty()
                     || !self.me.inbox.is_empty()
                     || !self.me.learn_inbox.is_empty();
-                if res.is_err() || work || std::time::Instant::now() >= until {
+                if res.is_err() || work || Instant::now() >= until {
                     break;
                 }
                 std::hint::spin_loop();
             }
             if !self.events.is_empty() || !self.me.inbox.is_empty() {
+                // Caught while spinning: the budget stays as it is.
                 self.take_events();
                 return;
             }
@@ -787,6 +796,9 @@ impl Worker {
         };
         let res = poll.poll(&mut self.events, Some(timeout));
         self.me.sleeping.store(false, Ordering::SeqCst);
+        if let Some(from) = idle_from {
+            self.busy.idle_ended(from.elapsed());
+        }
         if let Err(e) = res {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::warn!(worker = self.id, error = %e, "poll failed");

@@ -141,6 +141,24 @@ impl Env {
         panic!("daemon did not come up");
     }
 
+    /// CPU time (user + system) the running daemon has used so far.
+    pub fn daemon_cpu(&self) -> Duration {
+        let pid = self.daemon.as_ref().expect("daemon running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
+        // Fields after the command name, which is in parentheses: utime and
+        // stime are the 12th and 13th of them, in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |v| v.max(1) as u64);
+        Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+    }
+
     pub fn stop_daemon(&mut self) {
         if let Some(mut d) = self.daemon.take() {
             let _ = killpg(Pid::from_raw(d.id() as i32), Signal::SIGTERM);
