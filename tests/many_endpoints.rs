@@ -167,6 +167,27 @@ fn port_security_holds_unless_turned_off() {
     assert_eq!(security_of("locked"), Some(true.into()), "{v}");
 }
 
+/// Creates network `net` on 10.`x`.k.0/24 (k unique to this test), connects
+/// two new namespaces to it as `a` (.10) and `b` (.11), checks that a first
+/// ping from a reaches b, and returns both with b's address.
+fn two_endpoints(env: &Env, net: &str, x: u8) -> (TestNetns, TestNetns, String) {
+    let k = unique_octet();
+    let subnet = format!("10.{x}.{k}.0/24");
+    ok(
+        &env.sy(&["network", "create", net, "--subnet", &subnet]),
+        "create network",
+    );
+    let ip = |last: u8| format!("10.{x}.{k}.{last}");
+    let (a, b) = (
+        TestNetns::new(&format!("{net}a")),
+        TestNetns::new(&format!("{net}b")),
+    );
+    connect(env, net, &a, "a", &ip(10), &[]);
+    connect(env, net, &b, "b", &ip(11), &[]);
+    assert!(ping(&a, &ip(11)), "first ping");
+    (a, b, ip(11))
+}
+
 /// The MAC aging time comes from `daemon --mac-aging`: with one second,
 /// two endpoints' addresses are forgotten (`mac-aged`) soon after their
 /// last ping, and the next ping is switched again once they are relearned.
@@ -176,17 +197,7 @@ fn mac_aging_is_configurable() {
         return;
     };
     env.start_daemon_with(&["--mac-aging", "1"]);
-    let k = unique_octet();
-    let subnet = format!("10.206.{k}.0/24");
-    ok(
-        &env.sy(&["network", "create", "ag", "--subnet", &subnet]),
-        "create network",
-    );
-    let ip = |last: u8| format!("10.206.{k}.{last}");
-    let (a, b) = (TestNetns::new("aga"), TestNetns::new("agb"));
-    connect(&env, "ag", &a, "a", &ip(10), &[]);
-    connect(&env, "ag", &b, "b", &ip(11), &[]);
-    assert!(ping(&a, &ip(11)), "first ping");
+    let (a, _b, ip_b) = two_endpoints(&env, "ag", 206);
     let events = |env: &Env| {
         let stats = env.sy(&["stats", "--json"]);
         ok(&stats, "stats");
@@ -211,7 +222,7 @@ fn mac_aging_is_configurable() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut relearned = false;
     while !relearned && std::time::Instant::now() < deadline {
-        assert!(ping(&a, &ip(11)), "ping after aging");
+        assert!(ping(&a, &ip_b), "ping after aging");
         relearned = events(&env).0 > learned;
         if !relearned {
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -230,19 +241,9 @@ fn busy_polling_backs_off_when_traffic_trickles() {
         return;
     };
     env.start_daemon_with(&["--busy-poll-us", "20000"]);
-    let k = unique_octet();
-    let subnet = format!("10.208.{k}.0/24");
-    ok(
-        &env.sy(&["network", "create", "bp", "--subnet", &subnet]),
-        "create network",
-    );
-    let ip = |last: u8| format!("10.208.{k}.{last}");
-    let (a, b) = (TestNetns::new("bpa"), TestNetns::new("bpb"));
-    connect(&env, "bp", &a, "a", &ip(10), &[]);
-    connect(&env, "bp", &b, "b", &ip(11), &[]);
-    assert!(ping(&a, &ip(11)), "first ping");
+    let (a, _b, ip_b) = two_endpoints(&env, "bp", 208);
     let pings = |gap: &str, n: &str| {
-        let out = a.exec(&["ping", "-q", "-n", "-i", gap, "-c", n, "-W", "1", &ip(11)]);
+        let out = a.exec(&["ping", "-q", "-n", "-i", gap, "-c", n, "-W", "1", &ip_b]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success() && text.contains(&format!("{n} received")),

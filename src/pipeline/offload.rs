@@ -38,7 +38,10 @@ pub fn adapt(
             scratch.clear();
             for f in pending.drain(..) {
                 if is_uso(&f) {
-                    cut_uso_into(&f, false, usize::MAX, scratch, pool, counters);
+                    cut_uso(&f, pool, counters, |g, _| {
+                        scratch.push(g);
+                        true
+                    });
                     pool.free(f);
                 } else {
                     scratch.push(f);
@@ -61,10 +64,12 @@ pub fn adapt(
         return;
     }
     scratch.clear();
-    for mut f in pending.drain(..) {
+    for f in pending.drain(..) {
         if is_uso(&f) {
-            let max_len = caps.mtu as usize + L2_OVERHEAD;
-            cut_uso_into(&f, true, max_len, scratch, pool, counters);
+            // Its datagrams carry partial checksums: finished as any frame.
+            cut_uso(&f, pool, counters, |g, pool| {
+                finish_plain(g, caps, scratch, pool, counters)
+            });
             pool.free(f);
             continue;
         }
@@ -77,23 +82,38 @@ pub fn adapt(
             pool.free(f);
             continue;
         }
-        if f.vnet.needs_csum() {
-            let vnet = f.vnet;
-            if complete_checksum(f.data_mut(), &vnet).is_err() {
-                counters.count_drop(DropReason::OffloadFailed);
-                pool.free(f);
-                continue;
-            }
-        }
-        if f.len() > caps.mtu as usize + L2_OVERHEAD {
-            counters.count_drop(DropReason::TooBig);
-            pool.free(f);
-            continue;
-        }
-        f.vnet = VirtioNetHdr::NONE;
-        scratch.push(f);
+        finish_plain(f, caps, scratch, pool, counters);
     }
     std::mem::swap(pending, scratch);
+}
+
+/// Makes frame `f` (not a GSO frame) fit a port without offloads: its
+/// partial checksum completed, then pushed onto `out` without a virtio-net
+/// request if it fits the port's MTU. True if pushed; else it is freed and
+/// counted (`offload-failed`, `too-big`).
+fn finish_plain(
+    mut f: Frame,
+    caps: PortCaps,
+    out: &mut Vec<Frame>,
+    pool: &mut BufferPool,
+    counters: &WorkerCounters,
+) -> bool {
+    if f.vnet.needs_csum() {
+        let vnet = f.vnet;
+        if complete_checksum(f.data_mut(), &vnet).is_err() {
+            counters.count_drop(DropReason::OffloadFailed);
+            pool.free(f);
+            return false;
+        }
+    }
+    if f.len() > caps.mtu as usize + L2_OVERHEAD {
+        counters.count_drop(DropReason::TooBig);
+        pool.free(f);
+        return false;
+    }
+    f.vnet = VirtioNetHdr::NONE;
+    out.push(f);
+    true
 }
 
 fn is_uso(f: &Frame) -> bool {
@@ -101,18 +121,15 @@ fn is_uso(f: &Frame) -> bool {
 }
 
 /// Cuts USO frame `f` (a sandbox's UDP GSO burst that crossed whole) into
-/// its datagrams, appended to `out`, for a port that cannot take it; with
-/// `complete` their checksums are completed too (a port without offloads),
-/// else left partial. Datagrams longer than `max_len` are `too-big` drops,
-/// a frame that cannot be cut an `offload-failed` one; the datagrams cut
-/// count as `uso-split`.
-fn cut_uso_into(
+/// its datagrams, each with a partial checksum, for a port that cannot take
+/// it, and hands each to `emit`, which returns true if it kept it (then it
+/// counts as `uso-split`). A frame that cannot be cut is an `offload-failed`
+/// drop, an empty pool a `no-buffer` one.
+fn cut_uso(
     f: &Frame,
-    complete: bool,
-    max_len: usize,
-    out: &mut Vec<Frame>,
     pool: &mut BufferPool,
     counters: &WorkerCounters,
+    mut emit: impl FnMut(Frame, &mut BufferPool) -> bool,
 ) {
     let Ok(plan) = udp_gso::plan(f.data(), &f.vnet) else {
         counters.count_drop(DropReason::OffloadFailed);
@@ -120,32 +137,14 @@ fn cut_uso_into(
     };
     let mut cut = 0;
     for i in 0..plan.segments {
-        if plan.segment_len(i) > max_len {
-            counters.count_drop(DropReason::TooBig);
-            continue;
-        }
-        let mut g = match cut_datagram(f, &plan, i, pool) {
-            Ok(Some(g)) => g,
+        match cut_datagram(f, &plan, i, pool) {
+            Ok(Some(g)) => cut += u64::from(emit(g, pool)),
             Ok(None) => {
                 counters.count_drop(DropReason::NoBuffer);
                 break;
             }
-            Err(_) => {
-                counters.count_drop(DropReason::OffloadFailed);
-                continue;
-            }
-        };
-        if complete {
-            let vnet = g.vnet;
-            if complete_checksum(g.data_mut(), &vnet).is_err() {
-                counters.count_drop(DropReason::OffloadFailed);
-                pool.free(g);
-                continue;
-            }
-            g.vnet = VirtioNetHdr::NONE;
+            Err(_) => counters.count_drop(DropReason::OffloadFailed),
         }
-        out.push(g);
-        cut += 1;
     }
     if cut > 0 {
         crate::stats::bump(&counters.uso_split, cut);
