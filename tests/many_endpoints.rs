@@ -12,15 +12,18 @@
 //! unless the endpoint is connected with `--no-port-security`, whose sandbox
 //! may then change its MAC and take more addresses, as a bridge inside it
 //! would. And `daemon --mac-aging` sets how long learned addresses last,
-//! and `connect`/`run --ip6` give static IPv6 addresses.
+//! and `connect`/`run --ip6` give static IPv6 addresses, and `daemon
+//! --metrics` serves the counters to Prometheus.
 
 mod common;
 
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use common::netns::{unique_octet, TestNetns};
-use common::sysenv::{ok, Env};
+use common::sysenv::{ok, output_within, Env};
 
 const ENDPOINTS: usize = 30;
 const TARGETS: usize = 5;
@@ -208,24 +211,24 @@ fn mac_aging_is_configurable() {
     let (learned, _) = events(&env);
     assert!(learned >= 2, "both MACs learned");
     // Each worker holds its own table: both forget both addresses.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut aged = 0;
     while aged < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(250));
         aged = events(&env).1;
     }
     assert!(aged >= 2, "addresses aged out after 1 s: {aged}");
     // Two agings may be one worker's while the other still holds the
     // addresses and switches the next ping without learning anything: give
     // every worker time to forget, then ping until one relearns.
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut relearned = false;
     while !relearned && std::time::Instant::now() < deadline {
         assert!(ping(&a, &ip_b), "ping after aging");
         relearned = events(&env).0 > learned;
         if !relearned {
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
     assert!(relearned, "relearned after aging");
@@ -256,10 +259,101 @@ fn busy_polling_backs_off_when_traffic_trickles() {
     pings("0.05", "40");
     let used = env.daemon_cpu() - before;
     assert!(
-        used < std::time::Duration::from_millis(300),
+        used < Duration::from_millis(300),
         "40 pings 50 ms apart cost the daemon {used:?} of CPU: the spin did not back off"
     );
     pings("0.005", "200");
+}
+
+/// `daemon --metrics` serves the counters of `switchyard stats` for
+/// Prometheus: curl reads the pings' frames on both endpoints' ports,
+/// labelled with network and endpoint, and every drop reason that `stats
+/// --json` lists, never ahead of it; OpenMetrics (ending in `# EOF`) when
+/// asked for. A second daemon asking for the same address fails at start,
+/// saying so.
+#[test]
+fn metrics_are_served_for_prometheus() {
+    let Some(mut env) = Env::with_tools("metrics", None, &["ping", "ip", "curl"]) else {
+        return;
+    };
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    env.start_daemon_with(&["--metrics", &addr]);
+    let (a, _b, ip_b) = two_endpoints(&env, "mt", 209);
+    let out = a.exec(&[
+        "ping", "-q", "-n", "-i", "0.05", "-c", "5", "-W", "1", &ip_b,
+    ]);
+    assert!(out.status.success(), "pings");
+    let curl = |accept: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-f", "-H", &format!("Accept: {accept}")])
+            .arg(format!("http://{addr}/metrics"));
+        let out = output_within(c, Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let value = |line: &str| -> u64 {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no value in {line:?}"))
+    };
+    let text = curl("*/*");
+    for ep in ["a", "b"] {
+        for m in ["rx_packets", "tx_packets"] {
+            let labels = format!("network=\"mt\",endpoint=\"{ep}\"");
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!("switchyard_port_{m}_total{{")) && l.contains(&labels)
+                })
+                .unwrap_or_else(|| panic!("no {m} of {ep} in:\n{text}"));
+            assert!(value(line) >= 6, "{line}");
+        }
+    }
+    let stats = env.sy(&["stats", "--json"]);
+    ok(&stats, "stats");
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let drops = json["stats"]["drops"].as_object().expect("drops");
+    assert!(!drops.is_empty());
+    for (reason, after) in drops {
+        let prefix = format!("switchyard_drops_total{{reason=\"{reason}\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no drop reason {reason} in:\n{text}"));
+        assert!(
+            value(line) <= after.as_u64().unwrap_or(0),
+            "{line} ahead of stats"
+        );
+    }
+    let open = curl("application/openmetrics-text");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+
+    let other = env.dir.join("other");
+    let out = output_within(
+        env.cmd(&[
+            "daemon",
+            "--socket",
+            other.join("api.sock").to_str().expect("utf8"),
+            "--state-dir",
+            other.join("state").to_str().expect("utf8"),
+            "--metrics",
+            &addr,
+        ]),
+        Duration::from_secs(10),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
 }
 
 /// Static IPv6 addresses: `connect --ip6` and `run --ip6` put the address
@@ -332,7 +426,7 @@ fn static_ipv6_addresses() {
             .status
             .success();
         if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(250));
         }
         ok
     });

@@ -35,6 +35,9 @@ pub struct DaemonArgs {
     /// NAT limits.
     #[command(flatten)]
     pub nat: super::gateway_args::NatArgs,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: super::metrics_args::MetricsArgs,
 }
 
 /// How often endpoints of vanished sandboxes are looked for.
@@ -77,6 +80,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     signals.thread_block().map_err(CliError::Signals)?;
     super::gateway_args::raise_file_limit();
     let server = Server::bind(&socket)?;
+    let metrics = args.metrics.bind()?;
     let mut dataplane = DataplaneConfig::default();
     args.worker.apply(&mut dataplane)?;
     dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
@@ -106,6 +110,7 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     let daemon = Arc::new(Mutex::new(daemon));
     spawn_reaper(&daemon);
+    super::metrics_args::serve(metrics, &daemon)?;
     crate::control::daemon::spawn_cluster_sync(&daemon);
     server.serve(daemon);
     Ok(())

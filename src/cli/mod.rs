@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod disconnect;
 pub mod dns_args;
 pub mod gateway_args;
+pub mod metrics_args;
 pub mod network;
 pub mod overlay_args;
 pub mod ps;
@@ -83,6 +84,9 @@ pub enum CliError {
     /// The API socket could not be set up.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The metrics listener could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] crate::control::metrics::MetricsError),
     /// An option that is accepted but not implemented yet.
     #[error("{0} not yet supported")]
     Unsupported(String),

@@ -39,6 +39,9 @@ pub struct UpArgs {
     /// NAT limits.
     #[command(flatten)]
     pub nat: super::gateway_args::NatArgs,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: super::metrics_args::MetricsArgs,
 }
 
 /// A sandbox in a topology file.
@@ -116,6 +119,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
 
     super::gateway_args::raise_file_limit();
     let server = Server::bind(socket)?;
+    let metrics = args.metrics.bind()?;
     let mut dataplane = DataplaneConfig::default();
     args.worker.apply(&mut dataplane)?;
     dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
@@ -138,6 +142,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     let stop = server.stop_handle();
     let daemon = Arc::new(Mutex::new(daemon));
     super::daemon::spawn_reaper(&daemon);
+    super::metrics_args::serve(metrics, &daemon)?;
     let serving = std::thread::Builder::new()
         .name("sy-api".into())
         .spawn(move || server.serve(daemon))

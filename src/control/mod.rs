@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod paths;
