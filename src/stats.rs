@@ -35,6 +35,9 @@ pub struct WorkerCounters {
     pub mac_evicted: AtomicU64,
     /// Entries removed by aging.
     pub mac_aged: AtomicU64,
+    /// Entries in the worker's MAC table now (a gauge, published after
+    /// learning and at each aging sweep).
+    pub mac_entries: AtomicU64,
     /// Frames flooded (counted once per frame, not per copy).
     pub flooded: AtomicU64,
     /// TCP segments and UDP datagrams coalesced into a previous one before
@@ -186,6 +189,9 @@ pub fn snapshot(workers: &[Arc<WorkerCounters>], ports: &[PortCounterEntry]) -> 
         let v = workers.iter().map(|w| load(get(w))).sum();
         s.events.insert(name.to_string(), v);
     }
+    // Every worker holds a converging copy of the same table: the fullest.
+    let entries = workers.iter().map(|w| load(&w.mac_entries)).max();
+    s.events.insert("mac-entries".into(), entries.unwrap_or(0));
     for p in ports {
         let sum = |get: fn(&PortCounters) -> &AtomicU64| -> u64 {
             p.blocks.iter().map(|b| load(get(b))).sum()

@@ -126,6 +126,7 @@ fn learns_then_forwards_only_to_the_known_port() {
 
     let stats = sw.dp.stats();
     assert_eq!(stats.events["mac-learned"], 3);
+    assert_eq!(stats.events["mac-entries"], 3);
     assert_eq!(stats.events["flooded"], 2);
     assert_eq!(stats.total_drops(), 0);
 }

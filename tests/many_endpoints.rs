@@ -206,18 +206,21 @@ fn mac_aging_is_configurable() {
         ok(&stats, "stats");
         let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
         let n = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
-        (n("mac-learned"), n("mac-aged"))
+        (n("mac-learned"), n("mac-aged"), n("mac-entries"))
     };
-    let (learned, _) = events(&env);
+    let (learned, _, entries) = events(&env);
     assert!(learned >= 2, "both MACs learned");
-    // Each worker holds its own table: both forget both addresses.
+    assert!(entries >= 2, "both MACs in the table: {entries}");
+    // Each worker holds its own table: both forget both addresses, and the
+    // table's gauge falls to zero.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut aged = 0;
-    while aged < 2 && std::time::Instant::now() < deadline {
+    let (mut aged, mut entries) = (0, entries);
+    while (aged < 2 || entries > 0) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
-        aged = events(&env).1;
+        (_, aged, entries) = events(&env);
     }
     assert!(aged >= 2, "addresses aged out after 1 s: {aged}");
+    assert_eq!(entries, 0, "entries left after aging");
     // Two agings may be one worker's while the other still holds the
     // addresses and switches the next ping without learning anything: give
     // every worker time to forget, then ping until one relearns.
@@ -317,6 +320,11 @@ fn metrics_are_served_for_prometheus() {
             assert!(value(line) >= 6, "{line}");
         }
     }
+    let entries = text
+        .lines()
+        .find(|l| l.starts_with("switchyard_mac_entries "))
+        .unwrap_or_else(|| panic!("no MAC table gauge in:\n{text}"));
+    assert!(value(entries) >= 2, "{entries}");
     let stats = env.sy(&["stats", "--json"]);
     ok(&stats, "stats");
     let json: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");

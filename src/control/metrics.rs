@@ -25,7 +25,8 @@ use super::api::StatsReply;
 
 /// Events of `switchyard stats` that are levels, not counts; every other
 /// event only ever grows and is exported as a counter.
-const GAUGE_EVENTS: [&str; 4] = [
+const GAUGE_EVENTS: [&str; 5] = [
+    "mac-entries",
     "nat-active-flows",
     "gateway-threads",
     "cluster-connected",

@@ -724,6 +724,7 @@ impl Worker {
         if self.learned.is_empty() {
             return;
         }
+        self.publish_mac_entries();
         for (w, peer) in self.peers.iter().enumerate() {
             if w == self.id {
                 continue;
@@ -749,7 +750,16 @@ impl Worker {
             self.last_sweep = now;
             let aged = self.mac.age(now);
             bump(&self.me.counters.mac_aged, aged as u64);
+            // Also catches what peers' messages and flushes changed.
+            self.publish_mac_entries();
         }
+    }
+
+    fn publish_mac_entries(&self) {
+        self.me
+            .counters
+            .mac_entries
+            .store(self.mac.len() as u64, Ordering::Relaxed);
     }
 
     fn wait(&mut self, timeout: Duration) {
