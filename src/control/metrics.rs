@@ -8,6 +8,7 @@
 //! runs on its own short-lived thread, a few at once at most, with time
 //! limits on reading the request and writing the answer.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,12 +93,6 @@ fn metric_name(event: &str) -> String {
         .collect()
 }
 
-fn counter(v: u64) -> Counter {
-    let c = Counter::default();
-    c.inc_by(v);
-    c
-}
-
 /// Renders a stats snapshot as exposition text: OpenMetrics (ending in
 /// `# EOF`) or the Prometheus text format.
 pub fn render(reply: &StatsReply, open_metrics: bool) -> String {
@@ -129,17 +124,26 @@ pub fn render(reply: &StatsReply, open_metrics: bool) -> String {
         }),
         ("port_tx_errors", "Frames the port refused", |p| p.tx_errors),
     ];
-    for (name, help, field) in port_fields {
-        let family = Family::<PortLabels, Counter>::default();
-        for p in &reply.stats.ports {
-            let owner = reply.endpoints.iter().find(|o| o.port == p.port);
+    let owners: HashMap<_, _> = reply.endpoints.iter().map(|o| (o.port, o)).collect();
+    let ports: Vec<_> = reply
+        .stats
+        .ports
+        .iter()
+        .map(|p| {
+            let owner = owners.get(&p.port);
             let labels = PortLabels {
                 port: p.port.0,
                 name: p.name.clone(),
                 network: owner.map(|o| o.network.clone()).unwrap_or_default(),
                 endpoint: owner.map(|o| o.endpoint.clone()).unwrap_or_default(),
             };
-            family.get_or_create(&labels).inc_by(field(p));
+            (p, labels)
+        })
+        .collect();
+    for (name, help, field) in port_fields {
+        let family = Family::<PortLabels, Counter>::default();
+        for (p, labels) in &ports {
+            family.get_or_create(labels).inc_by(field(p));
         }
         reg.register(name, help, family);
     }
@@ -166,7 +170,9 @@ pub fn render(reply: &StatsReply, open_metrics: bool) -> String {
             g.set(i64::try_from(*v).unwrap_or(i64::MAX));
             reg.register(metric_name(event), help, g);
         } else {
-            reg.register(metric_name(event), help, counter(*v));
+            let c = Counter::<u64>::default();
+            c.inc_by(*v);
+            reg.register(metric_name(event), help, c);
         }
     }
     reg.register(
