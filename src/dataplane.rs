@@ -502,6 +502,28 @@ impl Dataplane {
             .map_err(|_| DataplaneError::WorkerGone(owner))
     }
 
+    /// Starts (`Some`) or stops (`None`) copying `port`'s frames into a
+    /// capture, on every worker serving one of its queues.
+    pub fn capture(
+        &self,
+        port: PortId,
+        sink: Option<crate::pipeline::capture::CaptureSink>,
+    ) -> Result<(), DataplaneError> {
+        if self.topo.load().port(port).is_none() {
+            return Err(DataplaneError::UnknownPort(port));
+        }
+        for w in 0..self.commands.len() {
+            self.send(
+                w,
+                Command::Capture {
+                    port,
+                    sink: sink.clone(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// The published topology (for control-plane threads that read it).
     pub fn shared_topology(&self) -> SharedTopology {
         self.topo.clone()

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use switchyard::clock::FakeClock;
 use switchyard::dataplane::{Dataplane, DataplaneConfig, NetworkSpec, PortSpec};
+use switchyard::pipeline::capture::capture_queue;
 use switchyard::pipeline::drop::DropReason;
 use switchyard::pipeline::worker::Worker;
 use switchyard::ports::memory::{MemoryPort, MemoryPortHandle};
-use switchyard::ports::PortCaps;
+use switchyard::ports::{PortCaps, PortId};
 use switchyard::tables::topology::{NetworkId, PortSecurity};
 use switchyard::wire::MacAddr;
 
@@ -68,8 +69,18 @@ impl Switch {
     }
 
     fn port(&mut self, net: NetworkId, worker: usize, sec: PortSecurity) -> MemoryPortHandle {
+        self.port_with_id(net, worker, sec).0
+    }
+
+    fn port_with_id(
+        &mut self,
+        net: NetworkId,
+        worker: usize,
+        sec: PortSecurity,
+    ) -> (MemoryPortHandle, PortId) {
         let (port, handle) = MemoryPort::new("mem", CAPS, 256);
-        self.dp
+        let id = self
+            .dp
             .add_port(
                 PortSpec {
                     network: net,
@@ -79,7 +90,7 @@ impl Switch {
                 Box::new(port),
             )
             .unwrap();
-        handle
+        (handle, id)
     }
 
     /// Runs every worker a few times so frames and learn messages settle.
@@ -129,6 +140,40 @@ fn learns_then_forwards_only_to_the_known_port() {
     assert_eq!(stats.events["mac-entries"], 3);
     assert_eq!(stats.events["flooded"], 2);
     assert_eq!(stats.total_drops(), 0);
+}
+
+/// A capture copies what a port receives and what it sends (here a frame
+/// handed over from the other worker), in order; once stopped it copies
+/// nothing more, and its source ends when every worker has let go of it.
+#[test]
+fn a_capture_copies_both_directions_of_one_port() {
+    let mut sw = Switch::new(2);
+    let n = sw.network("n", false);
+    let (a, a_id) = sw.port_with_id(n, 0, PortSecurity::default());
+    let b = sw.port(n, 1, PortSecurity::default());
+    sw.settle();
+    let (sink, source) = capture_queue(1 << 20);
+    sw.dp.capture(a_id, Some(sink)).unwrap();
+    sw.settle();
+    let (out, back) = (frame(mac(2), mac(1)), frame(mac(1), mac(2)));
+    a.inject(&out);
+    sw.settle();
+    b.inject(&back);
+    sw.settle();
+    assert_eq!(drain(&a), vec![back.clone()]);
+    let captured: Vec<Vec<u8>> =
+        std::iter::from_fn(|| source.recv_timeout(Duration::ZERO).ok().map(|c| c.data)).collect();
+    assert_eq!(captured, vec![out.clone(), back]);
+    assert_eq!(source.lost(), 0);
+
+    sw.dp.capture(a_id, None).unwrap();
+    sw.settle();
+    a.inject(&out);
+    sw.settle();
+    assert_eq!(
+        source.recv_timeout(Duration::ZERO).err(),
+        Some(crossbeam::channel::RecvTimeoutError::Disconnected)
+    );
 }
 
 #[test]

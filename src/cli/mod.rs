@@ -5,6 +5,7 @@
 // the terminal: `[HOSTIP:]PORT` there is a usage pattern, not a doc link.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+pub mod capture;
 pub mod connect;
 pub mod daemon;
 pub mod disconnect;
@@ -70,6 +71,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Explain the pipeline's decision for a described frame.
     Trace(trace::TraceArgs),
+    /// Write the frames of an endpoint's ports to a pcap file.
+    Capture(capture::CaptureArgs),
 }
 
 /// CLI failures (printed to stderr; the process exits non-zero).
@@ -128,6 +131,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Ps(a) => ps::ps(&socket, a).map(|()| 0),
         Command::Stats(a) => stats::stats(&socket, a).map(|()| 0),
         Command::Trace(a) => trace::trace(&socket, a).map(|()| 0),
+        Command::Capture(a) => capture::capture(&socket, a).map(|()| 0),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::stats::StatsSnapshot;
 pub const MAX_LINE: usize = 1 << 20;
 
 /// Every op name, as written in the `op` field.
-pub const OPS: [&str; 13] = [
+pub const OPS: [&str; 14] = [
     "network_create",
     "network_list",
     "network_inspect",
@@ -32,6 +32,7 @@ pub const OPS: [&str; 13] = [
     "stats",
     "ping",
     "trace",
+    "capture",
 ];
 
 /// A request to the daemon.
@@ -64,6 +65,39 @@ pub enum Request {
     Ping,
     /// Explains the pipeline's decision for a described frame.
     Trace(TraceRequest),
+    /// Writes an endpoint's frames to a pcap file; answered when it ends.
+    Capture(CaptureRequest),
+}
+
+/// Arguments of `capture`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// The endpoint (id, `NETWORK/NAME` or a unique name).
+    pub endpoint: String,
+    /// The pcap file the daemon writes (absolute; created or truncated,
+    /// mode 0600).
+    pub file: std::path::PathBuf,
+    /// Stop after this many frames.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds (at most a day). Without `count` or
+    /// `seconds`, the capture runs until the client hangs up.
+    #[serde(default)]
+    pub seconds: Option<u64>,
+}
+
+/// Result of `capture`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureReply {
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// The file written.
+    pub file: std::path::PathBuf,
+    /// Frames written.
+    pub frames: u64,
+    /// Frames missed because the writer fell behind.
+    pub lost: u64,
 }
 
 /// Arguments of `trace`.

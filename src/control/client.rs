@@ -63,6 +63,12 @@ impl Client {
         Self::connect_with_timeout(path, DEFAULT_TIMEOUT)
     }
 
+    /// A handle on the connection, for shutting down its write side while
+    /// a call waits (the daemon ends a running capture when it sees that).
+    pub fn stream_handle(&self) -> std::io::Result<UnixStream> {
+        self.writer.try_clone()
+    }
+
     /// Connects with a per-call timeout.
     pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::NotRunning {

@@ -81,6 +81,9 @@ pub enum DaemonError {
     /// Not yet supported.
     #[error("{0} not yet supported")]
     Unsupported(String),
+    /// A capture of the endpoint is running already.
+    #[error("a capture of endpoint {0} is running already; wait for it or stop it first")]
+    CaptureRunning(String),
     /// An argument that is well-formed but not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -148,7 +151,7 @@ impl DaemonError {
             E::AmbiguousEndpoint { .. } | E::Invalid(_) | E::Model(_) => ErrorKind::BadRequest,
             E::Attach { .. } => ErrorKind::Attach,
             E::Unsupported(_) => ErrorKind::Unsupported,
-            E::PortTaken { .. } => ErrorKind::Conflict,
+            E::PortTaken { .. } | E::CaptureRunning(_) => ErrorKind::Conflict,
             E::Bind { .. } => ErrorKind::Conflict,
             E::Ipam(e) => match e {
                 IpamError::PoolExhausted | IpamError::Exhausted { .. } => ErrorKind::Exhausted,

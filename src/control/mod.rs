@@ -6,6 +6,7 @@
 pub mod api;
 pub mod attach;
 pub mod attach_fake;
+pub mod capture;
 pub mod client;
 pub mod cluster;
 pub mod daemon;

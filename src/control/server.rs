@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::api::{decode_request, ApiError, ErrorKind, Response, MAX_LINE};
+use super::api::{decode_request, ApiError, ErrorKind, Request, Response, MAX_LINE};
 use super::daemon::Daemon;
 
 /// Socket setup failures.
@@ -236,6 +236,7 @@ pub fn serve_connection(stream: UnixStream, daemon: &Mutex<Daemon>) -> io::Resul
             continue;
         }
         let response = match decode_request(&line) {
+            Ok(Request::Capture(req)) => super::capture::serve(daemon, req, reader.get_ref()),
             Ok(req) => daemon
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -8,6 +8,7 @@
 //! without touching the others.
 
 pub mod busy_poll;
+pub mod capture;
 pub mod decap;
 pub mod dns;
 pub mod drop;

@@ -17,6 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::busy_poll::BusyPoll;
+use super::capture::CaptureSink;
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
 use super::offload;
@@ -93,6 +94,14 @@ pub enum Command {
         /// Where the report goes.
         reply: crossbeam::channel::Sender<TraceReport>,
     },
+    /// Start (`Some`) or stop (`None`) copying a port's frames into a
+    /// capture.
+    Capture {
+        /// The port.
+        port: PortId,
+        /// Where the copies go.
+        sink: Option<CaptureSink>,
+    },
     /// Leave the run loop.
     Stop,
 }
@@ -147,6 +156,8 @@ struct Slot {
     counters: Arc<PortCounters>,
     pending: Vec<Frame>,
     has_fd: bool,
+    /// A running `switchyard capture` of this port.
+    capture: Option<CaptureSink>,
 }
 
 /// One worker.
@@ -327,6 +338,11 @@ impl Worker {
                 } => {
                     let _ = reply.send(self.trace(in_port, &frame));
                 }
+                Command::Capture { port, sink } => {
+                    if let Some(Some(slot)) = self.slots.get_mut(port.0 as usize) {
+                        slot.capture = sink;
+                    }
+                }
                 Command::Stop => return false,
             }
         }
@@ -361,6 +377,7 @@ impl Worker {
             counters,
             pending: Vec::with_capacity(BATCH_SIZE),
             has_fd: registered,
+            capture: None,
         });
     }
 
@@ -461,6 +478,9 @@ impl Worker {
                     self.me.counters.count_drop(DropReason::NoBuffer);
                 }
                 return starved;
+            }
+            if let Some(capture) = &slot.capture {
+                capture.record(&self.batch[self.batch.len().saturating_sub(got)..]);
             }
             let bytes: u64 = self.batch.iter().map(|f| f.len() as u64).sum();
             bump(&slot.counters.rx_packets, got as u64);
@@ -701,6 +721,9 @@ impl Worker {
                 &mut self.pool,
                 &self.me.counters,
             );
+            if let Some(capture) = &slot.capture {
+                capture.record(&slot.pending);
+            }
             let res = slot.port.send(&mut slot.pending, &mut self.pool);
             bump(&slot.counters.tx_packets, res.sent as u64);
             bump(&slot.counters.tx_bytes, res.bytes);

@@ -15,6 +15,7 @@ pub mod icmpv6;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod pcap;
 pub mod tcp;
 pub mod udp;
 pub mod udp_frame;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod capture;
 mod cluster;
 mod endpoints;
 mod etcd_store;
@@ -83,6 +84,8 @@ pub struct Daemon {
     cluster: Option<Box<dyn ClusterStore>>,
     /// Endpoints of other hosts, from the cluster store.
     remote: cluster::RemoteView,
+    /// Endpoints (ids) with a capture running.
+    capturing: std::collections::HashSet<String>,
 }
 
 impl Daemon {
@@ -155,6 +158,7 @@ impl Daemon {
             overlay: config.overlay,
             cluster: config.cluster,
             remote: cluster::RemoteView::new(),
+            capturing: std::collections::HashSet::new(),
         };
         d.start_overlay()?;
         d.restore(state)?;
@@ -290,6 +294,11 @@ impl Daemon {
             Request::RemoteEndpoints => Ok(Response::success(&self.remote_view())),
             Request::Stats => Ok(Response::success(&self.stats())),
             Request::Trace(t) => self.trace(t).map(|r| Response::success(&r)),
+            // It runs for as long as the capture does, so the API server
+            // serves it without holding the daemon (`control::capture`).
+            Request::Capture(_) => Err(DaemonError::Invalid(
+                "capture is served by the API server, on a connection of its own".into(),
+            )),
             Request::Ping => Ok(Response::success(&Pong {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pid: std::process::id(),
