@@ -13,7 +13,8 @@
 //! may then change its MAC and take more addresses, as a bridge inside it
 //! would. And `daemon --mac-aging` sets how long learned addresses last,
 //! and `connect`/`run --ip6` give static IPv6 addresses, and `daemon
-//! --metrics` serves the counters to Prometheus.
+//! --metrics` serves the counters to Prometheus, and `capture` writes an
+//! endpoint's frames to a pcap file.
 
 mod common;
 
@@ -23,7 +24,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::netns::{unique_octet, TestNetns};
-use common::sysenv::{ok, output_within, Env};
+use common::sysenv::{ok, output_within, spawn_retry, wait_timeout, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::Read;
+use std::process::Stdio;
 
 const ENDPOINTS: usize = 30;
 const TARGETS: usize = 5;
@@ -362,6 +367,105 @@ fn metrics_are_served_for_prometheus() {
         !out.status.success() && err.contains(&format!("cannot serve metrics on {addr}")),
         "{err}"
     );
+}
+
+/// The frames of a pcap file (nanosecond or microsecond, little-endian).
+fn pcap_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let d = std::fs::read(path).expect("pcap file");
+    assert!(d.len() >= 24, "pcap header");
+    let magic = u32::from_le_bytes(d[0..4].try_into().unwrap());
+    assert!(
+        magic == 0xa1b2_3c4d || magic == 0xa1b2_c3d4,
+        "magic {magic:#x}"
+    );
+    assert_eq!(
+        u32::from_le_bytes(d[20..24].try_into().unwrap()),
+        1,
+        "Ethernet"
+    );
+    let mut frames = Vec::new();
+    let mut o = 24;
+    while o < d.len() {
+        let len = u32::from_le_bytes(d[o + 8..o + 12].try_into().unwrap()) as usize;
+        frames.push(d[o + 16..o + 16 + len].to_vec());
+        o += 16 + len;
+    }
+    assert_eq!(o, d.len(), "records fill the file");
+    frames
+}
+
+/// ICMP echo type of an IPv4 frame (8 request, 0 reply), if it is one.
+fn icmp_echo_type(f: &[u8]) -> Option<u8> {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] || f[23] != 1 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f.get(14 + ihl).copied().filter(|t| *t == 0 || *t == 8)
+}
+
+/// `switchyard capture` writes what an endpoint's ports carry into a pcap
+/// file: five pings from a to b show as five echo requests a sent and five
+/// replies it was sent. A second capture of the same endpoint is refused
+/// while one runs, and Ctrl-C ends a capture without a limit, which still
+/// reports what it wrote.
+#[test]
+fn capture_writes_an_endpoints_frames_to_pcap() {
+    let Some(mut env) = Env::with_tools("capture", None, &["ping", "ip"]) else {
+        return;
+    };
+    env.start_daemon();
+    let (a, _b, ip_b) = two_endpoints(&env, "cp", 210);
+    let path = |name: &str| env.dir.join(name).to_str().expect("utf8").to_string();
+    let (first, second) = (path("a.pcap"), path("again.pcap"));
+    let timed = env.cmd(&["capture", "cp/a", "-w", &first, "--seconds", "3"]);
+    let timed = std::thread::spawn(move || output_within(timed, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(500));
+    let again = env.sy(&["capture", "cp/a", "-w", &second, "-c", "1"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("running already"),
+        "{err}"
+    );
+    let out = a.exec(&["ping", "-q", "-n", "-i", "0.1", "-c", "5", "-W", "1", &ip_b]);
+    assert!(out.status.success(), "pings");
+    let done = timed.join().expect("capture thread");
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success() && said.contains("frames of endpoint"),
+        "{said}"
+    );
+    let types: Vec<u8> = pcap_frames(std::path::Path::new(&first))
+        .iter()
+        .filter_map(|f| icmp_echo_type(f))
+        .collect();
+    let count = |t: u8| types.iter().filter(|x| **x == t).count();
+    assert_eq!(
+        (count(8), count(0)),
+        (5, 5),
+        "echo requests and replies: {types:?}"
+    );
+
+    let mut endless = env.cmd(&["capture", "cp/a", "-w", &second]);
+    endless.stdout(Stdio::piped());
+    let mut child = spawn_retry(&mut endless).expect("start capture");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(a
+        .exec(&["ping", "-q", "-n", "-c", "1", "-W", "1", &ip_b])
+        .status
+        .success());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("capture ends on Ctrl-C");
+    let mut said = String::new();
+    let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut said));
+    assert!(
+        status.success() && said.contains("frames of endpoint"),
+        "{status:?} {said}"
+    );
+    let echoes = pcap_frames(std::path::Path::new(&second))
+        .iter()
+        .filter_map(|f| icmp_echo_type(f))
+        .count();
+    assert_eq!(echoes, 2, "one ping's request and reply");
 }
 
 /// Static IPv6 addresses: `connect --ip6` and `run --ip6` put the address
