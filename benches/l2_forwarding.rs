@@ -116,6 +116,7 @@ fn setup(learned: usize, workers: usize) -> (Dataplane, Vec<Worker>) {
         },
         gateway_threads: 0,
         cpu_affinity: None,
+        fault: None,
     };
     let (mut dp, mut ws) = Dataplane::inline(config, Arc::new(SystemClock::new())).unwrap();
     let net = dp

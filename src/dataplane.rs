@@ -15,6 +15,7 @@ use crate::pipeline::punt::PuntQueue;
 use crate::pipeline::trace::TraceReport;
 use crate::pipeline::worker::{self, Command, Worker, WorkerConfig, WorkerParts, WorkerShared};
 use crate::pipeline::Pipeline;
+use crate::ports::fault::{FaultCounters, FaultPlan, FaultyPort};
 use crate::ports::vxlan::{TunnelPort, VxlanRxPort, VxlanSockets};
 use crate::ports::{Port, PortId};
 use crate::stats::{self, PortCounterEntry, PortCounters, StatsSnapshot, WorkerCounters};
@@ -80,6 +81,8 @@ pub struct DataplaneConfig {
     /// CPUs to pin workers to: worker `i` runs on `cpus[i % cpus.len()]`
     /// (`None` or empty: wherever the scheduler puts them).
     pub cpu_affinity: Option<Vec<usize>>,
+    /// Faults every port's frames meet (testing: `--fault-inject`).
+    pub fault: Option<FaultPlan>,
 }
 
 impl Default for DataplaneConfig {
@@ -91,6 +94,7 @@ impl Default for DataplaneConfig {
             worker: WorkerConfig::default(),
             gateway_threads: 0,
             cpu_affinity: None,
+            fault: None,
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct Dataplane {
     vxlan: Option<VxlanState>,
     /// Overlay networks: their spec and tunnel ports.
     overlays: std::collections::BTreeMap<NetworkId, OverlayState>,
+    /// Faults every new port's frames meet, and their counts.
+    fault: Option<(FaultPlan, Arc<FaultCounters>)>,
 }
 
 /// The VXLAN endpoint: each worker's sockets and receive port.
@@ -280,6 +286,9 @@ impl Dataplane {
             injector_counters: Vec::new(),
             vxlan: None,
             overlays: std::collections::BTreeMap::new(),
+            fault: config
+                .fault
+                .map(|p| (p, Arc::new(FaultCounters::default()))),
         };
         Ok((dp, workers))
     }
@@ -403,6 +412,12 @@ impl Dataplane {
         };
         let (name, caps) = (first.name().to_string(), first.caps());
         queues.truncate(self.workers().min(64));
+        if let Some((plan, counters)) = &self.fault {
+            queues = queues
+                .into_iter()
+                .map(|q| Box::new(FaultyPort::new(q, *plan, counters.clone())) as Box<dyn Port>)
+                .collect();
+        }
         let owners: Vec<WorkerId> = if queues.len() == 1 {
             vec![spec
                 .worker
@@ -710,7 +725,13 @@ impl Dataplane {
             .map(|s| s.counters.clone())
             .chain(self.injector_counters.iter().cloned())
             .collect();
-        stats::snapshot(&workers, &self.port_counters)
+        let mut s = stats::snapshot(&workers, &self.port_counters);
+        if let Some((_, faults)) = &self.fault {
+            for (name, v) in faults.named() {
+                s.events.insert(name.into(), v);
+            }
+        }
+        s
     }
 
     /// Stops the workers and waits for them.

@@ -38,6 +38,11 @@ pub struct WorkerArgs {
     /// burst is cut too, instead of crossing whole.
     #[arg(long)]
     pub no_udp_gro: bool,
+    /// For testing what runs behind the switch: lose, duplicate or reorder
+    /// a share of the frames on every port, as a bad link would, from a
+    /// seeded generator (e.g. drop=2%,duplicate=0.5%,reorder=1%,seed=7).
+    #[arg(long, value_name = "PLAN")]
+    pub fault_inject: Option<crate::ports::fault::FaultPlan>,
 }
 
 /// Longest MAC aging accepted: a day (entries keep 32-bit millisecond times,
@@ -54,6 +59,7 @@ impl WorkerArgs {
         config.worker.busy_poll = std::time::Duration::from_micros(self.busy_poll_us);
         config.worker.mac.aging_ms = self.mac_aging * 1000;
         config.worker.udp_gro = !self.no_udp_gro;
+        config.fault = self.fault_inject;
         if let Some(spec) = &self.cpu_affinity {
             let allowed = crate::sys::affinity::allowed_cpus()
                 .map_err(|e| CliError::Invalid(format!("cannot read this process's CPUs: {e}")))?;

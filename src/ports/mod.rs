@@ -1,6 +1,7 @@
 //! Ports: where frames enter and leave the switch. A [`Port`] is polled by
 //! exactly one worker, which is also the only one that writes to it.
 
+pub mod fault;
 pub mod memory;
 pub mod tap;
 pub mod vxlan;
