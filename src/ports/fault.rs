@@ -96,6 +96,10 @@ pub struct FaultyPort {
     plan: FaultPlan,
     rng: u64,
     counters: Arc<FaultCounters>,
+    /// Frames read from the inner port, before the faults.
+    got: Vec<Frame>,
+    /// A spare vector for [`FaultyPort::apply`] to build into.
+    spare: Vec<Frame>,
 }
 
 impl FaultyPort {
@@ -110,6 +114,8 @@ impl FaultyPort {
             plan,
             rng: (plan.seed ^ name) | 1,
             counters,
+            got: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -130,7 +136,7 @@ impl FaultyPort {
     /// a frame held back swaps places with the next one of the batch (or is
     /// delivered last: a fault delays, never loses, what it holds).
     fn apply(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool, room: usize) {
-        let mut out = Vec::with_capacity(frames.len() + 1);
+        let mut out = std::mem::take(&mut self.spare);
         let mut held = None;
         for f in frames.drain(..) {
             if self.chance(self.plan.drop) {
@@ -160,7 +166,10 @@ impl FaultyPort {
             out.extend(copy);
         }
         out.extend(held);
-        *frames = out;
+        // The drained vector is kept for the next call: no allocation per
+        // batch once the vectors have grown.
+        std::mem::swap(frames, &mut out);
+        self.spare = out;
     }
 }
 
@@ -187,12 +196,15 @@ impl Port for FaultyPort {
         // edge-triggered), so lost frames are made up by reading on until
         // the inner port really is.
         let mut total = 0;
-        let mut got = Vec::with_capacity(max);
+        let mut got = std::mem::take(&mut self.got);
         while total < max {
             let want = max - total;
             let n = match self.inner.recv(pool, &mut got, want) {
                 Ok(n) => n,
-                Err(e) if total == 0 => return Err(e),
+                Err(e) if total == 0 => {
+                    self.got = got;
+                    return Err(e);
+                }
                 Err(_) => break,
             };
             self.apply(&mut got, pool, want);
@@ -202,6 +214,7 @@ impl Port for FaultyPort {
                 break;
             }
         }
+        self.got = got;
         Ok(total)
     }
 
