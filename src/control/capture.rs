@@ -22,7 +22,8 @@ use crate::wire::pcap;
 
 /// Longest capture asked for by time.
 const MAX_SECONDS: u64 = 86_400;
-/// How often a capture looks whether its client is still there.
+/// How often a capture looks whether its client is still there, and puts
+/// what it buffered into the file.
 const CHECK_CLIENT: Duration = Duration::from_millis(200);
 
 /// Runs a capture and answers with what was written, or why not.
@@ -107,6 +108,11 @@ fn run(
         if now.duration_since(checked) >= CHECK_CLIENT {
             checked = now;
             if hung_up(client) {
+                break;
+            }
+            // What is in the file stays there if the daemon stops mid-way.
+            if let Err(e) = out.flush() {
+                failed = Some(e);
                 break;
             }
         }
