@@ -428,6 +428,11 @@ fn capture_writes_an_endpoints_frames_to_pcap() {
     let timed = env.cmd(&["capture", "cp/a", "-w", &first, "--seconds", "3"]);
     let timed = std::thread::spawn(move || output_within(timed, Duration::from_secs(20)));
     std::thread::sleep(Duration::from_millis(500));
+    // A request for an unknown endpoint leaves the file alone.
+    std::fs::write(&second, b"keep").expect("write");
+    let unknown = env.sy(&["capture", "cp/nobody", "-w", &second, "-c", "1"]);
+    assert!(!unknown.status.success(), "unknown endpoint");
+    assert_eq!(std::fs::read(&second).expect("read"), b"keep");
     let again = env.sy(&["capture", "cp/a", "-w", &second, "-c", "1"]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(

@@ -79,21 +79,26 @@ fn run(
             "capture seconds must be between 1 and {MAX_SECONDS}"
         )));
     }
-    let cannot_write = |e: io::Error| bad(format!("cannot write {}: {e}", path.display()));
-    let file = OpenOptions::new()
+    let lock = || daemon.lock().unwrap_or_else(PoisonError::into_inner);
+    // The endpoint first: a request naming none leaves the file untouched.
+    let session = lock()
+        .start_capture(&req.endpoint)
+        .map_err(ApiError::from)?;
+    let opened = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(cannot_write)?;
-    let mut out = BufWriter::new(file);
-    out.write_all(&pcap::file_header()).map_err(cannot_write)?;
-
-    let lock = || daemon.lock().unwrap_or_else(PoisonError::into_inner);
-    let session = lock()
-        .start_capture(&req.endpoint)
-        .map_err(ApiError::from)?;
+        .map(BufWriter::new)
+        .and_then(|mut out| out.write_all(&pcap::file_header()).map(|()| out));
+    let mut out = match opened {
+        Ok(out) => out,
+        Err(e) => {
+            lock().stop_capture(&session);
+            return Err(bad(format!("cannot write {}: {e}", path.display())));
+        }
+    };
     let deadline = req.seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut frames = 0u64;
     let mut failed = None;
