@@ -480,7 +480,7 @@ impl Worker {
                 return starved;
             }
             if let Some(capture) = &slot.capture {
-                capture.record(&self.batch[self.batch.len().saturating_sub(got)..]);
+                capture.record(&self.batch);
             }
             let bytes: u64 = self.batch.iter().map(|f| f.len() as u64).sum();
             bump(&slot.counters.rx_packets, got as u64);
