@@ -245,9 +245,7 @@ fn gateway_dns_end_to_end() {
         "internal network forwarded"
     );
 
-    let stats = env.sy(&["stats", "--json"]);
-    ok(&stats, "stats");
-    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let v = env.stats();
     let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
     let drop = |k: &str| v["stats"]["drops"][k].as_u64().unwrap_or(0);
     assert!(ev("dns-answered") >= 10, "{v}");
@@ -323,9 +321,7 @@ fn gateway_dns_over_ipv6() {
     assert_eq!(first("getent"), aaaa, "{o}");
     assert!(upstream.queries.load(Ordering::Relaxed) >= 2);
 
-    let stats = env.sy(&["stats", "--json"]);
-    ok(&stats, "stats");
-    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let v = env.stats();
     let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
     assert!(ev("dns-tcp-queries") >= 1, "{v}");
     assert!(ev("dns-forwarded") >= 2, "{v}");

@@ -186,9 +186,7 @@ fn nat_publishing_and_dns_deliver_intact_through_loss() {
     assert!(got == body, "upload corrupted: {} bytes", got.len());
 
     // The faults did happen, each kind of them.
-    let stats = env.sy(&["stats", "--json"]);
-    ok(&stats, "stats");
-    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let v = env.stats();
     for fault in ["fault-dropped", "fault-duplicated", "fault-reordered"] {
         let n = v["stats"]["events"][fault].as_u64().unwrap_or(0);
         assert!(n > 0, "no {fault} in {v}");

@@ -157,9 +157,7 @@ fn port_security_holds_unless_turned_off() {
         "another MAC and address, unlocked"
     );
 
-    let stats = env.sy(&["stats", "--json"]);
-    ok(&stats, "stats");
-    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+    let v = env.stats();
     let spoofed = v["stats"]["drops"]["spoofed"].as_u64().unwrap_or(0);
     assert!(spoofed >= 1, "the locked port's frames counted: {v}");
     let inspect = env.sy(&["network", "inspect", "ps"]);
@@ -207,9 +205,7 @@ fn mac_aging_is_configurable() {
     env.start_daemon_with(&["--mac-aging", "1"]);
     let (a, _b, ip_b) = two_endpoints(&env, "ag", 206);
     let events = |env: &Env| {
-        let stats = env.sy(&["stats", "--json"]);
-        ok(&stats, "stats");
-        let v: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+        let v = env.stats();
         let n = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
         (n("mac-learned"), n("mac-aged"), n("mac-entries"))
     };
@@ -330,9 +326,7 @@ fn metrics_are_served_for_prometheus() {
         .find(|l| l.starts_with("switchyard_mac_entries "))
         .unwrap_or_else(|| panic!("no MAC table gauge in:\n{text}"));
     assert!(value(entries) >= 2, "{entries}");
-    let stats = env.sy(&["stats", "--json"]);
-    ok(&stats, "stats");
-    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let json = env.stats();
     let drops = json["stats"]["drops"].as_object().expect("drops");
     assert!(!drops.is_empty());
     for (reason, after) in drops {

@@ -92,9 +92,7 @@ fn rst_fin_and_out_of_window_storms() {
         text.contains("live=ok"),
         "live connection survived:\n{text}"
     );
-    let st = env.sy(&["stats", "--json"]);
-    ok(&st, "stats");
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
+    let v = env.stats();
     let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
     assert!(
         ev("nat-rejected") >= 2600,

@@ -21,13 +21,6 @@ use std::time::{Duration, Instant};
 use common::outside::{closed_port, listen, Inet, LineServer, UdpEcho, BODY};
 use common::sysenv::{ok, Env, USER};
 
-/// The daemon's counters (`stats --json`).
-fn stats(env: &Env) -> serde_json::Value {
-    let out = env.sy(&["stats", "--json"]);
-    ok(&out, "stats");
-    serde_json::from_slice(&out.stdout).expect("stats json")
-}
-
 fn event(v: &serde_json::Value, key: &str) -> u64 {
     v["stats"]["events"][key].as_u64().unwrap_or(0)
 }
@@ -303,14 +296,14 @@ fn outbound_tcp_udp_and_refusals() {
     assert_eq!(field(&o, "inet"), BODY, "plain networks still go out:\n{o}");
 
     // An internal network has no way out.
-    let before = dropped(&stats(&env), "internal-network");
+    let before = dropped(&env.stats(), "internal-network");
     let script = format!("curl -sS --noproxy '*' -m 3 {far_url}; echo \"rc=$?\"");
     let out = env.sy(&["run", "--network", "int", "--", "sh", "-c", &script]);
     ok(&out, "client on int");
     let o = text(&out);
     assert_ne!(field(&o, "rc"), "0", "internal network went out:\n{o}");
 
-    let v = stats(&env);
+    let v = env.stats();
     assert!(
         dropped(&v, "internal-network") > before,
         "internal-network drops: {v}"
@@ -383,13 +376,13 @@ fn outbound_ipv6_tcp_udp_and_refusals() {
     assert_eq!(field(&o, "inet"), BODY, "plain networks go out:\n{o}");
 
     // An internal network has no way out over IPv6 either.
-    let before = dropped(&stats(&env), "internal-network");
+    let before = dropped(&env.stats(), "internal-network");
     let script = format!("curl -sS --noproxy '*' -m 3 -g '{far_url}'; echo \"rc=$?\"");
     let out = env.sy(&["run", "--network", "int6", "--", "sh", "-c", &script]);
     ok(&out, "client on int6");
     assert_ne!(field(&text(&out), "rc"), "0", "internal network went out");
 
-    let v = stats(&env);
+    let v = env.stats();
     assert!(dropped(&v, "internal-network") > before, "{v}");
     assert!(event(&v, "nat-tcp-flows") >= 3, "{v}");
     assert!(event(&v, "nat-udp-flows") >= 1, "{v}");
@@ -424,7 +417,7 @@ fn ten_thousand_idle_connections() {
     );
     let ready = wait_file(&out, Duration::from_secs(60)).expect("client ready in 60 s");
     let connected = word(&ready, "connected");
-    let v = stats(&env);
+    let v = env.stats();
     let rss = env
         .daemon
         .as_ref()
@@ -497,7 +490,7 @@ fn syn_flood_is_capped() {
         },
     );
     let ready = wait_file(&out, Duration::from_secs(60)).expect("flood reported");
-    let v = stats(&env);
+    let v = env.stats();
     eprintln!("flood: {ready}");
     assert!(event(&v, "nat-flow-cap") > 0, "{v}");
     assert!(event(&v, "nat-active-flows") <= CAP, "{v}");
@@ -528,7 +521,7 @@ fn syn_flood_is_capped() {
     ]);
     ok(&out2, "curl beside the flood");
     assert_eq!(text(&out2), BODY);
-    let v = stats(&env);
+    let v = env.stats();
     assert!(event(&v, "nat-active-flows") <= CAP + 1, "{v}");
     // The two sandboxes hold consecutive data-plane ports, so each has a
     // gateway-stack thread of its own (the daemon runs 2): the flood's
@@ -798,7 +791,7 @@ fn published_ports_keep_the_client_address() {
     assert_eq!(field(&reply, "peer"), inet.addr6().to_string(), "{reply}");
 
     // A client on the host's loopback is spliced into the sandbox.
-    let spliced = event(&stats(&env), "published-spliced");
+    let spliced = event(&env.stats(), "published-spliced");
     let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hp)).expect("loopback client");
     assert!(reply.starts_with("peer="), "loopback client: {reply:?}");
     // Request and response through the splice: every small request must be
@@ -811,7 +804,7 @@ fn published_ports_keep_the_client_address() {
         took < Duration::from_secs(2),
         "20 requests through the splice took {took:?}"
     );
-    let v = stats(&env);
+    let v = env.stats();
     assert!(event(&v, "published-spliced") > spliced + 1, "{v}");
     assert!(event(&v, "published-tcp-connections") >= 6, "{v}");
     assert!(event(&v, "published-udp-sessions") >= 2, "{v}");
@@ -961,7 +954,7 @@ fn icmp_echo_through_ping_sockets() {
     let out = env.sy(&["run", "--network", "icmp", "--", "sh", "-c", &script]);
     ok(&out, "ping -6 with ping sockets allowed");
     eprintln!("allowed (v6): {}", text(&out).lines().last().unwrap_or(""));
-    let v = stats(&env);
+    let v = env.stats();
     assert!(event(&v, "nat-icmp-flows") >= 2, "{v}");
     let denied = event(&v, "nat-icmp-denied");
 
@@ -974,7 +967,7 @@ fn icmp_echo_through_ping_sockets() {
         "ping went out with ping sockets denied:\n{}",
         text(&out)
     );
-    let v = stats(&env);
+    let v = env.stats();
     eprintln!(
         "denied: {:?}; nat-icmp-denied {denied} -> {}",
         text(&out).lines().find(|l| l.contains("packet loss")),

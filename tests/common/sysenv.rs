@@ -172,6 +172,13 @@ impl Env {
         output_within(self.cmd(args), Duration::from_secs(60))
     }
 
+    /// The daemon's counters, as `stats --json` prints them.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.sy(&["stats", "--json"]);
+        ok(&out, "stats");
+        serde_json::from_slice(&out.stdout).expect("stats json")
+    }
+
     /// Starts a long-running client command (killed on drop).
     pub fn spawn(&mut self, args: &[&str]) -> usize {
         let mut c = self.cmd(args);
