@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     if let Some(code) = internal_helper() {
         return exit_code(code);
     }
+    // Started by a container runtime as a CNI plugin.
+    if let Some(code) = switchyard::cli::cni::entry(&std::env::args().collect::<Vec<_>>()) {
+        return exit_code(code);
+    }
     let cli = switchyard::cli::Cli::parse();
     match switchyard::cli::dispatch(cli) {
         Ok(code) => exit_code(code),

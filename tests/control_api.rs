@@ -403,10 +403,39 @@ fn state_survives_restart_and_gone_sandboxes_are_dropped() {
             ok(
                 &mut c,
                 &format!(
-                    r#"{{"op":"connect","network":"keep","target":{{"netns":{{"path":"{}"}}}},"name":"{name}"}}"#,
+                    r#"{{"op":"connect","network":"keep","target":{{"netns":{{"path":"{}"}}}},"name":"{name}","ifname":"net{name}","container_id":"c-{name}"}}"#,
                     ns.display()
                 ),
             );
+        }
+        // The interface name is the sandbox's: a second endpoint asking for
+        // it is refused, and Linux's rules hold.
+        ok(
+            &mut c,
+            r#"{"op":"network_create","name":"other","subnet":"10.3.0.0/24"}"#,
+        );
+        let (k, msg) = err_kind(
+            &mut c,
+            &format!(
+                r#"{{"op":"connect","network":"other","target":{{"netns":{{"path":"{}"}}}},"ifname":"netk"}}"#,
+                ns_keep.display()
+            ),
+        );
+        assert_eq!(k, ErrorKind::AlreadyExists, "{msg}");
+        assert!(msg.contains("netk"), "{msg}");
+        for bad in [
+            r#""ifname":"a/b""#,
+            r#""ifname":"sixteen-chars-xx""#,
+            r#""container_id":"-x""#,
+        ] {
+            let (k, msg) = err_kind(
+                &mut c,
+                &format!(
+                    r#"{{"op":"connect","network":"other","target":{{"netns":{{"path":"{}"}}}},{bad}}}"#,
+                    ns_keep.display()
+                ),
+            );
+            assert_eq!(k, ErrorKind::BadRequest, "{bad}: {msg}");
         }
         // A second daemon on the same socket is refused.
         let e = switchyard::control::server::Server::bind(&sock)
@@ -429,9 +458,17 @@ fn state_survives_restart_and_gone_sandboxes_are_dropped() {
     assert_eq!(eps, vec!["k"]);
     let log = t.attacher.log.lock().expect("log");
     assert_eq!(log.attached.len(), 1, "k re-attached");
-    assert_eq!(log.attached[0].0.ifname, "eth0");
+    assert_eq!(
+        log.attached[0].0.ifname, "netk",
+        "under the name it was given"
+    );
     drop(log);
     let k = &s.endpoints[0];
+    assert_eq!(
+        k.container_id.as_deref(),
+        Some("c-k"),
+        "the runtime's key survives"
+    );
     assert_eq!(
         t.daemon.lock().expect("lock").endpoint_ports(&k.id).len(),
         1

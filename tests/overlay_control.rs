@@ -189,6 +189,8 @@ fn connect(
         ip6: None,
         publish: vec![],
         port_security: true,
+        ifname: None,
+        container_id: None,
     })
     .expect("connect")
 }
@@ -268,6 +270,8 @@ fn cluster_store_shares_networks_endpoints_and_names() {
         ip6: None,
         publish: vec![],
         port_security: true,
+        ifname: None,
+        container_id: None,
     });
     assert!(
         matches!(dup, Err(DaemonError::EndpointExists { .. })),

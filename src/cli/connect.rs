@@ -18,7 +18,8 @@ pub struct ConnectArgs {
     /// Network namespace file of the sandbox.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// User namespace file owning --netns, if any.
+    /// User namespace file owning --netns (default: the one the kernel
+    /// reports as its owner).
     #[arg(long, value_name = "PATH", requires = "netns")]
     pub userns: Option<PathBuf>,
     /// A process in the sandbox.
@@ -43,6 +44,10 @@ pub struct ConnectArgs {
     /// inside it); by default only its own are accepted.
     #[arg(long)]
     pub no_port_security: bool,
+    /// Interface name in the sandbox (default: the first free of eth0,
+    /// eth1, ...).
+    #[arg(long, value_name = "NAME")]
+    pub ifname: Option<String>,
 }
 
 /// Runs `connect`.
@@ -68,6 +73,8 @@ pub fn connect(socket: &Path, a: ConnectArgs) -> Result<(), CliError> {
         ip6: a.ip6,
         publish: a.publish,
         port_security: !a.no_port_security,
+        ifname: a.ifname,
+        container_id: None,
     }))?;
     print(&format!(
         "connected {} to {} as {} ({}, {}, {})\n",

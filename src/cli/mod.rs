@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 pub mod capture;
+pub mod cni;
 pub mod connect;
 pub mod daemon;
 pub mod disconnect;

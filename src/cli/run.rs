@@ -181,6 +181,8 @@ fn attach_all(
             ip6: if first { spec.ip6 } else { None },
             publish: if first { spec.publish.clone() } else { vec![] },
             port_security: spec.port_security,
+            ifname: None,
+            container_id: None,
         }))?;
         // The same name on every network.
         name.get_or_insert_with(|| ep.name.clone());

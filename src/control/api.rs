@@ -193,6 +193,13 @@ pub struct Connect {
     /// sandbox send from any MAC and address, e.g. a bridge or VMs inside).
     #[serde(default = "crate::control::model::enabled")]
     pub port_security: bool,
+    /// Interface name in the sandbox (default: the first free of eth0,
+    /// eth1, ...).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// The container id of a runtime (CNI), kept on the endpoint.
+    #[serde(default)]
+    pub container_id: Option<String>,
 }
 
 /// Arguments of `disconnect`.

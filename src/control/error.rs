@@ -59,6 +59,16 @@ pub enum DaemonError {
         /// Its endpoint.
         endpoint: String,
     },
+    /// The sandbox already has an endpoint with that interface name.
+    #[error(
+        "{target} already has an interface {ifname:?} from switchyard; pick another interface name"
+    )]
+    IfnameTaken {
+        /// Sandbox.
+        target: String,
+        /// Interface name.
+        ifname: String,
+    },
     /// Sandbox namespace does not exist.
     #[error("{target} not found: {path} does not exist or cannot be inspected; check the --netns path or --pid")]
     SandboxGone {
@@ -140,9 +150,10 @@ impl DaemonError {
     pub fn kind(&self) -> ErrorKind {
         use DaemonError as E;
         match self {
-            E::NetworkExists(_) | E::EndpointExists { .. } | E::AlreadyConnected { .. } => {
-                ErrorKind::AlreadyExists
-            }
+            E::NetworkExists(_)
+            | E::EndpointExists { .. }
+            | E::AlreadyConnected { .. }
+            | E::IfnameTaken { .. } => ErrorKind::AlreadyExists,
             E::NoSuchNetwork(_)
             | E::NoSuchEndpoint(_)
             | E::SandboxGone { .. }

@@ -36,6 +36,12 @@ pub enum ModelError {
     /// MTU out of range.
     #[error("invalid MTU {0}: choose a value from 576 to 65520")]
     BadMtu(u32),
+    /// An interface name Linux would refuse.
+    #[error("invalid interface name {0:?}: use 1-15 characters, not \".\" or \"..\", without '/', ':' or whitespace")]
+    BadIfname(String),
+    /// A container id (as CNI defines it) with characters we do not allow.
+    #[error("invalid container id {0:?}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit")]
+    BadContainerId(String),
     /// A publication spec that does not parse.
     #[error("invalid port publication {spec:?}: {why}; expected [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp")]
     BadPublication {
@@ -46,21 +52,50 @@ pub enum ModelError {
     },
 }
 
+/// 1 to `max` characters from a-z, A-Z, 0-9, '_', '.', '-', starting with
+/// a letter or digit: names, and CNI's container ids.
+fn is_token(s: &str, max: usize) -> bool {
+    s.len() <= max
+        && s.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// Checks a network, endpoint or alias name.
 pub fn validate_name(what: &'static str, name: &str) -> Result<(), ModelError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if is_token(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(ModelError::BadName {
             what,
             name: name.to_string(),
         })
+    }
+}
+
+/// Checks an interface name as Linux does (`dev_valid_name`).
+pub fn validate_ifname(name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::BadIfname(name.to_string()))
+    }
+}
+
+/// Checks a container id: CNI's rule (a letter or digit, then letters,
+/// digits, '_', '.', '-'), at most 256 characters.
+pub fn validate_container_id(id: &str) -> Result<(), ModelError> {
+    if is_token(id, 256) {
+        Ok(())
+    } else {
+        Err(ModelError::BadContainerId(id.to_string()))
     }
 }
 
@@ -350,12 +385,17 @@ pub struct Endpoint {
     pub ipv6: Option<Ipv6Addr>,
     /// Whether this interface carries the sandbox's default route.
     pub default_route: bool,
-    /// Published ports (stored; not yet served).
+    /// Published ports.
     pub publications: Vec<Publication>,
     /// Whether the port may only use the endpoint's own MAC and addresses
     /// as sources (on unless connected with `--no-port-security`).
     #[serde(default = "enabled")]
     pub port_security: bool,
+    /// The container id a runtime attached this endpoint for (CNI's
+    /// `CNI_CONTAINERID`); with the interface name, the key a runtime's
+    /// DEL, CHECK and GC find it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// Serde default of switches that are on unless turned off.
@@ -462,6 +502,31 @@ mod tests {
         assert!(validate_name("network", "a.b-c_9").is_ok());
         for bad in ["", "-x", ".x", "a b", "a/b", &"x".repeat(65), "é"] {
             assert!(validate_name("network", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interface_names_and_container_ids() {
+        for good in ["eth0", "net1", "a", "x.y-z_0@1", &"i".repeat(15)] {
+            assert!(validate_ifname(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "tab\t",
+            &"i".repeat(16),
+            "é",
+        ] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_container_id(&"f".repeat(64)).is_ok());
+        assert!(validate_container_id("pod_1.x-2").is_ok());
+        for bad in ["", "-x", "a b", "a/b", &"f".repeat(257)] {
+            assert!(validate_container_id(bad).is_err(), "{bad}");
         }
     }
 

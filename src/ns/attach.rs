@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -443,16 +444,21 @@ fn enter_target(target: &SandboxTarget) -> Result<(), Failure> {
         })
     };
     let net = open(&target.netns_path())?;
+    let ours = netns::ns_id(Path::new("/proc/self/ns/user")).ok();
     let user = match target.userns_path() {
         Some(p) => {
-            let same = netns::ns_id(&p).ok() == netns::ns_id(Path::new("/proc/self/ns/user")).ok();
-            if same {
+            if netns::ns_id(&p).ok() == ours {
                 None
             } else {
                 Some(open(&p)?)
             }
         }
-        None => None,
+        // A namespace file given without its user namespace (a runtime's
+        // `/run/netns/x`, CNI's CNI_NETNS): the kernel knows the owner.
+        None => netns::owner_userns(&net).ok().filter(|u| {
+            let id = u.metadata().ok().map(|m| (m.dev(), m.ino()));
+            id.is_some() && id != ours
+        }),
     };
     let enter_failed = |e: io::Error, what: &str| {
         Failure::io(Step::EnterNamespace, &e, format!("setns {what}: {e}"))

@@ -44,6 +44,19 @@ pub fn enter(ns: &File, kind: NsKind) -> io::Result<()> {
     setns(ns.as_fd(), flag).map_err(io::Error::from)
 }
 
+/// The user namespace that owns namespace `ns` (`NS_GET_USERNS`).
+pub fn owner_userns(ns: &File) -> io::Result<File> {
+    /// `_IO(0xb7, 0x1)` from linux/nsfs.h.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: the ioctl takes no argument and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 /// Creates new user, network and mount namespaces for this process and maps
 /// `uid`/`gid` (the ids outside) to root inside, like `unshare -Urnm`.
 pub fn unshare_sandbox(uid: u32, gid: u32) -> io::Result<()> {

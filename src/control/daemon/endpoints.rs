@@ -11,7 +11,8 @@ use crate::control::attach::{netns_file, AttachSpec};
 use crate::control::error::DaemonError;
 use crate::control::ipam;
 use crate::control::model::{
-    endpoint_mac, fnv1a, validate_name, Driver, Endpoint, Network, Publication,
+    endpoint_mac, fnv1a, validate_container_id, validate_ifname, validate_name, Driver, Endpoint,
+    Network, Publication,
 };
 use crate::dataplane::PortSpec;
 use crate::ports::PortId;
@@ -41,6 +42,12 @@ impl Daemon {
         for a in &req.aliases {
             validate_name("alias", a)?;
         }
+        if let Some(i) = &req.ifname {
+            validate_ifname(i)?;
+        }
+        if let Some(c) = &req.container_id {
+            validate_container_id(c)?;
+        }
         if on_net.iter().any(|e| e.name == name) || self.remote_name_taken(&net.name, &name) {
             return Err(DaemonError::EndpointExists {
                 network: net.name.clone(),
@@ -67,10 +74,19 @@ impl Daemon {
             .iter()
             .filter(|e| e.netns_id == netns_id)
             .collect();
-        let ifname = (0..)
-            .map(|i| format!("eth{i}"))
-            .find(|n| siblings.iter().all(|e| &e.ifname != n))
-            .unwrap_or_default();
+        let ifname = match req.ifname {
+            Some(i) if siblings.iter().any(|e| e.ifname == i) => {
+                return Err(DaemonError::IfnameTaken {
+                    target: req.target.to_string(),
+                    ifname: i,
+                })
+            }
+            Some(i) => i,
+            None => (0..)
+                .map(|i| format!("eth{i}"))
+                .find(|n| siblings.iter().all(|e| &e.ifname != n))
+                .unwrap_or_default(),
+        };
         let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
         let seq = self.state.next_seq;
         let id = format!(
@@ -168,6 +184,7 @@ impl Daemon {
             default_route: siblings.is_empty(),
             publications,
             port_security: req.port_security,
+            container_id: req.container_id,
         };
         let attached = self.attach_endpoint(&ep, &net, seq);
         if let Err(e) = &attached {
