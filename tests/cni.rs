@@ -199,6 +199,37 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
     assert_eq!(reply, "hello from the sandbox\n");
     server.join().expect("server");
 
+    // The same pod name again (as in another Kubernetes namespace): the
+    // endpoint is named by its container id, and the pod name answers for
+    // both sandboxes.
+    let c_ns = TestNetns::new("cnic");
+    let pc = c_ns.path().display().to_string();
+    let mut vc = vars("77777777777777777777", &pc, "eth0");
+    vc.push(("CNI_ARGS", "K8S_POD_NAMESPACE=u;K8S_POD_NAME=web"));
+    let (okay, res_c) = cni(&env, "ADD", &old, &vc);
+    assert!(okay, "ADD c: {res_c}");
+    let ip_c = res_c["ips"][0]["address"].as_str().expect("address");
+    let ip_c = ip_c.split('/').next().expect("ip").to_string();
+    assert!(env.ps().contains("777777777777"), "{}", env.ps());
+    let dig = b.exec(&[
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=3",
+        &format!("@{gw}"),
+        "web",
+    ]);
+    let mut answers: Vec<String> = String::from_utf8_lossy(&dig.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    answers.sort();
+    let mut both = vec![ip_a.clone(), ip_c];
+    both.sort();
+    assert_eq!(answers, both);
+    let (okay, out) = cni(&env, "DEL", &old, &vc);
+    assert!(okay, "DEL c: {out}");
+
     // CHECK against the ADD's result, then against a changed one.
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = res_a.clone();

@@ -511,14 +511,10 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         .iter()
         .map(PortMapping::publication)
         .collect::<Result<Vec<_>, _>>()?;
-    let aliases = rc.aliases.get(&conf.name).cloned().unwrap_or_default();
-    let short: String = container_id.chars().take(12).collect();
-    let name = args
-        .pod_name
-        .filter(|n| validate_name("endpoint", n).is_ok())
-        .unwrap_or(short);
+    let mut aliases = rc.aliases.get(&conf.name).cloned().unwrap_or_default();
     let mut c = client(conf)?;
     let detail = network_for_add(&mut c, conf)?;
+    let name = endpoint_name(&detail, args.pod_name, &container_id, &mut aliases);
     let ep: Endpoint = c.call(&Request::Connect(api::Connect {
         network: detail.network.name.clone(),
         target: SandboxTarget::Netns {
@@ -535,6 +531,29 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         container_id: Some(container_id),
     }))?;
     Ok(add_result(&conf.cni_version, &ep, &detail, &netns))
+}
+
+/// The endpoint's name: the pod's name when it is a valid one and free on
+/// the network; else the container id's first 12 characters, with a taken
+/// pod name as an alias (so the name answers round robin over its pods, as
+/// the same pod name in two Kubernetes namespaces would want).
+fn endpoint_name(
+    d: &NetworkDetail,
+    pod: Option<String>,
+    container_id: &str,
+    aliases: &mut Vec<String>,
+) -> String {
+    let short: String = container_id.chars().take(12).collect();
+    match pod.filter(|n| validate_name("endpoint", n).is_ok()) {
+        Some(p) if d.endpoints.iter().any(|e| e.name == p) => {
+            if !aliases.contains(&p) {
+                aliases.push(p);
+            }
+            short
+        }
+        Some(p) => p,
+        None => short,
+    }
 }
 
 /// ADD's result in spec version `version`.
@@ -880,6 +899,30 @@ mod tests {
             json!([]),
             "only the default-route interface routes"
         );
+    }
+
+    #[test]
+    fn a_taken_pod_name_becomes_an_alias_of_the_container_id() {
+        let (_, d) = detail(false);
+        let mut aliases = vec![];
+        let id = "0123456789abcdef";
+        assert_eq!(
+            endpoint_name(&d, Some("api".into()), id, &mut aliases),
+            "api"
+        );
+        assert!(aliases.is_empty());
+        assert_eq!(
+            endpoint_name(&d, Some("web".into()), id, &mut aliases),
+            "0123456789ab"
+        );
+        assert_eq!(aliases, vec!["web".to_string()]);
+        let mut aliases = vec![];
+        assert_eq!(
+            endpoint_name(&d, Some("-bad".into()), id, &mut aliases),
+            "0123456789ab"
+        );
+        assert_eq!(endpoint_name(&d, None, id, &mut aliases), "0123456789ab");
+        assert!(aliases.is_empty());
     }
 
     #[test]
