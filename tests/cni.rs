@@ -141,6 +141,19 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
     assert_eq!(res_a["ips"][0]["gateway"], gw.as_str());
     assert_eq!(res_a["routes"][0], json!({"dst": "0.0.0.0/0", "gw": gw}));
     assert_eq!(res_a["dns"]["nameservers"][0], gw.as_str());
+    let ps = env.sy(&["ps", "--json"]);
+    ok(&ps, "ps --json");
+    let ps: Value = serde_json::from_slice(&ps.stdout).expect("ps json");
+    let web = ps["local"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == "web"))
+        .expect("web in ps --json");
+    assert_eq!(web["container_id"], "0123456789abcdef0123");
+    assert_eq!(web["ifname"], "eth0");
+    assert_eq!(
+        web["publications"][0],
+        format!("127.0.0.1:{port}:8080/tcp").as_str()
+    );
     let shown = a.exec(&["ip", "-br", "addr", "show", "eth0"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&addr_a));
 

@@ -10,19 +10,28 @@ use crate::control::api::Request;
 use crate::control::daemon::EndpointRecord;
 use crate::control::model::Endpoint;
 
-/// Arguments of `ps` (none yet).
+/// Arguments of `ps`.
 #[derive(Debug, Args)]
-pub struct PsArgs {}
+pub struct PsArgs {
+    /// Print `{"local": [endpoints as the API gives them], "remote":
+    /// [other hosts' records]}` as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn ipv6(ip: Option<std::net::Ipv6Addr>) -> String {
     ip.map_or_else(|| "-".into(), |ip| ip.to_string())
 }
 
 /// Runs `ps`.
-pub fn ps(socket: &Path, _a: PsArgs) -> Result<(), CliError> {
+pub fn ps(socket: &Path, a: PsArgs) -> Result<(), CliError> {
     let mut c = client(socket)?;
     let eps: Vec<Endpoint> = c.call(&Request::Ps)?;
     let remote: Vec<EndpointRecord> = c.call(&Request::RemoteEndpoints)?;
+    if a.json {
+        let all = serde_json::json!({"local": eps, "remote": remote});
+        return print(&format!("{all:#}\n"));
+    }
     let mut rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {
