@@ -154,6 +154,10 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
         web["publications"][0],
         format!("127.0.0.1:{port}:8080/tcp").as_str()
     );
+    // A retried ADD answers the same, attaching nothing more.
+    let (okay, again) = cni(&env, "ADD", &conf, &va);
+    assert!(okay, "ADD again: {again}");
+    assert_eq!(again, res_a);
     let shown = a.exec(&["ip", "-br", "addr", "show", "eth0"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&addr_a));
 

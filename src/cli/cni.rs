@@ -514,6 +514,13 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let mut aliases = rc.aliases.get(&conf.name).cloned().unwrap_or_default();
     let mut c = client(conf)?;
     let detail = network_for_add(&mut c, conf)?;
+    // A retried ADD (the runtime timed out on one that went through) gets
+    // the same answer again.
+    if let Some(ep) = find(&detail, &container_id, &ifname) {
+        if matches!(&ep.sandbox, SandboxTarget::Netns { path, .. } if *path == netns) {
+            return Ok(add_result(&conf.cni_version, ep, &detail, &netns));
+        }
+    }
     let name = endpoint_name(&detail, args.pod_name, &container_id, &mut aliases);
     let ep: Endpoint = c.call(&Request::Connect(api::Connect {
         network: detail.network.name.clone(),
