@@ -693,6 +693,66 @@ fn endpoints_of_vanished_sandboxes_are_reaped() {
 }
 
 #[test]
+fn a_finished_capture_leaves_a_newer_capture_on_a_reused_port_running() {
+    let dir = TempDir::new("capreuse");
+    let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));
+    let mut c = t.client();
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"cap","subnet":"10.7.0.0/24"}"#,
+    );
+    let connect = |c: &mut Client, name: &str| -> Endpoint {
+        let ns = dir.path().join(format!("ns-{name}"));
+        std::fs::write(&ns, b"").expect("ns file");
+        let line = format!(
+            r#"{{"op":"connect","network":"cap","target":{{"netns":{{"path":"{}"}}}},"name":"{name}"}}"#,
+            ns.display()
+        );
+        serde_json::from_value(ok(c, &line)).expect("endpoint")
+    };
+    let a = connect(&mut c, "a");
+    let old = t
+        .daemon
+        .lock()
+        .expect("lock")
+        .start_capture("a")
+        .expect("capture a");
+    ok(
+        &mut c,
+        r#"{"op":"disconnect","network":"cap","endpoint":"a"}"#,
+    );
+    let b = connect(&mut c, "b");
+    let (port_a, port_b) = {
+        let d = t.daemon.lock().expect("lock");
+        (
+            d.endpoint_ports(&a.id).to_vec(),
+            d.endpoint_ports(&b.id).to_vec(),
+        )
+    };
+    assert!(port_a.is_empty(), "a's ports are gone");
+    let new = t
+        .daemon
+        .lock()
+        .expect("lock")
+        .start_capture("b")
+        .expect("capture b");
+    // a's capture ends after b's began, on what may be the same port id.
+    t.daemon.lock().expect("lock").stop_capture(&old);
+    let handle = {
+        let log = t.attacher.log.lock().expect("log");
+        log.attached.last().expect("b attached").1.clone()
+    };
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&b.mac.0);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.resize(60, 0);
+    assert!(handle.inject(&frame));
+    let got = new.source.recv_timeout(Duration::from_secs(5));
+    assert!(got.is_ok(), "b's capture still runs (ports {port_b:?})");
+    t.daemon.lock().expect("lock").stop_capture(&new);
+}
+
+#[test]
 fn trace_explains_decisions_without_side_effects() {
     let dir = TempDir::new("trace");
     let t = TestDaemon::start(&dir.path().join("state"), &dir.path().join("api.sock"));

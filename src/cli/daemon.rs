@@ -52,9 +52,12 @@ pub fn spawn_reaper(daemon: &Arc<Mutex<Daemon>>) {
         .spawn(move || loop {
             std::thread::sleep(REAP_INTERVAL);
             let Some(daemon) = weak.upgrade() else { return };
-            if let Ok(mut d) = daemon.lock() {
-                d.reap_vanished();
-            };
+            // A panic elsewhere under the lock must not stop reaping (the
+            // API recovers the same way).
+            let mut d = daemon
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            d.reap_vanished();
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the endpoint reaper: {e}");

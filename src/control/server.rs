@@ -153,6 +153,9 @@ impl Server {
             // An idle client is dropped after a while, so clients that never
             // hang up cannot pin threads forever.
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+            // A client that sends requests without reading the replies is
+            // dropped too, instead of holding its slot forever.
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
             let daemon = daemon.clone();
             let slot = ClientSlot::take(self.clients.clone());
             let spawned = std::thread::Builder::new()
@@ -174,6 +177,9 @@ impl Server {
 pub const MAX_CLIENTS: usize = 64;
 /// A client silent for this long is disconnected.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a reply may wait for the client to read it.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Counts a client while its thread runs.
 struct ClientSlot(Arc<AtomicUsize>);

@@ -45,8 +45,11 @@ impl Daemon {
 
     /// Stops a capture; frames already queued stay readable from its source.
     pub fn stop_capture(&mut self, session: &CaptureSession) {
-        for port in &session.ports {
-            // A port removed meanwhile took its copy of the sink with it.
+        // Only ports the endpoint still owns: one removed meanwhile took its
+        // copy of the sink with it, and its id may now serve another
+        // endpoint, maybe under a capture of its own.
+        let owned = self.endpoint_ports(&session.endpoint).to_vec();
+        for port in session.ports.iter().filter(|p| owned.contains(p)) {
             let _ = self.dataplane.capture(*port, None);
         }
         self.capturing.remove(&session.endpoint);

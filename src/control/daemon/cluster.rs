@@ -120,9 +120,10 @@ pub fn spawn_cluster_sync(daemon: &std::sync::Arc<std::sync::Mutex<Daemon>>) {
         .spawn(move || loop {
             watch.wait(RESYNC_INTERVAL);
             let Some(daemon) = weak.upgrade() else { return };
-            if let Ok(mut d) = daemon.lock() {
-                d.sync_cluster();
-            };
+            let mut d = daemon
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            d.sync_cluster();
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the cluster sync thread: {e}");
