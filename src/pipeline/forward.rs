@@ -59,7 +59,14 @@ impl Stage for Forward {
                     Action::Drop(DropReason::Hairpin)
                 } else if net.isolate {
                     Action::Drop(DropReason::Isolated)
-                } else if known.0 != NOT_FOUND && cx.topo.port(known).is_some() {
+                } else if known.0 != NOT_FOUND
+                    && cx
+                        .topo
+                        .port(known)
+                        .is_some_and(|p| p.network == f.meta.network)
+                {
+                    // An entry for a port id since reused on another
+                    // network floods instead: frames never cross networks.
                     Action::Output(known)
                 } else {
                     Action::Flood

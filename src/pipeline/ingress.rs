@@ -1,17 +1,18 @@
 //! Stage `ingress`: the ingress port must be attached; its network is
 //! recorded; source MACs that are multicast or zero, and sources the port's
 //! security settings forbid (MAC, IPv4 source, ARP sender, IPv6 source,
-//! neighbour advertisement target), are dropped.
+//! neighbour advertisement target behind any extension headers, router
+//! advertisements and redirects), are dropped.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::drop::DropReason;
 use super::frame::{Action, Frame};
-use super::ndp;
 use super::stage::{Stage, StageContext};
 use crate::tables::topology::PortSecurity;
 use crate::wire::ethernet::EtherType;
-use crate::wire::ipv6::addr_at;
+use crate::wire::ipv6::{addr_at, walk_extension_headers};
+use crate::wire::IpProtocol;
 
 /// The ingress-checks stage.
 pub struct Ingress;
@@ -33,20 +34,34 @@ pub(crate) fn claimed_ipv4_in(frame: &[u8], ethertype: EtherType, l3: usize) -> 
     Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
 }
 
+/// ICMPv6 type of a router advertisement.
+const ROUTER_ADVERT: u8 = 134;
 /// ICMPv6 type of a neighbour advertisement.
 const NEIGHBOR_ADVERT: u8 = 136;
+/// ICMPv6 type of a redirect.
+const REDIRECT: u8 = 137;
 
 /// The IPv6 addresses an IPv6 frame claims as its own: the source, and the
-/// target of a neighbour advertisement (the counterpart of an ARP sender).
-fn claimed_ipv6(f: &Frame) -> [Option<Ipv6Addr>; 2] {
+/// target of a neighbour advertisement (the counterpart of an ARP sender),
+/// wherever the extension headers put it. None when the frame may not be
+/// sent at all from a secured port: router advertisements and redirects
+/// (only the gateway routes; RA guard, RFC 6105), and extension headers
+/// that do not parse (the target could hide behind them).
+fn claimed_ipv6(f: &Frame) -> Option<[Option<Ipv6Addr>; 2]> {
     let l3 = f.meta.l3_offset as usize;
     let b = f.data();
-    let advert =
-        b.get(l3 + 6) == Some(&ndp::PROTO_ICMPV6) && b.get(l3 + 40) == Some(&NEIGHBOR_ADVERT);
-    [
-        addr_at(b, l3 + 8),
-        if advert { addr_at(b, l3 + 48) } else { None },
-    ]
+    let source = addr_at(b, l3 + 8);
+    let first = IpProtocol::from(*b.get(l3 + 6)?);
+    let (proto, ext) = walk_extension_headers(b.get(l3 + 40..)?, first).ok()?;
+    if proto != IpProtocol::Icmpv6 {
+        return Some([source, None]);
+    }
+    let icmp = l3 + 40 + ext;
+    match b.get(icmp) {
+        Some(&NEIGHBOR_ADVERT) => Some([source, Some(addr_at(b, icmp + 8)?)]),
+        Some(&ROUTER_ADVERT) | Some(&REDIRECT) => None,
+        _ => Some([source, None]),
+    }
 }
 
 /// Addresses a port may use without owning them: `::` (duplicate address
@@ -61,8 +76,13 @@ fn allowed(sec: &PortSecurity, f: &Frame) -> bool {
         return false;
     }
     if f.meta.ethertype == EtherType::Ipv6 {
+        // A secured port never routes, with or without IPv6 addresses of
+        // its own (its neighbours still take router advertisements).
+        let Some(claimed) = claimed_ipv6(f) else {
+            return false;
+        };
         return sec.ipv6.is_empty()
-            || claimed_ipv6(f)
+            || claimed
                 .iter()
                 .flatten()
                 .all(|ip| unowned_ipv6(ip) || sec.ipv6.contains(ip));
@@ -140,23 +160,89 @@ mod tests {
         Frame::parsed(&b, PortId(1))
     }
 
-    fn advert(target: &str) -> Frame {
+    /// An ICMPv6 frame from the port's link-local address, behind the
+    /// extension headers `ext` (whose first next-header field must already
+    /// say 58 at its end), or directly after the fixed header.
+    fn icmp6(ext: &[u8], first: u8, body: &[u8]) -> Frame {
         let (src, dst): (Ipv6Addr, Ipv6Addr) =
             ("fe80::2".parse().unwrap(), "fe80::1".parse().unwrap());
-        let na = Icmpv6Repr::NeighborAdvert {
-            flags: 0,
-            target_addr: target.parse().unwrap(),
-            lladdr: Some(MAC),
-        };
-        let mut b = vec![0u8; 54 + na.buffer_len()];
+        let plen = ext.len() + body.len();
+        let mut b = vec![0u8; 54];
         b[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         b[6..12].copy_from_slice(&MAC.0);
         b[12..14].copy_from_slice(&[0x86, 0xdd]);
-        b[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, na.buffer_len() as u8, 58, 255]);
+        b[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, plen as u8, first, 255]);
         b[22..38].copy_from_slice(&src.octets());
         b[38..54].copy_from_slice(&dst.octets());
-        na.emit(&mut b[54..], &src, &dst).unwrap();
+        b.extend_from_slice(ext);
+        b.extend_from_slice(body);
         Frame::parsed(&b, PortId(1))
+    }
+
+    fn advert_body(target: &str) -> Vec<u8> {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fe80::2".parse().unwrap(), "fe80::1".parse().unwrap());
+        let na = Icmpv6Repr::NeighborAdvert {
+            flags: 0x20,
+            target_addr: target.parse().unwrap(),
+            lladdr: Some(MAC),
+        };
+        let mut body = vec![0u8; na.buffer_len()];
+        na.emit(&mut body, &src, &dst).unwrap();
+        body
+    }
+
+    fn advert(target: &str) -> Frame {
+        icmp6(&[], 58, &advert_body(target))
+    }
+
+    /// Hop-by-hop header with a PadN option, then ICMPv6.
+    const HOP_BY_HOP: [u8; 8] = [58, 0, 1, 4, 0, 0, 0, 0];
+
+    #[test]
+    fn advertised_targets_are_checked_behind_extension_headers() {
+        let sec = sec();
+        assert!(allowed(
+            &sec,
+            &icmp6(&HOP_BY_HOP, 0, &advert_body("fd00::2"))
+        ));
+        assert!(
+            !allowed(&sec, &icmp6(&HOP_BY_HOP, 0, &advert_body("fd00::3"))),
+            "a hop-by-hop header must not hide the target"
+        );
+        // Destination options (60), then hop-by-hop order does not matter.
+        let dest_opts = [58u8, 0, 1, 4, 0, 0, 0, 0];
+        assert!(!allowed(
+            &sec,
+            &icmp6(&dest_opts, 60, &advert_body("fd00::3"))
+        ));
+        // A chain that does not parse could hide anything.
+        assert!(!allowed(
+            &sec,
+            &icmp6(&[58, 9, 1, 4], 0, &advert_body("fd00::2"))
+        ));
+    }
+
+    #[test]
+    fn router_advertisements_and_redirects_are_only_the_gateways() {
+        let sec = sec();
+        let ra = [134u8, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        let redirect = [137u8, 0, 0, 0, 0, 0, 0, 0];
+        assert!(!allowed(&sec, &icmp6(&[], 58, &ra)), "RA guard");
+        assert!(!allowed(&sec, &icmp6(&HOP_BY_HOP, 0, &ra)));
+        assert!(!allowed(&sec, &icmp6(&[], 58, &redirect)));
+        // Solicitations and echo stay allowed.
+        assert!(allowed(&sec, &icmp6(&[], 58, &[133, 0, 0, 0, 0, 0, 0, 0])));
+        assert!(allowed(&sec, &icmp6(&[], 58, &[128, 0, 0, 0, 0, 1, 0, 1])));
+        let v4_only = PortSecurity {
+            ipv6: vec![],
+            ..sec
+        };
+        assert!(
+            !allowed(&v4_only, &icmp6(&[], 58, &ra)),
+            "on a network without IPv6 too"
+        );
+        assert!(allowed(&v4_only, &icmp6(&[], 58, &advert_body("fd00::3"))));
     }
 
     #[test]

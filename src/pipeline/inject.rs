@@ -56,17 +56,17 @@ impl Injector {
     /// Sends a built frame out of `port`. True if it was handed to the
     /// port's worker.
     pub fn send_frame(&mut self, port: PortId, mut f: Frame) -> bool {
-        let Some(peer) = self
-            .topo
-            .load()
+        let topo = self.topo.load();
+        let Some((peer, network)) = topo
             .port(port)
-            .and_then(|p| self.peers.get(p.owner))
+            .and_then(|p| Some((self.peers.get(p.owner)?, p.network)))
         else {
             self.counters.count_drop(DropReason::NoRoute);
             self.pool.free(f);
             return false;
         };
         f.meta.action = Action::Output(port);
+        f.meta.network = network;
         match peer.inbox.push(f) {
             Ok(()) => {
                 peer.wake();

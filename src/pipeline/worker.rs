@@ -402,6 +402,12 @@ impl Worker {
     fn drain_inboxes(&mut self) {
         let topo = self.topo.load();
         while let Some(msg) = self.me.learn_inbox.pop() {
+            // A message about a port removed since (its flush may have come
+            // first) must not revive the entry: the id may already serve
+            // another network.
+            if topo.port(msg.port).is_none_or(|p| p.network != msg.network) {
+                continue;
+            }
             let cap = topo
                 .network(msg.network)
                 .map_or(self.config.mac.default_cap, |n| n.mac_cap);
@@ -413,8 +419,14 @@ impl Worker {
             let Some(f) = self.me.inbox.pop() else { break };
             n += 1;
             match f.meta.action {
-                Action::Output(p) => {
+                // Checked again here: the port may have been replaced by one
+                // of another network while the frame waited.
+                Action::Output(p) if topo.port(p).is_some_and(|i| i.network == f.meta.network) => {
                     self.enqueue_local(p, f);
+                }
+                Action::Output(_) => {
+                    self.me.counters.count_drop(DropReason::NoRoute);
+                    self.pool.free(f);
                 }
                 _ => self.pool.free(f),
             }

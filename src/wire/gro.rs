@@ -4,13 +4,15 @@
 //! checksum) that a TAP with offloads takes whole. The rules follow Linux's
 //! `tcp_gro_receive`: same flow, same headers but the sequence number,
 //! contiguous sequence, every segment but the last exactly one MSS, only
-//! ACK (PSH on the last) set, identical options. No I/O, no allocation.
+//! ACK (PSH on the last) set, identical options, and valid checksums (the
+//! coalesced frame's is partial, which receivers trust). No I/O, no
+//! allocation.
 
 use core::net::IpAddr;
 
 use super::gso::partial_pseudo_csum;
-use super::virtio_net::{GsoType, VirtioNetHdr, F_NEEDS_CSUM};
-use super::{ipv4, IpProtocol};
+use super::virtio_net::{GsoType, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
+use super::{ipv4, tcp, IpProtocol};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -47,6 +49,22 @@ impl<'a> Seg<'a> {
 
     fn tcp(&self) -> &[u8] {
         &self.f[ETH + IP..ETH + IP + self.thl]
+    }
+
+    /// Whether the IPv4 header and TCP checksums hold (or the sender's
+    /// kernel vouched for them): coalescing makes the checksum partial,
+    /// which the receiver trusts, so it must not turn a corrupt segment
+    /// into a good one.
+    fn checksums_ok(&self, vnet: &VirtioNetHdr) -> bool {
+        let ip = ipv4::Packet::new_unchecked(&self.f[ETH..]);
+        if !ip.verify_checksum() {
+            return false;
+        }
+        if vnet.flags & F_DATA_VALID != 0 {
+            return true;
+        }
+        let (src, dst): (IpAddr, IpAddr) = (ip.src_addr().into(), ip.dst_addr().into());
+        tcp::Packet::new_unchecked(&self.f[ETH + IP..]).verify_checksum(&src, &dst)
     }
 
     fn flags(&self) -> u8 {
@@ -111,6 +129,11 @@ pub fn continues(
         return None;
     }
     if n.seq() != h.seq().wrapping_add(hp as u32) || head.len() - ETH + np > MAX_IP_LEN {
+        return None;
+    }
+    // Last, as it reads the payload: a merged head was checked when it was
+    // a plain one.
+    if !n.checksums_ok(next_vnet) || (!merged && !h.checksums_ok(head_vnet)) {
         return None;
     }
     Some((ETH + IP + n.thl, u16::try_from(mss).ok()?))

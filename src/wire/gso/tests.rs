@@ -317,3 +317,34 @@ fn gro_coalesces_what_gso_segmented() {
     assert!(crate::wire::gro::continues(&udp, &none, &segs[1], &none).is_none());
     assert!(crate::wire::gro::continues(&segs[0], &none, &segs[1], &b.hdr).is_none());
 }
+
+/// Coalescing makes the checksum partial, which the receiver trusts: a
+/// segment whose checksum does not hold (head or next) is never merged,
+/// unless the sender's kernel marked it valid.
+#[test]
+fn gro_never_merges_a_corrupt_segment() {
+    use crate::wire::gro::continues;
+    use crate::wire::virtio_net::F_DATA_VALID;
+    let b = build(false, false, false, 5_000, TcpFlags::ACK);
+    let segs = segments(&b.frame, &b.hdr, 1400);
+    let none = VirtioNetHdr::NONE;
+    assert!(continues(&segs[0], &none, &segs[1], &none).is_some());
+    let mut bad_payload = segs[1].clone();
+    let last = bad_payload.len() - 1;
+    bad_payload[last] ^= 0xff;
+    assert!(continues(&segs[0], &none, &bad_payload, &none).is_none());
+    let mut bad_head = segs[0].clone();
+    let last = bad_head.len() - 1;
+    bad_head[last] ^= 0xff;
+    assert!(continues(&bad_head, &none, &segs[1], &none).is_none());
+    let mut bad_ip = segs[1].clone();
+    bad_ip[14 + 10] ^= 0xff; // the IPv4 header checksum
+    assert!(continues(&segs[0], &none, &bad_ip, &none).is_none());
+    // The sender vouched for the TCP checksum (not for the IP header).
+    let valid = VirtioNetHdr {
+        flags: F_DATA_VALID,
+        ..VirtioNetHdr::NONE
+    };
+    assert!(continues(&segs[0], &none, &bad_payload, &valid).is_some());
+    assert!(continues(&segs[0], &none, &bad_ip, &valid).is_none());
+}
