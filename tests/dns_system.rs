@@ -3,13 +3,15 @@
 //! unprivileged user `sytest`: names, aliases, service round robin,
 //! `tasks.`, PTR, scoping between networks, forwarding to an upstream (a fake
 //! one this test runs on a loopback address), TCP fallback for a large
-//! answer, internal networks refusing to forward, and malformed queries
+//! answer, local or forwarded (the upstream truncates it over UDP and serves
+//! it over TCP), internal networks refusing to forward, and malformed queries
 //! counted while good ones keep being answered; and the same service at a
 //! dual-stack network's IPv6 gateway (UDP, TCP, PTR, forwarding).
 
 mod common;
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,44 +22,83 @@ use domain::base::iana::{Class, Rcode, Rtype};
 use domain::base::{Message, MessageBuilder, Name};
 use domain::rdata::A;
 
-/// The only name the fake upstream knows.
+/// The name the fake upstream answers with one address.
 const EXTERNAL: &str = "external.example.";
 const EXTERNAL_ADDR: [u8; 4] = [192, 0, 2, 77];
+/// The name it answers with `BIG_COUNT` addresses (about 1.6 kB, more than
+/// a UDP answer to EDNS0's 1232 bytes).
+const BIG_EXTERNAL: &str = "big.external.example.";
+const BIG_COUNT: u8 = 100;
 
-/// A DNS server on 127.0.0.1 answering `EXTERNAL`; NXDOMAIN for the rest.
+/// A DNS server on 127.0.0.1 answering `EXTERNAL` and `BIG_EXTERNAL`;
+/// NXDOMAIN for the rest. Over UDP it truncates answers larger than the
+/// query allows (TC, no records), as real servers do; over TCP, on the same
+/// port, it answers in full.
 struct FakeUpstream {
     port: u16,
     queries: Arc<AtomicU64>,
+    tcp_queries: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl FakeUpstream {
     fn start() -> FakeUpstream {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
+        let (sock, listener) = (0..20)
+            .find_map(|_| {
+                let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let listener = TcpListener::bind(sock.local_addr().ok()?).ok()?;
+                Some((sock, listener))
+            })
+            .expect("bind fake upstream");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
+        listener.set_nonblocking(true).expect("nonblocking");
         let port = sock.local_addr().expect("addr").port();
         let queries = Arc::new(AtomicU64::new(0));
+        let tcp_queries = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (q, st) = (queries.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        let udp = std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !st.load(Ordering::Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
                 q.fetch_add(1, Ordering::Relaxed);
-                if let Some(answer) = answer(&buf[..n]) {
+                if let Some(answer) = answer(&buf[..n], true) {
                     let _ = sock.send_to(&answer, from);
+                }
+            }
+        });
+        let (q, st) = (tcp_queries.clone(), stop.clone());
+        let tcp = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                while let Some(query) = read_message(&mut conn) {
+                    q.fetch_add(1, Ordering::Relaxed);
+                    let Some(answer) = answer(&query, false) else {
+                        break;
+                    };
+                    let mut out = (answer.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&answer);
+                    if conn.write_all(&out).is_err() {
+                        break;
+                    }
                 }
             }
         });
         FakeUpstream {
             port,
             queries,
+            tcp_queries,
             stop,
-            thread: Some(thread),
+            threads: vec![udp, tcp],
         }
     }
 }
@@ -65,32 +106,59 @@ impl FakeUpstream {
 impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn answer(query: &[u8]) -> Option<Vec<u8>> {
+/// One length-prefixed DNS message from a TCP connection.
+fn read_message(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).ok()?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut msg).ok()?;
+    Some(msg)
+}
+
+/// The answer to `query`; over `udp`, truncated when larger than 512 bytes
+/// or the query's EDNS0 payload size.
+fn answer(query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let msg = Message::from_octets(query).ok()?;
     let q = msg.sole_question().ok()?;
-    let known = q
-        .qname()
-        .to_string()
-        .eq_ignore_ascii_case(EXTERNAL.trim_end_matches('.'));
-    let rcode = if known {
-        Rcode::NOERROR
+    let qname = q.qname().to_string();
+    let is = |name: &str| qname.eq_ignore_ascii_case(name.trim_end_matches('.'));
+    let addrs: Vec<[u8; 4]> = if is(EXTERNAL) {
+        vec![EXTERNAL_ADDR]
+    } else if is(BIG_EXTERNAL) {
+        (0..BIG_COUNT).map(|i| [192, 0, 2, i]).collect()
     } else {
+        Vec::new()
+    };
+    let rcode = if addrs.is_empty() {
         Rcode::NXDOMAIN
+    } else {
+        Rcode::NOERROR
     };
     let mut ans = MessageBuilder::new_vec().start_answer(&msg, rcode).ok()?;
     ans.header_mut().set_ra(true);
-    if known && q.qtype() == Rtype::A {
-        let name = Name::<Vec<u8>>::from_str(EXTERNAL).ok()?;
-        ans.push((name, Class::IN, 60, A::new(EXTERNAL_ADDR.into())))
-            .ok()?;
+    if q.qtype() == Rtype::A {
+        let name = Name::<Vec<u8>>::from_str(&qname).ok()?;
+        for a in addrs {
+            ans.push((&name, Class::IN, 60, A::new(a.into()))).ok()?;
+        }
     }
-    Some(ans.finish())
+    let full = ans.finish();
+    let limit = msg
+        .opt()
+        .map_or(512, |o| usize::from(o.udp_payload_size()).max(512));
+    if !udp || full.len() <= limit {
+        return Some(full);
+    }
+    let mut tc = MessageBuilder::new_vec().start_answer(&msg, rcode).ok()?;
+    tc.header_mut().set_ra(true);
+    tc.header_mut().set_tc(true);
+    Some(tc.finish())
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -190,6 +258,8 @@ fn gateway_dns_end_to_end() {
         echo "bigudp=$(dig +noedns +ignore +time=2 big | grep -c 'flags:.* tc')"
         echo "bigtcp=$(dig +noedns +time=2 big +short | wc -l)"
         echo "tcp=$(dig +tcp +short +time=2 web1)"
+        echo "bigext=$(dig +short +time=2 big.external.example | wc -l)"
+        echo "bigexttcp=$(dig +tcp +noedns +short +time=2 big.external.example | wc -l)"
         printf 'garbage' | nc -u -w1 10.211.0.1 53 >/dev/null 2>&1
         head -c 300 /dev/urandom | nc -u -w1 10.211.0.1 53 >/dev/null 2>&1
         q after web1
@@ -225,6 +295,12 @@ fn gateway_dns_end_to_end() {
     );
     assert_eq!(first("bigtcp"), "32", "and complete over TCP:\n{o}");
     assert_eq!(first("tcp"), "10.211.0.11", "{o}");
+    // dig gets TC over UDP and retries over TCP; the gateway fetches the
+    // whole answer from the upstream over TCP.
+    let big = BIG_COUNT.to_string();
+    assert_eq!(first("bigext"), big, "forwarded, truncated, then TCP:\n{o}");
+    assert_eq!(first("bigexttcp"), big, "forwarded over TCP:\n{o}");
+    assert!(upstream.tcp_queries.load(Ordering::Relaxed) >= 2, "{o}");
     assert_eq!(first("after"), "10.211.0.11", "still answering:\n{o}");
     let forwarded_before = upstream.queries.load(Ordering::Relaxed);
     assert!(forwarded_before >= 2, "upstream saw {forwarded_before}");
@@ -252,6 +328,8 @@ fn gateway_dns_end_to_end() {
     assert!(ev("dns-forwarded") >= 2, "{v}");
     assert!(ev("dns-refused") >= 1, "{v}");
     assert!(ev("dns-tcp-queries") >= 2, "{v}");
+    assert!(ev("dns-upstream-tcp-retries") >= 2, "{v}");
+    assert_eq!(ev("dns-upstream-tcp-failed"), 0, "{v}");
     assert!(
         drop("dns-malformed") + ev("dns-formerr") >= 2,
         "malformed queries counted: {v}"

@@ -5,6 +5,15 @@
 //! if its ID and question match), merges identical queries, bounds the
 //! clients waiting, fails over on timeout or error, and never panics on input.
 //!
+//! Queries go upstream over UDP. When the upstream truncates its answer (TC)
+//! and a waiting client takes more than the query asked for (a TCP client,
+//! or a merged UDP client with a larger EDNS0 size), the same upstream is
+//! asked again over TCP, on a non-blocking connection the same thread
+//! drives, under the same timeout and with at most
+//! [`ForwarderConfig::max_tcp`] open; otherwise such a client would get TC
+//! with no records over TCP, where it cannot retry. Clients whose limit the
+//! truncated answer meets get it at once and retry over TCP themselves.
+//!
 //! Data-plane workers call [`Forwarder::submit`], which only pushes to a
 //! lock-free queue and wakes the thread if it sleeps. The thread does a
 //! bounded amount of work per wake-up (see [`BATCH`], [`READS_PER_WAKE`]).
@@ -14,7 +23,7 @@ mod message;
 mod tests;
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 use domain::base::iana::Rcode;
 use hashbrown::HashMap;
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::upstream::Upstreams;
@@ -53,6 +62,10 @@ pub struct ForwarderConfig {
     /// Capacity of the queue between workers and the forwarder thread
     /// (default 1024, at least 1).
     pub queue_depth: usize,
+    /// Most TCP connections to upstreams at once, for answers truncated over
+    /// UDP; beyond it the clients that need the whole answer get SERVFAIL
+    /// (default 32).
+    pub max_tcp: usize,
 }
 
 impl Default for ForwarderConfig {
@@ -62,6 +75,7 @@ impl Default for ForwarderConfig {
             attempt_timeout: Duration::from_secs(2),
             max_outstanding: 1024,
             queue_depth: 1024,
+            max_tcp: 32,
         }
     }
 }
@@ -120,6 +134,14 @@ counters! {
     malformed,
     /// Clients answered SERVFAIL because no upstream was configured.
     no_upstream,
+    /// TCP connections opened to an upstream to fetch an answer it
+    /// truncated over UDP (per connection).
+    tcp_retries,
+    /// Clients answered SERVFAIL because that TCP retry failed: no
+    /// connection, an error, no answer in time or one that did not match.
+    tcp_failed,
+    /// Clients answered SERVFAIL because `max_tcp` TCP retries were open.
+    tcp_over_cap,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -180,6 +202,8 @@ impl<R: Copy + Send + 'static> Forwarder<R> {
             upstreams: Upstreams::new(config.upstreams, is_own),
             attempt_timeout: config.attempt_timeout,
             max_outstanding: config.max_outstanding,
+            max_tcp: config.max_tcp,
+            tcp_open: 0,
             pending: HashMap::new(),
             by_key: HashMap::new(),
             timers: VecDeque::new(),
@@ -297,14 +321,36 @@ struct Pending<R> {
     key: QueryKey,
     /// The first client's query; its ID is replaced on every attempt.
     query: Vec<u8>,
+    /// The largest UDP answer `query` asks for (see
+    /// [`message::ClientQuery::udp_size`]).
+    udp_size: u16,
     upstreams: Arc<[SocketAddr]>,
     /// Index in `upstreams` of the next server to try.
     next: usize,
-    socket: Option<UdpSocket>,
+    /// The server of the current attempt.
+    server: Option<SocketAddr>,
+    link: Option<Link>,
     id: u16,
     /// Serial of the current attempt, to recognise stale timers.
     attempt: u64,
     waiters: Vec<Waiter<R>>,
+}
+
+/// How the current attempt of a pending query talks to its upstream.
+enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpExchange),
+}
+
+/// One query and its answer over a TCP connection (RFC 1035 4.2.2: each
+/// message after a two-byte length).
+struct TcpExchange {
+    stream: TcpStream,
+    /// The length-prefixed query; `sent` bytes of it are written.
+    out: Vec<u8>,
+    sent: usize,
+    /// What was read so far: the answer's length, then the answer.
+    input: Vec<u8>,
 }
 
 /// What became of a pending query after reading its socket.
@@ -312,6 +358,16 @@ enum Outcome {
     Waiting,
     Answered,
     FailOver,
+    /// Clients left need the answer the upstream truncated: ask over TCP.
+    Tcp,
+}
+
+/// Where a TCP exchange stands after its socket was served.
+enum Progress {
+    Waiting,
+    /// The whole answer (length prefix included) is in `input`.
+    Done,
+    Failed(io::Error),
 }
 
 /// The forwarder thread's state.
@@ -322,6 +378,9 @@ struct Engine<R> {
     upstreams: Upstreams,
     attempt_timeout: Duration,
     max_outstanding: usize,
+    max_tcp: usize,
+    /// TCP exchanges open (at most `max_tcp`).
+    tcp_open: usize,
     /// Queries in flight, by their socket's token.
     pending: HashMap<usize, Pending<R>>,
     by_key: HashMap<QueryKey, usize>,
@@ -448,9 +507,11 @@ impl<R: Copy + Send + 'static> Engine<R> {
             Pending {
                 key: query.key,
                 query: submission.query.into_vec(),
+                udp_size: query.udp_size,
                 upstreams: Arc::clone(upstreams),
                 next: 0,
-                socket: None,
+                server: None,
+                link: None,
                 id: 0,
                 attempt: 0,
                 waiters: vec![waiter],
@@ -465,15 +526,14 @@ impl<R: Copy + Send + 'static> Engine<R> {
         let Some(mut pending) = self.pending.remove(&token) else {
             return;
         };
-        if let Some(mut old) = pending.socket.take() {
-            let _ = self.poll.registry().deregister(&mut old);
-        }
+        self.close(&mut pending);
         while let Some(&upstream) = pending.upstreams.get(pending.next) {
             pending.next += 1;
             match self.send_attempt(&mut pending.query, upstream, token) {
                 Ok((socket, id)) => {
                     self.last_attempt += 1;
-                    pending.socket = Some(socket);
+                    pending.server = Some(upstream);
+                    pending.link = Some(Link::Udp(socket));
                     pending.id = id;
                     pending.attempt = self.last_attempt;
                     self.timers
@@ -514,14 +574,18 @@ impl<R: Copy + Send + 'static> Engine<R> {
     }
 
     fn read_replies(&mut self, token: usize) {
-        let Some(pending) = self.pending.remove(&token) else {
+        let Some(mut pending) = self.pending.remove(&token) else {
             return;
         };
+        if matches!(pending.link, Some(Link::Tcp(_))) {
+            self.serve_tcp(token, pending);
+            return;
+        }
         let counters = &self.shared.counters;
         let mut outcome = Outcome::Waiting;
         let mut drained = false;
         for _ in 0..READS_PER_WAKE {
-            let Some(socket) = &pending.socket else {
+            let Some(Link::Udp(socket)) = &pending.link else {
                 drained = true;
                 break;
             };
@@ -546,13 +610,29 @@ impl<R: Copy + Send + 'static> Engine<R> {
                     break;
                 }
                 Some(reply) => {
+                    // A client that takes no more than the query asked for
+                    // gets the truncated answer and retries over TCP itself;
+                    // the others wait for the answer over TCP.
+                    let udp_size = pending.udp_size;
+                    let needs_tcp = |w: &Waiter<R>| reply.truncated() && w.max_len > udp_size;
+                    let done = pending.waiters.iter().filter(|w| !needs_tcp(w)).count();
                     // Counted first, so the counters never lag what a client saw.
-                    bump(&counters.answered, pending.waiters.len() as u64);
-                    for w in &pending.waiters {
+                    bump(&counters.answered, done as u64);
+                    let sink = &mut self.sink;
+                    pending.waiters.retain(|w| {
+                        if needs_tcp(w) {
+                            return true;
+                        }
                         let answer = reply.answer_for(w.id, &w.question, w.max_len);
-                        self.sink.deliver(&w.reply, &answer);
-                    }
-                    outcome = Outcome::Answered;
+                        sink.deliver(&w.reply, &answer);
+                        false
+                    });
+                    self.waiting = self.waiting.saturating_sub(done);
+                    outcome = if pending.waiters.is_empty() {
+                        Outcome::Answered
+                    } else {
+                        Outcome::Tcp
+                    };
                     break;
                 }
             }
@@ -569,6 +649,118 @@ impl<R: Copy + Send + 'static> Engine<R> {
                 self.pending.insert(token, pending);
                 self.attempt(token, Instant::now());
             }
+            Outcome::Tcp => self.retry_over_tcp(token, pending, Instant::now()),
+        }
+    }
+
+    /// Asks the upstream that truncated its answer again over TCP, for the
+    /// clients still waiting; SERVFAIL to them if that cannot start.
+    fn retry_over_tcp(&mut self, token: usize, mut pending: Pending<R>, now: Instant) {
+        self.close(&mut pending);
+        let counters = Arc::clone(&self.shared);
+        let counters = &counters.counters;
+        let Some(server) = pending.server else {
+            bump(&counters.tcp_failed, pending.waiters.len() as u64);
+            self.servfail_all(pending);
+            return;
+        };
+        if self.tcp_open >= self.max_tcp {
+            bump(&counters.tcp_over_cap, pending.waiters.len() as u64);
+            self.servfail_all(pending);
+            return;
+        }
+        match self.connect_tcp(&mut pending.query, server, token) {
+            Ok((exchange, id)) => {
+                self.tcp_open += 1;
+                self.last_attempt += 1;
+                pending.link = Some(Link::Tcp(exchange));
+                pending.id = id;
+                pending.attempt = self.last_attempt;
+                self.timers
+                    .push_back((now + self.attempt_timeout, token, self.last_attempt));
+                bump(&counters.tcp_retries, 1);
+                self.pending.insert(token, pending);
+            }
+            Err(e) => {
+                tracing::debug!(%server, error = %e, "DNS upstream unreachable over TCP");
+                bump(&counters.tcp_failed, pending.waiters.len() as u64);
+                self.servfail_all(pending);
+            }
+        }
+    }
+
+    /// Starts a non-blocking connection to `upstream` with the query (a
+    /// fresh random ID) queued behind its length; the poll reports progress
+    /// under `token`.
+    fn connect_tcp(
+        &mut self,
+        query: &mut [u8],
+        upstream: SocketAddr,
+        token: usize,
+    ) -> io::Result<(TcpExchange, u16)> {
+        let len = u16::try_from(query.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long for TCP"))?;
+        let id = self.ids.next()?;
+        if let Some(field) = query.get_mut(..2) {
+            field.copy_from_slice(&id.to_be_bytes());
+        }
+        let mut out = Vec::with_capacity(2 + query.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(query);
+        let mut stream = TcpStream::connect(upstream)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let exchange = TcpExchange {
+            stream,
+            out,
+            sent: 0,
+            input: Vec::new(),
+        };
+        Ok((exchange, id))
+    }
+
+    /// Writes the query and reads the answer of a TCP exchange as far as the
+    /// socket allows; delivers the answer once whole.
+    fn serve_tcp(&mut self, token: usize, mut pending: Pending<R>) {
+        let Some(Link::Tcp(exchange)) = &mut pending.link else {
+            self.pending.insert(token, pending);
+            return;
+        };
+        match exchange.progress(&mut self.buf) {
+            Progress::Waiting => {
+                self.pending.insert(token, pending);
+            }
+            Progress::Failed(e) => {
+                tracing::debug!(server = ?pending.server, error = %e, "DNS upstream failed over TCP");
+                bump(
+                    &self.shared.counters.tcp_failed,
+                    pending.waiters.len() as u64,
+                );
+                self.servfail_all(pending);
+            }
+            Progress::Done => {
+                let counters = Arc::clone(&self.shared);
+                let counters = &counters.counters;
+                let bytes = exchange.input.get(2..).unwrap_or_default();
+                match Reply::check(bytes, pending.id, &pending.key) {
+                    Some(reply) => {
+                        bump(&counters.answered, pending.waiters.len() as u64);
+                        for w in &pending.waiters {
+                            let answer = reply.answer_for(w.id, &w.question, w.max_len);
+                            self.sink.deliver(&w.reply, &answer);
+                        }
+                        self.finish(pending);
+                    }
+                    None => {
+                        bump(&counters.mismatched, 1);
+                        bump(&counters.tcp_failed, pending.waiters.len() as u64);
+                        self.servfail_all(pending);
+                    }
+                }
+            }
         }
     }
 
@@ -579,12 +771,21 @@ impl<R: Copy + Send + 'static> Engine<R> {
                 break;
             }
             self.timers.pop_front();
-            if self
-                .pending
-                .get(&token)
-                .is_some_and(|p| p.attempt == attempt)
-            {
-                bump(&self.shared.counters.timeouts, 1);
+            let Some(pending) = self.pending.get(&token) else {
+                continue;
+            };
+            if pending.attempt != attempt {
+                continue;
+            }
+            bump(&self.shared.counters.timeouts, 1);
+            if matches!(pending.link, Some(Link::Tcp(_))) {
+                // The upstream answered over UDP; no other is asked over TCP.
+                if let Some(pending) = self.pending.remove(&token) {
+                    let waiters = pending.waiters.len() as u64;
+                    bump(&self.shared.counters.tcp_failed, waiters);
+                    self.servfail_all(pending);
+                }
+            } else {
                 self.attempt(token, now);
             }
         }
@@ -593,6 +794,11 @@ impl<R: Copy + Send + 'static> Engine<R> {
     /// Every upstream failed: SERVFAIL to all waiting clients.
     fn fail(&mut self, pending: Pending<R>) {
         bump(&self.shared.counters.servfail, pending.waiters.len() as u64);
+        self.servfail_all(pending);
+    }
+
+    /// SERVFAIL to all waiting clients, counted by the caller.
+    fn servfail_all(&mut self, pending: Pending<R>) {
         for w in &pending.waiters {
             self.servfail(w);
         }
@@ -600,16 +806,81 @@ impl<R: Copy + Send + 'static> Engine<R> {
     }
 
     fn finish(&mut self, mut pending: Pending<R>) {
-        if let Some(mut socket) = pending.socket.take() {
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
+        self.close(&mut pending);
         self.by_key.remove(&pending.key);
         self.waiting = self.waiting.saturating_sub(pending.waiters.len());
+    }
+
+    /// Closes the socket of the current attempt, if any.
+    fn close(&mut self, pending: &mut Pending<R>) {
+        match pending.link.take() {
+            Some(Link::Udp(mut socket)) => {
+                let _ = self.poll.registry().deregister(&mut socket);
+            }
+            Some(Link::Tcp(mut exchange)) => {
+                let _ = self.poll.registry().deregister(&mut exchange.stream);
+                self.tcp_open = self.tcp_open.saturating_sub(1);
+            }
+            None => {}
+        }
     }
 
     fn servfail(&mut self, w: &Waiter<R>) {
         if let Some(answer) = error_answer(&w.header, Rcode::SERVFAIL, &w.question, w.edns_do) {
             self.sink.deliver(&w.reply, &answer);
+        }
+    }
+}
+
+impl TcpExchange {
+    /// Writes what is left of the query, then reads until the answer is
+    /// whole or the socket has nothing more. `buf` is scratch space of
+    /// [`MAX_MESSAGE`] bytes.
+    fn progress(&mut self, buf: &mut [u8]) -> Progress {
+        match self.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return Progress::Failed(e),
+        }
+        while self.sent < self.out.len() {
+            let rest = self.out.get(self.sent..).unwrap_or_default();
+            match self.stream.write(rest) {
+                Ok(0) => return Progress::Failed(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                // Still connecting, or the send buffer is full: the poll
+                // reports when it is writable.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+                    ) =>
+                {
+                    return Progress::Waiting
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Progress::Failed(e),
+            }
+        }
+        loop {
+            let need = match self.input.get(..2) {
+                Some(&[hi, lo]) => 2 + usize::from(u16::from_be_bytes([hi, lo])),
+                _ => 2,
+            };
+            if self.input.len() >= need {
+                return Progress::Done;
+            }
+            let want = (need - self.input.len()).min(buf.len());
+            let Some(into) = buf.get_mut(..want) else {
+                return Progress::Failed(io::ErrorKind::InvalidInput.into());
+            };
+            match self.stream.read(into) {
+                Ok(0) => return Progress::Failed(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self
+                    .input
+                    .extend_from_slice(into.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Progress::Failed(e),
+            }
         }
     }
 }

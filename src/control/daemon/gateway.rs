@@ -104,6 +104,9 @@ impl Daemon {
             ("dns-upstream-mismatched", f.mismatched),
             ("dns-upstream-malformed", f.malformed),
             ("dns-upstream-none", f.no_upstream),
+            ("dns-upstream-tcp-retries", f.tcp_retries),
+            ("dns-upstream-tcp-failed", f.tcp_failed),
+            ("dns-upstream-tcp-over-cap", f.tcp_over_cap),
         ] {
             events.insert(name.to_string(), v);
         }

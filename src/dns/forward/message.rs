@@ -13,6 +13,9 @@ pub const HEADER_LEN: usize = 12;
 pub const EDNS_PAYLOAD: u16 = 1232;
 /// Length of a question's type and class fields.
 const TYPE_CLASS_LEN: usize = 4;
+/// Largest UDP answer to a query without EDNS0, and the least an EDNS0
+/// payload size means (RFC 6891 6.2.5).
+const CLASSIC_UDP_LEN: u16 = 512;
 
 /// What makes two queries the same question for merging: the lowercase
 /// name, type, class, and the header and EDNS bits that change what an
@@ -39,6 +42,10 @@ pub struct ClientQuery {
     pub question: Box<[u8]>,
     /// `Some(DO bit)` if the query carried an EDNS0 OPT record.
     pub edns_do: Option<bool>,
+    /// The largest UDP answer the query asks for: 512, or its EDNS0 payload
+    /// size if larger. An upstream truncates its UDP answer to this query
+    /// at this size.
+    pub udp_size: u16,
 }
 
 /// Why a client query is not forwarded.
@@ -115,7 +122,11 @@ pub fn parse_query(bytes: &[u8]) -> Result<ClientQuery, QueryError> {
     if question.qname().is_compressed() || !raw[..name.len()].eq_ignore_ascii_case(&name) {
         return Err(QueryError::CompressedName);
     }
-    let edns_do = msg.opt().map(|opt| opt.dnssec_ok());
+    let opt = msg.opt();
+    let edns_do = opt.as_ref().map(|opt| opt.dnssec_ok());
+    let udp_size = opt
+        .map_or(CLASSIC_UDP_LEN, |opt| opt.udp_payload_size())
+        .max(CLASSIC_UDP_LEN);
     Ok(ClientQuery {
         id: header.id(),
         key: QueryKey {
@@ -128,6 +139,7 @@ pub fn parse_query(bytes: &[u8]) -> Result<ClientQuery, QueryError> {
         },
         question: raw.into(),
         edns_do,
+        udp_size,
     })
 }
 
@@ -194,6 +206,12 @@ impl<'a> Reply<'a> {
     /// The reply's rcode.
     pub fn rcode(&self) -> Rcode {
         Header::for_message_slice(&self.header).rcode()
+    }
+
+    /// True if the upstream truncated the reply (TC): the whole answer only
+    /// comes over TCP.
+    pub fn truncated(&self) -> bool {
+        Header::for_message_slice(&self.header).tc()
     }
 
     /// True if another upstream should be asked instead (SERVFAIL, REFUSED).
@@ -265,8 +283,10 @@ pub(crate) mod tests {
         assert_eq!(a.key, b.key);
         assert_eq!(&a.question[..13], b"\x07Example\x03COM\x00");
         assert_eq!(a.edns_do, None);
+        assert_eq!(a.udp_size, 512, "no EDNS0: 512");
         let c = parse_query(&query(9, "example.com.", Some(true))).expect("valid");
         assert_eq!(c.edns_do, Some(true));
+        assert_eq!(c.udp_size, 1232, "the EDNS0 payload size");
         assert_ne!(c.key, b.key, "DO bit is part of the key");
     }
 
@@ -323,6 +343,7 @@ pub(crate) mod tests {
         assert!(Reply::check(&reply, 1, &other.key).is_none(), "wrong name");
         let ok = Reply::check(&reply, 1, &parsed.key).expect("matches");
         assert!(!ok.should_fail_over());
+        assert!(!ok.truncated());
         let full = ok.answer_for(99, &parsed.question, 512);
         assert_eq!(u16::from_be_bytes([full[0], full[1]]), 99);
         assert_eq!(full[2..], reply[2..]);
@@ -331,6 +352,9 @@ pub(crate) mod tests {
         assert!(m.header().tc());
         assert_eq!(m.header().id(), 5);
         assert_eq!(tc.len(), HEADER_LEN + parsed.question.len());
+        assert!(Reply::check(&tc, 5, &parsed.key)
+            .expect("matches")
+            .truncated());
     }
 
     proptest! {

@@ -5,7 +5,9 @@ use super::*;
 use crossbeam::channel::{self, Receiver, Sender};
 use domain::base::{Header, Message, MessageBuilder};
 use domain::rdata::A;
+use std::io::{Read as _, Write as _};
 use std::net::UdpSocket as StdUdpSocket;
+use std::net::{TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::sync::atomic::AtomicUsize;
 
 /// How a fake upstream answers.
@@ -134,13 +136,17 @@ fn forwarder_with(
     upstreams: Vec<SocketAddr>,
     max_outstanding: usize,
 ) -> (Forwarder<u32>, Receiver<(u32, Vec<u8>)>) {
-    let (tx, rx) = channel::unbounded();
-    let config = ForwarderConfig {
+    forwarder_config(ForwarderConfig {
         upstreams: UpstreamSource::Static(upstreams),
         attempt_timeout: TIMEOUT,
         max_outstanding,
         queue_depth: 64,
-    };
+        ..ForwarderConfig::default()
+    })
+}
+
+fn forwarder_config(config: ForwarderConfig) -> (Forwarder<u32>, Receiver<(u32, Vec<u8>)>) {
+    let (tx, rx) = channel::unbounded();
     let fwd = Forwarder::start(config, Arc::new(|_| false), Box::new(ChanSink(tx)))
         .expect("start forwarder");
     (fwd, rx)
@@ -385,4 +391,278 @@ fn shutdown_is_prompt_with_queries_in_flight() {
     fwd.shutdown();
     // 100 ms is the goal; the bound is looser for a loaded test machine.
     assert!(start.elapsed() < Duration::from_millis(500));
+}
+
+/// What the TCP side of a [`TruncatingUpstream`] does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TcpMode {
+    /// Answers in full.
+    Serve,
+    /// Nothing listens: connections are refused.
+    Refuse,
+    /// Accepts and reads the query, never answers.
+    Silent,
+}
+
+/// A fake upstream that behaves like a real one with a large answer: 100 A
+/// records (about 1.6 kB) for any name, sent over UDP truncated (TC, no
+/// records) when longer than the query's UDP size (512 without EDNS0), and
+/// whole over TCP on the same port. Stopped on drop.
+struct TruncatingUpstream {
+    addr: SocketAddr,
+    udp_queries: Arc<AtomicUsize>,
+    tcp_queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TruncatingUpstream {
+    fn start(tcp: TcpMode, udp_delay: Duration) -> TruncatingUpstream {
+        // The TCP listener needs the UDP socket's port free for TCP too.
+        let (udp, listener) = (0..20)
+            .find_map(|_| {
+                let udp = StdUdpSocket::bind("127.0.0.1:0").ok()?;
+                if tcp == TcpMode::Refuse {
+                    return Some((udp, None));
+                }
+                let listener = StdTcpListener::bind(udp.local_addr().ok()?).ok()?;
+                Some((udp, Some(listener)))
+            })
+            .expect("a port free for UDP and TCP");
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("read timeout");
+        let addr = udp.local_addr().expect("local addr");
+        let udp_queries = Arc::new(AtomicUsize::new(0));
+        let tcp_queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, st) = (Arc::clone(&udp_queries), Arc::clone(&stop));
+        let mut threads = vec![std::thread::spawn(move || {
+            serve_truncated(&udp, udp_delay, &q, &st)
+        })];
+        if let Some(listener) = listener {
+            let (q, st) = (Arc::clone(&tcp_queries), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                serve_tcp(&listener, tcp, &q, &st)
+            }));
+        }
+        TruncatingUpstream {
+            addr,
+            udp_queries,
+            tcp_queries,
+            stop,
+            threads,
+        }
+    }
+
+    fn queries(&self) -> (usize, usize) {
+        (
+            self.udp_queries.load(Ordering::SeqCst),
+            self.tcp_queries.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for TruncatingUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_truncated(
+    socket: &StdUdpSocket,
+    delay: Duration,
+    queries: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        queries.fetch_add(1, Ordering::SeqCst);
+        let Ok(msg) = Message::from_slice(&buf[..len]) else {
+            continue;
+        };
+        let limit = msg
+            .opt()
+            .map_or(512, |o| usize::from(o.udp_payload_size()).max(512));
+        let full = answer(msg, Rcode::NOERROR, 100);
+        let reply = if full.len() > limit {
+            let mut b = MessageBuilder::new_vec()
+                .start_answer(msg, Rcode::NOERROR)
+                .expect("start answer");
+            b.header_mut().set_tc(true);
+            b.finish()
+        } else {
+            full
+        };
+        std::thread::sleep(delay);
+        let _ = socket.send_to(&reply, from);
+    }
+}
+
+fn serve_tcp(listener: &StdTcpListener, mode: TcpMode, queries: &AtomicUsize, stop: &AtomicBool) {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Silent connections stay open until the end.
+    let mut held = Vec::new();
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let Ok((mut conn, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let Some(query) = read_tcp_message(&mut conn) else {
+            continue;
+        };
+        queries.fetch_add(1, Ordering::SeqCst);
+        let Ok(msg) = Message::from_slice(&query[..]) else {
+            continue;
+        };
+        match mode {
+            TcpMode::Serve => {
+                let full = answer(msg, Rcode::NOERROR, 100);
+                let mut out = (full.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&full);
+                // In two writes, so the forwarder sees a partial answer.
+                let _ = conn.write_all(&out[..3]);
+                let _ = conn.flush();
+                std::thread::sleep(Duration::from_millis(10));
+                let _ = conn.write_all(&out[3..]);
+            }
+            TcpMode::Silent => held.push(conn),
+            TcpMode::Refuse => {}
+        }
+    }
+}
+
+/// One length-prefixed DNS message from a TCP connection.
+fn read_tcp_message(conn: &mut StdTcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).ok()?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut msg).ok()?;
+    Some(msg)
+}
+
+#[test]
+fn tcp_client_gets_the_whole_answer_the_upstream_truncated_over_udp() {
+    let up = TruncatingUpstream::start(TcpMode::Serve, Duration::ZERO);
+    let (fwd, rx) = forwarder(vec![up.addr]);
+    // A TCP client (max_len 65535), e.g. the retry after TC over UDP.
+    fwd.submit(&query(4, "Big.Example.", None), 2, 65535);
+    let (to, ans) = recv(&rx, MARGIN);
+    let h = header(&ans);
+    assert_eq!((to, h.id()), (2, 4));
+    assert!(!h.tc(), "a TCP client must never get TC");
+    assert_eq!(ancount(&ans), 100);
+    assert_eq!(
+        &ans[HEADER_LEN..HEADER_LEN + 4],
+        b"\x03Big",
+        "client's case"
+    );
+    assert_eq!(up.queries(), (1, 1), "UDP first, then once over TCP");
+    let s = fwd.stats();
+    assert_eq!((s.forwarded, s.tcp_retries, s.answered), (1, 1, 1));
+    assert_eq!((s.tcp_failed, s.tcp_over_cap), (0, 0));
+}
+
+#[test]
+fn udp_client_gets_tc_and_no_tcp_retry_is_made_for_it() {
+    let up = TruncatingUpstream::start(TcpMode::Serve, Duration::ZERO);
+    let (fwd, rx) = forwarder(vec![up.addr]);
+    fwd.submit(&query(5, "big.example.", None), 1, 512);
+    let (_, ans) = recv(&rx, MARGIN);
+    assert!(header(&ans).tc(), "the client retries over TCP itself");
+    assert_eq!(ancount(&ans), 0);
+    assert_eq!(up.queries(), (1, 0));
+    assert_eq!(fwd.stats().tcp_retries, 0);
+}
+
+#[test]
+fn merged_tcp_client_is_not_handed_the_truncated_udp_answer() {
+    // The delay keeps the first query in flight while the second merges.
+    let up = TruncatingUpstream::start(TcpMode::Serve, Duration::from_millis(100));
+    let (fwd, rx) = forwarder(vec![up.addr]);
+    fwd.submit(&query(1, "big.example.", None), 10, 512);
+    fwd.submit(&query(2, "big.example.", None), 11, 65535);
+    // And a UDP client with a larger EDNS0 size than the first query asked
+    // for: the TCP answer serves it too, truncated to its size.
+    fwd.submit(&query(3, "big.example.", None), 12, 4096);
+    let mut got = [recv(&rx, MARGIN), recv(&rx, MARGIN), recv(&rx, MARGIN)];
+    got.sort_by_key(|(to, _)| *to);
+    let udp = &got[0].1;
+    assert!(header(udp).tc() && header(udp).id() == 1);
+    assert_eq!(ancount(udp), 0);
+    let tcp = &got[1].1;
+    assert!(!header(tcp).tc() && header(tcp).id() == 2);
+    assert_eq!(ancount(tcp), 100);
+    let big_udp = &got[2].1;
+    assert!(!header(big_udp).tc() && header(big_udp).id() == 3);
+    assert_eq!(ancount(big_udp), 100);
+    assert_eq!(up.queries(), (1, 1));
+    let s = fwd.stats();
+    assert_eq!((s.merged, s.tcp_retries, s.answered), (2, 1, 3));
+}
+
+#[test]
+fn failed_tcp_retry_gives_servfail_and_is_counted() {
+    let refused = TruncatingUpstream::start(TcpMode::Refuse, Duration::ZERO);
+    let (fwd, rx) = forwarder(vec![refused.addr]);
+    fwd.submit(&query(6, "big.example.", Some(false)), 1, 65535);
+    let (_, ans) = recv(&rx, MARGIN);
+    assert_eq!(header(&ans).rcode(), Rcode::SERVFAIL);
+    assert!(!header(&ans).tc());
+    let s = fwd.stats();
+    assert_eq!((s.tcp_retries, s.tcp_failed, s.servfail), (1, 1, 0));
+
+    let silent = TruncatingUpstream::start(TcpMode::Silent, Duration::ZERO);
+    let (fwd, rx) = forwarder(vec![silent.addr]);
+    let start = Instant::now();
+    fwd.submit(&query(7, "big.example.", None), 1, 65535);
+    let (_, ans) = recv(&rx, TIMEOUT + MARGIN);
+    assert!(start.elapsed() >= TIMEOUT, "bounded by the attempt timeout");
+    assert_eq!(header(&ans).rcode(), Rcode::SERVFAIL);
+    assert_eq!(silent.queries(), (1, 1));
+    let s = fwd.stats();
+    assert_eq!((s.timeouts, s.tcp_failed), (1, 1));
+}
+
+#[test]
+fn tcp_retries_beyond_the_cap_get_servfail() {
+    let up = TruncatingUpstream::start(TcpMode::Silent, Duration::ZERO);
+    let (fwd, rx) = forwarder_config(ForwarderConfig {
+        upstreams: UpstreamSource::Static(vec![up.addr]),
+        attempt_timeout: Duration::from_millis(500),
+        max_tcp: 1,
+        ..ForwarderConfig::default()
+    });
+    fwd.submit(&query(1, "one.example.", None), 1, 65535);
+    // The first retry holds the only TCP slot until it times out.
+    let deadline = Instant::now() + MARGIN;
+    while fwd.stats().tcp_retries == 0 {
+        assert!(Instant::now() < deadline, "no TCP retry");
+        assert!(rx.try_recv().is_err(), "no answer before the retry");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fwd.submit(&query(2, "two.example.", None), 2, 65535);
+    let (to, ans) = recv(&rx, MARGIN);
+    assert_eq!((to, header(&ans).rcode()), (2, Rcode::SERVFAIL));
+    assert_eq!(fwd.stats().tcp_over_cap, 1);
+    let (to, ans) = recv(&rx, MARGIN);
+    assert_eq!((to, header(&ans).rcode()), (1, Rcode::SERVFAIL));
+    let s = fwd.stats();
+    assert_eq!((s.tcp_retries, s.tcp_failed), (1, 1));
+    // The slot is free again.
+    fwd.submit(&query(3, "three.example.", None), 3, 65535);
+    let (to, _) = recv(&rx, MARGIN + Duration::from_millis(500));
+    assert_eq!(to, 3);
+    assert_eq!(fwd.stats().tcp_retries, 2);
 }
