@@ -5,8 +5,12 @@
 //!
 //! Which names are ours: names under the search domain, `NAME.NETWORK` for
 //! the asking network, single-label names, `tasks.NAME`, and reverse names of
-//! the network's subnet. Those get an authoritative answer (NXDOMAIN when
-//! unknown). Anything else is forwarded, or REFUSED on internal networks.
+//! the network's subnet. Those get an authoritative answer: NXDOMAIN when
+//! nothing exists at or below the name, NODATA (NOERROR, no records) for an
+//! empty non-terminal such as the search domain itself or `NETWORK`, since
+//! NXDOMAIN would tell caches that the names below are gone too (RFC 8020).
+//! Anything else is forwarded, or REFUSED on internal networks. RA is set on
+//! every answer of a network that forwards, as on the forwarder's answers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -140,12 +144,12 @@ fn reverse_addr(name: &[u8]) -> Option<IpAddr> {
 
 /// Writes a header-only reply (no question) with `rcode` for `query` (at
 /// least 4 bytes): for queries whose question cannot be trusted, or that
-/// cannot be served.
-pub fn header_reply(query: &[u8], rcode: Rcode, out: &mut Vec<u8>) {
+/// cannot be served. `recursion` sets RA (the network forwards).
+pub fn header_reply(query: &[u8], rcode: Rcode, recursion: bool, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&query[..4]);
     out[2] = (query[2] & 0x79) | 0x80; // QR, keep opcode and RD
-    out[3] = rcode.to_int() & 0x0f;
+    out[3] = (rcode.to_int() & 0x0f) | if recursion { 0x80 } else { 0 };
     out.extend_from_slice(&[0; 8]);
 }
 
@@ -155,6 +159,8 @@ enum Local<'z> {
     Found(&'z NameRecord, bool),
     /// Reverse record: wire-format target.
     Ptr(&'z [u8]),
+    /// An empty non-terminal: names exist below it, none at it (NODATA).
+    Empty,
     /// Authoritative, but no such name.
     NxDomain,
 }
@@ -182,13 +188,13 @@ impl Responder {
             return Outcome::Dropped;
         };
         if msg.header().opcode() != Opcode::QUERY {
-            header_reply(query, Rcode::NOTIMP, out);
+            header_reply(query, Rcode::NOTIMP, zone.forward, out);
             return answered(Rcode::NOTIMP, true);
         }
         let question = match msg.sole_question() {
             Ok(q) if q.qclass() == Class::IN || q.qclass() == Class::ANY => q,
             _ => {
-                header_reply(query, Rcode::FORMERR, out);
+                header_reply(query, Rcode::FORMERR, zone.forward, out);
                 return answered(Rcode::FORMERR, true);
             }
         };
@@ -201,7 +207,14 @@ impl Responder {
             (Transport::Udp { .. }, None) => CLASSIC_UDP_LEN,
         };
         if opt.as_ref().is_some_and(|o| o.version() != 0) {
-            return self.build(&msg, Build::BadVersion, settings, max_len, out);
+            return self.build(
+                &msg,
+                Build::BadVersion,
+                settings,
+                zone.forward,
+                max_len,
+                out,
+            );
         }
         let qname = question.qname();
         let name = LowerName::from_labels(qname.iter().map(|l| l.as_slice()));
@@ -218,14 +231,14 @@ impl Responder {
                     qtype,
                     edns: opt.is_some(),
                 };
-                self.build(&msg, b, settings, max_len, out)
+                self.build(&msg, b, settings, zone.forward, max_len, out)
             }
             None if zone.forward => Outcome::Forward { max_len },
             None => {
                 let b = Build::Refused {
                     edns: opt.is_some(),
                 };
-                self.build(&msg, b, settings, max_len, out)
+                self.build(&msg, b, settings, zone.forward, max_len, out)
             }
         }
     }
@@ -235,6 +248,7 @@ impl Responder {
         msg: &Message<&[u8]>,
         what: Build<'_>,
         settings: &DnsSettings,
+        recursion: bool,
         max_len: u16,
         out: &mut Vec<u8>,
     ) -> Outcome {
@@ -255,7 +269,7 @@ impl Responder {
         b.set_push_limit(limit.saturating_sub(reserve));
         let Ok(mut ans) = b.start_answer(msg, rcode) else {
             // Even the question does not fit: a bare header with TC.
-            header_reply(msg.as_slice(), rcode, out);
+            header_reply(msg.as_slice(), rcode, recursion, out);
             out[2] |= 0x02;
             return Outcome::Answered {
                 rcode,
@@ -263,7 +277,8 @@ impl Responder {
                 malformed: false,
             };
         };
-        ans.header_mut().set_ra(false);
+        // Recursion is available where names that are not ours are forwarded.
+        ans.header_mut().set_ra(recursion);
         let mut truncated = false;
         if let Build::Local { local, qtype, .. } = &what {
             let qtype = *qtype;
@@ -287,7 +302,7 @@ impl Responder {
                             true
                         }
                     }
-                    Local::NxDomain => true,
+                    Local::NxDomain | Local::Empty => true,
                 };
                 if !ok {
                     truncated = true;
@@ -406,7 +421,19 @@ fn find<'z>(
         }
     }
     let in_network_zone = strip_suffix(rest, &zone.network).is_some();
-    (authoritative || in_network_zone).then_some(Local::NxDomain)
+    if !(authoritative || in_network_zone) {
+        return None;
+    }
+    let empty_non_terminal = candidates.into_iter().flatten().any(|cand| {
+        // The search domain or `NETWORK` itself, a parent of a dotted name,
+        // or `tasks` above `tasks.NAME`.
+        cand.is_empty() || zone.is_parent(cand) || (cand == b"tasks" && !zone.names.is_empty())
+    });
+    Some(if empty_non_terminal {
+        Local::Empty
+    } else {
+        Local::NxDomain
+    })
 }
 
 /// `name` without `prefix.`, if it starts so.

@@ -8,7 +8,7 @@
 //! endpoints attached to that network, so a query from one network never sees
 //! another network's sandboxes. Keys are lowercase, without trailing dot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::tables::topology::NetworkId;
@@ -107,6 +107,9 @@ pub struct Zone {
     pub mtu: u16,
     /// Names (endpoint names and aliases), lowercase.
     pub names: HashMap<Box<[u8]>, NameRecord>,
+    /// Proper parents of dotted names (`b` of `a.b`), lowercase: they exist
+    /// as empty non-terminals.
+    pub parents: HashSet<Box<[u8]>>,
     /// Reverse records: address to the wire-format FQDN of its endpoint.
     pub ptr: HashMap<IpAddr, Box<[u8]>>,
     /// Subnets (address, prefix length).
@@ -174,6 +177,13 @@ impl Zone {
             names.sort();
             names.dedup();
             for n in names {
+                let mut parent = n.as_str();
+                while let Some((_, up)) = parent.split_once('.') {
+                    if !up.is_empty() {
+                        zone.parents.insert(up.as_bytes().into());
+                    }
+                    parent = up;
+                }
                 let rec = zone.names.entry(n.into_bytes().into()).or_default();
                 rec.v4.extend(ep.ipv4);
                 rec.v6.extend(ep.ipv6);
@@ -206,6 +216,12 @@ impl Zone {
             }
             _ => false,
         })
+    }
+
+    /// True if the lowercase `name` is a proper parent of a name in the zone.
+    #[inline]
+    pub fn is_parent(&self, name: &[u8]) -> bool {
+        self.parents.contains(name)
     }
 
     /// The record for a lowercase name.

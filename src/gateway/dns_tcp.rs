@@ -200,7 +200,8 @@ impl DnsTcp {
                             session.pending += 1;
                             served.forwarded += 1;
                         } else {
-                            header_reply(query, Rcode::SERVFAIL, scratch);
+                            let recursion = zone.is_some_and(|z| z.forward);
+                            header_reply(query, Rcode::SERVFAIL, recursion, scratch);
                             push_message(scratch, &mut session.output);
                         }
                     }

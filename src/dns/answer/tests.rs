@@ -445,3 +445,121 @@ proptest! {
         let _ = r.respond(&table.settings, table.zone(NetworkId(0)).unwrap(), &q, UDP, &mut out);
     }
 }
+
+#[test]
+fn empty_non_terminals_are_nodata_not_nxdomain() {
+    // `api.v2` makes `v2` a parent with nothing of its own.
+    let table = DnsTable::build(
+        records::DnsSettings::default(),
+        &[NetworkRecords {
+            id: NetworkId(0),
+            name: "Front".into(),
+            forward: true,
+            mtu: 1500,
+            subnets: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 24)],
+            endpoints: vec![EndpointRecord {
+                name: "web1".into(),
+                aliases: vec!["api.v2".into()],
+                ipv4: Some(ip(2)),
+                ipv6: None,
+                srv_port: 0,
+            }],
+        }],
+    );
+    let mut r = Responder::default();
+    let found = ask_in(
+        &table,
+        &mut r,
+        0,
+        &query("api.v2.front", Rtype::A, None),
+        UDP,
+    );
+    assert_eq!(found.a(), [ip(2)]);
+    // Names exist below each of these (RFC 8020: NXDOMAIN would deny them).
+    for name in [
+        "switchyard.internal",
+        "Switchyard.Internal.",
+        "front.switchyard.internal",
+        "front",
+        "FRONT",
+        "v2",
+        "v2.switchyard.internal",
+        "v2.front",
+        "v2.front.switchyard.internal",
+        "tasks",
+    ] {
+        for qtype in [Rtype::A, Rtype::AAAA, Rtype::SOA] {
+            let a = ask_in(&table, &mut r, 0, &query(name, qtype, None), UDP);
+            assert!(
+                matches!(
+                    a.outcome,
+                    Outcome::Answered {
+                        rcode: Rcode::NOERROR,
+                        truncated: false,
+                        malformed: false,
+                    }
+                ),
+                "{name} {qtype}: {:?}",
+                a.outcome
+            );
+            let m = a.msg();
+            assert!(m.header().aa(), "{name}");
+            assert_eq!(m.header_counts().ancount(), 0, "{name}");
+        }
+    }
+    // Nothing at or below these.
+    for name in [
+        "v3",
+        "x.v2.switchyard.internal",
+        "nosuch.front",
+        "nosuch.switchyard.internal",
+    ] {
+        let a = ask_in(&table, &mut r, 0, &query(name, Rtype::A, None), UDP);
+        assert_eq!(a.rcode(), Rcode::NXDOMAIN, "{name}");
+    }
+    // The search domain is an empty non-terminal on every network, the
+    // network's own label is one only on that network.
+    let mut r = Responder::default();
+    let a = ask(
+        &mut r,
+        2,
+        &query("switchyard.internal", Rtype::A, None),
+        UDP,
+    );
+    assert_eq!(a.rcode(), Rcode::NOERROR);
+    let a = ask(&mut r, 2, &query("back", Rtype::A, None), UDP);
+    assert_eq!(a.rcode(), Rcode::NOERROR);
+    let a = ask(&mut r, 2, &query("front", Rtype::A, None), UDP);
+    assert_eq!(a.rcode(), Rcode::NXDOMAIN, "another network's label");
+}
+
+#[test]
+fn ra_is_set_on_networks_that_forward_and_clear_on_internal_ones() {
+    let mut r = Responder::default();
+    for (net, forwards) in [(0, true), (2, false)] {
+        let name = if forwards { "web1" } else { "db" };
+        for q in [
+            query(name, Rtype::A, None),
+            query(name, Rtype::A, Some(1232)),
+            query("nosuch.switchyard.internal", Rtype::A, None),
+            query(name, Rtype::AAAA, None),
+        ] {
+            let a = ask(&mut r, net, &q, UDP);
+            let h = a.msg().header();
+            assert!(h.rd());
+            assert_eq!(h.ra(), forwards, "network {net}: {}", h.rcode());
+        }
+        // Header-only answers too.
+        let mut notify = query(name, Rtype::A, None);
+        notify[2] |= 4 << 3;
+        let a = ask(&mut r, net, &notify, UDP);
+        assert_eq!(a.rcode(), Rcode::NOTIMP);
+        assert_eq!(a.msg().header().ra(), forwards, "network {net}: NOTIMP");
+    }
+    let a = ask(&mut r, 2, &query("example.com", Rtype::A, None), UDP);
+    assert_eq!(a.rcode(), Rcode::REFUSED);
+    assert!(
+        !a.msg().header().ra(),
+        "an internal network offers no recursion"
+    );
+}
