@@ -19,14 +19,16 @@ pub const DEFAULT_MTU: u16 = 1500;
 pub const MIN_MTU: u16 = 576;
 /// Largest MTU accepted (what TAP devices and pasta/slirp4netns top out at).
 pub const MAX_MTU: u16 = 65520;
-/// Longest network or endpoint name.
-pub const MAX_NAME_LEN: usize = 64;
+/// Longest network, endpoint or alias name: each is a DNS label (`NAME`,
+/// `NAME.NETWORK`, the PTR target `NAME.DOMAIN`), and labels stop at 63
+/// bytes (RFC 1035).
+pub const MAX_NAME_LEN: usize = 63;
 
 /// Errors in user-supplied model values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     /// A network or endpoint name with characters we do not allow.
-    #[error("invalid {what} name {name:?}: use 1-64 characters from a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit")]
+    #[error("invalid {what} name {name:?}: use 1-63 characters from a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit")]
     BadName {
         /// "network", "endpoint" or "alias".
         what: &'static str,
@@ -500,7 +502,8 @@ mod tests {
     fn names() {
         assert!(validate_name("network", "default").is_ok());
         assert!(validate_name("network", "a.b-c_9").is_ok());
-        for bad in ["", "-x", ".x", "a b", "a/b", &"x".repeat(65), "é"] {
+        assert!(validate_name("endpoint", &"x".repeat(63)).is_ok());
+        for bad in ["", "-x", ".x", "a b", "a/b", &"x".repeat(64), "é"] {
             assert!(validate_name("network", bad).is_err(), "{bad}");
         }
     }

@@ -563,3 +563,41 @@ fn ra_is_set_on_networks_that_forward_and_clear_on_internal_ones() {
         "an internal network offers no recursion"
     );
 }
+
+#[test]
+fn longest_endpoint_name_is_one_whole_label_in_ptr_targets() {
+    let longest = "a".repeat(crate::control::model::MAX_NAME_LEN);
+    assert_eq!(longest.len(), 63, "a DNS label");
+    assert!(crate::control::model::validate_name("endpoint", &longest).is_ok());
+    assert!(crate::control::model::validate_name("endpoint", &"a".repeat(64)).is_err());
+    let table = DnsTable::build(
+        records::DnsSettings::default(),
+        &[NetworkRecords {
+            id: NetworkId(0),
+            name: "front".into(),
+            forward: true,
+            mtu: 1500,
+            subnets: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 24)],
+            endpoints: vec![EndpointRecord {
+                name: longest.clone(),
+                aliases: vec![],
+                ipv4: Some(ip(7)),
+                ipv6: None,
+                srv_port: 0,
+            }],
+        }],
+    );
+    let mut r = Responder::default();
+    let q = query("7.0.0.10.in-addr.arpa", Rtype::PTR, None);
+    let a = ask_in(&table, &mut r, 0, &q, UDP);
+    let m = a.msg();
+    let ptr: Vec<_> = m
+        .answer()
+        .unwrap()
+        .limit_to::<Ptr<_>>()
+        .map(|r| r.unwrap().data().ptrdname().to_string())
+        .collect();
+    assert_eq!(ptr, [format!("{longest}.switchyard.internal")]);
+    let a = ask_in(&table, &mut r, 0, &query(&longest, Rtype::A, None), UDP);
+    assert_eq!(a.a(), [ip(7)]);
+}
