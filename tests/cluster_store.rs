@@ -459,6 +459,67 @@ fn etcd_outage_keeps_the_snapshot_and_resyncs() {
 }
 
 #[test]
+fn withdrawals_during_an_outage_are_made_when_etcd_is_back() {
+    let Some(mut etcd) = Etcd::start("withdraw") else {
+        return;
+    };
+    let (b, b_events) = connect(&etcd, "host-b", 2);
+    let subnet = "10.77.0.0/16".parse().expect("cidr");
+    let gw = "10.77.0.1".parse().expect("ip");
+    let ip = b.allocate_ip("front", subnet, gw, None, "db").expect("ip");
+    let gone = endpoint(&b, "front", "db", ip);
+    b.put_endpoint(gone.clone()).expect("put");
+    let ip2 = b.allocate_ip("front", subnet, gw, None, "web").expect("ip");
+    let kept = endpoint(&b, "front", "web", ip2);
+    b.put_endpoint(kept.clone()).expect("put");
+    while b_events.try_recv().is_ok() {}
+
+    etcd.stop();
+    wait_event(&b_events, Duration::from_secs(10), |e| {
+        matches!(e, ClusterEvent::Disconnected(_))
+    });
+    // What the daemon's disconnect does: both fail now, and are not lost.
+    let down = |r: Result<(), ClusterError>| {
+        matches!(
+            r,
+            Err(ClusterError::Disconnected(_) | ClusterError::Timeout(_) | ClusterError::Etcd(_))
+        )
+    };
+    assert!(down(b.remove_endpoint("front", "db")));
+    assert!(down(b.release_ip("front", ip)));
+
+    etcd.restart();
+    wait_event(&b_events, Duration::from_secs(15), |e| {
+        *e == ClusterEvent::Connected
+    });
+    // B's lease lives on, so only what it withdrew is gone; before the fix
+    // the reconnect put both back.
+    let (c, _) = connect(&etcd, "host-c", 3);
+    let seen = c.snapshot();
+    assert!(!seen.all_endpoints().any(|e| e.name == "db"), "withdrawn");
+    assert!(seen.all_endpoints().any(|e| *e == kept), "kept");
+    let leases = seen.ipam.get("front").cloned().unwrap_or_default();
+    assert!(!leases.contains_key(&ip), "released: {leases:?}");
+    assert!(leases.contains_key(&ip2), "kept: {leases:?}");
+    let mine = b.snapshot();
+    assert!(!mine.all_endpoints().any(|e| e.name == "db"));
+
+    // The name and the address can be taken again, and stay (no queued
+    // withdrawal deletes them later: the retry runs every 2 s).
+    assert_eq!(
+        b.allocate_ip("front", subnet, gw, Some(ip), "db2")
+            .expect("again"),
+        ip
+    );
+    b.put_endpoint(gone.clone()).expect("put again");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (d, _) = connect(&etcd, "host-d", 4);
+    let seen = d.snapshot();
+    assert!(seen.all_endpoints().any(|e| *e == gone));
+    assert_eq!(seen.ipam["front"][&ip].endpoint, "db2");
+}
+
+#[test]
 fn lost_lease_is_replaced_and_own_records_put_back() {
     let Some(etcd) = Etcd::start("lease") else {
         return;

@@ -2,8 +2,13 @@
 //! etcd client, keeps this host's lease alive, mirrors the prefix through a
 //! watch, runs the blocking API's operations one at a time, and reconnects
 //! with bounded backoff. Nothing async leaves this file and `ops.rs`.
+//!
+//! It also keeps what this host owes etcd: the records it owns (put back on
+//! every reconnect) and the withdrawals that did not reach etcd (retried on
+//! reconnect and every [`MAX_BACKOFF`] while connected), so a record removed
+//! during an outage is never put back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,14 +23,17 @@ use tokio::time::MissedTickBehavior;
 
 use super::config::ClusterConfig;
 use super::error::ClusterError;
+use super::keys::Key;
 use super::keys::Keys;
 use super::records::{ClusterState, EndpointRecord, IpamLease, Mirror, NetworkRecord};
 use super::{ClusterEvent, ClusterStatus};
+use crate::control::model::validate_name;
 use crate::control::net::Ipv4Net;
 
 /// First retry delay after losing etcd.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest retry delay, so a returning etcd is noticed within ~2 s.
+/// Longest retry delay, so a returning etcd is noticed within ~2 s; also
+/// how often withdrawals that failed are retried while connected.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// HTTP/2 ping interval: finds a dead connection that sent no FIN.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,6 +52,21 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// The key a withdrawal (`ReleaseIp`, `RemoveEndpoint`) deletes; `None`
+    /// for other operations and invalid names (those fail without effect).
+    fn withdrawal(&self, keys: &Keys) -> Option<String> {
+        match self {
+            Op::ReleaseIp(net, ip, _) => validate_name("network", net)
+                .ok()
+                .map(|()| keys.key(&Key::Ipam(net.clone(), *ip))),
+            Op::RemoveEndpoint(net, name, _) => validate_name("network", net)
+                .and_then(|()| validate_name("endpoint", name))
+                .ok()
+                .map(|()| keys.key(&Key::Endpoint(net.clone(), name.clone()))),
+            _ => None,
+        }
+    }
+
     /// Answers with an error without running.
     fn fail(self, e: ClusterError) {
         // A caller that gave up has dropped its receiver; nothing to tell.
@@ -117,11 +140,25 @@ impl Shared {
     }
 }
 
-/// Records this host wrote and puts back after losing etcd, by key.
+/// Records this host wrote and puts back after losing etcd, by key, and
+/// keys it asked to delete that may still be in etcd. A key is in at most
+/// one of them: asking to withdraw a record takes it out of `endpoints` or
+/// `ips` at once, whether or not etcd answers, so a reconnect never puts it
+/// back; writing it again takes it out of `withdrawn`.
 #[derive(Default)]
 pub(super) struct Owned {
     pub(super) endpoints: BTreeMap<String, EndpointRecord>,
     pub(super) ips: BTreeMap<String, IpamLease>,
+    pub(super) withdrawn: BTreeSet<String>,
+}
+
+impl Owned {
+    /// Stops owning `key` and queues its deletion.
+    pub(super) fn withdraw(&mut self, key: &str) {
+        self.endpoints.remove(key);
+        self.ips.remove(key);
+        self.withdrawn.insert(key.to_string());
+    }
 }
 
 /// How a session ended without an error.
@@ -213,6 +250,10 @@ impl Engine {
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown { .. }) => return Some(Stop::Closed),
                     Some(Command::Op(op, _)) => {
+                        // Done once etcd is back: the caller has moved on.
+                        if let Some(key) = op.withdrawal(&self.keys) {
+                            self.owned.withdraw(&key);
+                        }
                         let why = self.shared.status().last_error.unwrap_or_default();
                         op.fail(ClusterError::Disconnected(why));
                     }
@@ -248,6 +289,8 @@ impl Engine {
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
+        let mut retry = tokio::time::interval(MAX_BACKOFF);
+        retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -261,6 +304,9 @@ impl Engine {
                     Some(Command::Op(op, deadline)) => self.serve(&mut client, lease, op, deadline).await,
                 },
                 msg = watch.message() => self.on_watch(msg)?,
+                _ = retry.tick(), if !self.owned.withdrawn.is_empty() => {
+                    self.retry_withdrawals(&mut client).await;
+                }
                 reason = &mut lost => {
                     return Err(reason.unwrap_or_else(|_| "the lease renewal task ended".into()));
                 }
@@ -355,6 +401,9 @@ impl Engine {
     /// Runs one operation within its deadline and answers it.
     async fn serve(&mut self, client: &mut Client, lease: i64, op: Op, deadline: Instant) {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            if let Some(key) = op.withdrawal(&self.keys) {
+                self.owned.withdraw(&key);
+            }
             op.fail(ClusterError::Timeout(self.config.op_timeout));
             return;
         };
@@ -473,5 +522,62 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(network: &str, name: &str) -> EndpointRecord {
+        EndpointRecord {
+            network: network.into(),
+            name: name.into(),
+            aliases: vec![],
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            ipv4: Ipv4Addr::new(10, 0, 0, 2),
+            ipv6: None,
+            host: "h".into(),
+            vtep: "192.0.2.1:4789".parse().expect("vtep"),
+        }
+    }
+
+    #[test]
+    fn a_withdrawn_record_is_no_longer_owned_but_queued() {
+        let mut owned = Owned::default();
+        owned.endpoints.insert("k/ep".into(), record("front", "db"));
+        owned.ips.insert(
+            "k/ip".into(),
+            IpamLease {
+                host: "h".into(),
+                endpoint: "db".into(),
+            },
+        );
+        owned.withdraw("k/ep");
+        owned.withdraw("k/ip");
+        assert!(owned.endpoints.is_empty() && owned.ips.is_empty());
+        assert_eq!(owned.withdrawn.len(), 2);
+    }
+
+    #[test]
+    fn only_valid_withdrawals_have_a_key() {
+        let keys = Keys::new("/sy");
+        let (tx, _rx) = crossbeam::channel::bounded(1);
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let release = Op::ReleaseIp("front".into(), ip, tx.clone());
+        assert_eq!(
+            release.withdrawal(&keys),
+            Some(keys.key(&Key::Ipam("front".into(), ip)))
+        );
+        let remove = Op::RemoveEndpoint("front".into(), "db".into(), tx.clone());
+        assert_eq!(
+            remove.withdrawal(&keys),
+            Some(keys.key(&Key::Endpoint("front".into(), "db".into())))
+        );
+        let bad = Op::RemoveEndpoint("front".into(), "no/slash".into(), tx.clone());
+        assert_eq!(bad.withdrawal(&keys), None);
+        let (tx2, _rx2) = crossbeam::channel::bounded(1);
+        let put = Op::PutEndpoint(record("front", "db"), tx2);
+        assert_eq!(put.withdrawal(&keys), None);
     }
 }

@@ -17,9 +17,10 @@
 //!   the last known state while etcd is away; [`Cluster::status`] and a
 //!   [`ClusterEvent::Disconnected`] report the loss. The thread retries
 //!   with backoff (at most 2 s apart); on return it reuses the lease (or gets
-//!   a new one), puts back every record this host owns, reloads the state,
-//!   watches from the new revision and emits [`ClusterEvent::Connected`] and
-//!   [`ClusterEvent::Changed`].
+//!   a new one), deletes the records this host withdrew meanwhile (a
+//!   withdrawal is never undone by a reconnect), puts back every record
+//!   this host still owns, reloads the state, watches from the new revision
+//!   and emits [`ClusterEvent::Connected`] and [`ClusterEvent::Changed`].
 //! - **Propagation**: a change made by another host is in `snapshot()`, and
 //!   announced by `Changed`, as soon as etcd's watch delivers it (well under
 //!   a second on a healthy cluster). A caller's own writes are in its
@@ -191,7 +192,10 @@ impl Cluster {
     }
 
     /// Gives an address back. Succeeds if it is not leased;
-    /// [`ClusterError::NotOwner`] if another host holds it.
+    /// [`ClusterError::NotOwner`] if another host holds it. The lease is no
+    /// longer this host's from the call on: when etcd does not answer, the
+    /// error says so, the release is retried until etcd deletes the lease,
+    /// and a reconnect never puts it back.
     pub fn release_ip(&self, network: &str, ip: Ipv4Addr) -> Result<(), ClusterError> {
         self.call(|r| Op::ReleaseIp(network.to_string(), ip, r))
     }
@@ -204,6 +208,9 @@ impl Cluster {
     }
 
     /// Withdraws an endpoint of this host. Succeeds if it does not exist.
+    /// Like [`Cluster::release_ip`], a withdrawal etcd does not answer is
+    /// retried (on reconnect, and every 2 s while connected) and the record
+    /// is never put back; putting the endpoint again cancels the retry.
     pub fn remove_endpoint(&self, network: &str, name: &str) -> Result<(), ClusterError> {
         self.call(|r| Op::RemoveEndpoint(network.to_string(), name.to_string(), r))
     }

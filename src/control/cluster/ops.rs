@@ -2,7 +2,9 @@
 //! a connected client. Uniqueness (VNIs, addresses, endpoint names) comes
 //! from etcd transactions that compare `create_revision == 0`; losers of a
 //! race pick the next candidate. Successful writes are applied to the mirror
-//! at once, so a caller reads its own writes in `snapshot()`.
+//! at once, so a caller reads its own writes in `snapshot()`. A withdrawal
+//! stops this host owning the record before it talks to etcd, and stays
+//! queued until etcd has deleted it (see `Owned`).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -80,6 +82,18 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Whether a failed withdrawal is worth retrying: etcd did not answer or
+/// lost a race; not when the record is another host's or unreadable.
+fn retry_later(e: &ClusterError) -> bool {
+    matches!(
+        e,
+        ClusterError::Etcd(_)
+            | ClusterError::Timeout(_)
+            | ClusterError::Disconnected(_)
+            | ClusterError::Contention(_)
+    )
+}
+
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, ClusterError> {
     serde_json::from_slice(kv.value()).map_err(|e| ClusterError::CorruptRecord {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -88,8 +102,9 @@ fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, ClusterErro
 }
 
 impl Engine {
-    /// Puts this host's record and everything it owns back under `lease`
-    /// (after a reconnect, or a new lease when the old one expired).
+    /// Deletes the records withdrawn while etcd did not answer, then puts
+    /// this host's record and everything it owns back under `lease` (after a
+    /// reconnect, or a new lease when the old one expired).
     pub(super) async fn restore(&mut self, client: &mut Client, lease: i64) -> Result<(), String> {
         let host = HostRecord {
             host: self.config.host.clone(),
@@ -107,6 +122,15 @@ impl Engine {
             .map_err(|_| "no answer from etcd while registering this host".to_string())?
             .map_err(|e| e.to_string())?;
         let t = self.config.op_timeout;
+        let withdrawn: Vec<String> = self.owned.withdrawn.iter().cloned().collect();
+        for key in withdrawn {
+            let deleted = tokio::time::timeout(t, self.delete_withdrawn(client, &key)).await;
+            match deleted.unwrap_or(Err(ClusterError::Timeout(t))) {
+                Ok(()) => {}
+                Err(e) if retry_later(&e) => return Err(e.to_string()),
+                Err(e) => self.note_error(format!("cannot withdraw {key}: {e}")),
+            }
+        }
         let endpoints: Vec<EndpointRecord> = self.owned.endpoints.values().cloned().collect();
         for ep in endpoints {
             let put = tokio::time::timeout(t, self.put_endpoint(client, lease, ep.clone())).await;
@@ -144,6 +168,57 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Tries the queued withdrawals again (while connected); stops at the
+    /// first that etcd does not answer, for the next round.
+    pub(super) async fn retry_withdrawals(&mut self, client: &mut Client) {
+        let t = self.config.op_timeout;
+        let withdrawn: Vec<String> = self.owned.withdrawn.iter().cloned().collect();
+        for key in withdrawn {
+            let deleted = tokio::time::timeout(t, self.delete_withdrawn(client, &key)).await;
+            match deleted.unwrap_or(Err(ClusterError::Timeout(t))) {
+                Ok(()) => {}
+                Err(e) if retry_later(&e) => {
+                    self.note_error(format!("cannot withdraw {key} yet ({e}); retrying"));
+                    break;
+                }
+                Err(e) => self.note_error(format!("cannot withdraw {key}: {e}")),
+            }
+        }
+        self.publish();
+    }
+
+    /// Deletes a queued withdrawal's record if it is still this host's; the
+    /// key leaves the queue unless the failure is worth retrying.
+    async fn delete_withdrawn(
+        &mut self,
+        client: &mut Client,
+        key: &str,
+    ) -> Result<(), ClusterError> {
+        let what = format!("record {key}");
+        let done = match self.keys.parse(key.as_bytes()) {
+            Some(Key::Endpoint(..)) => {
+                self.delete_own::<EndpointRecord>(client, key, what, |e| e.host.clone())
+                    .await
+            }
+            Some(Key::Ipam(..)) => {
+                self.delete_own::<IpamLease>(client, key, what, |l| l.host.clone())
+                    .await
+            }
+            // Only endpoints and leases are ever queued.
+            _ => Ok(()),
+        };
+        self.settle_withdrawal(key, &done);
+        done
+    }
+
+    /// Takes `key` out of the withdrawal queue unless `done` failed in a way
+    /// worth retrying.
+    fn settle_withdrawal(&mut self, key: &str, done: &Result<(), ClusterError>) {
+        if !done.as_ref().is_err_and(retry_later) {
+            self.owned.withdrawn.remove(key);
+        }
     }
 
     pub(super) async fn create_network(
@@ -314,6 +389,8 @@ impl Engine {
                 return Err(ClusterError::BadAddress { ip, subnet });
             }
             let key = self.keys.key(&Key::Ipam(network.to_string(), ip));
+            // Asked for again: no longer to be deleted, whatever etcd says.
+            self.owned.withdrawn.remove(&key);
             for _ in 0..MAX_RACES {
                 match claim(client, &key, &value, lease).await? {
                     Claim::Written(rev) => {
@@ -371,6 +448,7 @@ impl Engine {
 
     fn took_ip(&mut self, key: String, lease: IpamLease, value: &[u8], rev: i64) {
         let _ = self.mirror.put(&self.keys, key.as_bytes(), value, rev);
+        self.owned.withdrawn.remove(&key);
         self.owned.ips.insert(key, lease);
     }
 
@@ -382,11 +460,14 @@ impl Engine {
     ) -> Result<(), ClusterError> {
         validate_name("network", network)?;
         let key = self.keys.key(&Key::Ipam(network.to_string(), ip));
+        // Before any await: a timeout may cancel the rest.
+        self.owned.withdraw(&key);
         let what = format!("address {ip} on network {network}");
-        self.delete_own::<IpamLease>(client, &key, what, |l| l.host.clone())
-            .await?;
-        self.owned.ips.remove(&key);
-        Ok(())
+        let done = self
+            .delete_own::<IpamLease>(client, &key, what, |l| l.host.clone())
+            .await;
+        self.settle_withdrawal(&key, &done);
+        done
     }
 
     pub(super) async fn put_endpoint(
@@ -406,6 +487,8 @@ impl Engine {
         let key = self
             .keys
             .key(&Key::Endpoint(ep.network.clone(), ep.name.clone()));
+        // Written again: no longer to be deleted, whatever etcd says.
+        self.owned.withdrawn.remove(&key);
         let value = to_json(&ep);
         for _ in 0..MAX_RACES {
             let rev = match claim(client, &key, &value, lease).await? {
@@ -457,11 +540,14 @@ impl Engine {
         let key = self
             .keys
             .key(&Key::Endpoint(network.to_string(), name.to_string()));
+        // Before any await: a timeout may cancel the rest.
+        self.owned.withdraw(&key);
         let what = format!("endpoint {name} on network {network}");
-        self.delete_own::<EndpointRecord>(client, &key, what, |e| e.host.clone())
-            .await?;
-        self.owned.endpoints.remove(&key);
-        Ok(())
+        let done = self
+            .delete_own::<EndpointRecord>(client, &key, what, |e| e.host.clone())
+            .await;
+        self.settle_withdrawal(&key, &done);
+        done
     }
 
     /// Deletes `key` if it is absent (no-op) or held by this host.
@@ -500,5 +586,27 @@ impl Engine {
             }
         }
         Err(ClusterError::Contention("deleting a record"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_etcd_are_retried() {
+        let t = std::time::Duration::from_secs(1);
+        assert!(retry_later(&ClusterError::Timeout(t)));
+        assert!(retry_later(&ClusterError::Disconnected("gone".into())));
+        assert!(retry_later(&ClusterError::Contention("deleting a record")));
+        assert!(!retry_later(&ClusterError::NotOwner {
+            what: "endpoint db on network front".into(),
+            owner: "b".into(),
+            host: "a".into(),
+        }));
+        assert!(!retry_later(&ClusterError::CorruptRecord {
+            key: "/sy/endpoints/front/db".into(),
+            why: "not JSON".into(),
+        }));
     }
 }
