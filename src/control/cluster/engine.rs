@@ -43,7 +43,8 @@ pub(super) type Reply<T> = Sender<Result<T, ClusterError>>;
 
 /// One blocking call.
 pub(super) enum Op {
-    CreateNetwork(NetworkRecord, Reply<NetworkRecord>),
+    /// Answers the record and whether this call created it.
+    CreateNetwork(NetworkRecord, Reply<(NetworkRecord, bool)>),
     RemoveNetwork(String, Reply<()>),
     AllocateIp(IpRequest, Reply<Ipv4Addr>),
     ReleaseIp(String, Ipv4Addr, Reply<()>),

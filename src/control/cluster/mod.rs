@@ -158,6 +158,16 @@ impl Cluster {
     /// as stored; other options give [`ClusterError::NetworkConflict`], a
     /// VNI of another network [`ClusterError::VniTaken`].
     pub fn create_network(&self, network: NetworkRecord) -> Result<NetworkRecord, ClusterError> {
+        self.claim_network(network).map(|(stored, _)| stored)
+    }
+
+    /// [`Cluster::create_network`], also saying whether this call created
+    /// the network (true) or found it already recorded (false): only the
+    /// creator may take it back when its own later steps fail.
+    pub fn claim_network(
+        &self,
+        network: NetworkRecord,
+    ) -> Result<(NetworkRecord, bool), ClusterError> {
         self.call(|r| Op::CreateNetwork(network, r))
     }
 

@@ -225,7 +225,7 @@ impl Engine {
         &mut self,
         client: &mut Client,
         want: NetworkRecord,
-    ) -> Result<NetworkRecord, ClusterError> {
+    ) -> Result<(NetworkRecord, bool), ClusterError> {
         want.validate()?;
         let net_key = self.keys.key(&Key::Network(want.name.clone()));
         let mut stale_claim = false;
@@ -234,7 +234,7 @@ impl Engine {
             if let Some(kv) = existing.kvs().first() {
                 let stored: NetworkRecord = parse(kv)?;
                 return match want.matches(&stored) {
-                    Ok(()) => Ok(stored),
+                    Ok(()) => Ok((stored, false)),
                     Err(why) => Err(ClusterError::NetworkConflict {
                         name: want.name,
                         why,
@@ -286,7 +286,7 @@ impl Engine {
                 let _ = self
                     .mirror
                     .put(&self.keys, vni_key.as_bytes(), &vni_value, rev);
-                return Ok(record);
+                return Ok((record, true));
             }
             // Either the network appeared (the next round compares it) or
             // the VNI is taken.
