@@ -1,11 +1,12 @@
 //! Overlay networks in the control plane, without namespaces: two in-process
 //! daemons ("hosts") with VXLAN endpoints on loopback addresses share a fake
 //! cluster store (or only a static peer list); networks, addresses, remote
-//! endpoints and DNS records follow the shared state.
+//! endpoints and DNS records follow the shared state, and each host's own
+//! records follow its endpoints even when the store failed to take a change.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +14,8 @@ use common::{small_dataplane, TempDir};
 use switchyard::control::api::{Connect, NetworkCreate};
 use switchyard::control::attach_fake::FakeAttacher;
 use switchyard::control::daemon::{
-    ClusterSnapshot, ClusterStore, ClusterWatch, Daemon, DaemonConfig, EndpointRecord,
-    OverlaySettings,
+    ClusterSnapshot, ClusterStore, ClusterWatch, Daemon, DaemonConfig, EndpointRecord, IpamLease,
+    OverlaySettings, RecordedNetwork,
 };
 use switchyard::control::error::DaemonError;
 use switchyard::control::ipam::StaticRoutes;
@@ -25,8 +26,16 @@ use switchyard::control::model::{Driver, Network, SandboxTarget};
 struct Shared {
     networks: Vec<Network>,
     endpoints: Vec<EndpointRecord>,
-    leases: BTreeSet<(String, Ipv4Addr)>,
+    leases: BTreeMap<(String, Ipv4Addr), IpamLease>,
     connected: bool,
+    /// Withdrawals fail without effect (etcd unreachable at that moment).
+    fail_withdrawals: bool,
+    /// Allocations are committed but answered with a timeout.
+    lose_allocations: bool,
+}
+
+fn unreachable_store() -> DaemonError {
+    DaemonError::Invalid("cluster store unreachable".into())
 }
 
 /// One host's client of the fake cluster.
@@ -44,16 +53,20 @@ impl ClusterStore for FakeStore {
         &self.host
     }
 
-    fn create_network(&self, net: &Network) -> Result<u32, DaemonError> {
+    fn create_network(&self, net: &Network) -> Result<RecordedNetwork, DaemonError> {
         let mut s = lock(&self.shared);
         if let Some(n) = s.networks.iter().find(|n| n.name == net.name) {
-            return n.vni.ok_or_else(|| DaemonError::Invalid("no vni".into()));
+            let vni = n.vni.ok_or_else(|| DaemonError::Invalid("no vni".into()))?;
+            return Ok(RecordedNetwork {
+                vni,
+                created: false,
+            });
         }
         let vni = net.vni.unwrap_or(256 + s.networks.len() as u32);
         let mut rec = net.clone();
         rec.vni = Some(vni);
         s.networks.push(rec);
-        Ok(vni)
+        Ok(RecordedNetwork { vni, created: true })
     }
 
     fn remove_network(&self, name: &str) -> Result<(), DaemonError> {
@@ -65,23 +78,37 @@ impl ClusterStore for FakeStore {
         &self,
         net: &Network,
         requested: Option<Ipv4Addr>,
-        _owner: &str,
+        owner: &str,
     ) -> Result<Ipv4Addr, DaemonError> {
         let mut s = lock(&self.shared);
         let base = u32::from(net.subnet4.addr());
+        let mine = IpamLease {
+            host: self.host.clone(),
+            endpoint: owner.into(),
+        };
         let ip = match requested {
-            Some(ip) => ip,
+            Some(ip) => match s.leases.get(&(net.name.clone(), ip)) {
+                Some(l) if *l != mine => return Err(DaemonError::Invalid("taken".into())),
+                _ => ip,
+            },
             None => (2..254)
                 .map(|n| Ipv4Addr::from(base + n))
-                .find(|ip| !s.leases.contains(&(net.name.clone(), *ip)))
+                .find(|ip| !s.leases.contains_key(&(net.name.clone(), *ip)))
                 .ok_or_else(|| DaemonError::Invalid("exhausted".into()))?,
         };
-        s.leases.insert((net.name.clone(), ip));
+        s.leases.insert((net.name.clone(), ip), mine);
+        if s.lose_allocations {
+            return Err(DaemonError::Invalid("no answer in time".into()));
+        }
         Ok(ip)
     }
 
     fn release_ip(&self, network: &str, ip: Ipv4Addr) -> Result<(), DaemonError> {
-        lock(&self.shared).leases.remove(&(network.to_string(), ip));
+        let mut s = lock(&self.shared);
+        if s.fail_withdrawals {
+            return Err(unreachable_store());
+        }
+        s.leases.remove(&(network.to_string(), ip));
         Ok(())
     }
 
@@ -94,17 +121,28 @@ impl ClusterStore for FakeStore {
     }
 
     fn remove_endpoint(&self, network: &str, name: &str) -> Result<(), DaemonError> {
-        lock(&self.shared)
-            .endpoints
+        let mut s = lock(&self.shared);
+        if s.fail_withdrawals {
+            return Err(unreachable_store());
+        }
+        s.endpoints
             .retain(|e| !(e.network == network && e.name == name));
         Ok(())
     }
 
     fn snapshot(&self) -> ClusterSnapshot {
         let s = lock(&self.shared);
+        let mut leases: BTreeMap<String, BTreeMap<Ipv4Addr, IpamLease>> = BTreeMap::new();
+        for ((net, ip), l) in &s.leases {
+            leases
+                .entry(net.clone())
+                .or_default()
+                .insert(*ip, l.clone());
+        }
         ClusterSnapshot {
             networks: s.networks.clone(),
             endpoints: s.endpoints.clone(),
+            leases,
             connected: s.connected,
         }
     }
@@ -296,7 +334,7 @@ fn cluster_store_shares_networks_endpoints_and_names() {
     // A network removed elsewhere goes once no local endpoint uses it.
     b.disconnect("ovl", "db").expect("disconnect");
     assert!(lock(&shared).endpoints.iter().all(|e| e.name != "db"));
-    assert!(!lock(&shared).leases.contains(&("ovl".into(), eb.ipv4)));
+    assert!(!lock(&shared).leases.contains_key(&("ovl".into(), eb.ipv4)));
     lock(&shared).networks.clear();
     b.sync_cluster();
     assert!(b.state().networks.iter().all(|n| n.name != "ovl"));
@@ -321,4 +359,195 @@ fn static_peers_agree_on_vni_and_split_addresses() {
     assert!(matches!(taken, Err(DaemonError::Invalid(_))), "{taken:?}");
     let bad = a.create_network(overlay_net("bad", Some(1 << 24)));
     assert!(matches!(bad, Err(DaemonError::Invalid(_))), "{bad:?}");
+}
+
+/// A fake cluster every host of a test shares, connected.
+fn fake_cluster() -> Arc<Mutex<Shared>> {
+    Arc::new(Mutex::new(Shared {
+        connected: true,
+        ..Shared::default()
+    }))
+}
+
+fn client(shared: &Arc<Mutex<Shared>>, host: &str) -> Option<Box<dyn ClusterStore>> {
+    Some(Box::new(FakeStore {
+        host: host.into(),
+        shared: shared.clone(),
+    }))
+}
+
+fn overlay_on(name: &str, subnet: &str, vni: Option<u32>) -> NetworkCreate {
+    NetworkCreate {
+        subnet: Some(subnet.parse().expect("cidr")),
+        ..overlay_net(name, vni)
+    }
+}
+
+/// A connect request for a new sandbox of `dir`, with an optional address.
+fn connect_req(dir: &TempDir, net: &str, name: &str, ip: Option<Ipv4Addr>) -> Connect {
+    let ns = dir.path().join(format!("ns-{name}"));
+    std::fs::write(&ns, b"").expect("ns file");
+    Connect {
+        network: net.into(),
+        target: SandboxTarget::Netns {
+            path: ns,
+            userns: None,
+        },
+        name: Some(name.into()),
+        aliases: vec![],
+        ip,
+        ip6: None,
+        publish: vec![],
+        port_security: true,
+        ifname: None,
+        container_id: None,
+    }
+}
+
+/// Host `host`'s records in the fake store: endpoint names, and leases as
+/// (address, endpoint id).
+fn own_records(shared: &Arc<Mutex<Shared>>, host: &str) -> (Vec<String>, Vec<(Ipv4Addr, String)>) {
+    let s = lock(shared);
+    let mut names: Vec<String> = s
+        .endpoints
+        .iter()
+        .filter(|e| e.host == host)
+        .map(|e| e.name.clone())
+        .collect();
+    names.sort();
+    let leases = s
+        .leases
+        .iter()
+        .filter(|(_, l)| l.host == host)
+        .map(|((_, ip), l)| (*ip, l.endpoint.clone()))
+        .collect();
+    (names, leases)
+}
+
+#[test]
+fn failed_withdrawals_and_lost_allocations_are_cleaned_up_by_the_sync() {
+    let shared = fake_cluster();
+    let da = TempDir::new("own-a");
+    let (mut a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
+    a.create_network(overlay_net("ovl", None)).expect("create");
+    let web = connect(&mut a, &da, "ovl", "web");
+    connect(&mut a, &da, "ovl", "db");
+
+    // The store cannot be reached while `db` goes: its records stay there.
+    lock(&shared).fail_withdrawals = true;
+    a.disconnect("ovl", "db")
+        .expect("disconnect works without the store");
+    assert_eq!(own_records(&shared, "a").0, vec!["db", "web"]);
+    a.sync_cluster();
+    // Back: the next sync withdraws what no local endpoint matches.
+    lock(&shared).fail_withdrawals = false;
+    a.sync_cluster();
+    let only_web = (vec!["web".to_string()], vec![(web.ipv4, web.id.clone())]);
+    assert_eq!(own_records(&shared, "a"), only_web);
+
+    // An allocation committed by the store but answered too late fails the
+    // connect; the sync releases the address it left behind.
+    lock(&shared).lose_allocations = true;
+    let late = a.connect(connect_req(&da, "ovl", "late", None));
+    assert!(late.is_err(), "{late:?}");
+    assert_eq!(own_records(&shared, "a").1.len(), 2, "the lease leaked");
+    lock(&shared).lose_allocations = false;
+    a.sync_cluster();
+    assert_eq!(own_records(&shared, "a"), only_web);
+}
+
+#[test]
+fn a_local_address_whose_lease_was_lost_is_not_handed_out_again() {
+    let shared = fake_cluster();
+    let da = TempDir::new("lost-a");
+    let (mut a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
+    a.create_network(overlay_net("ovl", None)).expect("create");
+    let web = connect(&mut a, &da, "ovl", "web");
+    // The store lost web's lease and record (say a re-lease failed after a
+    // restart), so it would hand web's address out again.
+    lock(&shared).leases.clear();
+    lock(&shared).endpoints.clear();
+
+    let next = connect(&mut a, &da, "ovl", "next");
+    assert_ne!(next.ipv4, web.ipv4, "two local endpoints, one address");
+    let leases = own_records(&shared, "a").1;
+    assert!(leases.contains(&(web.ipv4, web.id.clone())), "{leases:?}");
+    assert!(leases.contains(&(next.ipv4, next.id.clone())), "{leases:?}");
+
+    // Asking for it is refused as in use, even while the store has no lease.
+    lock(&shared).leases.retain(|(_, ip), _| *ip != web.ipv4);
+    let asked = a.connect(connect_req(&da, "ovl", "asks", Some(web.ipv4)));
+    assert!(
+        matches!(
+            asked,
+            Err(DaemonError::Ipam(
+                switchyard::control::ipam::IpamError::InUse { .. }
+            ))
+        ),
+        "{asked:?}"
+    );
+    // The sync leases and records again what the store lacks.
+    a.sync_cluster();
+    let (names, leases) = own_records(&shared, "a");
+    assert_eq!(names, vec!["next", "web"]);
+    assert!(leases.contains(&(web.ipv4, web.id.clone())), "{leases:?}");
+}
+
+#[test]
+fn a_network_that_fails_here_is_taken_back_from_the_store() {
+    let shared = fake_cluster();
+    let da = TempDir::new("undo-a");
+    let (mut a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
+    a.create_network(overlay_on("one", "10.77.1.0/24", Some(257)))
+        .expect("one");
+    // The fake store gives "two" VNI 257 too, which the data plane refuses.
+    let two = a.create_network(overlay_on("two", "10.77.2.0/24", None));
+    assert!(matches!(two, Err(DaemonError::Dataplane(_))), "{two:?}");
+    assert!(a.state().networks.iter().all(|n| n.name != "two"));
+    let recorded = |name: &str| lock(&shared).networks.iter().any(|n| n.name == name);
+    assert!(!recorded("two"), "the store must not keep it");
+
+    // A record this host did not create stays, whatever happens here.
+    let mut other = a
+        .state()
+        .networks
+        .iter()
+        .find(|n| n.name == "one")
+        .cloned()
+        .expect("one");
+    other.name = "three".into();
+    other.subnet4 = "10.77.3.0/24".parse().expect("cidr");
+    lock(&shared).networks.push(other);
+    let three = a.create_network(overlay_on("three", "10.77.3.0/24", None));
+    assert!(matches!(three, Err(DaemonError::Dataplane(_))), "{three:?}");
+    assert!(recorded("three"), "another host's network stays");
+}
+
+#[test]
+fn a_bridge_network_ignores_remote_endpoints_of_a_same_named_overlay() {
+    let shared = fake_cluster();
+    let (da, db) = (TempDir::new("clash-a"), TempDir::new("clash-b"));
+    let (mut a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
+    let (mut b, _) = host(&db, "127.0.0.1", vec![], client(&shared, "b"));
+    a.create_network(overlay_net("front", None))
+        .expect("overlay");
+    connect(&mut a, &da, "front", "web");
+    // B has a bridge network of the same name before it syncs.
+    b.create_network(NetworkCreate {
+        name: "front".into(),
+        subnet: Some("10.78.0.0/24".parse().expect("cidr")),
+        ..NetworkCreate::default()
+    })
+    .expect("bridge");
+    b.sync_cluster();
+    let front = b.state().networks.iter().find(|n| n.name == "front");
+    assert_eq!(front.map(|n| n.driver), Some(Driver::Bridge));
+    assert!(b.remote_view().is_empty(), "{:?}", b.remote_view());
+    assert!(!resolves(&b, "front", "web"), "A's web is not in B's zone");
+    // The name is free on B's bridge network, and B publishes nothing.
+    let local = connect(&mut b, &db, "front", "web");
+    b.sync_cluster();
+    assert!(resolves(&b, "front", "web"));
+    assert!(own_records(&shared, "b").0.is_empty());
+    assert!(local.ipv4.octets()[..3] == [10, 78, 0]);
 }

@@ -1,19 +1,26 @@
 //! The daemon's side of a cluster store: the [`ClusterStore`] seam (etcd in
 //! production, a fake in tests), and the reconciliation that turns the
 //! store's shared state into local networks, the data plane's remote
-//! endpoints and VTEPs, and DNS records of endpoints on other hosts.
+//! endpoints and VTEPs, and DNS records of endpoints on other hosts, and
+//! keeps this host's own records in the store in line with its endpoints.
 //!
 //! The store's state is read from its last snapshot, which it keeps while
 //! the store is unreachable: the data plane keeps forwarding with what it
 //! last knew, and nothing is removed until the store answers again.
+//!
+//! Endpoints of other hosts are used only on local networks of the overlay
+//! driver: a bridge network that happens to share an overlay network's name
+//! is this host's alone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::Daemon;
 use crate::control::api::NetworkCreate;
-pub use crate::control::cluster::EndpointRecord;
+use crate::control::cluster::ClusterError;
+pub use crate::control::cluster::{EndpointRecord, IpamLease};
 use crate::control::error::DaemonError;
+use crate::control::ipam::IpamError;
 use crate::control::model::{Driver, Endpoint, Network};
 use crate::tables::overlay::RemoteEndpoint;
 
@@ -50,8 +57,20 @@ pub struct ClusterSnapshot {
     pub networks: Vec<Network>,
     /// Endpoints of every host, this one included.
     pub endpoints: Vec<EndpointRecord>,
+    /// Address leases of every host, by network, then address.
+    pub leases: BTreeMap<String, BTreeMap<Ipv4Addr, IpamLease>>,
     /// False while the store is unreachable (the snapshot is then stale).
     pub connected: bool,
+}
+
+/// An overlay network as recorded in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedNetwork {
+    /// Its VNI.
+    pub vni: u32,
+    /// True when this call created the record, false when it was there
+    /// (then it is not this host's to take back).
+    pub created: bool,
 }
 
 /// What the daemon needs from a cluster store. Calls block for at most the
@@ -62,7 +81,7 @@ pub trait ClusterStore: Send {
 
     /// Records an overlay network (identical records are accepted again) and
     /// returns its VNI, allocated cluster-wide when `net.vni` is `None`.
-    fn create_network(&self, net: &Network) -> Result<u32, DaemonError>;
+    fn create_network(&self, net: &Network) -> Result<RecordedNetwork, DaemonError>;
 
     /// Removes an overlay network's record and frees its VNI.
     fn remove_network(&self, name: &str) -> Result<(), DaemonError>;
@@ -76,13 +95,15 @@ pub trait ClusterStore: Send {
         owner: &str,
     ) -> Result<Ipv4Addr, DaemonError>;
 
-    /// Gives an address back.
+    /// Gives an address back. It is not this host's any more even if this
+    /// fails; the store retries a release it could not make.
     fn release_ip(&self, network: &str, ip: Ipv4Addr) -> Result<(), DaemonError>;
 
     /// Publishes one of this host's endpoints (it disappears with the host).
     fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), DaemonError>;
 
-    /// Withdraws one of this host's endpoints.
+    /// Withdraws one of this host's endpoints; like `release_ip`, a failed
+    /// withdrawal is retried by the store.
     fn remove_endpoint(&self, network: &str, name: &str) -> Result<(), DaemonError>;
 
     /// The last known shared state.
@@ -130,8 +151,13 @@ pub fn spawn_cluster_sync(daemon: &std::sync::Arc<std::sync::Mutex<Daemon>>) {
     }
 }
 
-/// Endpoints of other hosts, per network name.
+/// Endpoints of other hosts, per network name (never of a network that is
+/// not an overlay network here).
 pub(super) type RemoteView = HashMap<String, Vec<EndpointRecord>>;
+
+/// How many addresses the store may hand out that local endpoints already
+/// use (each one's lease is repaired on the way) before `connect` gives up.
+const MAX_LOCAL_CLASHES: usize = 8;
 
 impl Daemon {
     /// This host's id and VTEP, when it has a cluster store.
@@ -143,9 +169,10 @@ impl Daemon {
 
     /// Brings the local view in line with the store: adopts overlay networks
     /// created on other hosts, drops those removed there (when no local
-    /// endpoint uses them), and hands every overlay network's remote
-    /// endpoints to the data plane and to DNS. Does nothing destructive while
-    /// the store is unreachable.
+    /// endpoint uses them), reconciles this host's own records
+    /// ([`Daemon::reconcile_own`]), and hands every overlay network's remote
+    /// endpoints to the data plane and to DNS. Does nothing while the store
+    /// is unreachable.
     pub fn sync_cluster(&mut self) {
         let Some(store) = self.cluster.as_ref() else {
             return;
@@ -176,9 +203,32 @@ impl Daemon {
                 tracing::warn!("network {name} was removed from the cluster, but: {e}");
             }
         }
+        let mut problems = self.reconcile_own(&snap, &me);
+        for net in &snap.networks {
+            if self
+                .network(&net.name)
+                .is_some_and(|n| n.driver != Driver::Overlay)
+            {
+                problems.insert(
+                    format!("clash/{}", net.name),
+                    format!(
+                        "network {} is an overlay network in the cluster store but a bridge \
+                         network here: its endpoints on other hosts are not used here; \
+                         rename one of them",
+                        net.name
+                    ),
+                );
+            }
+        }
+        self.note_problems(problems);
         let mut remote = RemoteView::new();
         for ep in snap.endpoints.into_iter().filter(|e| e.host != me) {
-            remote.entry(ep.network.clone()).or_default().push(ep);
+            if !self
+                .network(&ep.network)
+                .is_some_and(|n| n.driver != Driver::Overlay)
+            {
+                remote.entry(ep.network.clone()).or_default().push(ep);
+            }
         }
         self.remote = remote;
         let overlays: Vec<Network> = self
@@ -194,6 +244,132 @@ impl Daemon {
             }
         }
         self.publish_dns();
+    }
+
+    /// Logs each problem once: those already logged by an earlier round are
+    /// not logged again while they last, and are logged anew if they come
+    /// back after being solved.
+    fn note_problems(&mut self, problems: BTreeMap<String, String>) {
+        for (key, what) in &problems {
+            if !self.cluster_problems.contains(key) {
+                tracing::warn!("{what}");
+            }
+        }
+        self.cluster_problems = problems.into_keys().collect();
+    }
+
+    /// Brings this host's records in the store in line with its endpoints,
+    /// which the store alone cannot: withdraws endpoint records and address
+    /// leases of this host that no local endpoint matches (a withdrawal the
+    /// store gave up on, an allocation whose caller timed out after etcd
+    /// had committed it, records of a previous run), and leases and puts
+    /// back what local overlay endpoints lack (a re-lease that failed after
+    /// a restart). Returns the problems it could not solve, by key.
+    fn reconcile_own(&self, snap: &ClusterSnapshot, me: &str) -> BTreeMap<String, String> {
+        let mut problems = BTreeMap::new();
+        let (Some(store), Some((host, vtep))) = (&self.cluster, self.cluster_identity()) else {
+            return problems;
+        };
+        let local: Vec<&Endpoint> = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| self.is_overlay(&e.network))
+            .collect();
+        let names: BTreeSet<(&str, &str)> = local
+            .iter()
+            .map(|e| (e.network.as_str(), e.name.as_str()))
+            .collect();
+        let holders: BTreeSet<(&str, Ipv4Addr, &str)> = local
+            .iter()
+            .map(|e| (e.network.as_str(), e.ipv4, e.id.as_str()))
+            .collect();
+        let mut recorded = BTreeMap::new();
+        for rec in snap.endpoints.iter().filter(|e| e.host == me) {
+            if names.contains(&(rec.network.as_str(), rec.name.as_str())) {
+                recorded.insert((rec.network.as_str(), rec.name.as_str()), rec);
+                continue;
+            }
+            match store.remove_endpoint(&rec.network, &rec.name) {
+                Ok(()) => tracing::info!(
+                    "withdrew endpoint {}/{} from the cluster store: it is not here any more",
+                    rec.network,
+                    rec.name
+                ),
+                Err(e) => {
+                    problems.insert(
+                        format!("stale/{}/{}", rec.network, rec.name),
+                        format!(
+                            "cannot withdraw stale endpoint {}/{} from the cluster store: {e}",
+                            rec.network, rec.name
+                        ),
+                    );
+                }
+            }
+        }
+        let mut released = BTreeSet::new();
+        for (network, leases) in &snap.leases {
+            for (ip, lease) in leases.iter().filter(|(_, l)| l.host == me) {
+                if holders.contains(&(network.as_str(), *ip, lease.endpoint.as_str())) {
+                    continue;
+                }
+                match store.release_ip(network, *ip) {
+                    Ok(()) => {
+                        released.insert((network.as_str(), *ip));
+                        tracing::info!(
+                            "released address {ip} of {network} in the cluster store: \
+                             no endpoint here holds it"
+                        );
+                    }
+                    Err(e) => {
+                        problems.insert(
+                            format!("stale/{network}/{ip}"),
+                            format!(
+                                "cannot release stale address {ip} of {network} in the \
+                                 cluster store: {e}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for ep in local {
+            let Some(net) = self.network(&ep.network) else {
+                continue;
+            };
+            let held = !released.contains(&(ep.network.as_str(), ep.ipv4))
+                && snap
+                    .leases
+                    .get(&ep.network)
+                    .and_then(|m| m.get(&ep.ipv4))
+                    .is_some_and(|l| l.host == me && l.endpoint == ep.id);
+            if !held {
+                if let Err(e) = store.allocate_ip(net, Some(ep.ipv4), &ep.id) {
+                    problems.insert(
+                        format!("lease/{}", ep.id),
+                        format!(
+                            "cannot lease address {} of endpoint {}/{} in the cluster store: \
+                             {e}",
+                            ep.ipv4, ep.network, ep.name
+                        ),
+                    );
+                }
+            }
+            let record = EndpointRecord::local(ep, &host, vtep);
+            let key = (ep.network.as_str(), ep.name.as_str());
+            if recorded.get(&key) != Some(&&record) {
+                if let Err(e) = store.put_endpoint(&record) {
+                    problems.insert(
+                        format!("record/{}", ep.id),
+                        format!(
+                            "cannot record endpoint {}/{} in the cluster store: {e}",
+                            ep.network, ep.name
+                        ),
+                    );
+                }
+            }
+        }
+        problems
     }
 
     /// Creates locally an overlay network another host recorded.
@@ -217,11 +393,33 @@ impl Daemon {
         .map(|_| ())
     }
 
-    /// Records a new overlay network in the store; returns its VNI.
-    pub(super) fn cluster_create_network(&self, net: &Network) -> Result<Option<u32>, DaemonError> {
+    /// Records a new overlay network in the store; returns its VNI and
+    /// whether this call created the record.
+    pub(super) fn cluster_create_network(
+        &self,
+        net: &Network,
+    ) -> Result<(Option<u32>, bool), DaemonError> {
         match &self.cluster {
-            Some(store) if net.driver == Driver::Overlay => store.create_network(net).map(Some),
-            _ => Ok(net.vni),
+            Some(store) if net.driver == Driver::Overlay => {
+                let recorded = store.create_network(net)?;
+                Ok((Some(recorded.vni), recorded.created))
+            }
+            _ => Ok((net.vni, false)),
+        }
+    }
+
+    /// Takes back the record of a network this host just created in the
+    /// store when creating it here failed; a failure is logged (the record
+    /// then stays, and this host adopts the network once it can).
+    pub(super) fn cluster_undo_network(&self, net: &Network) {
+        let Some(store) = &self.cluster else {
+            return;
+        };
+        if let Err(e) = store.remove_network(&net.name) {
+            tracing::warn!(
+                "network {} could not be created here, and stays in the cluster store: {e}",
+                net.name
+            );
         }
     }
 
@@ -234,7 +432,7 @@ impl Daemon {
         if net.driver != Driver::Overlay {
             return Ok(());
         }
-        let count = self.remote.get(&net.name).map_or(0, Vec::len);
+        let count = self.remote_of(&net.name).len();
         if count > 0 {
             return Err(DaemonError::NetworkInUse {
                 name: net.name.clone(),
@@ -244,27 +442,70 @@ impl Daemon {
         store.remove_network(&net.name)
     }
 
+    /// Endpoints of other hosts on `network`; none unless it is a local
+    /// overlay network.
+    pub(super) fn remote_of(&self, network: &str) -> &[EndpointRecord] {
+        if !self.is_overlay(network) {
+            return &[];
+        }
+        self.remote.get(network).map_or(&[], Vec::as_slice)
+    }
+
     /// True if `name` is taken on `network` by an endpoint of another host.
     pub(super) fn remote_name_taken(&self, network: &str, name: &str) -> bool {
-        self.remote
-            .get(network)
-            .is_some_and(|eps| eps.iter().any(|e| e.name == name))
+        self.remote_of(network).iter().any(|e| e.name == name)
     }
 
     /// Leases an address from the store for a new endpoint of an overlay
     /// network; `None` when addresses are local (no store, bridge network).
+    /// The store never hands out an address a local endpoint uses unless it
+    /// lost that endpoint's lease (a re-lease that failed after a restart):
+    /// such an address goes back to its endpoint and the next one is taken;
+    /// a requested one fails as in use.
     pub(super) fn cluster_allocate(
         &self,
         net: &Network,
         requested: Option<Ipv4Addr>,
         owner: &str,
     ) -> Result<Option<Ipv4Addr>, DaemonError> {
-        match &self.cluster {
-            Some(store) if net.driver == Driver::Overlay => {
-                store.allocate_ip(net, requested, owner).map(Some)
+        let Some(store) = self
+            .cluster
+            .as_ref()
+            .filter(|_| net.driver == Driver::Overlay)
+        else {
+            return Ok(None);
+        };
+        let holder = |ip: Ipv4Addr| {
+            self.state
+                .endpoints
+                .iter()
+                .find(|e| e.network == net.name && e.ipv4 == ip)
+        };
+        if let Some(ip) = requested.filter(|ip| holder(*ip).is_some()) {
+            return Err(IpamError::InUse {
+                ip: ip.to_string(),
+                network: net.name.clone(),
             }
-            _ => Ok(None),
+            .into());
         }
+        for _ in 0..MAX_LOCAL_CLASHES {
+            let ip = store.allocate_ip(net, requested, owner)?;
+            let Some(ep) = holder(ip) else {
+                return Ok(Some(ip));
+            };
+            tracing::warn!(
+                "the cluster store had lost the lease of {ip} of endpoint {}/{}; leasing it again",
+                ep.network,
+                ep.name
+            );
+            let repaired = store
+                .release_ip(&net.name, ip)
+                .and_then(|()| store.allocate_ip(net, Some(ip), &ep.id));
+            if let Err(e) = repaired {
+                tracing::warn!("cannot lease {ip} again ({e}); the cluster sync retries");
+            }
+        }
+        Err(ClusterError::Contention("allocating an address no local endpoint uses").into())
     }
 
     /// Publishes a new local endpoint of an overlay network.
@@ -281,8 +522,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Withdraws a local endpoint and its address; failures are logged (the
-    /// host's lease removes them anyway if it goes away).
+    /// Withdraws a local endpoint and its address; failures are logged: the
+    /// store retries them, and the cluster sync withdraws whatever of this
+    /// host's no local endpoint matches.
     pub(super) fn cluster_forget_endpoint(&self, ep: &Endpoint) {
         let Some(store) = &self.cluster else {
             return;
@@ -292,7 +534,7 @@ impl Daemon {
         }
         if let Err(e) = store.remove_endpoint(&ep.network, &ep.name) {
             tracing::warn!(
-                "cluster store kept endpoint {}/{}: {e}",
+                "endpoint {}/{} is withdrawn from the cluster store later: {e}",
                 ep.network,
                 ep.name
             );
@@ -300,14 +542,14 @@ impl Daemon {
         self.cluster_release_ip(&ep.network, ep.ipv4);
     }
 
-    /// Gives an address leased for `network` back; failures are logged (the
-    /// host's lease removes it anyway if it goes away).
+    /// Gives an address leased for `network` back; failures are logged (and
+    /// retried, as in `cluster_forget_endpoint`).
     pub(super) fn cluster_release_ip(&self, network: &str, ip: Ipv4Addr) {
         let Some(store) = &self.cluster else {
             return;
         };
         if let Err(e) = store.release_ip(network, ip) {
-            tracing::warn!("cluster store kept address {ip} of {network}: {e}");
+            tracing::warn!("address {ip} of {network} is released in the cluster store later: {e}");
         }
     }
 
@@ -318,10 +560,10 @@ impl Daemon {
 
     /// Remote endpoints of `network` for the data plane.
     pub(super) fn remote_endpoints(&self, network: &str) -> Vec<RemoteEndpoint> {
-        self.remote
-            .get(network)
-            .map(|eps| eps.iter().map(EndpointRecord::remote).collect())
-            .unwrap_or_default()
+        self.remote_of(network)
+            .iter()
+            .map(EndpointRecord::remote)
+            .collect()
     }
 
     /// Endpoints of other hosts (for `switchyard ps` and DNS).
@@ -354,8 +596,10 @@ impl Daemon {
 
 impl Daemon {
     /// After start: records this host's overlay networks and endpoints in the
-    /// store again (a restarted daemon's records went with its old lease),
-    /// then takes in the others'.
+    /// store again (a restarted daemon's records went with its old lease, or
+    /// go with it when it expires: claiming them again moves them to this
+    /// run's lease), then takes in the others'. What fails here is retried
+    /// by every sync ([`Daemon::reconcile_own`]).
     pub(super) fn rejoin_cluster(&mut self) {
         let Some(store) = &self.cluster else {
             return;
@@ -370,9 +614,10 @@ impl Daemon {
             .filter(|n| n.driver == Driver::Overlay)
         {
             match store.create_network(net) {
-                Ok(vni) if Some(vni) != net.vni => tracing::warn!(
-                    "network {} has VNI {vni} in the cluster store, {:?} here",
+                Ok(r) if Some(r.vni) != net.vni => tracing::warn!(
+                    "network {} has VNI {} in the cluster store, {:?} here",
                     net.name,
+                    r.vni,
                     net.vni
                 ),
                 Ok(_) => {}
@@ -388,7 +633,11 @@ impl Daemon {
                     .allocate_ip(net, Some(ep.ipv4), &ep.id)
                     .and_then(|_| store.put_endpoint(&EndpointRecord::local(ep, &host, vtep)));
                 if let Err(e) = kept {
-                    tracing::warn!("cannot record endpoint {}/{}: {e}", ep.network, ep.name);
+                    tracing::warn!(
+                        "cannot record endpoint {}/{}: {e}; retrying in the background",
+                        ep.network,
+                        ep.name
+                    );
                 }
             }
         }

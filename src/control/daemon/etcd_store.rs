@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 
-use super::cluster::{ClusterSnapshot, ClusterStore, ClusterWatch};
+use super::cluster::{ClusterSnapshot, ClusterStore, ClusterWatch, RecordedNetwork};
 use crate::control::cluster::{Cluster, ClusterEvent, EndpointRecord, NetworkRecord};
 use crate::control::error::DaemonError;
 use crate::control::ipam;
@@ -48,14 +48,15 @@ impl ClusterStore for Cluster {
         &self.config().host
     }
 
-    fn create_network(&self, net: &Network) -> Result<u32, DaemonError> {
-        let stored = Cluster::create_network(self, record_of(net))?;
-        stored.vni.ok_or_else(|| {
+    fn create_network(&self, net: &Network) -> Result<RecordedNetwork, DaemonError> {
+        let (stored, created) = Cluster::claim_network(self, record_of(net))?;
+        let vni = stored.vni.ok_or_else(|| {
             DaemonError::Invalid(format!(
                 "the cluster store holds network {} without a VNI",
                 net.name
             ))
-        })
+        })?;
+        Ok(RecordedNetwork { vni, created })
     }
 
     fn remove_network(&self, name: &str) -> Result<(), DaemonError> {
@@ -95,6 +96,7 @@ impl ClusterStore for Cluster {
         ClusterSnapshot {
             networks: state.networks.values().map(network_of).collect(),
             endpoints: state.all_endpoints().cloned().collect(),
+            leases: state.ipam,
             connected: self.status().connected,
         }
     }

@@ -66,8 +66,12 @@ impl Daemon {
             .iter()
             .filter_map(|n| {
                 let id = *self.net_ids.get(&n.name)?;
-                let remote = self.remote.get(&n.name).map_or(&[][..], Vec::as_slice);
-                Some(network_records(n, id, &self.state.endpoints, remote))
+                Some(network_records(
+                    n,
+                    id,
+                    &self.state.endpoints,
+                    self.remote_of(&n.name),
+                ))
             })
             .collect();
         let settings = self.dns.table.load().settings.clone();

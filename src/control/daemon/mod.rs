@@ -15,7 +15,8 @@ mod overlay;
 mod publish;
 
 pub use cluster::{
-    spawn_cluster_sync, ClusterSnapshot, ClusterStore, ClusterWatch, EndpointRecord,
+    spawn_cluster_sync, ClusterSnapshot, ClusterStore, ClusterWatch, EndpointRecord, IpamLease,
+    RecordedNetwork,
 };
 pub use overlay::{parse_peer, OverlaySettings, OVERLAY_MTU};
 
@@ -84,6 +85,8 @@ pub struct Daemon {
     cluster: Option<Box<dyn ClusterStore>>,
     /// Endpoints of other hosts, from the cluster store.
     remote: cluster::RemoteView,
+    /// Cluster problems already logged (by key), so each is logged once.
+    cluster_problems: std::collections::BTreeSet<String>,
     /// Endpoints (ids) with a capture running.
     capturing: std::collections::HashSet<String>,
 }
@@ -158,6 +161,7 @@ impl Daemon {
             overlay: config.overlay,
             cluster: config.cluster,
             remote: cluster::RemoteView::new(),
+            cluster_problems: std::collections::BTreeSet::new(),
             capturing: std::collections::HashSet::new(),
         };
         d.start_overlay()?;
@@ -405,12 +409,27 @@ impl Daemon {
             vni,
             host_loopback: req.host_loopback,
         };
+        let mut recorded = false;
         if record {
-            net.vni = self.cluster_create_network(&net)?;
+            (net.vni, recorded) = self.cluster_create_network(&net)?;
         }
-        let id = self.dataplane.add_network(network_spec(&net))?;
+        if let Err(e) = self.install_network(&net) {
+            // Other hosts would adopt a network that does not exist here.
+            if recorded {
+                self.cluster_undo_network(&net);
+            }
+            return Err(e);
+        }
+        self.publish_dns();
+        Ok(net)
+    }
+
+    /// Adds a new network to the data plane and the saved state; undoes
+    /// both on failure.
+    fn install_network(&mut self, net: &Network) -> Result<(), DaemonError> {
+        let id = self.dataplane.add_network(network_spec(net))?;
         self.net_ids.insert(net.name.clone(), id);
-        let applied = self.apply_overlay(&net);
+        let applied = self.apply_overlay(net);
         let mut next = self.state.clone();
         next.networks.push(net.clone());
         if let Err(e) = applied.and_then(|()| self.commit(next)) {
@@ -418,8 +437,7 @@ impl Daemon {
             let _ = self.dataplane.remove_network(id);
             return Err(e);
         }
-        self.publish_dns();
-        Ok(net)
+        Ok(())
     }
 
     fn inspect(&self, name: &str) -> Result<NetworkDetail, DaemonError> {
