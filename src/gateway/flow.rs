@@ -2,7 +2,8 @@
 //! and IPv6), so a packet finds its flow (and its one smoltcp socket) in O(1)
 //! however many flows exist, instead of smoltcp scanning every socket. Also
 //! the caps on flows per sandbox and in total, and the timer queue that wakes
-//! flows.
+//! flows (one armed deadline per slot, so the queue stays as large as the
+//! table however often flows are driven).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -55,11 +56,14 @@ pub const TCP_ACK: u8 = 0x10;
 
 impl PacketInfo {
     /// Reads the addresses, ports and flags of an IPv4 or IPv6 frame (IPv6
-    /// only with TCP, UDP or ICMPv6 right after the fixed header).
+    /// only with TCP, UDP or ICMPv6 right after the fixed header). IPv4
+    /// fragments are not flow packets: a first fragment holds only part of
+    /// the datagram and later ones have no transport header, so the stack
+    /// does not carry them (there is no reassembly).
     pub fn parse(f: &Frame) -> Option<PacketInfo> {
         let b = f.data();
         let ip = IpView::parse(b, f.meta.l3_offset as usize)?;
-        if !ip.header_ok || ip.l4 > ip.end {
+        if !ip.header_ok || ip.fragment || ip.l4 > ip.end {
             return None;
         }
         let IpView {
@@ -152,6 +156,11 @@ pub struct FlowTable<T> {
     /// Flows in this table and every table sharing the total cap.
     total: Arc<AtomicUsize>,
     timers: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Per slot, the deadline its entry in `timers` is for (`i64::MAX`: none).
+    /// Flows ask for a wake-up each time they are driven; only an earlier
+    /// one adds an entry, and entries that are no longer a slot's armed
+    /// deadline are skipped when they come up.
+    armed: Vec<i64>,
 }
 
 /// Why a flow could not be added.
@@ -161,6 +170,8 @@ pub enum CapHit {
     Total,
     /// The sandbox has its maximum.
     Sandbox,
+    /// A live flow has the key already (replacing it would orphan its slot).
+    Taken,
 }
 
 impl<T> FlowTable<T> {
@@ -181,6 +192,7 @@ impl<T> FlowTable<T> {
             limits,
             total,
             timers: BinaryHeap::new(),
+            armed: Vec::new(),
         }
     }
 
@@ -199,8 +211,12 @@ impl<T> FlowTable<T> {
         self.index.get(key).copied()
     }
 
-    /// Adds a flow unless a cap forbids it; returns its slot.
+    /// Adds a flow unless a cap forbids it or the key has a flow already;
+    /// returns its slot.
     pub fn insert(&mut self, key: FlowKey, flow: T) -> Result<usize, CapHit> {
+        if self.index.contains_key(&key) {
+            return Err(CapHit::Taken);
+        }
         let owner = (key.network, key.local.ip());
         let n = self.per_sandbox.get(&owner).copied().unwrap_or(0);
         if n >= self.limits.per_sandbox {
@@ -247,6 +263,9 @@ impl<T> FlowTable<T> {
                 self.per_sandbox.remove(&owner);
             }
         }
+        if let Some(t) = self.armed.get_mut(slot) {
+            *t = i64::MAX;
+        }
         self.free.push(slot);
         Some((key, flow))
     }
@@ -256,26 +275,48 @@ impl<T> FlowTable<T> {
         self.index.values().copied().collect()
     }
 
-    /// Asks for slot to be looked at at `at` (ms).
+    /// Asks for slot to be looked at at `at` (ms), unless it is armed for
+    /// an earlier time already: driven then, the flow asks again for its
+    /// deadline of that moment.
     pub fn wake_at(&mut self, slot: usize, at: i64) {
-        self.timers.push(Reverse((at, slot)));
+        if self.armed.len() <= slot {
+            self.armed.resize(slot + 1, i64::MAX);
+        }
+        if at < self.armed[slot] {
+            self.armed[slot] = at;
+            self.timers.push(Reverse((at, slot)));
+        }
     }
 
-    /// The earliest requested wake-up.
+    /// The earliest requested wake-up (perhaps a superseded one, which only
+    /// costs an early look).
     pub fn next_wake(&self) -> Option<i64> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Slots whose wake-up time has come (a slot may be reported twice or
-    /// after its flow was removed; callers check).
+    /// Slots whose wake-up time has come, each disarmed (a slot may be
+    /// reported after its flow was removed; callers check).
     pub fn due(&mut self, now: i64, out: &mut Vec<usize>) {
         while let Some(Reverse((t, slot))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            out.push(slot);
+            match self.armed.get_mut(slot) {
+                Some(armed) if *armed == t => {
+                    *armed = i64::MAX;
+                    out.push(slot);
+                }
+                // Superseded by an earlier deadline, or its flow is gone.
+                _ => {}
+            }
         }
+    }
+
+    /// Entries in the timer queue.
+    #[cfg(test)]
+    fn timers_queued(&self) -> usize {
+        self.timers.len()
     }
 }
 
@@ -394,5 +435,99 @@ mod tests {
         t.due(20, &mut due);
         assert_eq!(due, [2, 3]);
         assert_eq!(t.next_wake(), Some(30));
+    }
+
+    /// A second insert of a live key used to replace its index entry and
+    /// orphan the first slot: `len`, `slots` (and so `forget`) lost it, and
+    /// removing the orphan later deleted the live flow's index entry.
+    #[test]
+    fn a_live_key_is_refused_and_the_table_stays_whole() {
+        let mut t = FlowTable::new(FlowLimits::default());
+        let first = t.insert(key(2, 51820), "nat").unwrap();
+        assert_eq!(t.insert(key(2, 51820), "published"), Err(CapHit::Taken));
+        assert_eq!((t.len(), t.slots()), (1, vec![first]));
+        assert_eq!(t.total.load(Ordering::Relaxed), 1, "refusal counts nothing");
+        assert_eq!(t.per_sandbox.values().sum::<usize>(), 1);
+        t.remove(first);
+        assert_eq!(t.insert(key(2, 51820), "again"), Ok(first), "free again");
+        assert_eq!(t.total.load(Ordering::Relaxed), 1);
+    }
+
+    /// IPv4 fragments used to be parsed as whole datagrams: a first
+    /// fragment was relayed truncated, later ones opened flows on "ports"
+    /// read from payload bytes.
+    #[test]
+    fn ipv4_fragments_are_not_flow_packets() {
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 2], [192, 0, 2, 1], 64)
+            .udp(40000, 53)
+            .write(&mut b, &[0xAB; 64])
+            .unwrap();
+        let parse = |b: &[u8]| {
+            PacketInfo::parse(&crate::pipeline::frame::Frame::parsed(
+                b,
+                crate::ports::PortId(1),
+            ))
+        };
+        assert!(parse(&b).is_some(), "a whole datagram is one");
+        // Offset 185 (1480 bytes): a later fragment.
+        b[14 + 6] = 0x00;
+        b[14 + 7] = 185;
+        assert_eq!(parse(&b), None, "later fragment");
+        // More fragments, offset 0: a first fragment.
+        b[14 + 6] = 0x20;
+        b[14 + 7] = 0;
+        assert_eq!(parse(&b), None, "first fragment");
+        // Don't fragment alone is a whole datagram.
+        b[14 + 6] = 0x40;
+        assert!(parse(&b).is_some());
+    }
+
+    /// A UDP flow with a steady stream of replies is driven on every loop
+    /// pass and asks each time to be woken at its (moving) expiry; the queue
+    /// used to get one entry per pass, ~120,000 per flow at 1,000 passes/s.
+    #[test]
+    fn timer_queue_holds_one_deadline_per_flow_however_often_it_is_driven() {
+        let mut t: FlowTable<()> = FlowTable::new(FlowLimits::default());
+        let slot = t.insert(key(2, 1), ()).unwrap();
+        t.wake_at(slot, 30_000);
+        let mut woken = 0;
+        for ms in 0..240_000i64 {
+            let mut slots = vec![slot];
+            t.due(ms, &mut slots);
+            woken += slots.len() - 1;
+            slots.dedup();
+            for _ in slots {
+                // Last reply now: expires 120 s later.
+                t.wake_at(slot, ms + 120_000);
+            }
+            assert!(t.timers_queued() <= 2, "at {ms} ms: {}", t.timers_queued());
+        }
+        // Woken by the first deadline, re-armed once, and again 120 s on.
+        assert_eq!(woken, 2);
+    }
+
+    #[test]
+    fn an_earlier_deadline_supersedes_and_a_removed_flow_is_not_woken() {
+        let mut t: FlowTable<()> = FlowTable::new(FlowLimits::default());
+        let a = t.insert(key(2, 1), ()).unwrap();
+        let b = t.insert(key(2, 2), ()).unwrap();
+        t.wake_at(a, 100);
+        t.wake_at(a, 50);
+        t.wake_at(a, 80);
+        t.wake_at(b, 60);
+        assert_eq!(t.next_wake(), Some(50));
+        let mut due = Vec::new();
+        t.due(99, &mut due);
+        assert_eq!(due, [a, b], "a once, at its earliest deadline");
+        t.due(100, &mut due);
+        assert_eq!(due, [a, b], "the superseded entry at 100 is skipped");
+        t.wake_at(b, 200);
+        t.remove(b);
+        due.clear();
+        t.due(300, &mut due);
+        assert!(due.is_empty(), "{due:?}");
+        assert_eq!(t.next_wake(), None);
     }
 }
