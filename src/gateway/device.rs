@@ -4,6 +4,7 @@
 //! buffers and injected to the worker that owns the client's port.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -17,14 +18,28 @@ use crate::wire::MacAddr;
 /// Ethernet header length (smoltcp's MTU for Ethernet includes it).
 const ETHERNET_HEADER: usize = 14;
 
+/// What the stack sent that did not reach a sandbox, for the stack to count
+/// and act on.
+#[derive(Debug, Default)]
+pub struct TxTally {
+    /// Frames that found no port (unknown or broadcast destination).
+    pub unroutable: u64,
+    /// Addresses smoltcp asked for (ARP request, neighbour solicitation):
+    /// sandboxes its neighbour cache lost, typically evicted by others.
+    /// The requests are dropped (the gateway stage answers for the gateway,
+    /// and a sandbox's answer would not come back here), so the stack
+    /// re-announces these neighbours instead.
+    pub solicited: Vec<IpAddr>,
+}
+
 /// Where frames from the stack go: which port each client MAC sits on.
 pub struct TxSide<'a> {
     /// Frames into the data plane.
     pub injector: &'a mut Injector,
     /// Client MAC to port, learned from punted frames.
     pub clients: &'a HashMap<MacAddr, PortId>,
-    /// Frames that found no port (unknown or broadcast destination).
-    pub unroutable: &'a mut u64,
+    /// What did not reach a sandbox.
+    pub tally: &'a mut TxTally,
     /// The sandbox's port takes offloads: TCP leaves as large segments with
     /// a virtio-net header (GSO, partial checksum), cut to `seg_mtu` by the
     /// sandbox's kernel or by the switch for ports without offloads.
@@ -53,7 +68,7 @@ impl<'a> PuntDevice<'a> {
         done: &'a mut Vec<Frame>,
         injector: &'a mut Injector,
         clients: &'a HashMap<MacAddr, PortId>,
-        unroutable: &'a mut u64,
+        tally: &'a mut TxTally,
         seg_mtu: usize,
         offload: bool,
     ) -> PuntDevice<'a> {
@@ -63,7 +78,7 @@ impl<'a> PuntDevice<'a> {
             tx: TxSide {
                 injector,
                 clients,
-                unroutable,
+                tally,
                 offload,
                 seg_mtu,
             },
@@ -121,7 +136,7 @@ impl TxSide<'_> {
         TxSide {
             injector: &mut *self.injector,
             clients: self.clients,
-            unroutable: &mut *self.unroutable,
+            tally: &mut *self.tally,
             offload: self.offload,
             seg_mtu: self.seg_mtu,
         }
@@ -133,7 +148,7 @@ impl phy::TxToken for TxToken<'_> {
         let Some(mut frame) = self.tx.injector.alloc() else {
             // No buffer: let smoltcp write into scratch; TCP retransmits.
             let mut scratch = vec![0u8; len];
-            *self.tx.unroutable += 1;
+            self.tx.tally.unroutable += 1;
             return f(&mut scratch);
         };
         let space = frame.receive_space();
@@ -153,7 +168,10 @@ impl phy::TxToken for TxToken<'_> {
             }
             None => {
                 // ARP or NDP, or a client that vanished.
-                *self.tx.unroutable += u64::from(!chatter);
+                self.tx.tally.unroutable += u64::from(!chatter);
+                if let Some(ip) = solicited(frame.data()) {
+                    self.tx.tally.solicited.push(ip);
+                }
                 self.tx.injector.free(frame);
             }
         }
@@ -281,6 +299,31 @@ fn gateway_chatter(frame: &[u8]) -> bool {
                 && frame.get(l4).is_some_and(|t| (133..=137).contains(t))
         }
         _ => false,
+    }
+}
+
+/// The address an ARP request or neighbour solicitation asks for.
+fn solicited(frame: &[u8]) -> Option<IpAddr> {
+    const ARP_REQUEST: [u8; 2] = [0, 1];
+    const NEIGHBOUR_SOLICITATION: u8 = 135;
+    match frame.get(12..14)? {
+        [0x08, 0x06] => {
+            let arp = frame.get(ETHERNET_HEADER..ETHERNET_HEADER + 28)?;
+            if arp[6..8] != ARP_REQUEST {
+                return None;
+            }
+            Some(Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]).into())
+        }
+        [0x86, 0xdd] => {
+            let l4 = ETHERNET_HEADER + 40;
+            let is_ns = frame.get(ETHERNET_HEADER + 6) == Some(&crate::pipeline::ndp::PROTO_ICMPV6)
+                && frame.get(l4) == Some(&NEIGHBOUR_SOLICITATION);
+            if !is_ns {
+                return None;
+            }
+            crate::wire::ipv6::addr_at(frame, l4 + 8).map(IpAddr::V6)
+        }
+        _ => None,
     }
 }
 

@@ -1,15 +1,18 @@
 //! Outbound NAT in the gateway stack: punted packets find their flow in the
 //! flow table; a TCP SYN or a first UDP datagram opens one (within the caps),
 //! with a host socket to the real destination (the host's 127.0.0.1 for the
-//! gateway address on `--host-loopback` networks). Host socket readiness and
-//! timers drive the flows; packets of no flow get a RST or ICMP unreachable
-//! from smoltcp.
+//! gateway address on `--host-loopback` networks). A destination that is the
+//! host's own loopback or unspecified address (127/8, 0/8, `::1`, `::`, and
+//! those mapped into IPv6) is never dialled: a host socket would reach the
+//! host's loopback services, which only `--host-loopback` may open, and only
+//! through the gateway address. Host socket readiness and timers drive the
+//! flows; packets of no flow get a RST or ICMP unreachable from smoltcp.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use mio::{Events, Interest, Token};
 
-use super::device::PuntDevice;
+use super::device::{PuntDevice, TxTally};
 use super::flow::{
     PacketInfo, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
 };
@@ -44,19 +47,42 @@ fn token(slot: usize) -> Token {
     Token(slot + 1)
 }
 
+/// Where the host socket of a flow to `remote` connects, on a network with
+/// gateway addresses `gw`; `None`: nowhere (rejected).
+fn host_target(
+    remote: SocketAddr,
+    gw: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    host_loopback: bool,
+) -> Option<SocketAddr> {
+    let loopback = match remote.ip() {
+        IpAddr::V4(ip) if Some(ip) == gw.0 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if Some(ip) == gw.1 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip if host_local(ip) => return None,
+        _ => return Some(remote),
+    };
+    // Only networks that opted in reach the host's loopback.
+    host_loopback.then(|| SocketAddr::new(loopback, remote.port()))
+}
+
+/// True for addresses that a host socket would take to the host itself
+/// rather than out: loopback and unspecified ones (connecting to 0.0.0.0
+/// or `::` reaches the loopback too), also as IPv4-mapped IPv6 addresses.
+fn host_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0,
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+    }
+}
+
 impl Runner {
-    /// Where the host socket of a flow to `remote` connects.
+    /// Where the host socket of a flow to `info`'s remote connects.
     fn host_target(&mut self, info: &PacketInfo) -> Option<SocketAddr> {
         let net = self.nets.get(&info.key.network)?;
-        let remote = info.key.remote;
-        let loopback = match remote.ip() {
-            IpAddr::V4(ip) if Some(ip) == net.gw.ipv4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if Some(ip) == net.gw.ipv6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            _ => return Some(remote),
-        };
-        // Only networks that opted in reach the host's loopback.
-        net.host_loopback
-            .then(|| SocketAddr::new(loopback, remote.port()))
+        host_target(
+            info.key.remote,
+            (net.gw.ipv4, net.gw.ipv6),
+            net.host_loopback,
+        )
     }
 
     fn reject(&mut self, f: Frame, info: &PacketInfo) {
@@ -85,6 +111,12 @@ impl Runner {
                 Some(to) => self.open_udp(f, info, to, now),
                 None => self.reject(f, &info),
             },
+            // The host's loopback answers pings as itself: not the sandbox's
+            // to probe (it has its own). Nothing is sent back.
+            PROTO_ICMP | PROTO_ICMPV6 if host_local(info.key.remote.ip()) => {
+                bump(&self.counters.nat_rejected, 1);
+                self.injector.free(f);
+            }
             PROTO_ICMP | PROTO_ICMPV6 if info.is_echo_request(&f) => self.open_icmp(f, info, now),
             _ => {
                 bump(&self.counters.nat_unsupported, 1);
@@ -296,7 +328,10 @@ impl Runner {
         self.flows.due(ms, &mut slots);
         slots.sort_unstable();
         slots.dedup();
-        let mut unroutable = 0;
+        let mut tally = TxTally::default();
+        // Flows whose segments waited for a neighbour smoltcp lost: driven
+        // again once it is announced (see `heal_neighbours`).
+        let mut waiting = Vec::new();
         for slot in slots {
             let Some((key, flow)) = self.flows.get_mut(slot) else {
                 continue;
@@ -341,10 +376,16 @@ impl Runner {
                         net,
                         injector: &mut self.injector,
                         done: &mut self.done,
-                        unroutable: &mut unroutable,
+                        tally: &mut tally,
                         refused: &self.counters.nat_refused,
                     };
-                    match drive_tcp(t, &mut io, now) {
+                    let next = drive_tcp(t, &mut io, now);
+                    if !tally.solicited.is_empty() {
+                        let lost = tally.solicited.drain(..).map(|ip| (key.network, ip));
+                        self.neighbour_misses.extend(lost);
+                        waiting.push(slot);
+                    }
+                    match next {
                         Some(next) => {
                             self.flows.wake_at(slot, next);
                             false
@@ -363,7 +404,8 @@ impl Runner {
         for f in self.done.drain(..) {
             self.injector.free(f);
         }
-        bump(&self.counters.unroutable, unroutable);
+        self.dirty.extend(waiting);
+        bump(&self.counters.unroutable, tally.unroutable);
         self.counters.nat_active.store(
             self.flows.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -376,7 +418,7 @@ struct FlowIo<'a> {
     net: &'a mut NetStack,
     injector: &'a mut Injector,
     done: &'a mut Vec<Frame>,
-    unroutable: &'a mut u64,
+    tally: &'a mut TxTally,
     refused: &'a std::sync::atomic::AtomicU64,
 }
 
@@ -388,7 +430,7 @@ impl FlowIo<'_> {
             self.done,
             self.injector,
             &self.net.clients,
-            self.unroutable,
+            self.tally,
             self.net.mtu,
             t.large,
         );
@@ -443,7 +485,8 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
     }
     io.poll(t, now);
     t.pump(ms);
-    if ms - t.last_active > TCP_IDLE_MS {
+    let unanswered = t.handshake_until.is_some_and(|until| ms >= until);
+    if unanswered || ms - t.last_active > TCP_IDLE_MS {
         t.abort();
         io.poll(t, now);
         return None;
@@ -460,6 +503,7 @@ fn drive_tcp(t: &mut TcpFlow, io: &mut FlowIo<'_>, now: Instant) -> Option<i64> 
         .poll_at(now, &t.sockets)
         .map_or(ms + 1000, |at| at.total_millis())
         .min(t.last_active + TCP_IDLE_MS)
+        .min(t.handshake_until.unwrap_or(i64::MAX))
         .max(ms + 1);
     Some(next)
 }
@@ -557,5 +601,171 @@ fn relay_udp_replies(
         u.stream = true;
         u.last_active = now;
         injector.send_udp(u.port, &u.reply, &buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, UdpSocket};
+    use std::sync::atomic::Ordering;
+
+    use super::super::stack::harness::*;
+    use super::*;
+    use crate::ports::PortId;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    /// A sandbox dialling the host's loopback (or unspecified) address used
+    /// to get a host socket connected there: the host's loopback services,
+    /// without `--host-loopback`.
+    #[test]
+    fn loopback_and_unspecified_destinations_are_never_dialled() {
+        let gw = (Some(GW4), Some(GW6));
+        for to in [
+            "127.0.0.1:6379",
+            "127.0.0.53:53",
+            "127.255.255.254:22",
+            "0.0.0.0:80",
+            "0.1.2.3:80",
+            "[::1]:22",
+            "[::]:80",
+            "[::ffff:127.0.0.1]:22",
+            "[::ffff:0.0.0.0]:22",
+        ] {
+            for host_loopback in [false, true] {
+                assert_eq!(host_target(addr(to), gw, host_loopback), None, "{to}");
+            }
+        }
+        // Only the gateway address leads there, on networks that opted in.
+        assert_eq!(host_target(addr("10.0.0.1:8080"), gw, false), None);
+        assert_eq!(
+            host_target(addr("10.0.0.1:8080"), gw, true),
+            Some(addr("127.0.0.1:8080"))
+        );
+        assert_eq!(
+            host_target(addr("[fd00::1]:8080"), gw, true),
+            Some(addr("[::1]:8080"))
+        );
+        for out in ["192.0.2.1:80", "[2001:db8::1]:443", "[::ffff:192.0.2.1]:80"] {
+            assert_eq!(host_target(addr(out), gw, false), Some(addr(out)));
+        }
+    }
+
+    fn frame(b: etherparse::PacketBuilderStep<etherparse::IpHeaders>, tcp: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let r = if tcp {
+            b.tcp(40000, 6379, 1, 64240).syn().write(&mut out, &[])
+        } else {
+            b.udp(40000, 6379).write(&mut out, b"from the sandbox")
+        };
+        r.expect("frame");
+        out
+    }
+
+    #[test]
+    fn punted_packets_to_the_hosts_loopback_are_rejected_and_counted() {
+        let udp4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let udp6 = UdpSocket::bind("[::1]:0").ok();
+        let tcp4 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        for s in [Some(&udp4), udp6.as_ref()].into_iter().flatten() {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        tcp4.set_nonblocking(true).expect("nonblocking");
+        let mut h = Harness::new(false);
+        let me4 = [10, 0, 0, 2];
+        let me6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets();
+        let eth = || etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0);
+        let lo6 = Ipv6Addr::LOCALHOST.octets();
+        let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        let port = |p: u16| {
+            move |mut b: Vec<u8>, at: usize| {
+                b[at..at + 2].copy_from_slice(&p.to_be_bytes());
+                b
+            }
+        };
+        let u4 = udp4.local_addr().expect("addr").port();
+        let t4 = tcp4.local_addr().expect("addr").port();
+        let u6 = udp6
+            .as_ref()
+            .map_or(9, |s| s.local_addr().expect("addr").port());
+        // Destination ports sit at 36 (IPv4) and 56 (IPv6).
+        let frames = [
+            port(u4)(frame(eth().ipv4(me4, [127, 0, 0, 1], 64), false), 36),
+            port(t4)(frame(eth().ipv4(me4, [127, 0, 0, 1], 64), true), 36),
+            port(u4)(frame(eth().ipv4(me4, [0, 0, 0, 0], 64), false), 36),
+            port(u6)(frame(eth().ipv6(me6, lo6, 64), false), 56),
+            port(u4)(frame(eth().ipv6(me6, mapped, 64), false), 56),
+            port(t4)(frame(eth().ipv6(me6, mapped, 64), true), 56),
+            // The gateway itself, on a network without --host-loopback.
+            port(u4)(frame(eth().ipv4(me4, GW4.octets(), 64), false), 36),
+        ];
+        let now = h.runner.now().total_millis();
+        for b in &frames {
+            let f = Frame::parsed(b, PortId(1));
+            let info = PacketInfo::parse(&f).expect("info");
+            h.runner
+                .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
+            h.runner.dispatch(f, info, now);
+        }
+        for _ in 0..5 {
+            h.round(10);
+        }
+        let c = &h.runner.counters;
+        assert_eq!(c.nat_rejected.load(Ordering::Relaxed), frames.len() as u64);
+        assert_eq!(c.nat_udp_flows.load(Ordering::Relaxed), 0);
+        assert_eq!(c.nat_tcp_flows.load(Ordering::Relaxed), 0);
+        assert!(h.runner.flows.is_empty());
+        let mut b = [0u8; 64];
+        for s in [Some(&udp4), udp6.as_ref()].into_iter().flatten() {
+            assert!(s.recv_from(&mut b).is_err(), "nothing reached the host");
+        }
+        assert!(tcp4.accept().is_err(), "no connection reached the host");
+    }
+
+    #[test]
+    fn the_gateway_address_still_reaches_the_hosts_loopback_when_opted_in() {
+        let udp4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        udp4.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        let mut h = Harness::new(true);
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
+            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
+            .udp(40000, udp4.local_addr().expect("addr").port())
+            .write(&mut b, b"hello host")
+            .expect("frame");
+        let f = Frame::parsed(&b, PortId(1));
+        let info = PacketInfo::parse(&f).expect("info");
+        let now = h.runner.now().total_millis();
+        // As the stack does for every punted frame (and builds the network).
+        h.runner
+            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
+        h.runner.dispatch(f, info, now);
+        let mut got = [0u8; 64];
+        let (n, _) = udp4.recv_from(&mut got).expect("datagram at the host");
+        assert_eq!(&got[..n], b"hello host");
+        assert_eq!(h.runner.counters.nat_rejected.load(Ordering::Relaxed), 0);
+    }
+
+    /// An ICMP echo to the host's loopback is not carried to the host.
+    #[test]
+    fn echo_requests_to_the_hosts_loopback_are_rejected() {
+        let mut h = Harness::new(true);
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
+            .ipv4([10, 0, 0, 2], [127, 0, 0, 1], 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut b, b"ping")
+            .expect("frame");
+        let f = Frame::parsed(&b, PortId(1));
+        let info = PacketInfo::parse(&f).expect("info");
+        let now = h.runner.now().total_millis();
+        h.runner
+            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
+        h.runner.dispatch(f, info, now);
+        assert!(h.runner.flows.is_empty());
+        assert_eq!(h.runner.counters.nat_rejected.load(Ordering::Relaxed), 1);
     }
 }

@@ -2,8 +2,12 @@
 //! bind errors reach the user at once) are polled here. A TCP connection
 //! accepted on one is carried into the sandbox *from the client's own address
 //! and port*, so the service sees who calls; a client on the host's loopback
-//! (an address the sandbox cannot answer) appears as the gateway address.
-//! UDP keeps a session per client, with the same idle timeouts as NAT flows.
+//! (an address the sandbox cannot answer) appears as the gateway address, as
+//! does a client whose address and port already carry a flow to the same
+//! service (one client of two published ports leading to one container
+//! port): a 5-tuple names one flow. UDP keeps a session per client, with the
+//! same idle timeouts as NAT flows; sessions end with their published socket
+//! (their replies would have no socket to leave by), TCP connections do not.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -91,8 +95,8 @@ pub enum StackCommand {
         /// The sandbox's address.
         ip: std::net::IpAddr,
     },
-    /// Close a published socket (its flows keep running); the reply says
-    /// it is closed, so the port is free.
+    /// Close a published socket (its TCP connections keep running, its UDP
+    /// sessions end); the reply says it is closed, so the port is free.
     Close {
         /// Its id.
         id: u64,
@@ -135,7 +139,25 @@ impl Runner {
                         HostSocket::Udp(s) => self.poll.registry().deregister(s),
                     };
                 }
+                self.end_udp_sessions(id);
                 let _ = done.send(());
+            }
+        }
+    }
+
+    /// Removes the UDP sessions of published socket `id`.
+    pub(super) fn end_udp_sessions(&mut self, id: u64) {
+        let mut ended = Vec::new();
+        self.udp_peers.retain(|&(listener, _), &mut slot| {
+            let theirs = listener == id;
+            if theirs {
+                ended.push(slot);
+            }
+            !theirs
+        });
+        for slot in ended {
+            if let Some((key, flow)) = self.flows.remove(slot) {
+                debug_assert!(matches!(flow, Flow::UdpIn(_)), "{key:?}");
             }
         }
     }
@@ -177,12 +199,23 @@ impl Runner {
             p => p,
         };
         let routable = !peer.ip().is_loopback() && !peer.ip().is_unspecified();
-        match (peer, target.service6) {
-            (SocketAddr::V4(_), _) if routable => return Some((v4, peer)),
+        let service = match (peer, target.service6) {
+            (SocketAddr::V4(_), _) if routable => Some(v4),
             (SocketAddr::V6(p), Some(s6)) if routable && !p.ip().is_unicast_link_local() => {
-                return Some((SocketAddr::V6(s6), peer))
+                Some(SocketAddr::V6(s6))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(service) = service {
+            let key = FlowKey {
+                network: target.network,
+                proto,
+                local: service,
+                remote: peer,
+            };
+            if self.flows.find(&key).is_none() {
+                return Some((service, peer));
+            }
         }
         let gw4 = self.net(target.network)?.gw.ipv4?;
         for _ in 0..64 {
@@ -251,6 +284,8 @@ impl Runner {
                 local: service,
                 remote,
             };
+            // `visible_peer` chose a key no flow has; a refusal here would
+            // be a cap, and the client's socket closes with `flow`.
             match self.flows.insert(key, Flow::Tcp(flow)) {
                 Ok(slot) => {
                     bump(&self.counters.published_tcp, 1);
@@ -345,14 +380,16 @@ impl Runner {
 
     /// A reply from the sandbox to a UDP client of a published port.
     pub(super) fn udp_in_reply(&mut self, listener: u64, peer: SocketAddr, payload: &[u8]) {
-        if let Some(Listener {
-            socket: HostSocket::Udp(u),
-            ..
-        }) = self.listeners.get(&listener)
-        {
-            if u.send_to(payload, peer).is_err() {
-                bump(&self.counters.nat_udp_send_errors, 1);
-            }
+        let sent = match self.listeners.get(&listener) {
+            Some(Listener {
+                socket: HostSocket::Udp(u),
+                ..
+            }) => u.send_to(payload, peer).is_ok(),
+            // Sessions end with their socket; counted should one outlive it.
+            _ => false,
+        };
+        if !sent {
+            bump(&self.counters.nat_udp_send_errors, 1);
         }
     }
 
@@ -361,5 +398,120 @@ impl Runner {
     fn learn_sandbox(&mut self, target: &PublishTarget, service: SocketAddr) {
         let now = self.now().total_millis();
         self.announce_neighbour(target.network, target.mac, service.ip(), target.port, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::super::stack::harness::*;
+    use super::*;
+
+    fn target() -> PublishTarget {
+        PublishTarget {
+            network: NET,
+            service: "10.0.0.2:53".parse().expect("addr"),
+            service6: None,
+            mac: mac(1),
+            port: PortId(1),
+            splice: None,
+        }
+    }
+
+    fn listen(h: &mut Harness, id: u64) -> SocketAddr {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        std.set_nonblocking(true).expect("nonblocking");
+        let at = std.local_addr().expect("addr");
+        let socket = HostSocket::Udp(UdpSocket::from_std(std));
+        h.runner.command(StackCommand::Listen {
+            id,
+            socket,
+            target: target(),
+        });
+        at
+    }
+
+    /// Sessions used to outlive `unpublish`, and the sandbox's replies on
+    /// them were dropped uncounted.
+    #[test]
+    fn unpublishing_a_udp_port_ends_its_sessions() {
+        let mut h = Harness::new(false);
+        let (kept, closed) = (listen(&mut h, 1), listen(&mut h, 2));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client.send_to(b"q1", kept).expect("send");
+        client.send_to(b"q2", closed).expect("send");
+        for _ in 0..20 {
+            h.round(10);
+            if h.runner.udp_peers.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!((h.runner.udp_peers.len(), h.runner.flows.len()), (2, 2));
+        assert_eq!(h.sent().len(), 2, "both datagrams went to the sandbox");
+
+        let (done, ack) = crossbeam::channel::bounded(1);
+        h.runner.command(StackCommand::Close { id: 2, done });
+        ack.try_recv().expect("closed");
+        assert_eq!(h.runner.flows.len(), 1, "only the open port's session");
+        let peers: Vec<_> = h.runner.udp_peers.keys().map(|k| k.0).collect();
+        assert_eq!(peers, [1]);
+        let slot = h.runner.udp_peers[&(1, client.local_addr().expect("addr"))];
+        assert!(matches!(
+            h.runner.flows.get_mut(slot),
+            Some((_, Flow::UdpIn(s))) if s.listener == 1
+        ));
+
+        // A reply for a socket that is gone is counted, not lost silently.
+        let peer = client.local_addr().expect("addr");
+        h.runner.udp_in_reply(2, peer, b"late");
+        let errors = &h.runner.counters.nat_udp_send_errors;
+        assert_eq!(errors.load(Ordering::Relaxed), 1);
+    }
+
+    /// A client whose address and port already carry a flow to the
+    /// service (here: one on another published port leading to it) would
+    /// have needed the same flow key; it appears as the gateway instead.
+    #[test]
+    fn a_client_whose_5_tuple_is_taken_appears_as_the_gateway() {
+        let mut h = Harness::new(false);
+        let t = target();
+        let client: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        let first = h.runner.visible_peer(client, &t, PROTO_UDP);
+        assert_eq!(first, Some((SocketAddr::V4(t.service), client)));
+        let key = FlowKey {
+            network: NET,
+            proto: PROTO_UDP,
+            local: SocketAddr::V4(t.service),
+            remote: client,
+        };
+        h.runner
+            .flows
+            .insert(key, Flow::UdpIn(session(1, client)))
+            .expect("first session");
+        let (service, remote) = h
+            .runner
+            .visible_peer(client, &t, PROTO_UDP)
+            .expect("second session");
+        assert_eq!(service, SocketAddr::V4(t.service));
+        assert_eq!(remote.ip(), std::net::IpAddr::V4(GW4));
+        assert!(EPHEMERAL.contains(&remote.port()));
+        // Other protocols do not collide.
+        assert_eq!(h.runner.visible_peer(client, &t, PROTO_TCP), first);
+    }
+
+    fn session(listener: u64, peer: SocketAddr) -> UdpInFlow {
+        UdpInFlow {
+            listener,
+            peer,
+            to_sandbox: UdpFrameAddrs {
+                src_mac: GW_MAC,
+                dst_mac: mac(1),
+                src: peer,
+                dst: target().service.into(),
+            },
+            port: PortId(1),
+            last_active: 0,
+        }
     }
 }

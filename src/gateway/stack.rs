@@ -9,7 +9,11 @@
 //! smoltcp learns neighbours only from ARP and NDP, so before a new client's
 //! first segment the stack feeds it a synthetic ARP request (IPv4) or
 //! neighbour solicitation (IPv6) from that client (the MAC and address of the
-//! punted frame); smoltcp's reply to it is dropped.
+//! punted frame); smoltcp's reply to it is dropped. smoltcp's own requests
+//! are dropped too (the pipeline answers for the gateway, and a sandbox's
+//! answer would not come back here), so when its cache has lost a client
+//! (evicted by others) its request for it makes the stack announce the
+//! client again at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,7 +28,7 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use super::device::PuntDevice;
+use super::device::{PuntDevice, TxTally};
 use super::dns_tcp::{ConnIds, DnsTcp};
 use super::flow::{FlowLimits, FlowTable, PacketInfo, PROTO_TCP};
 use super::nat::Flow;
@@ -47,6 +51,10 @@ const ROUND: usize = 1024;
 /// A client's neighbour entry is refreshed this often (smoltcp keeps them
 /// for a minute).
 const NEIGHBOUR_REFRESH_MS: i64 = 20_000;
+// smoltcp's neighbour cache (a cargo feature of smoltcp) holds a /24 of
+// sandboxes per network and thread, not its default 8; clients beyond it
+// are announced again when smoltcp asks for them (`heal_neighbours`).
+const _: () = assert!(smoltcp::config::IFACE_NEIGHBOR_CACHE_COUNT >= 256);
 /// Longest sleep when nothing is scheduled.
 const MAX_SLEEP_MS: u64 = 500;
 
@@ -78,7 +86,8 @@ pub struct StackCounters {
     /// Packets of protocols the gateway does not carry (e.g. ICMP echo
     /// where ping sockets are not allowed).
     pub nat_unsupported: AtomicU64,
-    /// UDP datagrams the host socket refused.
+    /// UDP datagrams that could not leave: the host socket refused them,
+    /// or a published socket was gone.
     pub nat_udp_send_errors: AtomicU64,
     /// Flows open now (a gauge).
     pub nat_active: AtomicU64,
@@ -93,11 +102,14 @@ pub struct StackCounters {
     pub published_spliced: AtomicU64,
     /// Client sessions on published UDP ports.
     pub published_udp: AtomicU64,
+    /// Requests of the stack's smoltcp for a client it lost from its
+    /// neighbour cache (dropped; the client is announced again).
+    pub neighbour_misses: AtomicU64,
 }
 
 impl StackCounters {
     /// Each counter with its name in `switchyard stats`.
-    pub fn named(&self) -> [(&'static str, &AtomicU64); 19] {
+    pub fn named(&self) -> [(&'static str, &AtomicU64); 20] {
         [
             ("dns-tcp-connections", &self.dns_tcp_connections),
             ("dns-tcp-queries", &self.dns_tcp_queries),
@@ -118,6 +130,7 @@ impl StackCounters {
             ("published-tcp-connections", &self.published_tcp),
             ("published-udp-sessions", &self.published_udp),
             ("published-spliced", &self.published_spliced),
+            ("gateway-stack-neighbour-misses", &self.neighbour_misses),
         ]
     }
 }
@@ -212,6 +225,9 @@ pub(super) struct Runner {
     pub(super) ready_listeners: Vec<u64>,
     pub(super) udp_peers: HashMap<(u64, std::net::SocketAddr), usize>,
     pub(super) next_ephemeral: u16,
+    /// Clients smoltcp asked for since the last look (see
+    /// [`Runner::heal_neighbours`]).
+    pub(super) neighbour_misses: Vec<(NetworkId, IpAddr)>,
 }
 
 impl GatewayStack {
@@ -273,6 +289,7 @@ impl GatewayStack {
                 ready_listeners: Vec::new(),
                 udp_peers: HashMap::new(),
                 next_ephemeral: 0,
+                neighbour_misses: Vec::new(),
             };
             // On error, `stack` drops here and stops the threads started.
             let thread = std::thread::Builder::new()
@@ -387,6 +404,8 @@ impl Runner {
             self.serve_listeners();
             let mut delay = self.service();
             self.drive_flows();
+            // Flows that waited for a lost neighbour go on next round.
+            let healed = self.heal_neighbours();
             if let Some(t) = self.flows.next_wake() {
                 let ms = (t - self.now().total_millis()).max(0) as u64;
                 delay = delay.min(std::time::Duration::from_millis(ms));
@@ -395,7 +414,8 @@ impl Runner {
             let busy = !self.inbox().frames.is_empty()
                 || !self.answers.queues[self.shard].is_empty()
                 || !self.ready_listeners.is_empty()
-                || !self.commands.is_empty();
+                || !self.commands.is_empty()
+                || healed;
             let timeout = if busy {
                 std::time::Duration::ZERO
             } else {
@@ -426,7 +446,9 @@ impl Runner {
         self.topo.load().port(port).is_some_and(|p| p.caps.offload)
     }
 
-    /// The network's stack, (re)built when its gateway changed.
+    /// The network's stack, (re)built when its gateway, `--host-loopback` or
+    /// MTU changed (a network removed and created again under the same id
+    /// and gateway must not keep the old one's settings).
     pub(super) fn net(&mut self, id: NetworkId) -> Option<&mut NetStack> {
         let topo = self.topo.load();
         let Some(info) = topo.network(id) else {
@@ -438,16 +460,18 @@ impl Runner {
             self.drop_net(id);
             return None;
         };
+        let table = self.dns.table.load();
+        let zone = table.zone(id);
+        let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
         // Called per punted frame: compare in place, clone only to rebuild.
         match self.nets.get(&id) {
-            Some(n) if n.gw == *gw => return self.nets.get_mut(&id),
+            Some(n) if n.gw == *gw && n.host_loopback == host_loopback && n.mtu == mtu => {
+                return self.nets.get_mut(&id)
+            }
             Some(_) => self.drop_net(id),
             None => {}
         }
         let gw = gw.clone();
-        let table = self.dns.table.load();
-        let zone = table.zone(id);
-        let mtu = zone.map_or(1500, |z| usize::from(z.mtu));
         let prefix = |v4: bool| {
             zone.and_then(|z| {
                 z.subnets
@@ -506,14 +530,14 @@ impl Runner {
         let mut rx = VecDeque::new();
         let mut done = Vec::new();
         let clients = HashMap::new();
-        let mut unroutable = 0;
+        let mut tally = TxTally::default();
         // The interface takes its capabilities from this device, once.
         let mut dev = PuntDevice::new(
             &mut rx,
             &mut done,
             &mut self.injector,
             &clients,
-            &mut unroutable,
+            &mut tally,
             mtu,
             offload,
         );
@@ -560,10 +584,51 @@ impl Runner {
             .neighbours
             .get(&ip)
             .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS);
-        if !stale {
-            return;
+        if stale {
+            self.feed_announcement(id, mac, ip, now);
         }
-        let gw = net.gw.clone();
+    }
+
+    /// Announces again the clients smoltcp asked for: its cache lost them
+    /// (each new client evicts the oldest entry once the cache is full), and
+    /// without this a flow to one would stall until its next refresh. True
+    /// if any was announced: the caller polls again soon, so that flows
+    /// waiting for it go on.
+    pub(super) fn heal_neighbours(&mut self) -> bool {
+        if self.neighbour_misses.is_empty() {
+            return false;
+        }
+        let now = self.now().total_millis();
+        let mut misses = std::mem::take(&mut self.neighbour_misses);
+        misses.sort_unstable();
+        misses.dedup();
+        bump(&self.counters.neighbour_misses, misses.len() as u64);
+        let mut healed = false;
+        for &(id, ip) in &misses {
+            let Some(net) = self.nets.get(&id) else {
+                continue;
+            };
+            // Only clients still attached: smoltcp may also ask for an
+            // address no sandbox announced (answering a spoofed source).
+            let Some(&(mac, _)) = net.neighbours.get(&ip) else {
+                continue;
+            };
+            if net.clients.contains_key(&mac) {
+                self.feed_announcement(id, mac, ip, now);
+                healed = true;
+            }
+        }
+        misses.clear();
+        self.neighbour_misses = misses;
+        healed
+    }
+
+    /// Feeds both of the network's interfaces a synthetic ARP request or
+    /// neighbour solicitation from `mac`/`ip`.
+    fn feed_announcement(&mut self, id: NetworkId, mac: MacAddr, ip: IpAddr, now: i64) {
+        let Some(gw) = self.nets.get(&id).map(|n| n.gw.clone()) else {
+            return;
+        };
         for large in [false, true] {
             let Some(mut a) = self.injector.alloc() else {
                 return;
@@ -644,7 +709,7 @@ impl Runner {
         let table = self.dns.table.load();
         let forwarder = self.dns.forwarder.get().cloned();
         let mut sleep = std::time::Duration::from_millis(MAX_SLEEP_MS);
-        let mut unroutable = 0u64;
+        let mut tally = TxTally::default();
         for (id, net) in self.nets.iter_mut() {
             net.dns.listen(&mut net.sockets, &mut self.conns, now);
             let mut reject = PuntDevice::new(
@@ -652,7 +717,7 @@ impl Runner {
                 &mut self.done,
                 &mut self.injector,
                 &net.clients,
-                &mut unroutable,
+                &mut tally,
                 net.mtu,
                 false,
             );
@@ -662,7 +727,7 @@ impl Runner {
                 &mut self.done,
                 &mut self.injector,
                 &net.clients,
-                &mut unroutable,
+                &mut tally,
                 net.mtu,
                 true,
             );
@@ -673,7 +738,7 @@ impl Runner {
                     &mut self.done,
                     &mut self.injector,
                     &net.clients,
-                    &mut unroutable,
+                    &mut tally,
                     net.mtu,
                     false,
                 );
@@ -695,11 +760,13 @@ impl Runner {
             if let Some(d) = net.iface.poll_delay(now, &net.sockets) {
                 sleep = sleep.min(std::time::Duration::from_millis(d.total_millis()));
             }
+            let lost = tally.solicited.drain(..).map(|ip| (*id, ip));
+            self.neighbour_misses.extend(lost);
         }
         for f in self.done.drain(..) {
             self.injector.free(f);
         }
-        bump(&self.counters.unroutable, unroutable);
+        bump(&self.counters.unroutable, tally.unroutable);
         sleep
     }
 }
@@ -758,4 +825,248 @@ fn fill_arp_request(f: &mut Frame, mac: MacAddr, ip: Ipv4Addr, gateway: Ipv4Addr
     }
     f.set_len(42);
     true
+}
+
+/// A stack thread's state driven by hand, for the gateway's tests: network
+/// 0 (10.0.0.0/24, fd00::/64, gateway .1 / ::1) with sandbox ports 1 to
+/// 1000, whose frames land in one worker's inbox.
+#[cfg(test)]
+pub(super) mod harness {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use crossbeam::queue::ArrayQueue;
+    use mio::{Events, Poll};
+
+    use super::*;
+    use crate::dns::records::DnsSettings;
+    use crate::pipeline::pool::BufferPool;
+    use crate::pipeline::worker::WorkerShared;
+    use crate::ports::PortCaps;
+    use crate::stats::WorkerCounters;
+    use crate::tables::topology::{NetworkInfo, PortInfo, Topology};
+
+    pub const NET: NetworkId = NetworkId(0);
+    pub const GW_MAC: MacAddr = MacAddr([2, 0x5e, 0, 0, 0, 1]);
+    pub const GW4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    pub const GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    /// Sandbox ports.
+    pub const PORTS: u32 = 1000;
+
+    /// Sandbox `i`'s MAC.
+    pub fn mac(i: u16) -> MacAddr {
+        let [a, b] = i.to_be_bytes();
+        MacAddr([2, 0, 0, 0, a, b])
+    }
+
+    /// The topology, with network 0's `--host-loopback` as asked.
+    pub fn topology(host_loopback: bool) -> Topology {
+        let mut t = Topology::default();
+        t.set_network(NetworkInfo {
+            id: NET,
+            name: "n0".into(),
+            ports: vec![],
+            gateway: Some(GatewayInfo {
+                mac: GW_MAC,
+                ipv4: Some(GW4),
+                ipv6: Some(GW6),
+            }),
+            isolate: false,
+            internal: false,
+            mac_cap: 4096,
+            subnet4: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
+            subnet6: Some((Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 64)),
+            host_loopback,
+        });
+        for i in 1..=PORTS {
+            t.add_port(PortInfo {
+                id: PortId(i),
+                name: format!("p{i}"),
+                network: NET,
+                owner: 0,
+                queue_workers: 1,
+                caps: PortCaps {
+                    offload: false,
+                    mtu: 1500,
+                    segments_gso: false,
+                    uso: false,
+                },
+                security: Default::default(),
+            });
+        }
+        t
+    }
+
+    /// A runner and the worker its frames go to.
+    pub struct Harness {
+        pub runner: Runner,
+        pub worker: Arc<WorkerShared>,
+    }
+
+    impl Harness {
+        pub fn new(host_loopback: bool) -> Harness {
+            let topo: SharedTopology =
+                Arc::new(arc_swap::ArcSwap::from_pointee(topology(host_loopback)));
+            let worker = Arc::new(WorkerShared {
+                inbox: ArrayQueue::new(4096),
+                learn_inbox: ArrayQueue::new(16),
+                sleeping: AtomicBool::new(false),
+                waker: None,
+                counters: Arc::new(WorkerCounters::default()),
+            });
+            let punt = Arc::new(PuntQueue::new(64, 1));
+            let injector = Injector::new(
+                BufferPool::standalone(4096),
+                vec![worker.clone()],
+                topo.clone(),
+                Arc::new(WorkerCounters::default()),
+            );
+            let runner = Runner {
+                punt: punt.clone(),
+                shard: 0,
+                answers: Arc::new(TcpAnswers {
+                    queues: vec![ArrayQueue::new(4)].into(),
+                    punt,
+                }),
+                injector,
+                dns: DnsService::new(DnsSettings::default()),
+                topo,
+                nets: HashMap::new(),
+                responder: Responder::default(),
+                scratch: Vec::new(),
+                done: Vec::new(),
+                conns: ConnIds::new(0, 1),
+                stop: Arc::new(AtomicBool::new(false)),
+                poll: Poll::new().expect("poll"),
+                epoch: std::time::Instant::now(),
+                counters: Arc::new(StackCounters::default()),
+                flows: FlowTable::new(FlowLimits::default()),
+                dirty: Vec::new(),
+                udp_buf: vec![0; u16::MAX as usize],
+                commands: crossbeam::channel::unbounded().1,
+                listeners: HashMap::new(),
+                ready_listeners: Vec::new(),
+                udp_peers: HashMap::new(),
+                next_ephemeral: 0,
+                neighbour_misses: Vec::new(),
+            };
+            Harness { runner, worker }
+        }
+
+        /// One round of the thread's loop, waiting up to `wait_ms` for host
+        /// sockets.
+        pub fn round(&mut self, wait_ms: u64) {
+            let r = &mut self.runner;
+            r.serve_listeners();
+            r.service();
+            r.drive_flows();
+            r.heal_neighbours();
+            let mut events = Events::with_capacity(64);
+            let wait = std::time::Duration::from_millis(wait_ms);
+            let _ = r.poll.poll(&mut events, Some(wait));
+            r.host_events(&events);
+        }
+
+        /// Frames sent to sandboxes since the last call.
+        pub fn sent(&mut self) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            while let Some(f) = self.worker.inbox.pop() {
+                out.push(f.data().to_vec());
+                self.runner.injector.free(f);
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener};
+
+    use super::harness::*;
+    use super::*;
+
+    /// smoltcp's neighbour cache size (a cargo feature of smoltcp).
+    const NEIGHBOUR_CACHE: usize = smoltcp::config::IFACE_NEIGHBOR_CACHE_COUNT;
+
+    /// Sandbox `i` (from 0): IPv4 while the /24 has room, then IPv6.
+    fn sandbox_ip(i: usize) -> IpAddr {
+        match u8::try_from(i + 2).ok().filter(|&h| h < 255) {
+            Some(h) => Ipv4Addr::new(10, 0, 0, h).into(),
+            None => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i as u16).into(),
+        }
+    }
+
+    /// With more sandboxes than smoltcp's neighbour cache holds, the first
+    /// one announced is evicted; the SYN-ACK of its next connection used to
+    /// wait (its ARP request dropped as chatter) until the sandbox's
+    /// announcement was refreshed, 20 s on. Now the request makes the stack
+    /// announce it again at once.
+    #[test]
+    fn an_evicted_sandbox_is_announced_again_and_its_syn_answered() {
+        let host = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = host.local_addr().expect("addr").port();
+        let mut h = Harness::new(true);
+        let now = h.runner.now().total_millis();
+        // The first sandbox is announced first, so its entry expires first
+        // and is the one evicted.
+        h.runner
+            .announce_neighbour(NET, mac(1), sandbox_ip(0), PortId(1), now);
+        h.round(0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let now = h.runner.now().total_millis();
+        for i in 1..=NEIGHBOUR_CACHE {
+            let n = i as u16 + 1;
+            h.runner
+                .announce_neighbour(NET, mac(n), sandbox_ip(i), PortId(n.into()), now);
+        }
+        h.round(0);
+        assert!(h.sent().is_empty(), "announcements are answered to no one");
+
+        let mut syn = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
+            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
+            .tcp(40000, port, 1, 64240)
+            .syn()
+            .write(&mut syn, &[])
+            .expect("syn");
+        let f = Frame::parsed(&syn, PortId(1));
+        let info = PacketInfo::parse(&f).expect("info");
+        h.runner.dispatch(f, info, now);
+        let mut syn_ack = None;
+        for _ in 0..50 {
+            h.round(10);
+            syn_ack = h
+                .sent()
+                .into_iter()
+                .find(|f| f[12..14] == [0x08, 0x00] && f[30..34] == [10, 0, 0, 2] && f[47] == 0x12);
+            if syn_ack.is_some() {
+                break;
+            }
+        }
+        assert!(syn_ack.is_some(), "SYN-ACK within half a second");
+        assert!(h.runner.counters.neighbour_misses.load(Ordering::Relaxed) >= 1);
+        assert_eq!(h.runner.counters.unroutable.load(Ordering::Relaxed), 0);
+    }
+
+    /// A network removed and created again keeps its id and gateway; its
+    /// stack used to keep the old network's `--host-loopback` (and MTU).
+    #[test]
+    fn a_network_recreated_with_other_settings_gets_a_new_stack() {
+        let mut h = Harness::new(false);
+        h.runner
+            .announce_neighbour(NET, mac(1), sandbox_ip(0), PortId(1), 0);
+        let net = h.runner.net(NET).expect("net");
+        assert!(!net.host_loopback);
+        assert_eq!(net.neighbours.len(), 1);
+        h.runner.topo.store(Arc::new(topology(true)));
+        let net = h.runner.net(NET).expect("net");
+        assert!(net.host_loopback, "rebuilt with the new setting");
+        assert!(net.neighbours.is_empty(), "nothing of the old one kept");
+        // Unchanged settings keep the stack.
+        h.runner
+            .announce_neighbour(NET, mac(1), sandbox_ip(0), PortId(1), 0);
+        assert_eq!(h.runner.net(NET).expect("net").neighbours.len(), 1);
+    }
 }

@@ -3,7 +3,11 @@
 //! the far side an ordinary non-blocking host socket. The sandbox's SYN is
 //! held until the host connect succeeds, so the SYN-ACK means the far end
 //! answered; a refused or failed connect becomes a RST. Data, half-close,
-//! RST and timeouts propagate both ways.
+//! RST and timeouts propagate both ways. A connection a published port
+//! accepted is opened towards the sandbox with a SYN of our own; until the
+//! sandbox answers it nothing is read from the client, so the flow watches
+//! the client's socket for a close and gives up after [`HANDSHAKE_MS`],
+//! rather than holding a descriptor and a flow for the idle timeout.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -23,6 +27,9 @@ use crate::pipeline::frame::Frame;
 pub const BUFFER: usize = 512 * 1024;
 /// Frames held per flow while its host connect is pending (SYN retransmits).
 const HELD_MAX: usize = 4;
+/// How long a sandbox has to answer the SYN of a connection a published
+/// port accepted (as long as outbound flows wait for their host connect).
+pub const HANDSHAKE_MS: i64 = 30_000;
 
 /// A sandbox-side socket with the flow buffers, Nagle off.
 fn new_socket() -> tcp::Socket<'static> {
@@ -72,6 +79,10 @@ pub struct TcpFlow {
     /// The sandbox's port takes offloads: segments towards it may be large,
     /// and its SYNs get their MSS raised so smoltcp sends them so.
     pub large: bool,
+    /// For a connection a published port accepted: when to give up if the
+    /// sandbox has not answered its SYN (`None` once it has, and for
+    /// outbound flows).
+    pub handshake_until: Option<i64>,
 }
 
 impl TcpFlow {
@@ -101,6 +112,7 @@ impl TcpFlow {
             host_shut: false,
             last_active: now,
             large: false,
+            handshake_until: None,
         })
     }
 
@@ -136,6 +148,7 @@ impl TcpFlow {
             host_shut: false,
             last_active: now,
             large: false,
+            handshake_until: Some(now + HANDSHAKE_MS),
         })
     }
 
@@ -197,6 +210,17 @@ impl TcpFlow {
         }
         let mut moved = false;
         let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        if self.handshake_until.is_some() {
+            if !matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+                self.handshake_until = None;
+            } else if self.host_readable && client_gone(&self.host, &mut self.host_readable) {
+                // The client left before the sandbox answered.
+                sock.abort();
+                reset_on_close(&self.host);
+                self.phase = Phase::Done;
+                return false;
+            }
+        }
         // Sandbox to host.
         while self.host_writable && sock.can_recv() {
             let host = &mut self.host;
@@ -320,6 +344,24 @@ fn raise_mss(f: &mut Frame) {
     }
 }
 
+/// Whether the peer of a socket not read from yet has closed it or reset
+/// it, seen without taking any data; clears `readable` when there is
+/// nothing to see.
+fn client_gone(s: &TcpStream, readable: &mut bool) -> bool {
+    let mut probe = [0u8; 1];
+    match s.peek(&mut probe) {
+        Ok(0) => true,
+        // Data waits for the sandbox's answer.
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            *readable = false;
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+        Err(_) => true,
+    }
+}
+
 /// Makes closing the host socket send a RST rather than a FIN.
 fn reset_on_close(s: &TcpStream) {
     let linger = libc::linger {
@@ -331,7 +373,94 @@ fn reset_on_close(s: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::Duration;
+
+    use super::super::nat::Flow;
+    use super::super::stack::harness::*;
     use super::*;
+    use crate::ports::PortId;
+
+    /// A connection as a published port accepts it: the client's socket
+    /// and the flow towards sandbox 10.0.0.2:80 (which never answers),
+    /// started `age` ms ago.
+    fn accepted(h: &mut Harness, age: i64) -> (StdStream, usize) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = StdStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (host, peer) = l.accept().expect("accept");
+        host.set_nonblocking(true).expect("nonblocking");
+        let service: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        let now = h.runner.now().total_millis();
+        h.runner
+            .announce_neighbour(NET, mac(1), service.ip(), PortId(1), now);
+        let net = h.runner.net(NET).expect("net");
+        let remote = SocketAddr::from((GW4, peer.port()));
+        let flow = TcpFlow::accepted(
+            TcpStream::from_std(host),
+            net.iface.context(),
+            remote,
+            service,
+            now - age,
+        )
+        .expect("flow");
+        assert_eq!(flow.handshake_until, Some(now - age + HANDSHAKE_MS));
+        let key = super::super::flow::FlowKey {
+            network: NET,
+            proto: super::super::flow::PROTO_TCP,
+            local: service,
+            remote,
+        };
+        let slot = h.runner.flows.insert(key, Flow::Tcp(flow)).expect("slot");
+        if let Some((_, Flow::Tcp(t))) = h.runner.flows.get_mut(slot) {
+            let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+            h.runner
+                .poll
+                .registry()
+                .register(&mut t.host, mio::Token(slot + 1), interest)
+                .expect("register");
+        }
+        h.runner.dirty.push(slot);
+        (client, slot)
+    }
+
+    /// The flow of a connection whose sandbox never answers used to hold
+    /// the client's socket and a flow slot for the 2 h idle timeout.
+    #[test]
+    fn an_accepted_connection_the_sandbox_never_answers_is_given_up() {
+        let mut h = Harness::new(false);
+        let (mut client, _) = accepted(&mut h, 0);
+        h.round(10);
+        assert_eq!(h.runner.flows.len(), 1, "waits for the sandbox");
+        let (mut late, _) = accepted(&mut h, HANDSHAKE_MS + 1);
+        h.round(10);
+        assert_eq!(h.runner.flows.len(), 1, "the overdue one is gone");
+        late.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut b = [0u8; 8];
+        assert!(
+            matches!(late.read(&mut b), Ok(0) | Err(_)),
+            "its client is closed"
+        );
+        client.set_nonblocking(true).expect("nonblocking");
+        assert!(client.read(&mut b).is_err(), "the other still open");
+    }
+
+    /// The client's close used to go unseen until the sandbox answered.
+    #[test]
+    fn a_client_that_leaves_before_the_sandbox_answers_ends_its_flow() {
+        let mut h = Harness::new(false);
+        let (client, _) = accepted(&mut h, 0);
+        h.round(10);
+        assert_eq!(h.runner.flows.len(), 1);
+        drop(client);
+        for _ in 0..20 {
+            h.round(10);
+            if h.runner.flows.is_empty() {
+                break;
+            }
+        }
+        assert!(h.runner.flows.is_empty(), "flow ended with its client");
+    }
 
     #[test]
     fn syn_mss_is_raised_and_other_segments_untouched() {
