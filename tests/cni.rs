@@ -311,13 +311,36 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
     let (okay, out) = cni(&env, "STATUS", &v11, &[]);
     assert!(okay, "STATUS: {out}");
 
-    // GC: b is no longer valid, a is.
+    // Another configuration naming the same switchyard network attaches c:
+    // its attachments are its own.
+    let other = json!({
+        "cniVersion": "1.1.0", "name": "othercfg", "type": "switchyard",
+        "network": net, "socket": env.socket,
+    });
+    let vc = vars("88888888888888888888", &pc, "eth0");
+    let (okay, out) = cni(&env, "ADD", &other, &vc);
+    assert!(okay, "ADD c by another configuration: {out}");
+    let (okay, out) = cni(&env, "DEL", &conf, &vc);
+    assert!(okay, "DEL by the wrong configuration: {out}");
+    assert!(
+        link_mac(&c_ns, "eth0").is_some(),
+        "not this configuration's to delete"
+    );
+
+    // GC: b is no longer valid, a is; c belongs to the other configuration.
     v11["cni.dev/valid-attachments"] =
         json!([{"containerID": "0123456789abcdef0123", "ifname": "eth0"}]);
     let (okay, out) = cni(&env, "GC", &v11, &[]);
     assert!(okay, "GC: {out}");
     assert!(link_mac(&b, "net1").is_none(), "GC removes b's interface");
     assert!(link_mac(&a, "eth0").is_some(), "GC keeps a's interface");
+    assert!(
+        link_mac(&c_ns, "eth0").is_some(),
+        "GC keeps the other configuration's"
+    );
+    let (okay, out) = cni(&env, "DEL", &other, &vc);
+    assert!(okay, "DEL c: {out}");
+    assert!(link_mac(&c_ns, "eth0").is_none());
 
     // DEL: interface gone, host port free at once; again: still success.
     let (okay, out) = cni(&env, "DEL", &conf, &va);

@@ -229,6 +229,7 @@ fn connect(
         port_security: true,
         ifname: None,
         container_id: None,
+        cni_network: None,
     })
     .expect("connect")
 }
@@ -310,6 +311,7 @@ fn cluster_store_shares_networks_endpoints_and_names() {
         port_security: true,
         ifname: None,
         container_id: None,
+        cni_network: None,
     });
     assert!(
         matches!(dup, Err(DaemonError::EndpointExists { .. })),
@@ -401,6 +403,7 @@ fn connect_req(dir: &TempDir, net: &str, name: &str, ip: Option<Ipv4Addr>) -> Co
         port_security: true,
         ifname: None,
         container_id: None,
+        cni_network: None,
     }
 }
 

@@ -466,11 +466,23 @@ fn network_for_add(c: &mut Client, conf: &NetConf) -> Result<NetworkDetail, CniE
     })
 }
 
-/// The endpoint that `(container id, ifname)` added to the network.
-fn find<'a>(d: &'a NetworkDetail, container_id: &str, ifname: &str) -> Option<&'a Endpoint> {
-    d.endpoints
-        .iter()
-        .find(|e| e.container_id.as_deref() == Some(container_id) && e.ifname == ifname)
+/// The endpoint that configuration `conf` added to the network for
+/// `(container id, ifname)`: CNI's key is (network name, container id,
+/// interface).
+fn find<'a>(
+    d: &'a NetworkDetail,
+    conf: &NetConf,
+    container_id: &str,
+    ifname: &str,
+) -> Option<&'a Endpoint> {
+    d.endpoints.iter().find(|e| {
+        ours(e, conf) && e.container_id.as_deref() == Some(container_id) && e.ifname == ifname
+    })
+}
+
+/// Whether configuration `conf` attached `e`.
+fn ours(e: &Endpoint, conf: &NetConf) -> bool {
+    e.container_id.is_some() && e.cni_network.as_deref() == Some(conf.name.as_str())
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
@@ -516,7 +528,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let detail = network_for_add(&mut c, conf)?;
     // A retried ADD (the runtime timed out on one that went through) gets
     // the same answer again.
-    if let Some(ep) = find(&detail, &container_id, &ifname) {
+    if let Some(ep) = find(&detail, conf, &container_id, &ifname) {
         if matches!(&ep.sandbox, SandboxTarget::Netns { path, .. } if *path == netns) {
             return Ok(add_result(&conf.cni_version, ep, &detail, &netns));
         }
@@ -536,6 +548,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         port_security: true,
         ifname: Some(ifname),
         container_id: Some(container_id),
+        cni_network: Some(conf.name.clone()),
     }))?;
     Ok(add_result(&conf.cni_version, &ep, &detail, &netns))
 }
@@ -627,7 +640,7 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let Some(d) = inspect(&mut c, conf.network())? else {
         return Ok(());
     };
-    let Some(ep) = find(&d, &container_id, &ifname) else {
+    let Some(ep) = find(&d, conf, &container_id, &ifname) else {
         return Ok(());
     };
     disconnect(&mut c, &d.network.name, &ep.id)
@@ -663,7 +676,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             format!("network {network:?} does not exist"),
         )
     })?;
-    let ep = find(&d, &container_id, &ifname).ok_or_else(|| {
+    let ep = find(&d, conf, &container_id, &ifname).ok_or_else(|| {
         CniError::new(
             code::UNKNOWN_CONTAINER,
             format!("container {container_id} has no interface {ifname} on network {network:?}"),
@@ -730,11 +743,11 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let stale: Vec<&Endpoint> = d
         .endpoints
         .iter()
-        .filter(|e| match &e.container_id {
-            Some(id) => !valid
-                .iter()
-                .any(|a| &a.container_id == id && a.ifname == e.ifname),
-            None => false,
+        .filter(|e| ours(e, conf))
+        .filter(|e| {
+            !valid.iter().any(|a| {
+                e.container_id.as_deref() == Some(a.container_id.as_str()) && a.ifname == e.ifname
+            })
         })
         .collect();
     let mut failed = Vec::new();
@@ -873,6 +886,7 @@ mod tests {
             publications: vec![],
             port_security: true,
             container_id: Some("c1".into()),
+            cni_network: Some("n".into()),
         };
         let d = NetworkDetail {
             network,

@@ -75,6 +75,7 @@ pub fn connect(socket: &Path, a: ConnectArgs) -> Result<(), CliError> {
         port_security: !a.no_port_security,
         ifname: a.ifname,
         container_id: None,
+        cni_network: None,
     }))?;
     print(&format!(
         "connected {} to {} as {} ({}, {}, {})\n",

@@ -183,6 +183,7 @@ fn attach_all(
             port_security: spec.port_security,
             ifname: None,
             container_id: None,
+            cni_network: None,
         }))?;
         // The same name on every network.
         name.get_or_insert_with(|| ep.name.clone());

@@ -200,6 +200,9 @@ pub struct Connect {
     /// The container id of a runtime (CNI), kept on the endpoint.
     #[serde(default)]
     pub container_id: Option<String>,
+    /// The CNI network configuration's name, kept on the endpoint.
+    #[serde(default)]
+    pub cni_network: Option<String>,
 }
 
 /// Arguments of `disconnect`.

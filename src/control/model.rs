@@ -398,6 +398,11 @@ pub struct Endpoint {
     /// DEL, CHECK and GC find it by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The CNI network configuration (its `name`) that attached it, which
+    /// may differ from the switchyard network: a configuration's DEL and GC
+    /// touch only their own endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_network: Option<String>,
 }
 
 /// Serde default of switches that are on unless turned off.

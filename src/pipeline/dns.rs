@@ -166,6 +166,8 @@ impl Dns {
                 };
                 Some(write_answer(f, &addrs, &self.out))
             }
+            // A trace shows the decision without asking the upstream.
+            Outcome::Forward { .. } if cx.dry_run => Some(Action::Consumed),
             Outcome::Forward { max_len } => {
                 let route =
                     ReplyRoute::udp(f.meta.in_port, (gw.mac, gw_addr), (f.meta.src, q.client));
@@ -336,6 +338,49 @@ mod tests {
             let a = answer(&run(&bytes), gw, me);
             assert_eq!(a_records(&a), [Ipv4Addr::new(10, 0, 0, 5)]);
         }
+    }
+
+    /// Counts what it is handed.
+    struct Recording(std::sync::atomic::AtomicUsize);
+
+    impl crate::dns::QueryForwarder for Recording {
+        fn submit(&self, _query: &[u8], _reply: ReplyRoute, _max_len: u16) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+    }
+
+    #[test]
+    fn other_names_are_forwarded_except_in_a_trace() {
+        let service = service();
+        let fw = Arc::new(Recording(Default::default()));
+        assert!(service.forwarder.set(fw.clone()).is_ok());
+        let mut b = Vec::new();
+        v4().udp(40000, 53)
+            .write(&mut b, &query("example.org", Rtype::A, None))
+            .unwrap();
+        let mut stage = Dns::new(service);
+        let topo = topology(false);
+        for dry_run in [false, true] {
+            let mut frames = [Frame::parsed(&b, PortId(3))];
+            let mut mac = crate::tables::mac::MacTable::new(Default::default(), 16);
+            let counters = crate::stats::WorkerCounters::default();
+            let mut cx = StageContext {
+                now: 0,
+                topo: &topo,
+                mac: &mut mac,
+                learned: &mut Vec::new(),
+                counters: &counters,
+                dry_run,
+            };
+            stage.process(&mut cx, &mut frames);
+            assert_eq!(frames[0].meta.action, Action::Consumed);
+        }
+        assert_eq!(
+            fw.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the trace sent nothing"
+        );
     }
 
     #[test]

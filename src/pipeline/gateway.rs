@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn double_tagged_solicitations_are_answered_with_their_tags() {
+        let mut b = solicitation((GW_MAC, GW6), true);
+        // Outer 802.1ad tag 100, inner 802.1Q tag 200, before 0x86dd.
+        b.splice(12..12, [0x88, 0xa8, 0x00, 100, 0x81, 0x00, 0x00, 200]);
+        let mut f = Frame::parsed(&b, PortId(3));
+        assert_eq!(f.meta.l3_offset, 22);
+        assert_eq!(gateway(&mut f), Some(Action::Output(PortId(3))));
+        let r = f.data();
+        assert_eq!(
+            &r[12..22],
+            &[0x88, 0xa8, 0, 100, 0x81, 0, 0, 200, 0x86, 0xdd]
+        );
+        assert_eq!(r.len(), 22 + 40 + 32);
+        assert_eq!(r[22 + 40], 136, "a neighbour advertisement");
+    }
+
+    #[test]
     fn echo_to_the_gateway_is_answered() {
         let mut b = Vec::new();
         etherparse::PacketBuilder::ethernet2(SANDBOX.0, GW_MAC.0)

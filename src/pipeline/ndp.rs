@@ -111,7 +111,8 @@ pub fn advertise(f: &mut Frame, our_mac: MacAddr, flags: u8) -> Option<()> {
     let b = f.data();
     let requester_ip = ipv6_at(b, l3 + 8)?;
     let target = ipv6_at(b, l3 + IPV6_HEADER + 8)?;
-    let mut out = [0u8; 18 + IPV6_HEADER + NA_LEN];
+    // Room for the Ethernet header with two VLAN tags (QinQ).
+    let mut out = [0u8; 22 + IPV6_HEADER + NA_LEN];
     let n = l3 + IPV6_HEADER + NA_LEN;
     let head = out.get_mut(..l3)?;
     head.copy_from_slice(b.get(..l3)?);

@@ -179,15 +179,22 @@ pub fn cut_datagram(
     }
 }
 
-/// The segment size for GSO frame `f` leaving through a port of `mtu`: the
-/// sender's, lowered to fit. `hdr_len` is only the sender's hint of its
-/// header length; at least the minimal IPv4 + TCP headers are assumed.
-pub fn segment_size(f: &Frame, mtu: u16) -> u16 {
-    let l3_headers = (f.vnet.hdr_len as usize)
-        .saturating_sub(ethernet::HEADER_LEN)
-        .max(40);
-    let mss_cap = (mtu as usize).saturating_sub(l3_headers).max(536);
-    (f.vnet.gso_size as usize).min(mss_cap) as u16
+/// Smallest segment size the switch cuts to, whatever the MTU.
+const MIN_SEGMENT: usize = 8;
+
+/// The segmenter that cuts GSO frame `f` for a port of `mtu`: the sender's
+/// segment size, lowered so that each segment's IP packet, with the frame's
+/// own IP and TCP headers (options and extension headers included; the
+/// sender's `hdr_len` is only a hint), fits the MTU.
+pub fn segmenter_for(f: &Frame, mtu: u16) -> crate::wire::Result<Segmenter<'_>> {
+    let probe = Segmenter::new(f.data(), &f.vnet, None)?;
+    let cap = usize::from(mtu)
+        .saturating_sub(probe.l3_header_len())
+        .max(MIN_SEGMENT);
+    match u16::try_from(cap) {
+        Ok(cap) if cap < f.vnet.gso_size => Segmenter::new(f.data(), &f.vnet, Some(cap)),
+        _ => Ok(probe),
+    }
 }
 
 /// The segmenter with which a [`PortCaps::segments_gso`] port of `mtu` cuts
@@ -196,7 +203,7 @@ pub fn segment_size(f: &Frame, mtu: u16) -> u16 {
 /// [`CUT_MAX_SEGMENTS`]. The one rule both the switch (here) and such a
 /// port apply.
 pub fn cut_whole(f: &Frame, mtu: u16) -> Option<Segmenter<'_>> {
-    Segmenter::new(f.data(), &f.vnet, Some(segment_size(f, mtu)))
+    segmenter_for(f, mtu)
         .ok()
         .filter(|s| s.header_len() <= CUT_MAX_HEADER && s.segment_count() <= CUT_MAX_SEGMENTS)
 }
@@ -214,8 +221,7 @@ fn segment_into(
     pool: &mut BufferPool,
     counters: &WorkerCounters,
 ) {
-    let mss = segment_size(f, caps.mtu);
-    let mut seg = match Segmenter::new(f.data(), &f.vnet, Some(mss)) {
+    let mut seg = match segmenter_for(f, caps.mtu) {
         Ok(s) => s,
         Err(_) => {
             counters.count_drop(DropReason::OffloadFailed);
@@ -642,5 +648,77 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+    use crate::wire::virtio_net::{GsoType, F_NEEDS_CSUM};
+
+    /// A TCP GSO frame with 12 bytes of TCP options (timestamps) whose
+    /// sender understated its headers in `hdr_len`.
+    fn gso_with_options(pool: &mut BufferPool, payload: usize, gso_size: u16) -> Frame {
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 5201, 1, 65535)
+            .ack(1)
+            .options(&[etherparse::TcpOptionElement::Timestamp(1, 2)])
+            .expect("options")
+            .write(&mut b, &vec![7u8; payload])
+            .expect("frame");
+        let mut f = pool.alloc().expect("frame");
+        f.fill(&b);
+        f.vnet = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GsoType::TcpV4,
+            gso_ecn: false,
+            hdr_len: 0,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        f
+    }
+
+    #[test]
+    fn segments_fit_the_mtu_whatever_hdr_len_says() {
+        let mut pool = BufferPool::standalone(64);
+        let f = gso_with_options(&mut pool, 20_000, 1460);
+        let seg = segmenter_for(&f, 1500).expect("segmenter");
+        assert_eq!(seg.l3_header_len(), 20 + 32);
+        // 1500 - 52 bytes of IP and TCP headers: 1448, below the sender's 1460.
+        let mut out = Vec::new();
+        let counters = WorkerCounters::default();
+        segment_into(
+            &f,
+            PortCaps {
+                offload: false,
+                mtu: 1500,
+                segments_gso: false,
+                uso: false,
+            },
+            &mut out,
+            &mut pool,
+            &counters,
+        );
+        assert_eq!(out.len(), 20_000usize.div_ceil(1448));
+        assert!(
+            out.iter().all(|s| s.len() - 14 <= 1500),
+            "every IP packet fits"
+        );
+        assert_eq!(out[0].len() - 14, 1500);
+        // A sender's smaller segment size is kept.
+        let small = gso_with_options(&mut pool, 5_000, 1000);
+        assert_eq!(
+            segmenter_for(&small, 1500)
+                .expect("segmenter")
+                .segment_count(),
+            5
+        );
+        // No segment size at all: refused.
+        let zero = gso_with_options(&mut pool, 5_000, 0);
+        assert!(segmenter_for(&zero, 1500).is_err());
     }
 }

@@ -20,6 +20,9 @@ pub struct StageContext<'a> {
     pub learned: &'a mut Vec<LearnMsg>,
     /// This worker's counters.
     pub counters: &'a WorkerCounters,
+    /// A trace: stages decide as usual but cause nothing outside the
+    /// pipeline (no query is forwarded upstream).
+    pub dry_run: bool,
 }
 
 /// One step of the pipeline. A stage looks only at frames whose action is
@@ -122,6 +125,7 @@ pub(crate) fn run_alone(
         mac: &mut mac,
         learned: &mut learned,
         counters: &counters,
+        dry_run: false,
     };
     stage.process(&mut cx, frames);
     counters

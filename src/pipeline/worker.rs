@@ -393,6 +393,7 @@ impl Worker {
         for f in slot.pending.drain(..) {
             self.pool.free(f);
         }
+        slot.port.release(&mut self.pool);
         self.unpolled.retain(|p| *p != id);
         self.ready.retain(|p| *p != id);
         self.dirty.retain(|p| *p != id);
@@ -519,6 +520,7 @@ impl Worker {
                 mac: &mut self.mac,
                 learned: &mut self.learned,
                 counters: &self.me.counters,
+                dry_run: false,
             };
             self.pipeline.run(&mut cx, &mut self.batch);
         }
@@ -553,6 +555,7 @@ impl Worker {
             mac: &mut mac,
             learned: &mut learned,
             counters: &scratch,
+            dry_run: true,
         };
         self.pipeline.run_traced(&mut cx, &mut frames, |stage, fs| {
             if let Some(f) = fs.first() {

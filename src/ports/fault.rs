@@ -242,6 +242,13 @@ impl Port for FaultyPort {
         self.apply(frames, pool, usize::MAX);
         self.inner.send(frames, pool)
     }
+
+    fn release(&mut self, pool: &mut BufferPool) {
+        for f in self.got.drain(..).chain(self.spare.drain(..)) {
+            pool.free(f);
+        }
+        self.inner.release(pool);
+    }
 }
 
 #[cfg(test)]

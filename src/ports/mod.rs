@@ -127,4 +127,10 @@ pub trait Port: Send {
     /// Writes every frame in `frames` (draining it) and returns the buffers to
     /// `pool`. Frames it cannot write are counted in `failed`, never retried.
     fn send(&mut self, frames: &mut Vec<Frame>, pool: &mut BufferPool) -> TxResult;
+
+    /// Gives back to `pool` the frames the port still holds between calls
+    /// (a frame half cut, datagrams read ahead), before it is dropped: a
+    /// frame is a pool buffer, and one dropped with its port would be lost
+    /// to the pool for good.
+    fn release(&mut self, _pool: &mut BufferPool) {}
 }

@@ -166,6 +166,12 @@ impl Port for TapPort {
         self.gateway = mac;
     }
 
+    fn release(&mut self, pool: &mut BufferPool) {
+        if let Some(cut) = self.cut.take() {
+            pool.free(cut.frame);
+        }
+    }
+
     fn take_rx_errors(&mut self) -> u64 {
         let n = self.malformed - self.malformed_reported;
         self.malformed_reported = self.malformed;

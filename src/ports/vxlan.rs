@@ -236,6 +236,12 @@ impl Port for VxlanRxPort {
         &self.name
     }
 
+    fn release(&mut self, pool: &mut BufferPool) {
+        for (f, _, _) in self.pending.drain(..) {
+            pool.free(f);
+        }
+    }
+
     fn caps(&self) -> PortCaps {
         // Nothing is ever sent through the receive port.
         PortCaps {
@@ -663,6 +669,31 @@ mod tests {
             assert_eq!(f.meta.underlay_src, Some(tx.local_addr().unwrap()));
         }
         assert!(port.pending.is_empty());
+    }
+
+    #[test]
+    fn datagrams_read_ahead_go_back_to_the_pool_on_release() {
+        let (mut port, tx, dst) = rx_port_and_sender();
+        let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 200]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assert_eq!(udp::send_batch_gso(&tx, dst, &refs).unwrap(), 8);
+        let mut pool = BufferPool::standalone(32);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            port.recv(&mut pool, &mut out, 1).unwrap();
+            if !out.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(out.len(), 1);
+        assert!(!port.pending.is_empty(), "the rest waits in the port");
+        for f in out.drain(..) {
+            pool.free(f);
+        }
+        port.release(&mut pool);
+        assert!(port.pending.is_empty());
+        assert_eq!(pool.local_len(), 32, "every buffer is back");
     }
 
     /// A TCP GSO frame of `payload_len` bytes from sequence number `seq`,

@@ -128,6 +128,12 @@ impl<'a> Segmenter<'a> {
         self.hdr_end
     }
 
+    /// Length of the IP and TCP headers each segment carries (options and
+    /// IPv6 extension headers included).
+    pub fn l3_header_len(&self) -> usize {
+        self.hdr_end - self.l3
+    }
+
     /// Longest frame [`Segmenter::next_into`] can produce.
     pub fn max_frame_len(&self) -> usize {
         self.hdr_end + self.mss.min(self.frame.len() - self.hdr_end)

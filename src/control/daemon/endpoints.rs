@@ -48,6 +48,9 @@ impl Daemon {
         if let Some(c) = &req.container_id {
             validate_container_id(c)?;
         }
+        if let Some(n) = &req.cni_network {
+            validate_name("CNI network", n)?;
+        }
         if on_net.iter().any(|e| e.name == name) || self.remote_name_taken(&net.name, &name) {
             return Err(DaemonError::EndpointExists {
                 network: net.name.clone(),
@@ -185,6 +188,7 @@ impl Daemon {
             publications,
             port_security: req.port_security,
             container_id: req.container_id,
+            cni_network: req.cni_network,
         };
         let attached = self.attach_endpoint(&ep, &net, seq);
         if let Err(e) = &attached {
