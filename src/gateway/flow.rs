@@ -211,6 +211,24 @@ impl<T> FlowTable<T> {
         self.index.get(key).copied()
     }
 
+    /// Whether [`FlowTable::insert`] would take a flow for `key` now: checked
+    /// before a flow's host socket is opened, so a sandbox at its cap makes
+    /// no connection attempts (the total, shared between threads, is
+    /// checked again by the insert).
+    pub fn admits(&self, key: &FlowKey) -> Result<(), CapHit> {
+        if self.index.contains_key(key) {
+            return Err(CapHit::Taken);
+        }
+        let owner = (key.network, key.local.ip());
+        if self.per_sandbox.get(&owner).copied().unwrap_or(0) >= self.limits.per_sandbox {
+            return Err(CapHit::Sandbox);
+        }
+        if self.total.load(Ordering::Acquire) >= self.limits.total {
+            return Err(CapHit::Total);
+        }
+        Ok(())
+    }
+
     /// Adds a flow unless a cap forbids it or the key has a flow already;
     /// returns its slot.
     pub fn insert(&mut self, key: FlowKey, flow: T) -> Result<usize, CapHit> {
@@ -422,6 +440,26 @@ mod tests {
         b.insert(key(6, 1), ()).unwrap();
         b.insert(key(7, 1), ()).unwrap();
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn admits_says_what_insert_would_do() {
+        let limits = FlowLimits {
+            total: 3,
+            per_sandbox: 2,
+        };
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut a = FlowTable::sharing(limits, total.clone());
+        let mut b = FlowTable::sharing(limits, total);
+        assert_eq!(a.admits(&key(2, 1)), Ok(()));
+        a.insert(key(2, 1), ()).unwrap();
+        assert_eq!(a.admits(&key(2, 1)), Err(CapHit::Taken));
+        a.insert(key(2, 2), ()).unwrap();
+        assert_eq!(a.admits(&key(2, 3)), Err(CapHit::Sandbox));
+        assert_eq!(b.admits(&key(3, 1)), Ok(()));
+        b.insert(key(3, 1), ()).unwrap();
+        assert_eq!(b.admits(&key(4, 1)), Err(CapHit::Total), "the shared total");
+        assert_eq!(a.admits(&key(5, 1)), Err(CapHit::Total));
     }
 
     #[test]

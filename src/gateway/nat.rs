@@ -126,6 +126,10 @@ impl Runner {
     }
 
     fn open_tcp(&mut self, f: Frame, info: PacketInfo, to: SocketAddr, now: i64) {
+        if self.flows.admits(&info.key).is_err() {
+            bump(&self.counters.nat_flow_cap, 1);
+            return self.reject(f, &info);
+        }
         let flow = match TcpFlow::connect(to, info.key.remote, now) {
             Ok(mut flow) => {
                 flow.large = self.port_offload(f.meta.in_port);
@@ -165,6 +169,10 @@ impl Runner {
         let Some(gw_mac) = self.nets.get(&info.key.network).map(|n| n.gw.mac) else {
             return self.injector.free(f);
         };
+        if self.flows.admits(&info.key).is_err() {
+            bump(&self.counters.nat_flow_cap, 1);
+            return self.reject(f, &info);
+        }
         let local = (f.meta.src, info.key.local, f.meta.in_port);
         let flow = match UdpFlow::open(to, local, info.key.remote, gw_mac, now) {
             Ok(flow) => flow,
@@ -195,6 +203,10 @@ impl Runner {
         let Some(gw_mac) = self.nets.get(&info.key.network).map(|n| n.gw.mac) else {
             return self.injector.free(f);
         };
+        if self.flows.admits(&info.key).is_err() {
+            bump(&self.counters.nat_flow_cap, 1);
+            return self.injector.free(f);
+        }
         let sandbox = (f.meta.src, info.key.local.ip(), f.meta.in_port);
         let ident = info.key.local.port();
         let flow = match IcmpFlow::open(info.key.remote.ip(), sandbox, ident, gw_mac, now) {
@@ -329,8 +341,10 @@ impl Runner {
         slots.sort_unstable();
         slots.dedup();
         let mut tally = TxTally::default();
-        // Flows whose segments waited for a neighbour smoltcp lost: driven
-        // again once it is announced (see `heal_neighbours`).
+        // Flows driven again next round: TCP segments that waited for a
+        // neighbour smoltcp lost (once it is announced, see
+        // `heal_neighbours`), and UDP and echo flows that read their
+        // round's share of replies with more perhaps waiting.
         let mut waiting = Vec::new();
         for slot in slots {
             let Some((key, flow)) = self.flows.get_mut(slot) else {
@@ -339,7 +353,9 @@ impl Runner {
             let key = *key;
             let finished = match flow {
                 Flow::Udp(u) => {
-                    relay_udp_replies(u, &mut self.injector, &mut self.udp_buf, ms);
+                    if relay_udp_replies(u, &mut self.injector, &mut self.udp_buf, ms) {
+                        waiting.push(slot);
+                    }
                     let expires = u.expires();
                     if ms >= expires {
                         true
@@ -349,7 +365,9 @@ impl Runner {
                     }
                 }
                 Flow::Icmp(c) => {
-                    relay_echo_replies(c, &mut self.injector, &mut self.udp_buf, ms);
+                    if relay_echo_replies(c, &mut self.injector, &mut self.udp_buf, ms) {
+                        waiting.push(slot);
+                    }
                     let expires = c.last_active + super::icmp_nat::IDLE_MS;
                     if ms >= expires {
                         true
@@ -368,6 +386,10 @@ impl Runner {
                         false
                     }
                 }
+                // Its network's stack is gone (the network was removed):
+                // nothing can carry the flow any more, so it ends rather
+                // than keep its host socket.
+                Flow::Tcp(_) if !self.nets.contains_key(&key.network) => true,
                 Flow::Tcp(t) => {
                     let Some(net) = self.nets.get_mut(&key.network) else {
                         continue;
@@ -568,11 +590,14 @@ fn send_unreachable(io: &mut FlowIo<'_>, f: &Frame) {
 }
 
 /// Reads every waiting echo reply of an ICMP flow and sends it on.
-fn relay_echo_replies(c: &mut IcmpFlow, injector: &mut Injector, buf: &mut [u8], now: i64) {
+/// Reads waiting echo replies (at most 64) and sends them to the sandbox;
+/// true if there may be more (the socket's readiness is edge-triggered, so
+/// the flow must be driven again rather than wait for the next reply).
+fn relay_echo_replies(c: &mut IcmpFlow, injector: &mut Injector, buf: &mut [u8], now: i64) -> bool {
     for _ in 0..64 {
         let n = match c.host.recv(buf) {
             Ok(n) => n,
-            Err(_) => break,
+            Err(_) => return false,
         };
         c.last_active = now;
         let icmp = &buf[..n];
@@ -584,24 +609,33 @@ fn relay_echo_replies(c: &mut IcmpFlow, injector: &mut Injector, buf: &mut [u8],
             None => false,
         });
     }
+    true
 }
 
-/// Reads every waiting reply of a UDP flow and sends it to the sandbox.
+/// Most replies of one UDP flow relayed per round, so one busy flow cannot
+/// hold up the others. Small in unit tests, where a burst beyond it must
+/// still fit a default socket buffer (about 256 small datagrams).
+const UDP_REPLIES_PER_ROUND: usize = if cfg!(test) { 32 } else { 256 };
+
+/// Reads waiting replies of a UDP flow (at most [`UDP_REPLIES_PER_ROUND`])
+/// and sends them to the sandbox; true if there may be more, as for echo
+/// replies.
 fn relay_udp_replies(
     u: &mut UdpFlow,
     injector: &mut crate::pipeline::inject::Injector,
     buf: &mut [u8],
     now: i64,
-) {
-    for _ in 0..256 {
+) -> bool {
+    for _ in 0..UDP_REPLIES_PER_ROUND {
         let n = match u.host.recv(buf) {
             Ok(n) => n,
-            Err(_) => break,
+            Err(_) => return false,
         };
         u.stream = true;
         u.last_active = now;
         injector.send_udp(u.port, &u.reply, &buf[..n]);
     }
+    true
 }
 
 #[cfg(test)]
@@ -747,6 +781,47 @@ mod tests {
         let (n, _) = udp4.recv_from(&mut got).expect("datagram at the host");
         assert_eq!(&got[..n], b"hello host");
         assert_eq!(h.runner.counters.nat_rejected.load(Ordering::Relaxed), 0);
+    }
+
+    /// A burst of replies larger than one round's share is relayed in full
+    /// without waiting for another datagram: readiness is edge-triggered.
+    #[test]
+    fn a_burst_of_udp_replies_is_relayed_whole() {
+        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        let mut h = Harness::new(true);
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
+            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
+            .udp(40000, server.local_addr().expect("addr").port())
+            .write(&mut b, b"start")
+            .expect("frame");
+        let f = Frame::parsed(&b, PortId(1));
+        let info = PacketInfo::parse(&f).expect("info");
+        let now = h.runner.now().total_millis();
+        h.runner
+            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
+        h.runner.dispatch(f, info, now);
+        let mut got = [0u8; 64];
+        let (_, flow) = server.recv_from(&mut got).expect("datagram at the host");
+        let burst = 5 * UDP_REPLIES_PER_ROUND + 3;
+        for i in 0..burst {
+            server
+                .send_to(&(i as u32).to_be_bytes(), flow)
+                .expect("reply");
+        }
+        let _ = h.sent();
+        let mut relayed = 0;
+        for _ in 0..20 {
+            h.round(20);
+            relayed += h.sent().len();
+            if relayed >= burst {
+                break;
+            }
+        }
+        assert_eq!(relayed, burst, "every reply, with no new one arriving");
     }
 
     /// An ICMP echo to the host's loopback is not carried to the host.

@@ -415,6 +415,7 @@ impl Runner {
                 || !self.answers.queues[self.shard].is_empty()
                 || !self.ready_listeners.is_empty()
                 || !self.commands.is_empty()
+                || !self.dirty.is_empty()
                 || healed;
             let timeout = if busy {
                 std::time::Duration::ZERO
