@@ -41,6 +41,13 @@ fn cni(env: &Env, command: &str, conf: &Value, vars: &[(&str, &str)]) -> (bool, 
     (out.status.success(), parsed)
 }
 
+/// Runs the plugin expecting it to fail with error `code`.
+fn refused(env: &Env, command: &str, conf: &Value, vars: &[(&str, &str)], code: u64) {
+    let (okay, out) = cni(env, command, conf, vars);
+    assert!(!okay, "{command} succeeded: {out}");
+    assert_eq!(out["code"], code, "{out}");
+}
+
 fn cni_raw(env: &Env, command: &str, stdin: &[u8], vars: &[(&str, &str)]) -> Output {
     let mut c = Command::new(&env.bin);
     c.env_clear()
@@ -254,46 +261,34 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
     assert!(okay, "CHECK: {out}");
     assert_eq!(out, Value::Null, "CHECK prints nothing");
     with_prev["prevResult"]["interfaces"][0]["mac"] = json!("02:00:00:00:00:01");
-    let (okay, out) = cni(&env, "CHECK", &with_prev, &va);
-    assert!(!okay);
-    assert_eq!(out["code"], 101, "{out}");
-    let (okay, out) = cni(
+    refused(&env, "CHECK", &with_prev, &va, 101);
+    refused(
         &env,
         "CHECK",
         &with_prev,
         &vars("nosuchcontainer", &pa, "eth0"),
+        3,
     );
-    assert!(!okay);
-    assert_eq!(out["code"], 3, "{out}");
 
     // Bad input: an interface name Linux refuses, a version we do not speak,
     // a missing variable, unknown CNI_ARGS, a MAC request.
-    let (okay, out) = cni(&env, "ADD", &conf, &vars("badif", &pb, "bad/name"));
-    assert!(!okay);
-    assert_eq!(out["code"], 7, "{out}");
+    refused(&env, "ADD", &conf, &vars("badif", &pb, "bad/name"), 7);
     let mut future = conf.clone();
     future["cniVersion"] = json!("9.9.9");
-    let (okay, out) = cni(&env, "ADD", &future, &va);
-    assert!(!okay);
-    assert_eq!(out["code"], 1, "{out}");
-    let (okay, out) = cni(
+    refused(&env, "ADD", &future, &va, 1);
+    refused(
         &env,
         "ADD",
         &conf,
         &[("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth9")],
+        4,
     );
-    assert!(!okay);
-    assert_eq!(out["code"], 4, "{out}");
     let mut args = vars("argsc", &pb, "eth7");
     args.push(("CNI_ARGS", "COLOR=blue"));
-    let (okay, out) = cni(&env, "ADD", &old, &args);
-    assert!(!okay);
-    assert_eq!(out["code"], 4, "{out}");
+    refused(&env, "ADD", &old, &args, 4);
     let mut mac = old.clone();
     mac["runtimeConfig"] = json!({"mac": "02:00:00:00:00:02"});
-    let (okay, out) = cni(&env, "ADD", &mac, &vars("macc", &pb, "eth8"));
-    assert!(!okay);
-    assert_eq!(out["code"], 2, "{out}");
+    refused(&env, "ADD", &mac, &vars("macc", &pb, "eth8"), 2);
     let garbage = cni_raw(&env, "ADD", b"{not json", &va);
     assert!(!garbage.status.success());
     let err: Value = serde_json::from_slice(&garbage.stdout).expect("error object");
@@ -353,12 +348,8 @@ fn cni_add_check_gc_del_against_a_real_daemon() {
 
     // Daemon gone: STATUS "not available", DEL "try again later".
     env.stop_daemon();
-    let (okay, out) = cni(&env, "STATUS", &v11, &[]);
-    assert!(!okay);
-    assert_eq!(out["code"], 50, "{out}");
-    let (okay, out) = cni(&env, "DEL", &conf, &va);
-    assert!(!okay);
-    assert_eq!(out["code"], 11, "{out}");
+    refused(&env, "STATUS", &v11, &[], 50);
+    refused(&env, "DEL", &conf, &va, 11);
 }
 
 #[test]

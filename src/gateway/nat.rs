@@ -651,6 +651,36 @@ mod tests {
         s.parse().expect("address")
     }
 
+    /// Hands `frame`, from sandbox 1 on port 1, to the runner as the stack
+    /// does every punted frame: its neighbour announced first (which also
+    /// builds the network's stack), then dispatched.
+    fn punt_from_sandbox(h: &mut Harness, frame: &[u8], now: i64) {
+        let f = Frame::parsed(frame, PortId(1));
+        let info = PacketInfo::parse(&f).expect("info");
+        h.runner
+            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
+        h.runner.dispatch(f, info, now);
+    }
+
+    /// A UDP datagram from sandbox 1 to the gateway's IPv4 address.
+    fn udp_to_gateway(port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
+            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
+            .udp(40000, port)
+            .write(&mut b, payload)
+            .expect("frame");
+        b
+    }
+
+    /// A UDP socket on the host's loopback that waits at most 2 s to read.
+    fn host_udp_server() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        s
+    }
+
     /// A sandbox dialling the host's loopback (or unspecified) address used
     /// to get a host socket connected there: the host's loopback services,
     /// without `--host-loopback`.
@@ -737,11 +767,7 @@ mod tests {
         ];
         let now = h.runner.now().total_millis();
         for b in &frames {
-            let f = Frame::parsed(b, PortId(1));
-            let info = PacketInfo::parse(&f).expect("info");
-            h.runner
-                .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
-            h.runner.dispatch(f, info, now);
+            punt_from_sandbox(&mut h, b, now);
         }
         for _ in 0..5 {
             h.round(10);
@@ -760,23 +786,11 @@ mod tests {
 
     #[test]
     fn the_gateway_address_still_reaches_the_hosts_loopback_when_opted_in() {
-        let udp4 = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        udp4.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .expect("timeout");
+        let udp4 = host_udp_server();
         let mut h = Harness::new(true);
-        let mut b = Vec::new();
-        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
-            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
-            .udp(40000, udp4.local_addr().expect("addr").port())
-            .write(&mut b, b"hello host")
-            .expect("frame");
-        let f = Frame::parsed(&b, PortId(1));
-        let info = PacketInfo::parse(&f).expect("info");
+        let b = udp_to_gateway(udp4.local_addr().expect("addr").port(), b"hello host");
         let now = h.runner.now().total_millis();
-        // As the stack does for every punted frame (and builds the network).
-        h.runner
-            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
-        h.runner.dispatch(f, info, now);
+        punt_from_sandbox(&mut h, &b, now);
         let mut got = [0u8; 64];
         let (n, _) = udp4.recv_from(&mut got).expect("datagram at the host");
         assert_eq!(&got[..n], b"hello host");
@@ -787,23 +801,11 @@ mod tests {
     /// without waiting for another datagram: readiness is edge-triggered.
     #[test]
     fn a_burst_of_udp_replies_is_relayed_whole() {
-        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        server
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .expect("timeout");
+        let server = host_udp_server();
         let mut h = Harness::new(true);
-        let mut b = Vec::new();
-        etherparse::PacketBuilder::ethernet2(mac(1).0, GW_MAC.0)
-            .ipv4([10, 0, 0, 2], GW4.octets(), 64)
-            .udp(40000, server.local_addr().expect("addr").port())
-            .write(&mut b, b"start")
-            .expect("frame");
-        let f = Frame::parsed(&b, PortId(1));
-        let info = PacketInfo::parse(&f).expect("info");
+        let b = udp_to_gateway(server.local_addr().expect("addr").port(), b"start");
         let now = h.runner.now().total_millis();
-        h.runner
-            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
-        h.runner.dispatch(f, info, now);
+        punt_from_sandbox(&mut h, &b, now);
         let mut got = [0u8; 64];
         let (_, flow) = server.recv_from(&mut got).expect("datagram at the host");
         let burst = 5 * UDP_REPLIES_PER_ROUND + 3;
@@ -834,12 +836,8 @@ mod tests {
             .icmpv4_echo_request(7, 1)
             .write(&mut b, b"ping")
             .expect("frame");
-        let f = Frame::parsed(&b, PortId(1));
-        let info = PacketInfo::parse(&f).expect("info");
         let now = h.runner.now().total_millis();
-        h.runner
-            .announce_neighbour(NET, mac(1), info.key.local.ip(), PortId(1), now);
-        h.runner.dispatch(f, info, now);
+        punt_from_sandbox(&mut h, &b, now);
         assert!(h.runner.flows.is_empty());
         assert_eq!(h.runner.counters.nat_rejected.load(Ordering::Relaxed), 1);
     }
