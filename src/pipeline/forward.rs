@@ -59,12 +59,7 @@ impl Stage for Forward {
                     Action::Drop(DropReason::Hairpin)
                 } else if net.isolate {
                     Action::Drop(DropReason::Isolated)
-                } else if known.0 != NOT_FOUND
-                    && cx
-                        .topo
-                        .port(known)
-                        .is_some_and(|p| p.network == f.meta.network)
-                {
+                } else if known.0 != NOT_FOUND && cx.topo.port_on(known, f.meta.network) {
                     // An entry for a port id since reused on another
                     // network floods instead: frames never cross networks.
                     Action::Output(known)

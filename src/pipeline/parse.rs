@@ -25,38 +25,41 @@ impl Stage for Parse {
             if f.meta.action.is_final() {
                 continue;
             }
-            // Untagged frames, nearly all of them: fields go straight from
-            // the frame to the metadata. Building parse_l2's result on the
-            // stack and copying it field by field made the CPU reload
-            // bytes it had just stored in different widths, which stalls.
-            if let Some(h) = f.data().first_chunk::<{ ethernet::HEADER_LEN }>() {
-                let et = u16::from_be_bytes([h[12], h[13]]);
-                if !ethernet::is_tag(et) {
-                    let (dst, src) = (MacAddr::from_bytes(&h[..6]), MacAddr::from_bytes(&h[6..]));
-                    let m = &mut f.meta;
-                    m.dst = dst;
-                    m.src = src;
-                    m.ethertype = EtherType::from(et);
-                    m.l3_offset = ethernet::HEADER_LEN as u16;
-                    if f.vnet.needs_csum() && !partial_checksum_past_l3(f) {
-                        f.meta.action = Action::Drop(DropReason::Malformed);
-                    }
-                    continue;
-                }
-            }
-            match ethernet::parse_l2(f.data()) {
-                Ok(h) => {
-                    f.meta.dst = h.dst;
-                    f.meta.src = h.src;
-                    f.meta.ethertype = h.ethertype;
-                    f.meta.l3_offset = h.l3_offset;
-                    if f.vnet.needs_csum() && !partial_checksum_past_l3(f) {
-                        f.meta.action = Action::Drop(DropReason::Malformed);
-                    }
-                }
-                Err(_) => f.meta.action = Action::Drop(DropReason::Malformed),
+            if !read_l2(f) || (f.vnet.needs_csum() && !partial_checksum_past_l3(f)) {
+                f.meta.action = Action::Drop(DropReason::Malformed);
             }
         }
+    }
+}
+
+/// Fills the frame's L2 metadata; false if it is too short to parse.
+#[inline(always)]
+fn read_l2(f: &mut Frame) -> bool {
+    // Untagged frames, nearly all of them: fields go straight from the
+    // frame to the metadata. Building parse_l2's result on the stack and
+    // copying it field by field made the CPU reload bytes it had just
+    // stored in different widths, which stalls.
+    if let Some(h) = f.data().first_chunk::<{ ethernet::HEADER_LEN }>() {
+        let et = u16::from_be_bytes([h[12], h[13]]);
+        if !ethernet::is_tag(et) {
+            let (dst, src) = (MacAddr::from_bytes(&h[..6]), MacAddr::from_bytes(&h[6..]));
+            let m = &mut f.meta;
+            m.dst = dst;
+            m.src = src;
+            m.ethertype = EtherType::from(et);
+            m.l3_offset = ethernet::HEADER_LEN as u16;
+            return true;
+        }
+    }
+    match ethernet::parse_l2(f.data()) {
+        Ok(h) => {
+            f.meta.dst = h.dst;
+            f.meta.src = h.src;
+            f.meta.ethertype = h.ethertype;
+            f.meta.l3_offset = h.l3_offset;
+            true
+        }
+        Err(_) => false,
     }
 }
 

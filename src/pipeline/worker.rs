@@ -406,7 +406,7 @@ impl Worker {
             // A message about a port removed since (its flush may have come
             // first) must not revive the entry: the id may already serve
             // another network.
-            if topo.port(msg.port).is_none_or(|p| p.network != msg.network) {
+            if !topo.port_on(msg.port, msg.network) {
                 continue;
             }
             let cap = topo
@@ -422,7 +422,7 @@ impl Worker {
             match f.meta.action {
                 // Checked again here: the port may have been replaced by one
                 // of another network while the frame waited.
-                Action::Output(p) if topo.port(p).is_some_and(|i| i.network == f.meta.network) => {
+                Action::Output(p) if topo.port_on(p, f.meta.network) => {
                     self.enqueue_local(p, f);
                 }
                 Action::Output(_) => {

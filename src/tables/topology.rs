@@ -135,6 +135,15 @@ impl Topology {
         self.ports.get(id.0 as usize).and_then(Option::as_ref)
     }
 
+    /// Whether port `id` is attached to `network`. A port id is reused once
+    /// freed, maybe on another network: anything that remembered a port
+    /// (a MAC entry, a learn message, a queued frame) checks this before
+    /// sending there, so frames never cross networks.
+    #[inline]
+    pub fn port_on(&self, id: PortId, network: NetworkId) -> bool {
+        self.port(id).is_some_and(|p| p.network == network)
+    }
+
     /// The network with this id, if it exists.
     #[inline]
     pub fn network(&self, id: NetworkId) -> Option<&NetworkInfo> {
