@@ -588,6 +588,27 @@ fn echo_exchanges(to: impl Into<SocketAddr>, n: usize) -> std::io::Result<(usize
     Ok((n, start.elapsed()))
 }
 
+/// A connection to echo service `to` that has answered one request.
+fn echo_conn(to: impl Into<SocketAddr>) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"hello\n")?;
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got)?;
+    Ok(s)
+}
+
+/// Whether the connection ends (end of stream or an error) within 5 s;
+/// the service must not have sent anything more.
+fn ends(s: &mut TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
 /// Sends a datagram to `to` until one comes back (5 tries, 1 s each).
 fn udp_ask(to: impl Into<SocketAddr>) -> std::io::Result<String> {
     let to = to.into();
@@ -873,6 +894,21 @@ fn published_ports_keep_the_client_address() {
     );
     let ps = env.ps();
     assert!(!ps.contains(&tcp_spec), "{ps}");
+
+    // Leaving the network ends the sandbox's connections: spliced ones
+    // (a loopback client) as well as those through the stack.
+    let mut spliced = echo_conn(SocketAddrV4::new(Ipv4Addr::LOCALHOST, ep)).expect("loopback");
+    let echo = SocketAddrV4::new(inet.host_ip(), ep);
+    let mut stacked = inet.enter(move || echo_conn(echo)).expect("client netns");
+    ok(&env.sy(&["disconnect", "pub", "srv"]), "disconnect");
+    assert!(
+        ends(&mut spliced),
+        "the spliced connection outlived disconnect"
+    );
+    assert!(
+        ends(&mut stacked),
+        "the stack's connection outlived disconnect"
+    );
     eprintln!("published ports test took {:?}", started.elapsed());
 }
 

@@ -279,6 +279,7 @@ impl Runner {
     /// Removes every flow of `ip` on `network`: TCP flows are reset on the
     /// host side, host sockets closed.
     pub(super) fn forget(&mut self, network: crate::tables::topology::NetworkId, ip: IpAddr) {
+        self.spliced.end(network, ip);
         for slot in self.flows.slots() {
             let mine = self
                 .flows

@@ -8,6 +8,7 @@
 //! port): a 5-tuple names one flow. UDP keeps a session per client, with the
 //! same idle timeouts as NAT flows; sessions end with their published socket
 //! (their replies would have no socket to leave by), TCP connections do not.
+//! A sandbox leaving its network ends all of them, spliced ones too.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -255,7 +256,13 @@ impl Runner {
                 if super::splice::try_reserve() {
                     let fd = std::os::fd::OwnedFd::from(stream);
                     bump(&self.counters.published_spliced, 1);
-                    super::splice::spawn(std::net::TcpStream::from(fd), connect.clone());
+                    let owner = super::splice::Owner {
+                        network: target.network,
+                        ip4: *target.service.ip(),
+                        ip6: target.service6.map(|s| *s.ip()),
+                    };
+                    let client = std::net::TcpStream::from(fd);
+                    super::splice::spawn(client, connect.clone(), &self.spliced, owner);
                     continue;
                 }
             }

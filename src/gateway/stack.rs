@@ -225,6 +225,8 @@ pub(super) struct Runner {
     pub(super) ready_listeners: Vec<u64>,
     pub(super) udp_peers: HashMap<(u64, std::net::SocketAddr), usize>,
     pub(super) next_ephemeral: u16,
+    /// Loopback clients of this thread's published ports, spliced.
+    pub(super) spliced: Arc<super::splice::Spliced>,
     /// Clients smoltcp asked for since the last look (see
     /// [`Runner::heal_neighbours`]).
     pub(super) neighbour_misses: Vec<(NetworkId, IpAddr)>,
@@ -289,6 +291,7 @@ impl GatewayStack {
                 ready_listeners: Vec::new(),
                 udp_peers: HashMap::new(),
                 next_ephemeral: 0,
+                spliced: Arc::default(),
                 neighbour_misses: Vec::new(),
             };
             // On error, `stack` drops here and stops the threads started.
@@ -950,6 +953,7 @@ pub(super) mod harness {
                 ready_listeners: Vec::new(),
                 udp_peers: HashMap::new(),
                 next_ephemeral: 0,
+                spliced: Arc::default(),
                 neighbour_misses: Vec::new(),
             };
             Harness { runner, worker }
