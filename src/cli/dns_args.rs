@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::dns::forward::UpstreamSource;
-use crate::dns::records::{DnsSettings, DEFAULT_DOMAIN};
+use crate::dns::records::{DnsSettings, DEFAULT_DOMAIN, MAX_DOMAIN_LEN};
 use crate::dns::upstream::RESOLV_CONF;
 use crate::dns::DNS_PORT;
 
@@ -54,7 +54,7 @@ impl DnsArgs {
     pub fn settings(&self) -> Result<DnsSettings, CliError> {
         DnsSettings::new(&self.dns_domain, self.dns_ttl).ok_or_else(|| {
             CliError::Invalid(format!(
-                "--dns-domain {:?} is not a domain name (labels of letters, digits and '-', separated by dots)",
+                "--dns-domain {:?} is not a domain name of at most {MAX_DOMAIN_LEN} characters (labels of letters, digits and '-', separated by dots)",
                 self.dns_domain
             ))
         })

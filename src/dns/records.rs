@@ -35,13 +35,18 @@ impl Default for DnsSettings {
     }
 }
 
+/// The longest search domain: the longest name answered,
+/// `tasks.NAME.NETWORK.DOMAIN` with 63-character names, then still fits the
+/// 253 characters a domain name may have (255 bytes on the wire).
+pub const MAX_DOMAIN_LEN: usize = 253 - "tasks.".len() - 2 * (63 + 1);
+
 impl DnsSettings {
     /// Settings with a user-given domain, normalised (lowercase, no dots at
     /// either end). `None` if the domain is empty or not a valid name.
     pub fn new(domain: &str, ttl: u32) -> Option<DnsSettings> {
         let d = domain.trim_matches('.').to_ascii_lowercase();
         let valid = !d.is_empty()
-            && d.len() <= 200
+            && d.len() <= MAX_DOMAIN_LEN
             && d.split('.').all(|l| {
                 !l.is_empty()
                     && l.len() <= 63
@@ -299,6 +304,40 @@ mod tests {
         for bad in ["", ".", "a..b", "bad_label", &"x".repeat(64)] {
             assert!(DnsSettings::new(bad, 0).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_longest_name_answered_fits_a_domain_name() {
+        let longest = ["a".repeat(63), "b".repeat(55)].join(".");
+        assert_eq!(longest.len(), MAX_DOMAIN_LEN);
+        assert_eq!(
+            MAX_DOMAIN_LEN,
+            253 - "tasks.".len() - 2 * (crate::control::model::MAX_NAME_LEN + 1)
+        );
+        let settings = DnsSettings::new(&longest, 0).expect("the longest domain");
+        let too_long = ["a".repeat(63), "b".repeat(56)].join(".");
+        assert!(DnsSettings::new(&too_long, 0).is_none());
+        let (name, network) = ("n".repeat(63), "w".repeat(63));
+        let tasks = format!("tasks.{name}.{network}.{longest}");
+        assert_eq!(tasks.len(), 253);
+        let net = NetworkRecords {
+            id: NetworkId(0),
+            name: network,
+            forward: true,
+            mtu: 1500,
+            subnets: vec![],
+            endpoints: vec![EndpointRecord {
+                name: name.clone(),
+                aliases: vec![],
+                ipv4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+                ipv6: None,
+                srv_port: 0,
+            }],
+        };
+        let zone = Zone::build(&settings, &net);
+        let ptr = zone.ptr.get(&IpAddr::from([10, 0, 0, 2])).expect("PTR");
+        assert_eq!(ptr.len(), name.len() + longest.len() + 3, "whole, not cut");
+        assert_eq!(ptr.last(), Some(&0));
     }
 
     #[test]

@@ -249,6 +249,10 @@ impl GatewayStack {
                 "one injector per gateway-stack thread",
             ));
         }
+        // Flow buffers (`tcp_nat::BUFFER`) each get a mapping of their own.
+        if !crate::sys::mem::map_large_allocations(LARGE_ALLOCATION) {
+            tracing::debug!("the allocator keeps its own threshold for mapped blocks");
+        }
         let answers = Arc::new(TcpAnswers {
             queues: (0..n).map(|_| ArrayQueue::new(1024)).collect(),
             punt: punt.clone(),
@@ -390,6 +394,10 @@ fn random_seed() -> u64 {
     let _ = getrandom::fill(&mut b);
     u64::from_ne_bytes(b)
 }
+
+/// Allocations from this size up are mappings of their own: the TCP
+/// flows' buffers, not the frames or the per-thread scratch buffers.
+const LARGE_ALLOCATION: usize = 256 * 1024;
 
 impl Runner {
     pub(super) fn now(&self) -> Instant {
