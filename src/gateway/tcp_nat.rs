@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mio::net::TcpStream;
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -21,30 +22,68 @@ use smoltcp::wire::IpListenEndpoint;
 
 use crate::pipeline::frame::Frame;
 
-/// Socket buffers per direction: 4 MiB, as large as Linux lets a TCP
-/// socket's send buffer grow (`tcp_wmem`), so neither the window advertised
-/// to the sandbox nor the data in flight to it limit a stream while the
-/// sandbox's ACKs wait for a CPU. On the 2-core VM (2026-11-29, alternating
-/// runs) a published port's stream from another namespace moved 9.2-10.6
-/// Gbit/s with 512 KiB, 10.7-11.4 with 1 MiB, 11.6-13.7 with 2 MiB and
-/// 13.5-15.1 with 4 MiB. Each buffer is a mapping of its own
+/// Socket buffers per direction of the first [`LARGE_FLOWS`] flows at
+/// once: 4 MiB, as large as Linux lets a TCP socket's send buffer grow
+/// (`tcp_wmem`), so neither the window advertised to the sandbox nor the
+/// data in flight to it limit a stream while the sandbox's ACKs wait for a
+/// CPU. On the 2-core VM (2026-11-29, alternating runs) a published port's
+/// stream from another namespace moved 9.2-10.6 Gbit/s with 512 KiB,
+/// 10.7-11.4 with 1 MiB, 11.6-13.7 with 2 MiB and 13.5-15.1 with 4 MiB.
+/// Each buffer is a mapping of its own
 /// ([`crate::sys::mem::map_large_allocations`]): a flow makes resident only
 /// what it has used, and returns it when it ends.
 pub const BUFFER: usize = 4 * 1024 * 1024;
+/// Socket buffers per direction of the flows beyond [`LARGE_FLOWS`].
+pub const SMALL_BUFFER: usize = 512 * 1024;
+/// Flows at once with [`BUFFER`]-sized buffers. What sandboxes can make the
+/// daemon hold stays near what it was with small buffers only: at most
+/// `LARGE_FLOWS` x 2 x 3.5 MiB (448 MiB) more.
+pub const LARGE_FLOWS: usize = 64;
+
 /// Frames held per flow while its host connect is pending (SYN retransmits).
 const HELD_MAX: usize = 4;
 /// How long a sandbox has to answer the SYN of a connection a published
 /// port accepted (as long as outbound flows wait for their host connect).
 pub const HANDSHAKE_MS: i64 = 30_000;
 
-/// A sandbox-side socket with the flow buffers, Nagle off.
-fn new_socket() -> tcp::Socket<'static> {
+/// Flows holding large buffers now.
+static LARGE: AtomicUsize = AtomicUsize::new(0);
+
+/// A flow's claim on large buffers, given back when the flow ends.
+struct LargeBuffers(&'static AtomicUsize);
+
+impl LargeBuffers {
+    /// One of `max` claims counted in `held`, if one is free.
+    fn claim(held: &'static AtomicUsize, max: usize) -> Option<LargeBuffers> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| LargeBuffers(held))
+    }
+}
+
+impl Drop for LargeBuffers {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A sandbox-side socket with the flow buffers (large ones while any are
+/// free), Nagle off.
+fn new_socket() -> (tcp::Socket<'static>, Option<LargeBuffers>) {
+    let claim = LargeBuffers::claim(&LARGE, LARGE_FLOWS);
+    let len = if claim.is_some() {
+        BUFFER
+    } else {
+        SMALL_BUFFER
+    };
     let mut sock = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; BUFFER]),
-        tcp::SocketBuffer::new(vec![0; BUFFER]),
+        tcp::SocketBuffer::new(vec![0; len]),
+        tcp::SocketBuffer::new(vec![0; len]),
     );
     sock.set_nagle_enabled(false);
-    sock
+    (sock, claim)
 }
 
 /// Where a flow is in its life.
@@ -85,6 +124,8 @@ pub struct TcpFlow {
     /// The sandbox's port takes offloads: segments towards it may be large,
     /// and its SYNs get their MSS raised so smoltcp sends them so.
     pub large: bool,
+    /// Held while the socket's buffers are large ones.
+    _buffers: Option<LargeBuffers>,
     /// For a connection a published port accepted: when to give up if the
     /// sandbox has not answered its SYN (`None` once it has, and for
     /// outbound flows).
@@ -98,7 +139,7 @@ impl TcpFlow {
         let host = TcpStream::connect(to)?;
         let _ = host.set_nodelay(true);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let mut sock = new_socket();
+        let (mut sock, buffers) = new_socket();
         // Listening on exactly the address the sandbox dialled: with the
         // interface accepting any address, this socket answers the held SYN.
         let _ = sock.listen(IpListenEndpoint {
@@ -118,6 +159,7 @@ impl TcpFlow {
             host_shut: false,
             last_active: now,
             large: false,
+            _buffers: buffers,
             handshake_until: None,
         })
     }
@@ -134,7 +176,7 @@ impl TcpFlow {
     ) -> Option<TcpFlow> {
         let _ = host.set_nodelay(true);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let mut sock = new_socket();
+        let (mut sock, buffers) = new_socket();
         sock.connect(
             cx,
             (service.ip(), service.port()),
@@ -154,6 +196,7 @@ impl TcpFlow {
             host_shut: false,
             last_active: now,
             large: false,
+            _buffers: buffers,
             handshake_until: Some(now + HANDSHAKE_MS),
         })
     }
@@ -386,6 +429,33 @@ mod tests {
     use super::super::stack::harness::*;
     use super::*;
     use crate::ports::PortId;
+
+    #[test]
+    fn large_buffers_go_to_a_bounded_number_of_flows_at_once() {
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        let mut claims: Vec<_> = (0..3)
+            .map(|_| LargeBuffers::claim(&HELD, 3).expect("free"))
+            .collect();
+        assert!(LargeBuffers::claim(&HELD, 3).is_none(), "all taken");
+        claims.pop();
+        assert_eq!(
+            HELD.load(Ordering::Acquire),
+            2,
+            "an ended flow gives its back"
+        );
+        claims.push(LargeBuffers::claim(&HELD, 3).expect("free again"));
+        drop(claims);
+        assert_eq!(HELD.load(Ordering::Acquire), 0);
+        // Flows beyond the large ones still get working buffers.
+        let (sock, claim) = new_socket();
+        let want = if claim.is_some() {
+            BUFFER
+        } else {
+            SMALL_BUFFER
+        };
+        assert_eq!(sock.send_capacity(), want);
+        assert_eq!(sock.recv_capacity(), want);
+    }
 
     /// A connection as a published port accepts it: the client's socket
     /// and the flow towards sandbox 10.0.0.2:80 (which never answers),
