@@ -125,7 +125,8 @@ impl Spliced {
 
     /// Ends the connections into the sandbox at `ip` on `network` (it
     /// left): both sockets are reset, so client and service see the
-    /// connection end, as for a flow through the stack. Returns how many.
+    /// connection end, as for a flow through the stack. Returns how many
+    /// sockets (two per connection, one while the service is being dialled).
     pub fn end(&self, network: NetworkId, ip: IpAddr) -> usize {
         let mut ended = Vec::new();
         self.conns().retain(|_, c| {
