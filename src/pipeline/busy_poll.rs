@@ -24,7 +24,10 @@
 //! (2026-11-29, three alternating rounds each) a published port's TCP
 //! stream from another namespace at MTU 65520 went from 8.05-8.75 to
 //! 9.6-10.5 Gbit/s, and the overlay's TCP stream from 7.7-8.9 to 8.5-9.9,
-//! while TAP-to-TAP runs stayed within their noise.
+//! while TAP-to-TAP runs stayed within their noise. The price: on a CPU
+//! that another thread keeps busy, a frame arriving during the spin waits
+//! for the worker's next turn rather than waking it, as a sleeping worker
+//! would be; the budget then shrinks, since such idle periods overrun it.
 //!
 //! Under a steady stream the budget stays at the maximum; for traffic that
 //! arrives in gaps well beyond the maximum (pings 10 ms apart, a trickle of

@@ -1,7 +1,9 @@
 //! How the allocator serves large blocks.
 
-/// Serves every allocation of at least `threshold` bytes from a mapping of
-/// its own, unmapped when freed (glibc's `M_MMAP_THRESHOLD`). Fixing the
+/// Serves allocations of at least `threshold` bytes from mappings of their
+/// own, unmapped when freed, whenever the heap has no free block ready for
+/// them (glibc's `M_MMAP_THRESHOLD`; the daemon frees no such blocks to the
+/// heap, so in practice every one is a mapping). Fixing the
 /// threshold also stops glibc from raising it after such a block is freed,
 /// which would serve later ones from the heap, where `calloc` clears reused
 /// memory (making all of it resident) and freed memory stays with the
