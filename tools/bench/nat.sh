@@ -79,6 +79,8 @@ PIDS=""            # long-lived processes we started (stopped in reverse order o
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 
+CASE_PIDS=""  # the servers of the case being measured (stopped on exit too)
+
 stop_all() {  # stop every tracked process, newest first
   local p rev=""
   for p in $PIDS; do rev="$p $rev"; done
@@ -88,6 +90,7 @@ stop_all() {  # stop every tracked process, newest first
 
 cleanup() {
   set +e
+  for p in $CASE_PIDS; do stop_pid "$p"; done
   stop_all
   ip netns del "$NS_C" 2>/dev/null
   ip link del "$VETH" 2>/dev/null
@@ -308,12 +311,12 @@ measure() {
     free_port || { put "$mtu" "$case" "$tool" "$round" fail "no free port" 0; return 0; }
     port=$PORT
     "${AS_USER[@]}" iperf3 -s -B 127.0.0.1 -p "$port" </dev/null >"$TMP/srv.log" 2>&1 &
-    srv=$!
+    srv=$!; CASE_PIDS=$srv
     wait_listen "$port" || { stop_pid "$srv"; put "$mtu" "$case" "$tool" "$round" fail "host iperf3 server did not start" 0; return 0; }
   elif [ "$tool" = switchyard ]; then
     "${AS_USER[@]}" "$BIN" --socket "$SY_SOCK" run --network "$switchyard_NET" -p "$hp:5201" -- iperf3 -s \
       </dev/null >"$TMP/sy-run.log" 2>&1 &
-    run=$!
+    run=$!; CASE_PIDS=$run
     local i=0
     until srv=$(descendant "$run" iperf3); do
       i=$((i + 1))
@@ -323,11 +326,12 @@ measure() {
       fi
       sleep 0.1
     done
+    CASE_PIDS="$srv $run"
     wait_listen 5201 "$srv" || { stop_pid "$srv"; stop_pid "$run"; put "$mtu" "$case" "$tool" "$round" fail "iperf3 server in the sandbox did not start" 0; return 0; }
     wait_listen "$hp" || { stop_pid "$srv"; stop_pid "$run"; put "$mtu" "$case" "$tool" "$round" fail "nothing listens on published port $hp" 0; return 0; }
   else
     "${AS_USER[@]}" nsenter -t "$sb" -U -n --preserve-credentials iperf3 -s -p 5201 </dev/null >"$TMP/srv.log" 2>&1 &
-    srv=$!
+    srv=$!; CASE_PIDS=$srv
     wait_listen 5201 "$sb" || { stop_pid "$srv"; put "$mtu" "$case" "$tool" "$round" fail "iperf3 server in the sandbox did not start" 0; return 0; }
   fi
   # the client (a second try if the first could not connect at all)
@@ -354,6 +358,7 @@ measure() {
   done
   [ -n "$srv" ] && stop_pid "$srv"
   [ -n "$run" ] && stop_pid "$run"
+  CASE_PIDS=""
   case $r in
     OK*) r=${r#OK }; g=${r%% *}; RETR=${r#* }
          put "$mtu" "$case" "$tool" "$round" ok "$g" $((c1 - c0))
