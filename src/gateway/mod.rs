@@ -3,6 +3,7 @@
 //! carries sandboxes' TCP and UDP flows to the outside over host sockets
 //! (outbound NAT), with its own flow table in front of smoltcp.
 
+pub mod claim;
 pub mod device;
 pub mod dns_reply;
 pub mod dns_tcp;

@@ -253,7 +253,7 @@ impl Runner {
                 Err(_) => return,
             };
             if let Some(connect) = target.splice.as_ref().filter(|_| peer.ip().is_loopback()) {
-                if super::splice::try_reserve() {
+                if let Some(slot) = super::splice::try_reserve() {
                     let fd = std::os::fd::OwnedFd::from(stream);
                     bump(&self.counters.published_spliced, 1);
                     let owner = super::splice::Owner {
@@ -262,7 +262,7 @@ impl Runner {
                         ip6: target.service6.map(|s| *s.ip()),
                     };
                     let client = std::net::TcpStream::from(fd);
-                    super::splice::spawn(client, connect.clone(), &self.spliced, owner);
+                    super::splice::spawn(client, connect.clone(), slot, &self.spliced, owner);
                     continue;
                 }
             }

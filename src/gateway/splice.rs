@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::fcntl::{splice, SpliceFFlags};
 
+use super::claim::Claim;
 use crate::tables::topology::NetworkId;
 
 /// Opens the connection to the service inside the sandbox.
@@ -30,13 +31,10 @@ const CHUNK: usize = 1 << 20;
 /// Spliced connections now.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Takes a slot for a spliced connection, if one is free.
-pub fn try_reserve() -> bool {
-    ACTIVE
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < MAX_SPLICED).then_some(n + 1)
-        })
-        .is_ok()
+/// A slot for a spliced connection, if one is free; given back when the
+/// connection ends.
+pub fn try_reserve() -> Option<Claim> {
+    Claim::take(&ACTIVE, MAX_SPLICED)
 }
 
 /// The sandbox a spliced connection leads into: its network and addresses.
@@ -114,13 +112,9 @@ impl Spliced {
     }
 
     /// Connections now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.conns().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Ends the connections into the sandbox at `ip` on `network` (it
@@ -151,21 +145,24 @@ impl Spliced {
     }
 }
 
-/// Connects to the service and splices `client` to it on new threads, in a
-/// slot taken with [`try_reserve`], recorded in `spliced` for `owner`.
+/// Connects to the service and splices `client` to it on new threads, in
+/// `slot` (from [`try_reserve`]), recorded in `spliced` for `owner`.
 /// Failures close the client.
-pub fn spawn(client: TcpStream, connect: Connector, spliced: &Arc<Spliced>, owner: Owner) {
-    let id = match spliced.add(owner, &client) {
-        Ok(id) => id,
-        Err(_) => {
-            ACTIVE.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
+pub fn spawn(
+    client: TcpStream,
+    connect: Connector,
+    slot: Claim,
+    spliced: &Arc<Spliced>,
+    owner: Owner,
+) {
+    let Ok(id) = spliced.add(owner, &client) else {
+        return;
     };
     let set = spliced.clone();
     let spawned = std::thread::Builder::new()
         .name("sy-splice".into())
         .spawn(move || {
+            let _slot = slot;
             if let Ok(service) = connect() {
                 if set.connected(id, &service) {
                     let _ = client.set_nonblocking(false);
@@ -182,11 +179,10 @@ pub fn spawn(client: TcpStream, connect: Connector, spliced: &Arc<Spliced>, owne
                 }
             }
             set.remove(id);
-            ACTIVE.fetch_sub(1, Ordering::SeqCst);
         });
+    // A thread that did not start dropped its closure, and the slot with it.
     if spawned.is_err() {
         spliced.remove(id);
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -245,8 +241,8 @@ mod tests {
     ) -> TcpStream {
         let client = TcpStream::connect(front.local_addr().expect("addr")).expect("connect");
         let (accepted, _) = front.accept().expect("accept");
-        assert!(try_reserve());
-        spawn(accepted, connect.clone(), set, owner);
+        let slot = try_reserve().expect("a free slot");
+        spawn(accepted, connect.clone(), slot, set, owner);
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");

@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use mio::net::TcpStream;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
 
+use super::claim::Claim;
 use crate::pipeline::frame::Frame;
 
 /// Socket buffers per direction of the first [`LARGE_FLOWS`] flows at
@@ -49,30 +50,10 @@ pub const HANDSHAKE_MS: i64 = 30_000;
 /// Flows holding large buffers now.
 static LARGE: AtomicUsize = AtomicUsize::new(0);
 
-/// A flow's claim on large buffers, given back when the flow ends.
-struct LargeBuffers(&'static AtomicUsize);
-
-impl LargeBuffers {
-    /// One of `max` claims counted in `held`, if one is free.
-    fn claim(held: &'static AtomicUsize, max: usize) -> Option<LargeBuffers> {
-        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| LargeBuffers(held))
-    }
-}
-
-impl Drop for LargeBuffers {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// A sandbox-side socket with the flow buffers (large ones while any are
 /// free), Nagle off.
-fn new_socket() -> (tcp::Socket<'static>, Option<LargeBuffers>) {
-    let claim = LargeBuffers::claim(&LARGE, LARGE_FLOWS);
+fn new_socket() -> (tcp::Socket<'static>, Option<Claim>) {
+    let claim = Claim::take(&LARGE, LARGE_FLOWS);
     let len = if claim.is_some() {
         BUFFER
     } else {
@@ -125,7 +106,7 @@ pub struct TcpFlow {
     /// and its SYNs get their MSS raised so smoltcp sends them so.
     pub large: bool,
     /// Held while the socket's buffers are large ones.
-    _buffers: Option<LargeBuffers>,
+    _buffers: Option<Claim>,
     /// For a connection a published port accepted: when to give up if the
     /// sandbox has not answered its SYN (`None` once it has, and for
     /// outbound flows).
@@ -431,22 +412,7 @@ mod tests {
     use crate::ports::PortId;
 
     #[test]
-    fn large_buffers_go_to_a_bounded_number_of_flows_at_once() {
-        static HELD: AtomicUsize = AtomicUsize::new(0);
-        let mut claims: Vec<_> = (0..3)
-            .map(|_| LargeBuffers::claim(&HELD, 3).expect("free"))
-            .collect();
-        assert!(LargeBuffers::claim(&HELD, 3).is_none(), "all taken");
-        claims.pop();
-        assert_eq!(
-            HELD.load(Ordering::Acquire),
-            2,
-            "an ended flow gives its back"
-        );
-        claims.push(LargeBuffers::claim(&HELD, 3).expect("free again"));
-        drop(claims);
-        assert_eq!(HELD.load(Ordering::Acquire), 0);
-        // Flows beyond the large ones still get working buffers.
+    fn a_sockets_buffers_are_large_only_with_a_claim() {
         let (sock, claim) = new_socket();
         let want = if claim.is_some() {
             BUFFER
