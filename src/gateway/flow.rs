@@ -417,15 +417,22 @@ mod tests {
         assert_eq!(PacketInfo::parse(&f), None);
     }
 
-    #[test]
-    fn tables_sharing_the_total_cap_count_together() {
+    /// Two tables sharing a total cap of 3 flows (2 per sandbox), and the
+    /// shared count.
+    fn sharing_pair() -> (FlowTable<()>, FlowTable<()>, Arc<AtomicUsize>) {
         let limits = FlowLimits {
             total: 3,
             per_sandbox: 2,
         };
         let total = Arc::new(AtomicUsize::new(0));
-        let mut a = FlowTable::sharing(limits, total.clone());
-        let mut b = FlowTable::sharing(limits, total.clone());
+        let a = FlowTable::sharing(limits, total.clone());
+        let b = FlowTable::sharing(limits, total.clone());
+        (a, b, total)
+    }
+
+    #[test]
+    fn tables_sharing_the_total_cap_count_together() {
+        let (mut a, mut b, total) = sharing_pair();
         a.insert(key(2, 1), ()).unwrap();
         a.insert(key(2, 2), ()).unwrap();
         let s = b.insert(key(3, 1), ()).unwrap();
@@ -444,13 +451,7 @@ mod tests {
 
     #[test]
     fn admits_says_what_insert_would_do() {
-        let limits = FlowLimits {
-            total: 3,
-            per_sandbox: 2,
-        };
-        let total = Arc::new(AtomicUsize::new(0));
-        let mut a = FlowTable::sharing(limits, total.clone());
-        let mut b = FlowTable::sharing(limits, total);
+        let (mut a, mut b, _) = sharing_pair();
         assert_eq!(a.admits(&key(2, 1)), Ok(()));
         a.insert(key(2, 1), ()).unwrap();
         assert_eq!(a.admits(&key(2, 1)), Err(CapHit::Taken));
