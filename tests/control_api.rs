@@ -946,3 +946,80 @@ fn cpu_affinity_pins_workers_and_bad_lists_are_refused() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+/// Waits until `child` exits, at most `limit`; true if it did.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn wait_for_socket(sock: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no daemon answers on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = TempDir::new("sigterm");
+    let sock = dir.path().join("api.sock");
+    let spawn = |state: &str| {
+        Spawned(
+            bin()
+                .args(["--socket"])
+                .arg(&sock)
+                .args(["daemon", "--workers", "1", "--state-dir"])
+                .arg(dir.path().join(state))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn daemon"),
+        )
+    };
+    let mut first = spawn("state1");
+    wait_for_socket(&sock);
+    // A cleaned runtime directory: the path is gone, then a second daemon
+    // binds it. Stopping the first used to connect to the path to wake its
+    // accept, which reached the second daemon (or nothing), so the first
+    // never exited.
+    std::fs::remove_file(&sock).expect("remove socket file");
+    let mut second = spawn("state2");
+    wait_for_socket(&sock);
+    kill(Pid::from_raw(first.0.id() as i32), Signal::SIGTERM).expect("signal");
+    assert!(
+        exits_within(&mut first.0, Duration::from_secs(10)),
+        "the first daemon ignored SIGTERM"
+    );
+    // ...and on its way out it left the second daemon's socket alone.
+    let out = bin()
+        .arg("--socket")
+        .arg(&sock)
+        .arg("ps")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "the second daemon lost its socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kill(Pid::from_raw(second.0.id() as i32), Signal::SIGTERM).expect("signal");
+    assert!(exits_within(&mut second.0, Duration::from_secs(10)));
+    assert!(
+        !sock.exists(),
+        "the second daemon left its socket file behind"
+    );
+}

@@ -5,7 +5,8 @@
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,8 +55,11 @@ pub enum ServerError {
 
 /// A bound API socket.
 pub struct Server {
-    listener: UnixListener,
+    listener: Arc<UnixListener>,
     path: PathBuf,
+    /// The socket file's inode when bound: on exit the file is removed only
+    /// if it is still ours, not another daemon's that took the path since.
+    inode: Option<u64>,
     stop: Arc<AtomicBool>,
     clients: Arc<AtomicUsize>,
 }
@@ -63,7 +67,7 @@ pub struct Server {
 /// Stops a serving [`Server`] from another thread.
 #[derive(Clone)]
 pub struct StopHandle {
-    path: PathBuf,
+    listener: Arc<UnixListener>,
     stop: Arc<AtomicBool>,
 }
 
@@ -71,8 +75,12 @@ impl StopHandle {
     /// Asks the server to stop; it returns from [`Server::serve`] promptly.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocking accept.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the blocking accept (it fails with EINVAL) through the socket
+        // itself, not its path: the file may be gone (a cleaned runtime
+        // directory) or be another daemon's, and connecting to it then left
+        // this daemon running after SIGTERM.
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -110,9 +118,11 @@ impl Server {
         };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let inode = fs::symlink_metadata(path).ok().map(|m| m.ino());
         Ok(Server {
-            listener,
+            listener: Arc::new(listener),
             path: path.to_path_buf(),
+            inode,
             stop: Arc::new(AtomicBool::new(false)),
             clients: Arc::new(AtomicUsize::new(0)),
         })
@@ -126,7 +136,7 @@ impl Server {
     /// A handle that stops [`Server::serve`].
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
-            path: self.path.clone(),
+            listener: self.listener.clone(),
             stop: self.stop.clone(),
         }
     }
@@ -207,7 +217,10 @@ fn refuse_busy(mut stream: UnixStream) {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let ours = fs::symlink_metadata(&self.path).map(|m| Some(m.ino()) == self.inode);
+        if ours.unwrap_or(false) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
