@@ -516,6 +516,16 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// `switchyard ps` against the daemon on `sock`.
+fn ps(sock: &std::path::Path) -> std::process::Output {
+    bin()
+        .arg("--socket")
+        .arg(sock)
+        .arg("ps")
+        .output()
+        .expect("run")
+}
+
 /// A spawned daemon, killed if the test fails before stopping it.
 struct Spawned(std::process::Child);
 
@@ -531,12 +541,7 @@ fn binary_reports_problems_clearly() {
     let dir = TempDir::new("bin");
     let sock = dir.path().join("run/api.sock");
     // No daemon yet.
-    let out = bin()
-        .arg("--socket")
-        .arg(&sock)
-        .arg("ps")
-        .output()
-        .expect("run");
+    let out = ps(&sock);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1005,12 +1010,7 @@ fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
         "the first daemon ignored SIGTERM"
     );
     // ...and on its way out it left the second daemon's socket alone.
-    let out = bin()
-        .arg("--socket")
-        .arg(&sock)
-        .arg("ps")
-        .output()
-        .expect("run");
+    let out = ps(&sock);
     assert!(
         out.status.success(),
         "the second daemon lost its socket: {}",
