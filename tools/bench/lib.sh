@@ -40,6 +40,18 @@ find_bin() {
   [ -x "$BIN" ] || die "no Switchyard binary at $BIN (build it, or pass --bin)"
 }
 
+find_fwd_bin() {  # the floor's forwarder (examples/tap_forward.rs): $FWD_BIN, else built
+  local target=${CARGO_TARGET_DIR:-$REPO/target}
+  if [ -z "${FWD_BIN:-}" ]; then
+    FWD_BIN=$target/release/examples/tap_forward
+    if [ "$BUILD" = 1 ] && command -v cargo >/dev/null 2>&1; then
+      (cd "$REPO" && CARGO_TARGET_DIR=$target timeout 1800 cargo build --release --quiet --example tap_forward) \
+        || die "cargo build --release --example tap_forward"
+    fi
+  fi
+  [ -x "$FWD_BIN" ] || note "no tap_forward at $FWD_BIN (cargo build --release --example tap_forward, or set FWD_BIN)"
+}
+
 cpu_ticks() {  # utime+stime of all threads of the given PIDs (0 if gone or none)
   local p t=0 s
   for p in "$@"; do

@@ -20,6 +20,7 @@ import sys
 LABELS = {
     "sy1": "Switchyard 1 worker",
     "sy2": "Switchyard 2 workers",
+    "fwd": "bare TAP forwarder",
     "kbridge": "kernel bridge+veth",
     "ovs": "OVS netdev+TAP",
 }
@@ -220,7 +221,7 @@ def cmd_table(argv):
 
     # ratios
     rrows = [["ratio"] + [h for _, h, _ in METRICS]]
-    for sy in [s for s in setups if s.startswith("sy")]:
+    for sy in [s for s in setups if s.startswith("sy") or s == "fwd"]:
         for ref in ("ovs", "kbridge"):
             if ref not in setups:
                 continue

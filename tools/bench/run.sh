@@ -1,16 +1,18 @@
 #!/bin/bash
 # End-to-end benchmark: Switchyard (1 and 2 workers) vs Linux kernel bridge + veth
-# vs Open vSwitch userspace datapath (netdev) with TAP ports.
+# vs Open vSwitch userspace datapath (netdev) with TAP ports, and the floor of any
+# userspace TAP switch (examples/tap_forward.rs: epoll, read, write; no switching).
 #
 # Usage (as root):  tools/bench/run.sh [--quick] [--only SETUP[,SETUP...]] [--bin PATH] [--no-build]
 #                                       [--busy-poll-us US]
-#   setups: sy1 sy2 kbridge ovs; --busy-poll-us is passed to Switchyard's daemon (default 50, its own default),
+#   setups: sy1 sy2 fwd kbridge ovs; --busy-poll-us is passed to Switchyard's daemon (default 50, its own default),
 #   and so is $SY_DAEMON_ARGS (e.g. SY_DAEMON_ARGS=--cpu-affinity)
 #   the Switchyard binary: --bin, else $SWITCHYARD_BIN, else cargo build --release
-#   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build)
+#   into ${CARGO_TARGET_DIR:-REPO/target} (skipped with --no-build); the fwd setup's
+#   forwarder: $FWD_BIN, else cargo build --release --example tap_forward likewise
 #
 # Two namespaces A (10.77.0.2) and B (10.77.0.3) on one switch per setup; every
-# switch but Switchyard's daemon runs in a third namespace of its own. All
+# switch but Switchyard's daemon and the bare forwarder runs in a third namespace of its own. All
 # namespaces are named sybench-<role>-<random suffix>; traffic never leaves them.
 # Metrics: iperf3 TCP 1 and 4 streams, 64-byte UDP pps (trafgen), 1200-byte
 # UDP datagrams per second from a UDP GSO sender (40 datagrams per send, as
@@ -23,7 +25,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CMDLINE="$0 $*"
 QUICK=0
-ONLY="sy1,sy2,kbridge,ovs"
+ONLY="sy1,sy2,fwd,kbridge,ovs"
 BIN=${SWITCHYARD_BIN:-}
 BUILD=1
 BUSY_POLL_US=50
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
     --busy-poll-us) BUSY_POLL_US=$2; shift ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -132,6 +134,21 @@ up_ovs() {
   ip -n "$NS_B" addr add 10.77.0.3/24 dev tapb; ip -n "$NS_B" link set tapb up
   DEV_A=tapa; DEV_B=tapb
   sleep 1
+}
+
+up_fwd() {  # the floor: a bare userspace forwarder between the two TAPs
+  [ -x "$FWD_BIN" ] || { echo "no tap_forward binary at $FWD_BIN" >&2; return 1; }
+  new_names; NS_SW=""
+  mkns "$NS_A" && mkns "$NS_B" || return 1
+  "$FWD_BIN" /run/netns/"$NS_A" /run/netns/"$NS_B" > "$TMP/fwd.log" 2>&1 &
+  local pid=$! i n
+  KILL_PIDS=$pid; SW_PIDS=$pid
+  for i in $(seq 1 50); do grep -q '^forwarding' "$TMP/fwd.log" && break; sleep 0.1; done
+  grep -q '^forwarding' "$TMP/fwd.log" || { cat "$TMP/fwd.log" >&2; return 1; }
+  for n in "$NS_A:10.77.0.2" "$NS_B:10.77.0.3"; do
+    ip -n "${n%%:*}" addr add "${n#*:}"/24 dev eth0 && ip -n "${n%%:*}" link set eth0 up || return 1
+  done
+  DEV_A=eth0; DEV_B=eth0
 }
 
 sy() { timeout 20 "$BIN" --socket "$SY_SOCK" "$@"; }
@@ -345,12 +362,14 @@ run_setup() {  # run_setup KEY LABEL UPCMD...
 install_deps iperf3:iperf3 ping:iputils-ping trafgen:netsniff-ng ovs-vswitchd:openvswitch-switch python3:python3
 [ -f /usr/share/openvswitch/vswitch.ovsschema ] || note "Open vSwitch's schema /usr/share/openvswitch/vswitch.ovsschema is missing: reinstall openvswitch-switch"
 case ",$ONLY," in *,sy1,*|*,sy2,*) find_bin ;; esac
+case ",$ONLY," in *,fwd,*) find_fwd_bin ;; esac
 modprobe tun 2>/dev/null; modprobe bridge 2>/dev/null; modprobe openvswitch 2>/dev/null
 SETUPS=""
 for s in ${ONLY//,/ }; do
   case $s in
     sy1) run_setup sy1 up_sy 1 ;;
     sy2) run_setup sy2 up_sy 2 ;;
+    fwd) run_setup fwd up_fwd ;;
     kbridge) run_setup kbridge up_kbridge ;;
     ovs) run_setup ovs up_ovs ;;
     *) echo "unknown setup $s" >&2; continue ;;
