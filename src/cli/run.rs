@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::CliError;
-use crate::control::api::{self, ByName, NetworkDetail, Request};
-use crate::control::client::Client;
+use crate::control::api::{self, ApiError, ByName, ErrorKind, NetworkDetail, Request};
+use crate::control::client::{Client, ClientError};
 use crate::control::model::{Endpoint, Publication, SandboxTarget};
 use crate::ns::sandbox::{BindFiles, Sandbox};
 
@@ -77,7 +77,8 @@ pub struct Launched {
 
 impl Launched {
     /// Detaches every endpoint and removes the generated files; reports
-    /// every failure and keeps going.
+    /// every failure and keeps going. An endpoint already gone is no
+    /// failure.
     pub fn teardown(&self, client: &mut Client) -> Vec<String> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
@@ -85,8 +86,15 @@ impl Launched {
                 network: ep.network.clone(),
                 endpoint: ep.id.clone(),
             });
-            if let Err(e) = client.call::<Endpoint>(&req) {
-                errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name));
+            match client.call::<Endpoint>(&req) {
+                // The daemon released it already: its sandbox exited and
+                // the namespace went with it.
+                Ok(_)
+                | Err(ClientError::Api(ApiError {
+                    kind: ErrorKind::NotFound,
+                    ..
+                })) => {}
+                Err(e) => errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name)),
             }
         }
         let _ = std::fs::remove_dir_all(&self.files_dir);
