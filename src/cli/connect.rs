@@ -20,7 +20,8 @@ pub struct ConnectArgs {
     pub netns: Option<PathBuf>,
     /// User namespace file owning --netns (default: the one the kernel
     /// reports as its owner).
-    #[arg(long, value_name = "PATH", requires = "netns")]
+    // `requires` alone let `--pid N --userns PATH` through, --userns ignored.
+    #[arg(long, value_name = "PATH", requires = "netns", conflicts_with = "pid")]
     pub userns: Option<PathBuf>,
     /// A process in the sandbox.
     #[arg(long, value_name = "PID")]

@@ -213,6 +213,7 @@ mod tests {
             "switchyard network create web --driver macvlan",
             "switchyard connect web",
             "switchyard connect web --pid 1 --netns /x",
+            "switchyard connect web --pid 1 --userns /proc/1/ns/user",
             "switchyard connect web --pid 1 --ip 10.0.0",
             "switchyard publish a 80",
             "switchyard run --network a",
