@@ -38,7 +38,7 @@ use crate::control::server::ServerError;
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, propagate_version = true)]
 pub struct Cli {
-    /// API socket of the daemon (default: $XDG_RUNTIME_DIR/switchyard/api.sock, or /run/switchyard/api.sock as root).
+    /// API socket of the daemon (default: $XDG_RUNTIME_DIR/switchyard/api.sock, /tmp/switchyard-UID/api.sock without XDG_RUNTIME_DIR, or /run/switchyard/api.sock as root).
     #[arg(long, env = paths::SOCKET_ENV, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// What to do.
