@@ -211,3 +211,45 @@ fn run_as_root() {
 fn run_as_unprivileged_user() {
     scenario("user", Some(USER), (std::process::id() % 100 + 100) as u8);
 }
+
+/// `run` and its CMD killed together (Ctrl-C kills the whole foreground
+/// group; here SIGTERM, which no shell leaves ignored): `run` gets no
+/// teardown, yet nothing of the sandbox stays behind in the runtime
+/// directory.
+fn killed_with_its_command(tag: &str, user: Option<&str>) {
+    let Some(mut env) = Env::with_tools(tag, user, &[]) else {
+        return;
+    };
+    env.start_daemon();
+    let marker = env.dir.join("started");
+    let script = format!("touch {}; exec sleep 60", marker.display());
+    let i = env.spawn(&["run", "--", "sh", "-c", &script]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let group = nix::unistd::Pid::from_raw(env.children[i].id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    env.wait_child(i);
+    let left: Vec<String> = std::fs::read_dir(env.dir.join("run"))
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("switchyard-run-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn killed_run_leaves_nothing_as_root() {
+    killed_with_its_command("killed-root", None);
+}
+
+#[test]
+fn killed_run_leaves_nothing_as_unprivileged_user() {
+    killed_with_its_command("killed-user", Some(USER));
+}

@@ -23,7 +23,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{execvp, getgid, getuid, pipe};
 
-/// Files bind-mounted into the sandbox.
+/// Files bind-mounted into the sandbox. The sandbox removes them once they
+/// are mounted, and their directory if that is then empty.
 #[derive(Debug, Clone)]
 pub struct BindFiles {
     /// Replaces `/etc/resolv.conf`.
@@ -242,6 +243,19 @@ fn bind(src: &Path, target: &str) {
     }
 }
 
+/// The mounts hold the files from now on: removes them, and their
+/// directory once it is empty, so that nothing is left behind when the
+/// caller dies with CMD and never runs its teardown (Ctrl-C kills `run` and
+/// CMD together).
+fn remove_bind_files(resolv: &Path, hosts: &Path) {
+    for f in [resolv, hosts] {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Some(dir) = resolv.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Entry point of `switchyard __sandbox READY_FD RELEASE_FD RESOLV HOSTS -- CMD...`.
 pub fn sandbox_helper_main(args: &[String]) -> i32 {
     let [ready, release, resolv, hosts, sep, cmd @ ..] = args else {
@@ -295,6 +309,7 @@ pub fn sandbox_helper_main(args: &[String]) -> i32 {
         bind(Path::new(resolv), "/etc/resolv.conf");
         bind(Path::new(hosts), "/etc/hosts");
     }
+    remove_bind_files(Path::new(resolv), Path::new(hosts));
     let Ok(argv) = cmd
         .iter()
         .map(|a| CString::new(a.as_bytes()))
