@@ -409,12 +409,32 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ApiError> {
             format!("unknown op {op:?}; use one of: {}", OPS.join(", ")),
         ));
     }
-    serde_json::from_value(value).map_err(|e| {
+    // Ops with arguments reject unknown fields through their structs;
+    // serde lets any field through for an op without arguments.
+    let extra = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| *k != "op").cloned());
+    let req: Request = serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
             format!("bad arguments for {op:?}: {e}"),
         )
-    })
+    })?;
+    let no_arguments = matches!(
+        req,
+        Request::NetworkList
+            | Request::Ps
+            | Request::RemoteEndpoints
+            | Request::Stats
+            | Request::Ping
+    );
+    match extra {
+        Some(field) if no_arguments => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("bad arguments for {op:?}: unknown field `{field}`; it takes none"),
+        )),
+        _ => Ok(req),
+    }
 }
 
 /// Encodes a request as one line, newline included.
@@ -463,6 +483,8 @@ mod tests {
         assert_eq!(kind(r#"{"op":"launch"}"#), ErrorKind::UnknownOp);
         assert_eq!(kind(r#"{"op":7}"#), ErrorKind::UnknownOp);
         assert_eq!(kind(r#"{"op":"network_inspect"}"#), ErrorKind::BadRequest);
+        assert_eq!(kind(r#"{"op":"ps","json":true}"#), ErrorKind::BadRequest);
+        assert_eq!(kind(r#"{"op":"ping","x":1}"#), ErrorKind::BadRequest);
         assert_eq!(
             kind(r#"{"op":"network_create","name":"a","subnet":"10.1.0.0/33"}"#),
             ErrorKind::BadRequest
