@@ -594,6 +594,31 @@ fn binary_reports_problems_clearly() {
         &std::fs::metadata(&sock).expect("sock").permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+    // A second daemon on the same state directory (another socket) is
+    // refused: it used to start, and each overwrote the other's changes.
+    let mut second = Spawned(
+        bin()
+            .args(["daemon", "--workers", "1", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(dir.path().join("second.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn second daemon"),
+    );
+    assert!(
+        exits_within(&mut second.0, Duration::from_secs(10)),
+        "a second daemon runs on the same state directory"
+    );
+    let mut err = String::new();
+    if let Some(mut e) = second.0.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    assert!(
+        err.contains("another switchyard daemon uses state directory"),
+        "{err}"
+    );
     let cli = |args: &[&str]| {
         bin()
             .arg("--socket")

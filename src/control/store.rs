@@ -1,13 +1,18 @@
 //! Persistence of the control plane's state (networks, endpoints with their
 //! leases and publications) as one JSON document in the state directory.
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory); a
-//! corrupt document is moved aside, never silently overwritten.
+//! corrupt document is moved aside, never silently overwritten. One daemon
+//! at a time owns a directory (an exclusive lock on its `lock` file), so two
+//! daemons never overwrite each other's changes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +22,10 @@ use super::model::{Endpoint, Network};
 pub const STATE_FILE: &str = "state.json";
 /// Version of the document format written.
 pub const STATE_VERSION: u32 = 1;
+/// File whose lock says which daemon owns the directory.
+pub const LOCK_FILE: &str = "lock";
+/// How long opening waits for a daemon that is exiting to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything the daemon persists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +81,12 @@ pub enum StoreError {
         /// The parse error.
         reason: String,
     },
+    /// Another daemon owns the directory.
+    #[error("another switchyard daemon uses state directory {dir}; stop it first or choose another with `switchyard daemon --state-dir DIR`")]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// The corrupt document could not be moved aside.
     #[error("state file {path} is corrupt ({reason}) and could not be moved aside: {source}; move or delete it by hand")]
     CorruptStuck {
@@ -94,15 +109,17 @@ pub enum StoreError {
     },
 }
 
-/// The state document in a directory.
+/// The state document in a directory, owned while this (or a clone) lives.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    _lock: Arc<Flock<File>>,
 }
 
 impl Store {
-    /// Opens (creating with mode 0700 if needed) the state directory and
-    /// checks it is writable.
+    /// Opens (creating with mode 0700 if needed) the state directory, checks
+    /// it is writable and takes it over: a directory another daemon owns is
+    /// refused (after waiting briefly, in case that daemon is exiting).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let unwritable = |source| StoreError::Unwritable {
             dir: dir.to_path_buf(),
@@ -116,8 +133,10 @@ impl Store {
         let probe = dir.join(".write-probe");
         File::create(&probe).map_err(unwritable)?;
         fs::remove_file(&probe).map_err(unwritable)?;
+        let lock = lock_dir(dir)?;
         Ok(Store {
             dir: dir.to_path_buf(),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -197,6 +216,37 @@ impl Store {
     }
 }
 
+/// Locks `dir`'s lock file, waiting up to [`LOCK_WAIT`] for its owner.
+fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
+    let unwritable = |source| StoreError::Unwritable {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .map_err(unwritable)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(StoreError::InUse {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err((_, e)) => return Err(unwritable(e.into())),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -258,7 +308,25 @@ pub(crate) mod tests {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from(STATE_FILE)]);
+        let mut leftovers: Vec<_> = leftovers.iter().filter_map(|n| n.to_str()).collect();
+        leftovers.sort_unstable();
+        assert_eq!(leftovers, [LOCK_FILE, STATE_FILE]);
+    }
+
+    #[test]
+    fn a_directory_has_one_owner_at_a_time() {
+        let d = TempDir::new("store");
+        let first = Store::open(&d.0).unwrap();
+        // A second daemon on the same directory used to start and overwrite
+        // the first one's changes with its own (reproduced with two
+        // `switchyard daemon --state-dir` on one directory).
+        let e = Store::open(&d.0).unwrap_err();
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains("another switchyard daemon"), "{e}");
+        drop(first.clone());
+        assert!(Store::open(&d.0).is_err(), "a clone keeps the directory");
+        drop(first);
+        Store::open(&d.0).expect("free once the owner is gone");
     }
 
     #[test]
@@ -307,6 +375,7 @@ pub(crate) mod tests {
         st.save(&sample()).unwrap();
         let bad = Store {
             dir: d.0.join("s").join("gone"),
+            _lock: st._lock.clone(),
         };
         assert!(matches!(
             bad.save(&State::empty()),
