@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::CliError;
-use crate::control::api::{self, ApiError, ByName, ErrorKind, NetworkDetail, Request};
-use crate::control::client::{Client, ClientError};
+use crate::control::api::{self, ByName, NetworkDetail, Request};
+use crate::control::client::Client;
 use crate::control::model::{Endpoint, Publication, SandboxTarget};
 use crate::ns::sandbox::{BindFiles, Sandbox};
 
@@ -77,8 +77,7 @@ pub struct Launched {
 
 impl Launched {
     /// Detaches every endpoint and removes the generated files; reports
-    /// every failure and keeps going. An endpoint already gone is no
-    /// failure.
+    /// every failure and keeps going.
     pub fn teardown(&self, client: &mut Client) -> Vec<String> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
@@ -86,15 +85,8 @@ impl Launched {
                 network: ep.network.clone(),
                 endpoint: ep.id.clone(),
             });
-            match client.call::<Endpoint>(&req) {
-                // The daemon released it already: its sandbox exited and
-                // the namespace went with it.
-                Ok(_)
-                | Err(ClientError::Api(ApiError {
-                    kind: ErrorKind::NotFound,
-                    ..
-                })) => {}
-                Err(e) => errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name)),
+            if let Err(e) = client.call::<Endpoint>(&req) {
+                errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name));
             }
         }
         let _ = std::fs::remove_dir_all(&self.files_dir);
