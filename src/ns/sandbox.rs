@@ -317,11 +317,6 @@ pub fn sandbox_helper_main(args: &[String]) -> i32 {
     else {
         return fail("command contains a NUL byte");
     };
-    // Not `up`'s blocked SIGINT and SIGTERM, nor this helper's ignored
-    // SIGPIPE: CMD starts as a shell would start it.
-    if let Err(e) = crate::sys::reset_signals_for_exec() {
-        eprintln!("switchyard sandbox: warning: cannot reset signal handling: {e}");
-    }
     match execvp(&argv[0], &argv) {
         Ok(never) => match never {},
         Err(e) => {
