@@ -5,10 +5,104 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_root_or_skip, unique_octet, TempDir};
+use common::{require_root_or_skip, unique_octet, unique_suffix, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A running `switchyard up` on a topology; killed if the test fails first.
+struct Up {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Up {
+    /// Starts `up --workers 2` on `topology`, its socket and runtime files
+    /// in `dir`.
+    fn start(dir: &TempDir, topology: &str) -> Up {
+        let file = dir.path().join("topo.toml");
+        std::fs::write(&file, topology).expect("write topology");
+        let sock = dir.path().join("api.sock");
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .args(["up", "--workers", "2"])
+            .arg(&file)
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start up");
+        Up { child, sock }
+    }
+
+    /// Waits until `done` holds, at most 30 s; panics if `up` exits first.
+    fn wait_for(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                Instant::now() < deadline && exited.is_none(),
+                "{what} ({exited:?})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status; panics unless `up` exits
+    /// within 15 s.
+    fn terminate(&mut self) -> ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "up did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// PIDs of processes whose command line contains `pattern`.
+fn pgrep(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Kills, on drop, the processes whose command line holds a marker: a
+/// sandbox that outlives a failed test's `up`.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in pgrep(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
 
 #[test]
 fn up_brings_a_topology_up_and_tears_it_down() {
@@ -41,58 +135,78 @@ command = ["sh", "-c", "ping -c 2 -W 2 server && touch {ok}; sleep 60"]
 "#,
         ok = ok_file.display()
     );
-    let file = dir.path().join("topo.toml");
-    std::fs::write(&file, topo).expect("write topology");
-    let sock = dir.path().join("api.sock");
-    let bin = env!("CARGO_BIN_EXE_switchyard");
-    let mut up = Command::new(bin)
+    let mut up = Up::start(&dir, &topo);
+    up.wait_for("client never reached server by name", || ok_file.exists());
+    let ps = Command::new(BIN)
         .arg("--socket")
-        .arg(&sock)
-        .args(["up", "--workers", "2"])
-        .arg(&file)
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start up");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok_file.exists() {
-        if Instant::now() > deadline || up.try_wait().ok().flatten().is_some() {
-            let _ = up.kill();
-            let _ = up.wait();
-            panic!("client never reached server by name");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let ps = Command::new(bin)
-        .arg("--socket")
-        .arg(&sock)
+        .arg(&up.sock)
         .arg("ps")
         .output()
         .expect("ps");
     let text = String::from_utf8_lossy(&ps.stdout);
     assert_eq!(text.matches("server").count(), 2, "{text}");
     assert!(text.contains("client"), "{text}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("signal");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Ok(Some(st)) = up.try_wait() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = up.kill();
-            panic!("up did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = up.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(!sock.exists(), "socket left behind");
-    let leftovers = Command::new("pgrep")
-        .args(["-f", &ok_file.display().to_string()])
-        .output()
-        .expect("pgrep");
-    assert!(leftovers.stdout.is_empty(), "sandbox processes left behind");
+    assert!(!up.sock.exists(), "socket left behind");
+    assert!(
+        pgrep(&ok_file.display().to_string()).is_empty(),
+        "sandbox processes left behind"
+    );
+}
+
+/// The mask and ignored signals of process `pid` (`SigBlk`, `SigIgn`).
+fn signal_state(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in the status of {pid}:\n{status}"))
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+#[test]
+fn sandbox_commands_start_with_default_signal_handling() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("up-signals");
+    // A duration no other process uses, to find this sandbox's command.
+    let marker = format!(
+        "3600.{}",
+        u32::from_str_radix(&unique_suffix(), 16).unwrap_or(1)
+    );
+    let _leftovers = KillOnDrop(format!("sleep {marker}"));
+    let topo = format!(
+        r#"
+[[sandbox]]
+name = "sig"
+command = ["sleep", "{marker}"]
+"#
+    );
+    let mut up = Up::start(&dir, &topo);
+    // Before the exec the helper's command line holds the marker too.
+    let mut pid = None;
+    up.wait_for("the sandbox's command never started", || {
+        pid = pgrep(&format!("sleep {marker}")).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        pid.is_some()
+    });
+    let (blocked, ignored) = signal_state(pid.expect("pid"));
+    // `up` blocks these for its signal waiter; the command inherited the
+    // mask, so up's SIGTERM waited 3 s and ended in SIGKILL.
+    let bit = |s: nix::sys::signal::Signal| 1u64 << (s as i32 - 1);
+    use nix::sys::signal::Signal::{SIGINT, SIGPIPE, SIGTERM};
+    assert_eq!(
+        blocked & (bit(SIGINT) | bit(SIGTERM)),
+        0,
+        "blocked {blocked:x}"
+    );
+    // The Rust runtime ignores SIGPIPE; `yes | head` must still end `yes`.
+    assert_eq!(ignored & bit(SIGPIPE), 0, "ignored {ignored:x}");
+    assert!(up.terminate().success());
 }

@@ -317,6 +317,11 @@ pub fn sandbox_helper_main(args: &[String]) -> i32 {
     else {
         return fail("command contains a NUL byte");
     };
+    // Otherwise CMD would start with SIGTERM and SIGINT blocked (from `up`)
+    // and SIGPIPE ignored, and `up` could stop it only with SIGKILL.
+    if let Err(e) = crate::sys::signal::reset_for_exec() {
+        eprintln!("switchyard sandbox: warning: cannot reset signal handling: {e}");
+    }
     match execvp(&argv[0], &argv) {
         Ok(never) => match never {},
         Err(e) => {

@@ -9,5 +9,6 @@ pub mod fd;
 pub mod mem;
 pub mod netlink;
 pub mod netns;
+pub mod signal;
 pub mod tun;
 pub mod udp;
