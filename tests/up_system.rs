@@ -23,6 +23,11 @@ impl Up {
     /// Starts `up --workers 2` on `topology`, its socket and runtime files
     /// in `dir`.
     fn start(dir: &TempDir, topology: &str) -> Up {
+        Up::start_with_stdout(dir, topology, Stdio::null())
+    }
+
+    /// [`Up::start`] with `up`'s standard output going to `stdout`.
+    fn start_with_stdout(dir: &TempDir, topology: &str, stdout: Stdio) -> Up {
         let file = dir.path().join("topo.toml");
         std::fs::write(&file, topology).expect("write topology");
         let sock = dir.path().join("api.sock");
@@ -32,7 +37,7 @@ impl Up {
             .args(["up", "--workers", "2"])
             .arg(&file)
             .env("XDG_RUNTIME_DIR", dir.path())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("start up");
         Up { child, sock }
@@ -59,12 +64,17 @@ impl Up {
             nix::sys::signal::Signal::SIGTERM,
         )
         .expect("signal");
+        self.exit_status("up did not stop on SIGTERM")
+    }
+
+    /// The exit status; panics with `what` unless `up` exits within 15 s.
+    fn exit_status(&mut self, what: &str) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "up did not stop on SIGTERM");
+            assert!(Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -102,6 +112,21 @@ impl Drop for KillOnDrop {
             );
         }
     }
+}
+
+/// A topology of one sandbox, `name`, that sleeps for an hour, and its
+/// command line (a duration no other process uses), which is killed on drop.
+fn sleeper(name: &str) -> (String, KillOnDrop) {
+    let n = u32::from_str_radix(&unique_suffix(), 16).unwrap_or(1);
+    let duration = format!("3600.{n}");
+    let topology = format!(
+        r#"
+[[sandbox]]
+name = "{name}"
+command = ["sleep", "{duration}"]
+"#
+    );
+    (topology, KillOnDrop(format!("sleep {duration}")))
 }
 
 #[test]
@@ -174,24 +199,12 @@ fn sandbox_commands_start_with_default_signal_handling() {
         return;
     }
     let dir = TempDir::new("up-signals");
-    // A duration no other process uses, to find this sandbox's command.
-    let marker = format!(
-        "3600.{}",
-        u32::from_str_radix(&unique_suffix(), 16).unwrap_or(1)
-    );
-    let _leftovers = KillOnDrop(format!("sleep {marker}"));
-    let topo = format!(
-        r#"
-[[sandbox]]
-name = "sig"
-command = ["sleep", "{marker}"]
-"#
-    );
+    let (topo, sleep) = sleeper("sig");
     let mut up = Up::start(&dir, &topo);
     // Before the exec the helper's command line holds the marker too.
     let mut pid = None;
     up.wait_for("the sandbox's command never started", || {
-        pid = pgrep(&format!("sleep {marker}")).into_iter().find(|p| {
+        pid = pgrep(&sleep.0).into_iter().find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
         });
         pid.is_some()
@@ -209,4 +222,35 @@ command = ["sleep", "{marker}"]
     // The Rust runtime ignores SIGPIPE; `yes | head` must still end `yes`.
     assert_eq!(ignored & bit(SIGPIPE), 0, "ignored {ignored:x}");
     assert!(up.terminate().success());
+}
+
+/// The files `up` and its sandboxes keep in the runtime directory `dir`.
+fn runtime_leftovers(dir: &TempDir) -> Vec<String> {
+    std::fs::read_dir(dir.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("switchyard-"))
+        .collect()
+}
+
+#[test]
+fn up_whose_report_cannot_be_written_tears_down_before_exiting() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("up-full");
+    let (topo, sleep) = sleeper("full");
+    // Every write fails (ENOSPC), as into a closed pipe (EPIPE).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let mut up = Up::start_with_stdout(&dir, &topo, Stdio::from(full));
+    let status = up.exit_status("up kept running without its report");
+    assert!(!status.success(), "{status:?}");
+    // It used to return at once, leaving the released sandbox running and
+    // its state directory behind.
+    assert!(pgrep(&sleep.0).is_empty(), "the sandbox outlived up");
+    assert_eq!(runtime_leftovers(&dir), Vec::<String>::new());
 }

@@ -105,8 +105,20 @@ impl Topology {
     }
 }
 
-fn temp_state_dir() -> PathBuf {
-    crate::control::paths::runtime_dir().join(format!("switchyard-up-{}", std::process::id()))
+/// The run's state directory, removed when `up` returns, on every path.
+struct TempStateDir(PathBuf);
+
+impl TempStateDir {
+    fn new() -> TempStateDir {
+        let name = format!("switchyard-up-{}", std::process::id());
+        TempStateDir(crate::control::paths::runtime_dir().join(name))
+    }
+}
+
+impl Drop for TempStateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs `up`; returns the exit status.
@@ -124,9 +136,10 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     args.worker.apply(&mut dataplane)?;
     dataplane.gateway_threads = args.nat.gateway_threads.map_or(0, usize::from);
     let queues = dataplane.workers;
-    let state_dir = temp_state_dir();
+    // Before the daemon, so it is removed after the daemon is gone.
+    let state_dir = TempStateDir::new();
     let config = DaemonConfig {
-        state_dir: state_dir.clone(),
+        state_dir: state_dir.0.clone(),
         dataplane,
         routes: Box::new(ProcRoutes::default()),
         dns: args.dns.settings()?,
@@ -152,24 +165,28 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
     let result = bring_up(&mut client, &topo);
     let code = match result {
         Ok(launched) => {
-            report(&mut client, &launched)?;
+            // A report that cannot be written (stdout closed or full) ends
+            // the run, but only after the teardown: the sandboxes already
+            // run.
+            let reported = report(&mut client, &launched);
             // Idle API connections count against the daemon's client cap.
             drop(client);
-            let waiter = wait_for_signal(signals);
+            if reported.is_ok() {
+                let waiter = wait_for_signal(signals);
+                tracing::info!("stopping: {waiter}");
+            }
             let pids: Vec<u32> = launched.iter().map(|l| l.sandbox.pid()).collect();
-            tracing::info!("stopping: {waiter}");
             tear_down(socket, launched, &pids);
-            0
+            reported.map(|()| 0)
         }
         Err(e) => {
             eprintln!("switchyard: {e}");
-            1
+            Ok(1)
         }
     };
     stop.stop();
     let _ = serving.join();
-    let _ = std::fs::remove_dir_all(&state_dir);
-    Ok(code)
+    code
 }
 
 fn bring_up(client: &mut Client, topo: &Topology) -> Result<Vec<Launched>, CliError> {
