@@ -114,19 +114,49 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A topology of one sandbox, `name`, that sleeps for an hour, and its
-/// command line (a duration no other process uses), which is killed on drop.
-fn sleeper(name: &str) -> (String, KillOnDrop) {
+/// `up` running one sandbox, `name`, that sleeps for an hour, in a fresh
+/// directory; dropped in field order, so `up` is killed first and then what
+/// it left running.
+struct Sleeper {
+    up: Up,
+    /// The sleep's command line (a duration no other process uses).
+    sleep: KillOnDrop,
+    dir: TempDir,
+}
+
+/// Starts a [`Sleeper`]; `shell`: a shell sleeps in two children instead.
+fn sleeper(name: &str, shell: bool, stdout: Stdio) -> Sleeper {
+    let dir = TempDir::new(&format!("up-{name}"));
     let n = u32::from_str_radix(&unique_suffix(), 16).unwrap_or(1);
-    let duration = format!("3600.{n}");
+    let sleep = format!("sleep 3600.{n}");
+    let command = if shell {
+        format!(r#"["sh", "-c", "{sleep} & {sleep}"]"#)
+    } else {
+        format!(r#"["sleep", "3600.{n}"]"#)
+    };
     let topology = format!(
         r#"
 [[sandbox]]
 name = "{name}"
-command = ["sleep", "{duration}"]
+command = {command}
 "#
     );
-    (topology, KillOnDrop(format!("sleep {duration}")))
+    Sleeper {
+        up: Up::start_with_stdout(&dir, &topology, stdout),
+        sleep: KillOnDrop(sleep),
+        dir,
+    }
+}
+
+/// The PIDs of the processes running `sleep` for `sleep.0` (not a shell or
+/// a helper whose command line names it too).
+fn sleeping(sleep: &KillOnDrop) -> Vec<u32> {
+    pgrep(&sleep.0)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .collect()
 }
 
 #[test]
@@ -198,15 +228,10 @@ fn sandbox_commands_start_with_default_signal_handling() {
     if !require_root_or_skip() {
         return;
     }
-    let dir = TempDir::new("up-signals");
-    let (topo, sleep) = sleeper("sig");
-    let mut up = Up::start(&dir, &topo);
-    // Before the exec the helper's command line holds the marker too.
+    let mut s = sleeper("sig", false, Stdio::null());
     let mut pid = None;
-    up.wait_for("the sandbox's command never started", || {
-        pid = pgrep(&sleep.0).into_iter().find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
+    s.up.wait_for("the sandbox's command never started", || {
+        pid = sleeping(&s.sleep).first().copied();
         pid.is_some()
     });
     let (blocked, ignored) = signal_state(pid.expect("pid"));
@@ -221,7 +246,7 @@ fn sandbox_commands_start_with_default_signal_handling() {
     );
     // The Rust runtime ignores SIGPIPE; `yes | head` must still end `yes`.
     assert_eq!(ignored & bit(SIGPIPE), 0, "ignored {ignored:x}");
-    assert!(up.terminate().success());
+    assert!(s.up.terminate().success());
 }
 
 /// The files `up` and its sandboxes keep in the runtime directory `dir`.
@@ -239,18 +264,30 @@ fn up_whose_report_cannot_be_written_tears_down_before_exiting() {
     if !require_root_or_skip() {
         return;
     }
-    let dir = TempDir::new("up-full");
-    let (topo, sleep) = sleeper("full");
     // Every write fails (ENOSPC), as into a closed pipe (EPIPE).
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .expect("open /dev/full");
-    let mut up = Up::start_with_stdout(&dir, &topo, Stdio::from(full));
-    let status = up.exit_status("up kept running without its report");
+    let mut s = sleeper("full", false, Stdio::from(full));
+    let status = s.up.exit_status("up kept running without its report");
     assert!(!status.success(), "{status:?}");
     // It used to return at once, leaving the released sandbox running and
     // its state directory behind.
-    assert!(pgrep(&sleep.0).is_empty(), "the sandbox outlived up");
-    assert_eq!(runtime_leftovers(&dir), Vec::<String>::new());
+    assert!(pgrep(&s.sleep.0).is_empty(), "the sandbox outlived up");
+    assert_eq!(runtime_leftovers(&s.dir), Vec::<String>::new());
+}
+
+#[test]
+fn teardown_stops_what_the_sandboxes_commands_started() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let mut s = sleeper("parent", true, Stdio::null());
+    s.up.wait_for("the shell never started its two sleeps", || {
+        sleeping(&s.sleep).len() == 2
+    });
+    assert!(s.up.terminate().success());
+    // Only the shell was signalled: both sleeps used to outlive `up`.
+    assert_eq!(sleeping(&s.sleep), Vec::<u32>::new(), "left running");
 }

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::{SigSet, Signal};
 use serde::Deserialize;
 
 use super::run::{prepare, Launched, SandboxSpec};
@@ -175,8 +174,7 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
                 let waiter = wait_for_signal(signals);
                 tracing::info!("stopping: {waiter}");
             }
-            let pids: Vec<u32> = launched.iter().map(|l| l.sandbox.pid()).collect();
-            tear_down(socket, launched, &pids);
+            tear_down(socket, launched);
             reported.map(|()| 0)
         }
         Err(e) => {
@@ -278,9 +276,11 @@ fn wait_for_signal(signals: SigSet) -> String {
     }
 }
 
-fn tear_down(socket: &Path, launched: Vec<Launched>, pids: &[u32]) {
-    for pid in pids {
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+/// Stops every sandbox, the processes its command started included: SIGTERM,
+/// up to 3 s to exit, then SIGKILL; then detaches its endpoints.
+fn tear_down(socket: &Path, launched: Vec<Launched>) {
+    for l in &launched {
+        l.sandbox.signal_all(Some(Signal::SIGTERM));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     let mut client = match Client::connect(socket) {
@@ -291,10 +291,12 @@ fn tear_down(socket: &Path, launched: Vec<Launched>, pids: &[u32]) {
         }
     };
     for mut l in launched {
-        while !l.sandbox.try_wait() && std::time::Instant::now() < deadline {
+        while (!l.sandbox.try_wait() || l.sandbox.signal_all(None) > 0)
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        l.sandbox.kill();
+        l.sandbox.kill_all();
         let _ = l.sandbox.wait();
         if let Some(c) = client.as_mut() {
             for e in l.teardown(c) {

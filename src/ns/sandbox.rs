@@ -21,6 +21,7 @@ use std::process::{Child, Command};
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
 use nix::unistd::{execvp, getgid, getuid, pipe};
 
 /// Files bind-mounted into the sandbox. The sandbox removes them once they
@@ -70,6 +71,8 @@ pub struct Sandbox {
     release: Option<File>,
     files: BindFiles,
     status: Option<i32>,
+    /// Its network namespace (`None` if it could not be told from ours).
+    netns: Option<(u64, u64)>,
 }
 
 impl Sandbox {
@@ -116,10 +119,18 @@ impl Sandbox {
             release: Some(File::from(release_w)),
             files: files.clone(),
             status: None,
+            netns: None,
         };
         let mut byte = [0u8; 1];
         match File::from(ready_r).read(&mut byte) {
-            Ok(1) => Ok(sandbox),
+            Ok(1) => {
+                // Recorded now, while the PID is surely the sandbox's.
+                let ns = |p: &str| crate::sys::netns::ns_id(Path::new(p)).ok();
+                let own = ns("/proc/self/ns/net");
+                sandbox.netns =
+                    ns(&format!("/proc/{}/ns/net", sandbox.pid())).filter(|n| Some(*n) != own);
+                Ok(sandbox)
+            }
             _ => {
                 sandbox.kill();
                 let _ = sandbox.wait();
@@ -151,6 +162,34 @@ impl Sandbox {
     pub fn kill(&mut self) {
         self.release = None;
         let _ = self.child.kill();
+    }
+
+    /// Sends `signal` to every process in the sandbox's network namespace:
+    /// CMD and whatever it started (which outlives CMD, and a signal to CMD
+    /// alone, unless CMD passes it on). Returns how many were signalled;
+    /// `None` only counts them.
+    pub fn signal_all(&self, signal: Option<Signal>) -> usize {
+        let Some(netns) = self.netns else {
+            return 0;
+        };
+        let pids = crate::sys::netns::processes_in(netns);
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(*pid, signal);
+        }
+        pids.len()
+    }
+
+    /// Kills (SIGKILL) every process in the sandbox's network namespace,
+    /// again while new ones show up (forked before they died), at most a
+    /// few rounds.
+    pub fn kill_all(&mut self) {
+        self.kill();
+        for _ in 0..10 {
+            if self.signal_all(Some(Signal::SIGKILL)) == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// True once the sandbox has exited (its status is kept for `wait`).

@@ -34,6 +34,21 @@ pub fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
+/// The processes whose network namespace is `id` (as [`ns_id`] gives it),
+/// other than the caller; processes it may not inspect are left out.
+pub fn processes_in(id: (u64, u64)) -> Vec<nix::unistd::Pid> {
+    let me = std::process::id();
+    let Ok(proc) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| ns_id(Path::new(&format!("/proc/{pid}/ns/net"))).ok() == Some(id))
+        .filter_map(|pid| i32::try_from(pid).ok().map(nix::unistd::Pid::from_raw))
+        .collect()
+}
+
 /// Moves the calling thread into the namespace `ns` refers to. Entering a user
 /// namespace only works in a single-threaded process.
 pub fn enter(ns: &File, kind: NsKind) -> io::Result<()> {
