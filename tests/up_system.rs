@@ -23,11 +23,12 @@ impl Up {
     /// Starts `up --workers 2` on `topology`, its socket and runtime files
     /// in `dir`.
     fn start(dir: &TempDir, topology: &str) -> Up {
-        Up::start_with_stdout(dir, topology, Stdio::null())
+        Up::start_with_output(dir, topology, Stdio::null(), Stdio::inherit())
     }
 
-    /// [`Up::start`] with `up`'s standard output going to `stdout`.
-    fn start_with_stdout(dir: &TempDir, topology: &str, stdout: Stdio) -> Up {
+    /// [`Up::start`] with `up`'s standard output and error going to
+    /// `stdout` and `stderr`.
+    fn start_with_output(dir: &TempDir, topology: &str, stdout: Stdio, stderr: Stdio) -> Up {
         let file = dir.path().join("topo.toml");
         std::fs::write(&file, topology).expect("write topology");
         let sock = dir.path().join("api.sock");
@@ -38,6 +39,7 @@ impl Up {
             .arg(&file)
             .env("XDG_RUNTIME_DIR", dir.path())
             .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start up");
         Up { child, sock }
@@ -142,7 +144,7 @@ command = {command}
 "#
     );
     Sleeper {
-        up: Up::start_with_stdout(&dir, &topology, stdout),
+        up: Up::start_with_output(&dir, &topology, stdout, Stdio::inherit()),
         sleep: KillOnDrop(sleep),
         dir,
     }
@@ -290,4 +292,34 @@ fn teardown_stops_what_the_sandboxes_commands_started() {
     assert!(s.up.terminate().success());
     // Only the shell was signalled: both sleeps used to outlive `up`.
     assert_eq!(sleeping(&s.sleep), Vec::<u32>::new(), "left running");
+}
+
+#[test]
+fn a_sandbox_that_exited_is_torn_down_without_errors() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("up-exited");
+    let (out, err) = (dir.path().join("up.out"), dir.path().join("up.err"));
+    let topo = "[[sandbox]]\nname = \"quick\"\ncommand = [\"true\"]\n";
+    let file = |p: &PathBuf| Stdio::from(std::fs::File::create(p).expect("create"));
+    let mut up = Up::start_with_output(&dir, topo, file(&out), file(&err));
+    let sock = up.sock.clone();
+    // Once up reports, the endpoint is attached; then the daemon reaps it,
+    // as the sandbox exited.
+    let reaped = || {
+        let reported = std::fs::read_to_string(&out).is_ok_and(|t| t.contains("switchyard is up"));
+        let ps = Command::new(BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("ps")
+            .output()
+            .expect("ps");
+        reported && ps.status.success() && !String::from_utf8_lossy(&ps.stdout).contains("quick")
+    };
+    up.wait_for("the exited sandbox's endpoint was never reaped", reaped);
+    assert!(up.terminate().success());
+    // The teardown used to report the reaped endpoint as an error.
+    let err = std::fs::read_to_string(&err).expect("read stderr");
+    assert!(!err.contains("disconnect"), "{err}");
 }

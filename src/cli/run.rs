@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::control::api::{self, ByName, NetworkDetail, Request};
-use crate::control::client::Client;
+use crate::control::client::{Client, ClientError};
 use crate::control::model::{Endpoint, Publication, SandboxTarget};
 use crate::ns::sandbox::{BindFiles, Sandbox};
 
@@ -85,8 +85,12 @@ impl Launched {
                 network: ep.network.clone(),
                 endpoint: ep.id.clone(),
             });
-            if let Err(e) = client.call::<Endpoint>(&req) {
-                errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name));
+            match client.call::<Endpoint>(&req) {
+                Ok(_) => {}
+                // Released already: the daemon reaps the endpoints of a
+                // sandbox that exited, as `up`'s may long before teardown.
+                Err(ClientError::Api(e)) if e.kind == api::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name)),
             }
         }
         let _ = std::fs::remove_dir_all(&self.files_dir);
