@@ -8,11 +8,13 @@ use crate::gateway::flow::FlowLimits;
 /// Limits and threads of the gateway's NAT.
 #[derive(Debug, Clone, Args)]
 pub struct NatArgs {
-    /// Most NAT flows (TCP connections, UDP flows) in all.
-    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().total)]
+    /// Most NAT flows (TCP connections, UDP flows) in all (at least 1).
+    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().total,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub nat_max_flows: usize,
-    /// Most NAT flows of one sandbox address.
-    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().per_sandbox)]
+    /// Most NAT flows of one sandbox address (at least 1).
+    #[arg(long, value_name = "N", default_value_t = FlowLimits::default().per_sandbox,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub nat_max_flows_per_sandbox: usize,
     /// Gateway-stack threads serving NAT flows, published ports and DNS over
     /// TCP; each owns the sandboxes whose port maps to it (default: one per
@@ -25,8 +27,8 @@ impl NatArgs {
     /// The limits.
     pub fn limits(&self) -> FlowLimits {
         FlowLimits {
-            total: self.nat_max_flows.max(1),
-            per_sandbox: self.nat_max_flows_per_sandbox.max(1),
+            total: self.nat_max_flows,
+            per_sandbox: self.nat_max_flows_per_sandbox,
         }
     }
 }

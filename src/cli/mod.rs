@@ -217,10 +217,30 @@ mod tests {
             "switchyard connect web --pid 1 --ip 10.0.0",
             "switchyard publish a 80",
             "switchyard run --network a",
+            "switchyard daemon --nat-max-flows 0",
+            "switchyard daemon --nat-max-flows-per-sandbox 0",
         ];
         for l in bad {
             assert!(Cli::try_parse_from(l.split(' ')).is_err(), "{l} accepted");
         }
+    }
+
+    #[test]
+    fn cluster_ttl_without_a_cluster_store_is_refused() {
+        let daemon = |line: &str| match Cli::try_parse_from(line.split(' ')) {
+            Ok(Cli {
+                command: Command::Daemon(a),
+                ..
+            }) => a,
+            other => panic!("{line}: {other:?}"),
+        };
+        let lone = daemon("switchyard daemon --advertise 10.0.0.1 --cluster-ttl 5");
+        let err = lone.overlay.settings().expect_err("accepted");
+        assert!(err.to_string().contains("needs --cluster-store"), "{err}");
+        let with_store = daemon(
+            "switchyard daemon --advertise 10.0.0.1 --cluster-store etcd://127.0.0.1:2379 --cluster-ttl 5",
+        );
+        assert!(with_store.overlay.settings().is_ok());
     }
 
     #[test]

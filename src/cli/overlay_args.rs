@@ -28,16 +28,22 @@ pub struct OverlayArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub vxlan_port: Option<u16>,
     /// Seconds this host's records outlive it in the cluster store after a
-    /// crash (its lease TTL; at least 2).
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEASE_TTL.as_secs(),
-          value_parser = clap::value_parser!(u64).range(2..=3600))]
-    pub cluster_ttl: u64,
+    /// crash (its lease TTL; 2 to 3600, default 10); needs --cluster-store.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub cluster_ttl: Option<u64>,
 }
 
 impl OverlayArgs {
     /// The validated settings, or `None` when the host takes no part in
     /// overlay networks.
     pub fn settings(&self) -> Result<Option<OverlaySettings>, CliError> {
+        if self.cluster_ttl.is_some() && self.cluster_store.is_none() {
+            return Err(CliError::Invalid(
+                "--cluster-ttl sets the lease of this host's records in the cluster \
+                 store: it needs --cluster-store"
+                    .into(),
+            ));
+        }
         let Some(advertise) = self.advertise else {
             if !self.peer.is_empty() || self.vxlan_port.is_some() || self.cluster_store.is_some() {
                 return Err(CliError::Invalid(
@@ -78,7 +84,9 @@ impl OverlayArgs {
         };
         let mut config = ClusterConfig::new(url, o.advertise).map_err(DaemonError::from)?;
         config.vxlan_port = o.vxlan_port;
-        config.lease_ttl = Duration::from_secs(self.cluster_ttl);
+        config.lease_ttl = self
+            .cluster_ttl
+            .map_or(DEFAULT_LEASE_TTL, Duration::from_secs);
         let cluster = Cluster::connect(config).map_err(DaemonError::from)?;
         tracing::info!("cluster store {url} connected as host {}", o.advertise);
         Ok(Some(Box::new(cluster)))

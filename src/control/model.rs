@@ -45,7 +45,7 @@ pub enum ModelError {
     #[error("invalid container id {0:?}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit")]
     BadContainerId(String),
     /// A publication spec that does not parse.
-    #[error("invalid port publication {spec:?}: {why}; expected [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp")]
+    #[error("invalid port publication {spec:?}: {why}; expected [HOSTIP:]HOSTPORT[-END]:PORT[-END][/tcp|/udp], e.g. 8080:80, 127.0.0.1:5353:53/udp or 8000-8009:9000-9009")]
     BadPublication {
         /// The rejected spec.
         spec: String,
