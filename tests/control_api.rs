@@ -16,6 +16,7 @@ use switchyard::control::client::{Client, ClientError};
 use switchyard::control::model::{Endpoint, Network};
 use switchyard::control::store::State;
 
+use common::sysenv::wait_timeout;
 use common::{make_daemon, TempDir, TestDaemon};
 
 fn call(c: &mut Client, line: &str) -> Response {
@@ -529,6 +530,23 @@ fn ps(sock: &std::path::Path) -> std::process::Output {
 /// A spawned daemon, killed if the test fails before stopping it.
 struct Spawned(std::process::Child);
 
+/// `switchyard daemon` on `sock` and `state` with `extra` options, quiet.
+fn spawn_daemon(sock: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> Spawned {
+    Spawned(
+        bin()
+            .arg("--socket")
+            .arg(sock)
+            .arg("daemon")
+            .args(extra)
+            .arg("--state-dir")
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    )
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -585,11 +603,7 @@ fn binary_reports_problems_clearly() {
             .spawn()
             .expect("spawn daemon"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Client::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_socket(&sock);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&sock).expect("sock").permissions(),
     );
@@ -608,7 +622,7 @@ fn binary_reports_problems_clearly() {
             .expect("spawn second daemon"),
     );
     assert!(
-        exits_within(&mut second.0, Duration::from_secs(10)),
+        wait_timeout(&mut second.0, Duration::from_secs(10)).is_some(),
         "a second daemon runs on the same state directory"
     );
     let mut err = String::new();
@@ -934,17 +948,10 @@ fn cpu_affinity_pins_workers_and_bad_lists_are_refused() {
     // The last CPU this test may use: both workers go there.
     let allowed = switchyard::sys::affinity::allowed_cpus().expect("cpus");
     let cpu = allowed.last().expect("a cpu").to_string();
-    let mut daemon = Spawned(
-        bin()
-            .args(["--socket"])
-            .arg(&sock)
-            .args(["daemon", "--workers", "2", "--cpu-affinity", &cpu])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn daemon"),
+    let mut daemon = spawn_daemon(
+        &sock,
+        &dir.path().join("state"),
+        &["--workers", "2", "--cpu-affinity", &cpu],
     );
     // The API socket is bound before the data plane starts: wait for the
     // workers themselves (each is pinned right after it is spawned).
@@ -977,18 +984,6 @@ fn cpu_affinity_pins_workers_and_bad_lists_are_refused() {
     }
 }
 
-/// Waits until `child` exits, at most `limit`; true if it did.
-fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 fn wait_for_socket(sock: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(sock).is_err() {
@@ -1007,19 +1002,7 @@ fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
     use nix::unistd::Pid;
     let dir = TempDir::new("sigterm");
     let sock = dir.path().join("api.sock");
-    let spawn = |state: &str| {
-        Spawned(
-            bin()
-                .args(["--socket"])
-                .arg(&sock)
-                .args(["daemon", "--workers", "1", "--state-dir"])
-                .arg(dir.path().join(state))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn daemon"),
-        )
-    };
+    let spawn = |state: &str| spawn_daemon(&sock, &dir.path().join(state), &["--workers", "1"]);
     let mut first = spawn("state1");
     wait_for_socket(&sock);
     // A cleaned runtime directory: the path is gone, then a second daemon
@@ -1031,7 +1014,7 @@ fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
     wait_for_socket(&sock);
     kill(Pid::from_raw(first.0.id() as i32), Signal::SIGTERM).expect("signal");
     assert!(
-        exits_within(&mut first.0, Duration::from_secs(10)),
+        wait_timeout(&mut first.0, Duration::from_secs(10)).is_some(),
         "the first daemon ignored SIGTERM"
     );
     // ...and on its way out it left the second daemon's socket alone.
@@ -1042,7 +1025,7 @@ fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
         String::from_utf8_lossy(&out.stderr)
     );
     kill(Pid::from_raw(second.0.id() as i32), Signal::SIGTERM).expect("signal");
-    assert!(exits_within(&mut second.0, Duration::from_secs(10)));
+    assert!(wait_timeout(&mut second.0, Duration::from_secs(10)).is_some());
     assert!(
         !sock.exists(),
         "the second daemon left its socket file behind"

@@ -71,14 +71,7 @@ impl Up {
 
     /// The exit status; panics with `what` unless `up` exits within 15 s.
     fn exit_status(&mut self, what: &str) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::sysenv::wait_timeout(&mut self.child, Duration::from_secs(15)).expect(what)
     }
 }
 
