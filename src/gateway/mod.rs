@@ -10,6 +10,7 @@ pub mod dns_tcp;
 pub mod flow;
 pub mod icmp_nat;
 pub mod nat;
+pub mod neighbours;
 pub mod publish;
 pub mod splice;
 pub mod stack;

@@ -5,19 +5,12 @@
 //! carry sandboxes' flows to the outside over host sockets (NAT, see
 //! [`super::nat`]). A sandbox's frames always reach the same thread, which
 //! owns all its flows, so threads share nothing but the cap on flows in all.
-//!
-//! smoltcp learns neighbours only from ARP and NDP, so before a new client's
-//! first segment the stack feeds it a synthetic ARP request (IPv4) or
-//! neighbour solicitation (IPv6) from that client (the MAC and address of the
-//! punted frame); smoltcp's reply to it is dropped. smoltcp's own requests
-//! are dropped too (the pipeline answers for the gateway, and a sandbox's
-//! answer would not come back here), so when its cache has lost a client
-//! (evicted by others) its request for it makes the stack announce the
-//! client again at once.
+//! Clients are announced to smoltcp's neighbour cache by
+//! [`super::neighbours`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,16 +34,12 @@ use crate::pipeline::punt::{PuntQueue, PuntShard};
 use crate::ports::PortId;
 use crate::stats::bump;
 use crate::tables::topology::{GatewayInfo, NetworkId, SharedTopology};
-use crate::wire::arp::{ArpRepr, Operation};
 use crate::wire::ethernet::EtherType;
 use crate::wire::MacAddr;
 
 const WAKER: Token = Token(0);
 /// Frames taken from the punt queue per round, so answers keep flowing.
 const ROUND: usize = 1024;
-/// A client's neighbour entry is refreshed this often (smoltcp keeps them
-/// for a minute).
-const NEIGHBOUR_REFRESH_MS: i64 = 20_000;
 // smoltcp's neighbour cache (a cargo feature of smoltcp) holds a /24 of
 // sandboxes per network and thread, not its default 8; clients beyond it
 // are announced again when smoltcp asks for them (`heal_neighbours`).
@@ -185,16 +174,17 @@ pub(super) struct NetStack {
     /// 64 KiB, TCP checksums left partial).
     pub(super) large: Interface,
     /// ARP for `large`'s neighbour cache.
-    large_rx: VecDeque<Frame>,
+    pub(super) large_rx: VecDeque<Frame>,
     idle: SocketSet<'static>,
     sockets: SocketSet<'static>,
-    rx: VecDeque<Frame>,
+    pub(super) rx: VecDeque<Frame>,
     /// Packets of no flow, polled against an empty socket set so smoltcp
     /// answers them (RST, ICMP port unreachable).
     pub(super) reject_rx: VecDeque<Frame>,
     reject: SocketSet<'static>,
     pub(super) clients: HashMap<MacAddr, PortId>,
-    neighbours: HashMap<IpAddr, (MacAddr, i64)>,
+    /// The clients announced to smoltcp, with when.
+    pub(super) neighbours: HashMap<IpAddr, (MacAddr, i64)>,
     dns: DnsTcp,
     pub(super) mtu: usize,
     pub(super) host_loopback: bool,
@@ -232,6 +222,19 @@ pub(super) struct Runner {
     pub(super) neighbour_misses: Vec<(NetworkId, IpAddr)>,
 }
 
+/// What a stack thread is given; the rest of its state starts empty.
+pub(super) struct RunnerSetup {
+    pub(super) punt: Arc<PuntQueue>,
+    pub(super) shard: usize,
+    pub(super) answers: Arc<TcpAnswers>,
+    pub(super) injector: Injector,
+    pub(super) dns: Arc<DnsService>,
+    pub(super) topo: SharedTopology,
+    pub(super) conns: ConnIds,
+    pub(super) flows: FlowTable<Flow>,
+    pub(super) commands: crossbeam::channel::Receiver<StackCommand>,
+}
+
 impl GatewayStack {
     /// Starts one stack thread per shard of `punt`, each sending through
     /// one of `injectors` (as many as shards).
@@ -264,40 +267,22 @@ impl GatewayStack {
             punt: punt.clone(),
         };
         for (shard, injector) in injectors.into_iter().enumerate() {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            // Workers wake the thread through its punt shard.
-            let _ = punt.shard(shard).waker.set(waker.clone());
-            let stop = Arc::new(AtomicBool::new(false));
-            let counters = Arc::new(StackCounters::default());
             let (commands_tx, commands) = crossbeam::channel::unbounded();
-            let runner = Runner {
+            let runner = Runner::new(RunnerSetup {
                 punt: punt.clone(),
                 shard,
                 answers: answers.clone(),
                 injector,
                 dns: dns.clone(),
                 topo: topo.clone(),
-                nets: HashMap::new(),
-                responder: Responder::default(),
-                scratch: Vec::with_capacity(u16::MAX as usize),
-                done: Vec::new(),
                 conns: ConnIds::new(shard as u64, n as u64),
-                stop: stop.clone(),
-                poll,
-                epoch: std::time::Instant::now(),
-                counters: counters.clone(),
                 flows: FlowTable::sharing(limits, total.clone()),
-                dirty: Vec::new(),
-                udp_buf: vec![0; u16::MAX as usize],
                 commands,
-                listeners: HashMap::new(),
-                ready_listeners: Vec::new(),
-                udp_peers: HashMap::new(),
-                next_ephemeral: 0,
-                spliced: Arc::default(),
-                neighbour_misses: Vec::new(),
-            };
+            })?;
+            let waker = Arc::new(Waker::new(runner.poll.registry(), WAKER)?);
+            // Workers wake the thread through its punt shard.
+            let _ = punt.shard(shard).waker.set(waker.clone());
+            let (stop, counters) = (runner.stop.clone(), runner.counters.clone());
             // On error, `stack` drops here and stops the threads started.
             let thread = std::thread::Builder::new()
                 .name(format!("sy-gwstack{shard}"))
@@ -400,6 +385,36 @@ fn random_seed() -> u64 {
 const LARGE_ALLOCATION: usize = 256 * 1024;
 
 impl Runner {
+    pub(super) fn new(s: RunnerSetup) -> io::Result<Runner> {
+        Ok(Runner {
+            punt: s.punt,
+            shard: s.shard,
+            answers: s.answers,
+            injector: s.injector,
+            dns: s.dns,
+            topo: s.topo,
+            nets: HashMap::new(),
+            responder: Responder::default(),
+            scratch: Vec::with_capacity(u16::MAX as usize),
+            done: Vec::new(),
+            conns: s.conns,
+            stop: Arc::new(AtomicBool::new(false)),
+            poll: Poll::new()?,
+            epoch: std::time::Instant::now(),
+            counters: Arc::default(),
+            flows: s.flows,
+            dirty: Vec::new(),
+            udp_buf: vec![0; u16::MAX as usize],
+            commands: s.commands,
+            listeners: HashMap::new(),
+            ready_listeners: Vec::new(),
+            udp_peers: HashMap::new(),
+            next_ephemeral: 0,
+            spliced: Arc::default(),
+            neighbour_misses: Vec::new(),
+        })
+    }
+
     pub(super) fn now(&self) -> Instant {
         Instant::from_millis(self.epoch.elapsed().as_millis() as i64)
     }
@@ -578,96 +593,6 @@ impl Runner {
         }
     }
 
-    /// Records that `mac`/`ip` sits on `port`, and tells smoltcp (whose
-    /// neighbour cache learns only from ARP and NDP) with a synthetic ARP
-    /// request or neighbour solicitation from it when the entry is new or
-    /// getting old.
-    pub(super) fn announce_neighbour(
-        &mut self,
-        id: NetworkId,
-        mac: MacAddr,
-        ip: IpAddr,
-        port: PortId,
-        now: i64,
-    ) {
-        let Some(net) = self.net(id) else { return };
-        net.clients.insert(mac, port);
-        let stale = net
-            .neighbours
-            .get(&ip)
-            .is_none_or(|&(m, t)| m != mac || now - t > NEIGHBOUR_REFRESH_MS);
-        if stale {
-            self.feed_announcement(id, mac, ip, now);
-        }
-    }
-
-    /// Announces again the clients smoltcp asked for: its cache lost them
-    /// (each new client evicts the oldest entry once the cache is full), and
-    /// without this a flow to one would stall until its next refresh. True
-    /// if any was announced: the caller polls again soon, so that flows
-    /// waiting for it go on.
-    pub(super) fn heal_neighbours(&mut self) -> bool {
-        if self.neighbour_misses.is_empty() {
-            return false;
-        }
-        let now = self.now().total_millis();
-        let mut misses = std::mem::take(&mut self.neighbour_misses);
-        misses.sort_unstable();
-        misses.dedup();
-        bump(&self.counters.neighbour_misses, misses.len() as u64);
-        let mut healed = false;
-        for &(id, ip) in &misses {
-            let Some(net) = self.nets.get(&id) else {
-                continue;
-            };
-            // Only clients still attached: smoltcp may also ask for an
-            // address no sandbox announced (answering a spoofed source).
-            let Some(&(mac, _)) = net.neighbours.get(&ip) else {
-                continue;
-            };
-            if net.clients.contains_key(&mac) {
-                self.feed_announcement(id, mac, ip, now);
-                healed = true;
-            }
-        }
-        misses.clear();
-        self.neighbour_misses = misses;
-        healed
-    }
-
-    /// Feeds both of the network's interfaces a synthetic ARP request or
-    /// neighbour solicitation from `mac`/`ip`.
-    fn feed_announcement(&mut self, id: NetworkId, mac: MacAddr, ip: IpAddr, now: i64) {
-        let Some(gw) = self.nets.get(&id).map(|n| n.gw.clone()) else {
-            return;
-        };
-        for large in [false, true] {
-            let Some(mut a) = self.injector.alloc() else {
-                return;
-            };
-            let Some(net) = self.nets.get_mut(&id) else {
-                return self.injector.free(a);
-            };
-            let filled = match ip {
-                IpAddr::V4(ip) => gw
-                    .ipv4
-                    .is_some_and(|gw4| fill_arp_request(&mut a, mac, ip, gw4)),
-                IpAddr::V6(ip) => gw
-                    .ipv6
-                    .is_some_and(|gw6| fill_solicitation(&mut a, (mac, ip), (gw.mac, gw6))),
-            };
-            if !filled {
-                return self.injector.free(a);
-            }
-            if large {
-                net.large_rx.push_back(a);
-            } else {
-                net.rx.push_back(a);
-            }
-            net.neighbours.insert(ip, (mac, now));
-        }
-    }
-
     fn take_punted(&mut self) {
         let now = self.now().total_millis();
         for _ in 0..ROUND {
@@ -783,219 +708,12 @@ impl Runner {
     }
 }
 
-/// Makes `f` a neighbour solicitation from the client (MAC, address) for
-/// the gateway (MAC, address), sent to the gateway directly.
-fn fill_solicitation(
-    f: &mut Frame,
-    client: (MacAddr, Ipv6Addr),
-    gateway: (MacAddr, Ipv6Addr),
-) -> bool {
-    use crate::wire::icmpv6::Icmpv6Repr;
-    use crate::wire::udp_frame::{emit_ipv6_hops, IP6_HEADERS_LEN};
-    use crate::wire::IpProtocol;
-    let ns = Icmpv6Repr::NeighborSolicit {
-        target_addr: gateway.1,
-        lladdr: Some(client.0),
-    };
-    let len = ns.buffer_len();
-    let space = f.receive_space();
-    let Some(body) = space.get_mut(IP6_HEADERS_LEN..IP6_HEADERS_LEN + len) else {
-        return false;
-    };
-    if ns.emit(body, &client.1, &gateway.1).is_err() {
-        return false;
-    }
-    let macs = (client.0, gateway.0);
-    let ips = (client.1, gateway.1);
-    match emit_ipv6_hops(space, macs, ips, IpProtocol::Icmpv6, len, 255) {
-        Ok(n) => {
-            f.set_len(n);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Makes `f` an ARP request from the client (`mac`, `ip`) for the gateway.
-fn fill_arp_request(f: &mut Frame, mac: MacAddr, ip: Ipv4Addr, gateway: Ipv4Addr) -> bool {
-    let space = f.receive_space();
-    if space.len() < 42 {
-        return false;
-    }
-    space[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
-    space[6..12].copy_from_slice(&mac.0);
-    space[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let repr = ArpRepr {
-        operation: Operation::Request,
-        source_mac: mac,
-        source_ip: ip,
-        target_mac: MacAddr([0; 6]),
-        target_ip: gateway,
-    };
-    if repr.emit(&mut space[14..]).is_err() {
-        return false;
-    }
-    f.set_len(42);
-    true
-}
-
-/// A stack thread's state driven by hand, for the gateway's tests: network
-/// 0 (10.0.0.0/24, fd00::/64, gateway .1 / ::1) with sandbox ports 1 to
-/// 1000, whose frames land in one worker's inbox.
 #[cfg(test)]
-pub(super) mod harness {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-
-    use crossbeam::queue::ArrayQueue;
-    use mio::{Events, Poll};
-
-    use super::*;
-    use crate::dns::records::DnsSettings;
-    use crate::pipeline::pool::BufferPool;
-    use crate::pipeline::worker::WorkerShared;
-    use crate::ports::PortCaps;
-    use crate::stats::WorkerCounters;
-    use crate::tables::topology::{NetworkInfo, PortInfo, Topology};
-
-    pub const NET: NetworkId = NetworkId(0);
-    pub const GW_MAC: MacAddr = MacAddr([2, 0x5e, 0, 0, 0, 1]);
-    pub const GW4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    pub const GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-    /// Sandbox ports.
-    pub const PORTS: u32 = 1000;
-
-    /// Sandbox `i`'s MAC.
-    pub fn mac(i: u16) -> MacAddr {
-        let [a, b] = i.to_be_bytes();
-        MacAddr([2, 0, 0, 0, a, b])
-    }
-
-    /// The topology, with network 0's `--host-loopback` as asked.
-    pub fn topology(host_loopback: bool) -> Topology {
-        let mut t = Topology::default();
-        t.set_network(NetworkInfo {
-            id: NET,
-            name: "n0".into(),
-            ports: vec![],
-            gateway: Some(GatewayInfo {
-                mac: GW_MAC,
-                ipv4: Some(GW4),
-                ipv6: Some(GW6),
-            }),
-            isolate: false,
-            internal: false,
-            mac_cap: 4096,
-            subnet4: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
-            subnet6: Some((Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 64)),
-            host_loopback,
-        });
-        for i in 1..=PORTS {
-            t.add_port(PortInfo {
-                id: PortId(i),
-                name: format!("p{i}"),
-                network: NET,
-                owner: 0,
-                queue_workers: 1,
-                caps: PortCaps {
-                    offload: false,
-                    mtu: 1500,
-                    segments_gso: false,
-                    uso: false,
-                },
-                security: Default::default(),
-            });
-        }
-        t
-    }
-
-    /// A runner and the worker its frames go to.
-    pub struct Harness {
-        pub runner: Runner,
-        pub worker: Arc<WorkerShared>,
-    }
-
-    impl Harness {
-        pub fn new(host_loopback: bool) -> Harness {
-            let topo: SharedTopology =
-                Arc::new(arc_swap::ArcSwap::from_pointee(topology(host_loopback)));
-            let worker = Arc::new(WorkerShared {
-                inbox: ArrayQueue::new(4096),
-                learn_inbox: ArrayQueue::new(16),
-                sleeping: AtomicBool::new(false),
-                waker: None,
-                counters: Arc::new(WorkerCounters::default()),
-            });
-            let punt = Arc::new(PuntQueue::new(64, 1));
-            let injector = Injector::new(
-                BufferPool::standalone(4096),
-                vec![worker.clone()],
-                topo.clone(),
-                Arc::new(WorkerCounters::default()),
-            );
-            let runner = Runner {
-                punt: punt.clone(),
-                shard: 0,
-                answers: Arc::new(TcpAnswers {
-                    queues: vec![ArrayQueue::new(4)].into(),
-                    punt,
-                }),
-                injector,
-                dns: DnsService::new(DnsSettings::default()),
-                topo,
-                nets: HashMap::new(),
-                responder: Responder::default(),
-                scratch: Vec::new(),
-                done: Vec::new(),
-                conns: ConnIds::new(0, 1),
-                stop: Arc::new(AtomicBool::new(false)),
-                poll: Poll::new().expect("poll"),
-                epoch: std::time::Instant::now(),
-                counters: Arc::new(StackCounters::default()),
-                flows: FlowTable::new(FlowLimits::default()),
-                dirty: Vec::new(),
-                udp_buf: vec![0; u16::MAX as usize],
-                commands: crossbeam::channel::unbounded().1,
-                listeners: HashMap::new(),
-                ready_listeners: Vec::new(),
-                udp_peers: HashMap::new(),
-                next_ephemeral: 0,
-                spliced: Arc::default(),
-                neighbour_misses: Vec::new(),
-            };
-            Harness { runner, worker }
-        }
-
-        /// One round of the thread's loop, waiting up to `wait_ms` for host
-        /// sockets.
-        pub fn round(&mut self, wait_ms: u64) {
-            let r = &mut self.runner;
-            r.serve_listeners();
-            r.service();
-            r.drive_flows();
-            r.heal_neighbours();
-            let mut events = Events::with_capacity(64);
-            let wait = std::time::Duration::from_millis(wait_ms);
-            let _ = r.poll.poll(&mut events, Some(wait));
-            r.host_events(&events);
-        }
-
-        /// Frames sent to sandboxes since the last call.
-        pub fn sent(&mut self) -> Vec<Vec<u8>> {
-            let mut out = Vec::new();
-            while let Some(f) = self.worker.inbox.pop() {
-                out.push(f.data().to_vec());
-                self.runner.injector.free(f);
-            }
-            out
-        }
-    }
-}
+pub(super) mod harness;
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, TcpListener};
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 
     use super::harness::*;
     use super::*;
