@@ -1,14 +1,18 @@
 //! Forwarder tests against fake upstream servers on loopback.
 
 use super::message::tests::query;
+use super::message::HEADER_LEN;
 use super::*;
 use crossbeam::channel::{self, Receiver, Sender};
+use domain::base::iana::Rcode;
 use domain::base::{Header, Message, MessageBuilder};
 use domain::rdata::A;
 use std::io::{Read as _, Write as _};
 use std::net::UdpSocket as StdUdpSocket;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::net::{TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 /// How a fake upstream answers.
 #[derive(Debug, Clone, Copy, PartialEq)]
