@@ -1,14 +1,17 @@
 //! System tests of `switchyard run` with real namespaces, TAP devices, `ping`
 //! and `iperf3`, as root and as the unprivileged user `sytest` (created by
 //! tools/test.sh): connectivity, isolation between networks, internal
-//! networks, daemon restart with surviving sandboxes, and address release on
-//! disconnect. Everything is torn down on drop, even when a test fails.
+//! networks, daemon restart with surviving sandboxes, address release on
+//! disconnect, and a killed `run` taking CMD with it. Everything is torn
+//! down on drop, even when a test fails.
 //! Outside CI, a machine that cannot run them skips them with a message; with
 //! CI=true that is a failure.
 
 mod common;
 
-use common::sysenv::{ok, Env, USER};
+use std::time::Duration;
+
+use common::sysenv::{ok, running, within, Env, USER};
 
 fn scenario(tag: &str, user: Option<&str>, k: u8) {
     let Some(mut env) = Env::new(tag, user) else {
@@ -252,4 +255,42 @@ fn killed_run_leaves_nothing_as_root() {
 #[test]
 fn killed_run_leaves_nothing_as_unprivileged_user() {
     killed_with_its_command("killed-user", Some(USER));
+}
+
+/// `run` killed alone with SIGKILL (no teardown, CMD not signalled): CMD
+/// dies with it, and the daemon's reaper releases the endpoint.
+fn sigkilled_alone(tag: &str, user: Option<&str>) {
+    let Some(mut env) = Env::with_tools(tag, user, &[]) else {
+        return;
+    };
+    env.start_daemon();
+    // A duration no other process sleeps for: finds CMD in /proc.
+    let n = u32::from_str_radix(&common::unique_suffix(), 16).unwrap_or(1);
+    let sleep = format!("3600.{n}");
+    let i = env.spawn(&["run", "--name", "orphan", "--", "sleep", &sleep]);
+    env.wait_endpoints(&["orphan"]);
+    assert_eq!(running("sleep", &sleep).len(), 1, "CMD is not running");
+    env.children[i].kill().expect("SIGKILL run");
+    env.wait_child(i);
+    // It used to sleep on in its namespace, and its endpoint stayed listed
+    // for as long.
+    let gone = || running("sleep", &sleep).is_empty();
+    assert!(within(Duration::from_secs(5), gone), "CMD outlived run");
+    // The reaper looks every 2 s.
+    let released = || !env.ps().contains("orphan");
+    assert!(
+        within(Duration::from_secs(10), released),
+        "not released:\n{}",
+        env.ps()
+    );
+}
+
+#[test]
+fn sigkilled_run_takes_its_command_as_root() {
+    sigkilled_alone("sigkill-root", None);
+}
+
+#[test]
+fn sigkilled_run_takes_its_command_as_unprivileged_user() {
+    sigkilled_alone("sigkill-user", Some(USER));
 }

@@ -1,6 +1,7 @@
 //! `switchyard up` with a real topology: sandboxes come up attached and can
 //! reach each other by name, `ps` works against the running `up`, and SIGTERM
-//! tears everything down (process exits 0, socket removed, sandboxes gone).
+//! tears everything down (process exits 0, socket removed, sandboxes gone);
+//! SIGKILL takes the sandboxes' commands with it.
 //! Needs root (skipped otherwise; a failure under CI=true).
 
 mod common;
@@ -143,15 +144,22 @@ command = {command}
     }
 }
 
+/// A [`sleeper`] whose sandbox runs `n` sleeps, its output discarded;
+/// `None` (the test is skipped) unless run as root.
+fn sleeping_up(name: &str, shell: bool, n: usize) -> Option<Sleeper> {
+    if !require_root_or_skip() {
+        return None;
+    }
+    let mut s = sleeper(name, shell, Stdio::null());
+    let what = format!("the sandbox never ran {n} sleep(s)");
+    s.up.wait_for(&what, || sleeping(&s.sleep).len() == n);
+    Some(s)
+}
+
 /// The PIDs of the processes running `sleep` for `sleep.0` (not a shell or
 /// a helper whose command line names it too).
 fn sleeping(sleep: &KillOnDrop) -> Vec<u32> {
-    pgrep(&sleep.0)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-        .collect()
+    common::sysenv::running("sleep", &sleep.0)
 }
 
 #[test]
@@ -275,13 +283,9 @@ fn up_whose_report_cannot_be_written_tears_down_before_exiting() {
 
 #[test]
 fn teardown_stops_what_the_sandboxes_commands_started() {
-    if !require_root_or_skip() {
+    let Some(mut s) = sleeping_up("parent", true, 2) else {
         return;
-    }
-    let mut s = sleeper("parent", true, Stdio::null());
-    s.up.wait_for("the shell never started its two sleeps", || {
-        sleeping(&s.sleep).len() == 2
-    });
+    };
     assert!(s.up.terminate().success());
     // Only the shell was signalled: both sleeps used to outlive `up`.
     assert_eq!(sleeping(&s.sleep), Vec::<u32>::new(), "left running");
@@ -315,4 +319,21 @@ fn a_sandbox_that_exited_is_torn_down_without_errors() {
     // The teardown used to report the reaped endpoint as an error.
     let err = std::fs::read_to_string(&err).expect("read stderr");
     assert!(!err.contains("disconnect"), "{err}");
+}
+
+#[test]
+fn sandbox_commands_die_with_a_killed_up() {
+    let Some(mut s) = sleeping_up("sigkill", false, 1) else {
+        return;
+    };
+    s.up.child.kill().expect("SIGKILL up");
+    let _ = s.up.child.wait();
+    // No teardown runs: the kernel kills the command (PR_SET_PDEATHSIG).
+    // It used to sleep on, holding its network namespace.
+    let gone = || sleeping(&s.sleep).is_empty();
+    assert!(
+        common::sysenv::within(Duration::from_secs(5), gone),
+        "outlived up: {:?}",
+        sleeping(&s.sleep)
+    );
 }

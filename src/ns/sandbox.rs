@@ -10,6 +10,11 @@
 //! (spawn waits for the exec), and a fresh process is single-threaded, as
 //! `unshare(CLONE_NEWUSER)` requires. The helper then execs CMD, so the
 //! sandbox PID is CMD's PID.
+//!
+//! CMD dies with its caller, even one killed with SIGKILL that runs no
+//! teardown (as `unshare --kill-child`): the kernel sends it SIGKILL when
+//! the thread that spawned the sandbox exits. What CMD started is not
+//! signalled: the sandbox has no PID namespace of its own.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -22,7 +27,7 @@ use std::process::{Child, Command};
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
-use nix::unistd::{execvp, getgid, getuid, pipe};
+use nix::unistd::{execvp, getgid, getuid, pipe, Pid};
 
 /// Files bind-mounted into the sandbox. The sandbox removes them once they
 /// are mounted, and their directory if that is then empty.
@@ -78,7 +83,10 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts `command` in new namespaces using this program as the helper;
     /// returns once the namespaces exist. `files` must exist when
-    /// [`Sandbox::release`] is called.
+    /// [`Sandbox::release`] is called. CMD is killed when the calling
+    /// *thread* exits, not only the process: call it from a thread that
+    /// outlives the sandbox (`run` and `up` use their main thread, which
+    /// waits for or tears down every sandbox before it returns).
     pub fn spawn(command: &[String], files: &BindFiles) -> Result<Sandbox, SandboxError> {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         Self::spawn_with(&exe, command, files)
@@ -101,6 +109,7 @@ impl Sandbox {
         set_cloexec(&release_w);
         let child = Command::new(helper_exe)
             .arg("__sandbox")
+            .arg(std::process::id().to_string())
             .arg(ready_w.as_raw_fd().to_string())
             .arg(release_r.as_raw_fd().to_string())
             .arg(&files.resolv_conf)
@@ -295,10 +304,13 @@ fn remove_bind_files(resolv: &Path, hosts: &Path) {
     }
 }
 
-/// Entry point of `switchyard __sandbox READY_FD RELEASE_FD RESOLV HOSTS -- CMD...`.
+/// Entry point of `switchyard __sandbox CALLER_PID READY_FD RELEASE_FD RESOLV HOSTS -- CMD...`.
 pub fn sandbox_helper_main(args: &[String]) -> i32 {
-    let [ready, release, resolv, hosts, sep, cmd @ ..] = args else {
-        return fail("usage: __sandbox READY_FD RELEASE_FD RESOLV HOSTS -- CMD...");
+    let [caller, ready, release, resolv, hosts, sep, cmd @ ..] = args else {
+        return fail("usage: __sandbox CALLER_PID READY_FD RELEASE_FD RESOLV HOSTS -- CMD...");
+    };
+    let Ok(caller) = caller.parse::<i32>().map(Pid::from_raw) else {
+        return fail("bad caller PID");
     };
     let (Ok(ready), Ok(release)) = (ready.parse::<RawFd>(), release.parse::<RawFd>()) else {
         return fail("bad descriptor arguments");
@@ -360,6 +372,15 @@ pub fn sandbox_helper_main(args: &[String]) -> i32 {
     // and SIGPIPE ignored, and `up` could stop it only with SIGKILL.
     if let Err(e) = crate::sys::signal::reset_for_exec() {
         eprintln!("switchyard sandbox: warning: cannot reset signal handling: {e}");
+    }
+    // Last before exec, as a change of ids would clear it. A set-user-ID
+    // CMD (or one that changes its ids, as `su` does) is not killed with
+    // its caller: exec clears the parent-death signal then.
+    match crate::sys::signal::die_with_parent(caller) {
+        Ok(true) => {}
+        // The caller died since the release: never run CMD unattended.
+        Ok(false) => return 1,
+        Err(e) => return fail(&format!("cannot tie the command to its caller: {e}")),
     }
     match execvp(&argv[0], &argv) {
         Ok(never) => match never {},

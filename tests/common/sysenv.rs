@@ -280,6 +280,36 @@ impl Drop for Env {
     }
 }
 
+/// Polls `done` every 50 ms until it holds (true) or `limit` has passed
+/// (false).
+pub fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// PIDs of the processes named `comm` (as in `/proc/PID/comm`) whose
+/// command line holds `marker`: a sandbox's command, found without its
+/// caller or sandbox helper, whose command lines name it too.
+pub fn running(comm: &str, marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+            String::from_utf8_lossy(&read("comm")).trim() == comm && cmdline.contains(marker)
+        })
+        .collect()
+}
+
 /// Asserts that a command succeeded, showing its output otherwise.
 pub fn ok(out: &Output, what: &str) {
     assert!(
