@@ -337,3 +337,68 @@ fn sandbox_commands_die_with_a_killed_up() {
         sleeping(&s.sleep)
     );
 }
+
+#[test]
+fn a_failed_start_stops_what_earlier_sandboxes_started() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("up-abort");
+    let n = u32::from_str_radix(&unique_suffix(), 16).unwrap_or(1);
+    let sleep = KillOnDrop(format!("sleep 3600.{n}"));
+    let topology = format!(
+        r#"
+[[sandbox]]
+name = "first"
+command = ["sh", "-c", "{s} & {s}"]
+
+[[sandbox]]
+name = "second"
+command = ["true"]
+"#,
+        s = sleep.0
+    );
+    let file = dir.path().join("topo.toml");
+    std::fs::write(&file, topology).expect("write topology");
+    // `up` writes the second sandbox's files under a directory named after
+    // its PID, which the shell knows as $$ before it execs `up`: the
+    // resolv.conf there is a FIFO, where `up` waits until this test opens
+    // it, and hosts a directory, which it cannot write.
+    let files = "$XDG_RUNTIME_DIR/switchyard-run-$$-1";
+    let script =
+        format!(r#"mkdir -p "{files}/hosts" && mkfifo "{files}/resolv.conf" && exec "$0" "$@""#);
+    let sock = dir.path().join("api.sock");
+    let child = Command::new("sh")
+        .args(["-c", &script, BIN, "--socket"])
+        .arg(&sock)
+        .args(["up", "--workers", "2"])
+        .arg(&file)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start up");
+    let mut up = Up { child, sock };
+    let fifo = dir
+        .path()
+        .join(format!("switchyard-run-{}-1/resolv.conf", up.child.id()));
+    up.wait_for("the first sandbox's shell never started its sleeps", || {
+        sleeping(&sleep).len() == 2
+    });
+    // Opened for reading and writing, so that neither side waits: `up`
+    // writes into the pipe's buffer and goes on to fail.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let status = up.exit_status("up did not give up on the second sandbox");
+    assert!(!status.success(), "{status:?}");
+    // Only the first sandbox's shell used to be killed: both sleeps
+    // outlived up.
+    let gone = || sleeping(&sleep).is_empty();
+    assert!(
+        common::sysenv::within(Duration::from_secs(5), gone),
+        "left running: {:?}",
+        sleeping(&sleep)
+    );
+}

@@ -224,9 +224,10 @@ impl Launched {
             .map_err(|e| CliError::Sandbox(e.to_string()))
     }
 
-    /// Kills the sandbox and detaches it (after a failed start).
+    /// Kills the sandbox, what its command started included, and detaches
+    /// it (after a failed start: `up` aborts sandboxes already released).
     pub fn abort(&mut self, client: &mut Client) {
-        self.sandbox.kill();
+        self.sandbox.kill_all();
         let _ = self.sandbox.wait();
         for e in self.teardown(client) {
             eprintln!("switchyard: {e}");
