@@ -1031,3 +1031,77 @@ fn sigterm_stops_a_daemon_whose_socket_file_was_removed_or_taken() {
         "the second daemon left its socket file behind"
     );
 }
+
+/// A state directory in `dir` holding `n` endpoints no daemon can re-attach:
+/// their "network namespaces" are regular files, which still exist (so the
+/// sandbox does not count as gone) but which the real attacher cannot
+/// enter.
+fn unattachable_state(dir: &TempDir, n: usize) -> std::path::PathBuf {
+    let state = dir.path().join("state");
+    let t = TestDaemon::start(&state, &dir.path().join("setup.sock"));
+    let mut c = t.client();
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"old","subnet":"10.8.0.0/24"}"#,
+    );
+    for i in 0..n {
+        let ns = dir.path().join(format!("ns{i}"));
+        std::fs::write(&ns, b"").expect("ns file");
+        ok(
+            &mut c,
+            &format!(
+                r#"{{"op":"connect","network":"old","target":{{"netns":{{"path":"{}"}}}}}}"#,
+                ns.display()
+            ),
+        );
+    }
+    t.stop();
+    state
+}
+
+/// The endpoints recorded in the state directory `state`.
+fn recorded_endpoints(state: &std::path::Path) -> usize {
+    let store = switchyard::control::store::Store::open(state).expect("open state");
+    store.load().expect("load state").endpoints.len()
+}
+
+#[test]
+fn restoring_unattachable_endpoints_delays_startup_once_not_each() {
+    let dir = TempDir::new("restore-slow");
+    let state = unattachable_state(&dir, 5);
+    let sock = dir.path().join("api.sock");
+    let started = Instant::now();
+    let _daemon = spawn_daemon(&sock, &state, &["--workers", "1"]);
+    wait_for_socket(&sock);
+    let mut c = Client::connect_with_timeout(&sock, Duration::from_secs(60)).expect("connect");
+    let eps: Vec<Endpoint> = c.call(&switchyard::control::api::Request::Ps).expect("ps");
+    let waited = started.elapsed();
+    // Each endpoint used to be retried for 3 s in turn: 15 s here.
+    assert!(
+        waited < Duration::from_secs(6),
+        "the API answered after {waited:?}"
+    );
+    assert!(eps.is_empty(), "not released: {eps:?}");
+}
+
+#[test]
+fn sigterm_during_restore_stops_the_daemon_at_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = TempDir::new("restore-term");
+    let state = unattachable_state(&dir, 5);
+    let sock = dir.path().join("api.sock");
+    let mut daemon = spawn_daemon(&sock, &state, &["--workers", "1"]);
+    // Bound: the daemon is starting (or restoring) now.
+    wait_for_socket(&sock);
+    let signalled = Instant::now();
+    kill(Pid::from_raw(daemon.0.id() as i32), Signal::SIGTERM).expect("signal");
+    let status = wait_timeout(&mut daemon.0, Duration::from_secs(30)).expect("exits");
+    let took = signalled.elapsed();
+    // It used to finish the whole restore first.
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    assert!(status.success(), "{status:?}");
+    // What it had no time for is tried again at the next start, not
+    // released.
+    assert_eq!(recorded_endpoints(&state), 5);
+}

@@ -189,6 +189,7 @@ fn host(
             nat_limits: Default::default(),
             overlay: Some(overlay),
             cluster: store,
+            stopping: Default::default(),
         },
         Box::new(attacher.clone()),
     )

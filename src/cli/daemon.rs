@@ -96,11 +96,12 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
         nat_limits: args.nat.limits(),
         cluster: args.overlay.cluster(overlay.as_ref())?,
         overlay,
+        stopping: Arc::default(),
     };
     let queues = config.dataplane.workers;
-    let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);
-    let daemon = Daemon::new(config, Box::new(attacher))?;
-    tracing::info!("switchyard daemon listening on {}", socket.display());
+    // Waiting from before the start: restoring a large state may take a
+    // while, and a stop request cuts it short.
+    let stopping = config.stopping.clone();
     let stop = server.stop_handle();
     std::thread::Builder::new()
         .name("sy-signals".into())
@@ -108,9 +109,13 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
             if let Ok(sig) = signals.wait() {
                 tracing::info!("received {sig}, stopping");
             }
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
             stop.stop();
         })
         .map_err(|e| CliError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    let attacher = crate::ns::NsAttacher::from_current_exe().with_queues(queues);
+    let daemon = Daemon::new(config, Box::new(attacher))?;
+    tracing::info!("switchyard daemon listening on {}", socket.display());
     let daemon = Arc::new(Mutex::new(daemon));
     spawn_reaper(&daemon);
     super::metrics_args::serve(metrics, &daemon)?;

@@ -146,6 +146,8 @@ pub fn up(socket: &Path, args: UpArgs) -> Result<i32, CliError> {
         nat_limits: args.nat.limits(),
         overlay: None,
         cluster: None,
+        // A fresh state directory: there is nothing to restore.
+        stopping: Arc::default(),
     };
     let daemon = Daemon::new(
         config,

@@ -64,6 +64,7 @@ pub fn make_daemon(state_dir: &Path, attacher: FakeAttacher) -> Result<Daemon, D
             nat_limits: Default::default(),
             overlay: None,
             cluster: None,
+            stopping: Default::default(),
         },
         Box::new(attacher),
     )

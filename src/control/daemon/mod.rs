@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod capture;
@@ -13,6 +14,7 @@ mod etcd_store;
 mod gateway;
 mod overlay;
 mod publish;
+mod restore;
 
 pub use cluster::{
     spawn_cluster_sync, ClusterSnapshot, ClusterStore, ClusterWatch, EndpointRecord, IpamLease,
@@ -64,6 +66,10 @@ pub struct DaemonConfig {
     pub overlay: Option<OverlaySettings>,
     /// The cluster store shared with other hosts (needs `overlay`).
     pub cluster: Option<Box<dyn ClusterStore>>,
+    /// Set when the daemon is asked to stop: a start still retrying
+    /// endpoints it cannot re-attach gives up at once and keeps them for
+    /// the next start.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// The running control plane.
@@ -94,7 +100,8 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the state directory, loads state (a corrupt file is moved aside
     /// and logged), starts the data plane, re-creates networks, re-attaches
-    /// endpoints whose sandboxes still exist, drops the others, and makes
+    /// endpoints whose sandboxes still exist, drops the others (see
+    /// `restore.rs` for the retries and `DaemonConfig::stopping`), and makes
     /// sure the `default` network exists.
     pub fn new(config: DaemonConfig, attacher: Box<dyn Attacher>) -> Result<Daemon, DaemonError> {
         let store = Store::open(&config.state_dir)?;
@@ -165,7 +172,7 @@ impl Daemon {
             capturing: std::collections::HashSet::new(),
         };
         d.start_overlay()?;
-        d.restore(state)?;
+        d.restore(state, &config.stopping)?;
         d.rejoin_cluster();
         if d.network(DEFAULT_NETWORK).is_none() {
             d.create_network(NetworkCreate {
@@ -174,77 +181,6 @@ impl Daemon {
             })?;
         }
         Ok(d)
-    }
-
-    fn restore(&mut self, loaded: State) -> Result<(), DaemonError> {
-        let mut state = loaded.clone();
-        for net in &loaded.networks {
-            let id = self.dataplane.add_network(network_spec(net))?;
-            self.net_ids.insert(net.name.clone(), id);
-            self.apply_overlay(net)?;
-        }
-        state.endpoints.clear();
-        for ep in loaded.endpoints.iter().cloned() {
-            let Some(net) = loaded.networks.iter().find(|n| n.name == ep.network) else {
-                tracing::warn!(
-                    "dropping endpoint {} of unknown network {}",
-                    ep.name,
-                    ep.network
-                );
-                continue;
-            };
-            if self.attacher.namespace_id(&ep.sandbox) != Some(ep.netns_id) {
-                tracing::warn!(
-                    "sandbox {} of endpoint {}/{} is gone; released {}",
-                    ep.sandbox,
-                    ep.network,
-                    ep.name,
-                    ep.ipv4
-                );
-                continue;
-            }
-            match self.reattach_ports(&ep, net) {
-                Ok(ports) => {
-                    self.ports.insert(ep.id.clone(), ports);
-                    for p in &ep.publications {
-                        match self.bind_publication(&ep, p) {
-                            Ok(bound) => self.serve_publication(&ep.id, *p, bound),
-                            Err(e) => tracing::warn!("endpoint {}/{}: {e}", ep.network, ep.name),
-                        }
-                    }
-                    state.endpoints.push(ep);
-                }
-                Err(e) => tracing::warn!(
-                    "cannot re-attach endpoint {}/{}: {e}; released {}",
-                    ep.network,
-                    ep.name,
-                    ep.ipv4
-                ),
-            }
-        }
-        if state != loaded {
-            self.store.save(&state)?;
-        }
-        self.state = state;
-        self.publish_dns();
-        Ok(())
-    }
-
-    /// Re-creates an endpoint's interface after a restart. The previous
-    /// daemon's TAP disappears when its fds close, but the kernel may still be
-    /// unregistering it (its name taken) for a moment, so failures are retried
-    /// for up to three seconds.
-    fn reattach_ports(&mut self, ep: &Endpoint, net: &Network) -> Result<Vec<PortId>, DaemonError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
-            match self.attach_ports(ep, net) {
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::debug!("re-attaching {}/{}: {e}; retrying", ep.network, ep.name);
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                r => return r,
-            }
-        }
     }
 
     /// The current state.
