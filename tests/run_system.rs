@@ -2,8 +2,8 @@
 //! and `iperf3`, as root and as the unprivileged user `sytest` (created by
 //! tools/test.sh): connectivity, isolation between networks, internal
 //! networks, daemon restart with surviving sandboxes, address release on
-//! disconnect, and a killed `run` taking CMD with it. Everything is torn
-//! down on drop, even when a test fails.
+//! disconnect, signals passed on to the command, and a killed `run` taking
+//! CMD with it. Everything is torn down on drop, even when a test fails.
 //! Outside CI, a machine that cannot run them skips them with a message; with
 //! CI=true that is a failure.
 
@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::sysenv::{ok, running, within, Env, USER};
+use common::sysenv::{ok, running, spawn_retry, wait_timeout, within, Env, USER};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 fn scenario(tag: &str, user: Option<&str>, k: u8) {
     let Some(mut env) = Env::new(tag, user) else {
@@ -215,8 +217,8 @@ fn run_as_unprivileged_user() {
     scenario("user", Some(USER), (std::process::id() % 100 + 100) as u8);
 }
 
-/// `run` and its CMD killed together (Ctrl-C kills the whole foreground
-/// group; here SIGTERM, which no shell leaves ignored): `run` gets no
+/// `run` and its CMD killed together (SIGKILL to the group: any other
+/// signal `run` passes on and then tears down itself): `run` gets no
 /// teardown, yet nothing of the sandbox stays behind in the runtime
 /// directory.
 fn killed_with_its_command(tag: &str, user: Option<&str>) {
@@ -236,7 +238,7 @@ fn killed_with_its_command(tag: &str, user: Option<&str>) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let group = nix::unistd::Pid::from_raw(env.children[i].id() as i32);
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).expect("signal");
     env.wait_child(i);
     let left: Vec<String> = std::fs::read_dir(env.dir.join("run"))
         .expect("runtime dir")
@@ -255,6 +257,51 @@ fn killed_run_leaves_nothing_as_root() {
 #[test]
 fn killed_run_leaves_nothing_as_unprivileged_user() {
     killed_with_its_command("killed-user", Some(USER));
+}
+
+/// SIGTERM sent to `run` alone, not its process group, reaches CMD, which
+/// handles it; `run` then detaches CMD and exits with CMD's status.
+fn signal_passed_on(tag: &str, user: Option<&str>) {
+    let Some(mut env) = Env::with_tools(tag, user, &[]) else {
+        return;
+    };
+    env.start_daemon();
+    let marker = env.dir.join("started");
+    let script = format!(
+        "trap 'echo got-term; exit 7' TERM; touch {}; while :; do sleep 0.1; done",
+        marker.display()
+    );
+    let out = env.dir.join("out");
+    let mut run = env.cmd(&["run", "--name", "trapper", "--", "sh", "-c", &script]);
+    run.stdout(std::fs::File::create(&out).expect("output file"));
+    env.children.push(spawn_retry(&mut run).expect("start run"));
+    let run = env.children.last_mut().expect("run");
+    assert!(
+        within(Duration::from_secs(15), || marker.exists()),
+        "the command never started"
+    );
+    let pid = Pid::from_raw(run.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("signal run");
+    let status = wait_timeout(run, Duration::from_secs(5)).expect("run exits after SIGTERM");
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(status.code(), Some(7), "run: {status:?}, output: {printed}");
+    assert!(printed.contains("got-term"), "output: {printed}");
+    let ps = env.ps();
+    assert!(
+        !ps.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("trapper")),
+        "endpoint left attached:\n{ps}"
+    );
+}
+
+#[test]
+fn signal_to_run_reaches_its_command_as_root() {
+    signal_passed_on("sig-root", None);
+}
+
+#[test]
+fn signal_to_run_reaches_its_command_as_unprivileged_user() {
+    signal_passed_on("sig-user", Some(USER));
 }
 
 /// `run` killed alone with SIGKILL (no teardown, CMD not signalled): CMD

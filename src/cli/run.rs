@@ -1,19 +1,22 @@
 //! `switchyard run`: starts CMD in a new user + network + mount namespace,
 //! attaches it to its networks through the daemon, gives it a generated
-//! `/etc/resolv.conf` and `/etc/hosts`, and detaches it when CMD exits. The
-//! launch part is shared with `switchyard up`.
+//! `/etc/resolv.conf` and `/etc/hosts`, passes the signals it gets on to
+//! CMD, and detaches it when CMD exits. The launch part is shared with
+//! `switchyard up`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use nix::unistd::Pid;
 
 use super::CliError;
 use crate::control::api::{self, ByName, NetworkDetail, Request};
 use crate::control::client::{Client, ClientError};
 use crate::control::model::{Endpoint, Publication, SandboxTarget};
 use crate::ns::sandbox::{BindFiles, Sandbox};
+use crate::sys::signal::{HeldSignals, PROXIED};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -237,6 +240,10 @@ impl Launched {
 
 /// Runs `run`; returns the command's exit status.
 pub fn run(socket: &Path, args: RunArgs) -> Result<i32, CliError> {
+    // Before anything starts: a signal that comes while the sandbox is set
+    // up then waits to be passed on to CMD, instead of ending `run` with
+    // CMD's endpoints attached.
+    let signals = HeldSignals::block(&PROXIED).map_err(CliError::Signals)?;
     let mut client = Client::connect(socket)?;
     let spec = SandboxSpec {
         name: args.name,
@@ -253,12 +260,25 @@ pub fn run(socket: &Path, args: RunArgs) -> Result<i32, CliError> {
         launched.abort(&mut client);
         return Err(e);
     }
+    // As `docker run` does by default (--sig-proxy); see
+    // `signal::passes_on` for Ctrl-C, which CMD gets from the terminal.
+    let pid = Pid::from_raw(launched.sandbox.pid() as i32);
+    let proxy = match signals.forward_to(pid) {
+        Ok(p) => p,
+        Err(e) => {
+            launched.abort(&mut client);
+            return Err(CliError::Sandbox(format!(
+                "cannot pass signals on to the command: {e}"
+            )));
+        }
+    };
     // No connection is held while CMD runs: the daemon serves a bounded
     // number of clients.
     drop(client);
-    let status = launched
-        .sandbox
-        .wait()
+    let status = proxy
+        .until_exit()
+        .map_err(std::io::Error::from)
+        .and_then(|()| launched.sandbox.wait())
         .map_err(|e| CliError::Sandbox(format!("waiting for the command: {e}")))?;
     // A fresh connection: the first may have timed out while CMD ran.
     let mut client = Client::connect(socket)?;

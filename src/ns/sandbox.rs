@@ -293,8 +293,8 @@ fn bind(src: &Path, target: &str) {
 
 /// The mounts hold the files from now on: removes them, and their
 /// directory once it is empty, so that nothing is left behind when the
-/// caller dies with CMD and never runs its teardown (Ctrl-C kills `run` and
-/// CMD together).
+/// caller dies with CMD and never runs its teardown (SIGKILL to `run`'s
+/// process group).
 fn remove_bind_files(resolv: &Path, hosts: &Path) {
     for f in [resolv, hosts] {
         let _ = std::fs::remove_file(f);
@@ -368,8 +368,9 @@ pub fn sandbox_helper_main(args: &[String]) -> i32 {
     else {
         return fail("command contains a NUL byte");
     };
-    // Otherwise CMD would start with SIGTERM and SIGINT blocked (from `up`)
-    // and SIGPIPE ignored, and `up` could stop it only with SIGKILL.
+    // Otherwise CMD would start with SIGPIPE ignored and blocked what `up`
+    // and `run` block (the signals they wait for or pass on), and `up`
+    // could stop it only with SIGKILL.
     if let Err(e) = crate::sys::signal::reset_for_exec() {
         eprintln!("switchyard sandbox: warning: cannot reset signal handling: {e}");
     }
