@@ -46,9 +46,10 @@ pub trait Attacher: Send + Sync {
     fn attach(&self, req: &AttachSpec) -> Result<Vec<Box<dyn Port>>, AttachFailure>;
     /// Removes the interface (best effort; closing the ports usually suffices).
     fn detach(&self, target: &SandboxTarget, ifname: &str) -> Result<(), AttachFailure>;
-    /// Identity (dev, inode) of the sandbox's network namespace, or None if it
-    /// is gone.
-    fn namespace_id(&self, target: &SandboxTarget) -> Option<NamespaceId>;
+    /// Identity (dev, inode) of the sandbox's network namespace, or why it
+    /// cannot be had: gone (`ENOENT`, `ESRCH`) or not ours to inspect
+    /// (`EACCES`, `EPERM`).
+    fn namespace_id(&self, target: &SandboxTarget) -> std::io::Result<NamespaceId>;
     /// Whether [`Attacher::connect_in`] is available.
     fn can_connect_in(&self) -> bool {
         false
@@ -73,11 +74,11 @@ pub fn netns_file(target: &SandboxTarget) -> PathBuf {
     }
 }
 
-/// Identity of the sandbox's network namespace file, if it exists and can be
-/// inspected.
-pub fn stat_namespace(target: &SandboxTarget) -> Option<NamespaceId> {
-    let (dev, inode) = crate::sys::netns::ns_id(&netns_file(target)).ok()?;
-    Some(NamespaceId { dev, inode })
+/// Identity of the sandbox's network namespace file, or why it cannot be
+/// inspected (a process's namespaces are open to its own user and root only).
+pub fn stat_namespace(target: &SandboxTarget) -> std::io::Result<NamespaceId> {
+    let (dev, inode) = crate::sys::netns::ns_id(&netns_file(target))?;
+    Ok(NamespaceId { dev, inode })
 }
 
 /// The attacher of builds without namespace support: every attach fails with
@@ -96,7 +97,7 @@ impl Attacher for UnavailableAttacher {
         Ok(())
     }
 
-    fn namespace_id(&self, target: &SandboxTarget) -> Option<NamespaceId> {
+    fn namespace_id(&self, target: &SandboxTarget) -> std::io::Result<NamespaceId> {
         stat_namespace(target)
     }
 }

@@ -63,7 +63,7 @@ impl Attacher for FakeAttacher {
         Ok(())
     }
 
-    fn namespace_id(&self, target: &SandboxTarget) -> Option<NamespaceId> {
+    fn namespace_id(&self, target: &SandboxTarget) -> std::io::Result<NamespaceId> {
         stat_namespace(target)
     }
 }

@@ -2,9 +2,9 @@
 //! to do, each mapped to an API [`ErrorKind`].
 
 use super::api::{ApiError, ErrorKind};
-use super::attach::AttachFailure;
+use super::attach::{netns_file, AttachFailure};
 use super::ipam::IpamError;
-use super::model::ModelError;
+use super::model::{ModelError, SandboxTarget};
 use super::store::StoreError;
 use crate::dataplane::DataplaneError;
 
@@ -77,6 +77,20 @@ pub enum DaemonError {
         /// Namespace file.
         path: String,
     },
+    /// The sandbox exists but the daemon may not open its namespace.
+    #[error(
+        "{target} exists, but the daemon may not open its network namespace {path} \
+         ({source}); it belongs to another user: run the daemon as that user or as root"
+    )]
+    SandboxNoAccess {
+        /// Sandbox.
+        target: String,
+        /// Namespace file.
+        path: String,
+        /// Why (`EACCES` or `EPERM`).
+        #[source]
+        source: std::io::Error,
+    },
     /// Attaching failed.
     #[error("cannot attach {target} to network {network:?}: {source}")]
     Attach {
@@ -146,6 +160,21 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
+    /// Why `target`'s namespace could not be inspected: not ours to open
+    /// (`EACCES`, `EPERM`: it belongs to another user), else gone.
+    pub fn sandbox_unreachable(target: &SandboxTarget, source: std::io::Error) -> DaemonError {
+        let path = netns_file(target).display().to_string();
+        let target = target.to_string();
+        match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => DaemonError::SandboxNoAccess {
+                target,
+                path,
+                source,
+            },
+            _ => DaemonError::SandboxGone { target, path },
+        }
+    }
+
     /// The API class of the error.
     pub fn kind(&self) -> ErrorKind {
         use DaemonError as E;
@@ -160,7 +189,7 @@ impl DaemonError {
             | E::NoSuchPublication { .. } => ErrorKind::NotFound,
             E::NetworkInUse { .. } | E::DefaultNetwork => ErrorKind::InUse,
             E::AmbiguousEndpoint { .. } | E::Invalid(_) | E::Model(_) => ErrorKind::BadRequest,
-            E::Attach { .. } => ErrorKind::Attach,
+            E::Attach { .. } | E::SandboxNoAccess { .. } => ErrorKind::Attach,
             E::Unsupported(_) => ErrorKind::Unsupported,
             E::PortTaken { .. } | E::CaptureRunning(_) => ErrorKind::Conflict,
             E::Bind { .. } => ErrorKind::Conflict,
@@ -194,5 +223,38 @@ impl DaemonError {
 impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> ApiError {
         ApiError::new(e.kind(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable(errno: i32) -> DaemonError {
+        let err = std::io::Error::from_raw_os_error(errno);
+        DaemonError::sandbox_unreachable(&SandboxTarget::Pid(1), err)
+    }
+
+    #[test]
+    fn a_namespace_we_may_not_open_is_not_reported_missing() {
+        for errno in [libc::EACCES, libc::EPERM] {
+            let e = unreachable(errno);
+            assert_eq!(e.kind(), ErrorKind::Attach);
+            let text = e.to_string();
+            assert!(text.starts_with("pid 1 exists, but"), "{text}");
+            assert!(text.contains("/proc/1/ns/net"), "{text}");
+            let reason = std::io::Error::from_raw_os_error(errno).to_string();
+            assert!(text.contains(&reason), "{text}");
+            assert!(!text.contains("not found"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_that_is_gone_is_not_found() {
+        for errno in [libc::ENOENT, libc::ESRCH] {
+            let e = unreachable(errno);
+            assert_eq!(e.kind(), ErrorKind::NotFound);
+            assert!(e.to_string().starts_with("pid 1 not found"), "{e}");
+        }
     }
 }

@@ -81,13 +81,13 @@ impl Attacher for NsAttacher {
 
     fn detach(&self, target: &SandboxTarget, ifname: &str) -> Result<(), AttachFailure> {
         // A sandbox that is gone took its interfaces with it.
-        if stat_namespace(target).is_none() {
+        if stat_namespace(target).is_err() {
             return Ok(());
         }
         detach(&self.helper_exe, target, ifname).map_err(|e| AttachFailure(e.to_string()))
     }
 
-    fn namespace_id(&self, target: &SandboxTarget) -> Option<NamespaceId> {
+    fn namespace_id(&self, target: &SandboxTarget) -> std::io::Result<NamespaceId> {
         stat_namespace(target)
     }
 }

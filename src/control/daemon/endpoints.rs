@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use super::Daemon;
 use crate::control::api;
-use crate::control::attach::{netns_file, AttachSpec};
+use crate::control::attach::AttachSpec;
 use crate::control::error::DaemonError;
 use crate::control::ipam;
 use crate::control::model::{
@@ -57,13 +57,10 @@ impl Daemon {
                 name,
             });
         }
-        let netns_id =
-            self.attacher
-                .namespace_id(&req.target)
-                .ok_or_else(|| DaemonError::SandboxGone {
-                    target: req.target.to_string(),
-                    path: netns_file(&req.target).display().to_string(),
-                })?;
+        let netns_id = self
+            .attacher
+            .namespace_id(&req.target)
+            .map_err(|e| DaemonError::sandbox_unreachable(&req.target, e))?;
         if let Some(e) = on_net.iter().find(|e| e.netns_id == netns_id) {
             return Err(DaemonError::AlreadyConnected {
                 target: req.target.to_string(),
@@ -347,7 +344,7 @@ impl Daemon {
             .state
             .endpoints
             .iter()
-            .filter(|ep| self.attacher.namespace_id(&ep.sandbox) != Some(ep.netns_id))
+            .filter(|ep| self.attacher.namespace_id(&ep.sandbox).ok() != Some(ep.netns_id))
             .cloned()
             .collect();
         let mut reaped = Vec::new();

@@ -105,7 +105,7 @@ impl Daemon {
             );
             return None;
         };
-        if self.attacher.namespace_id(&ep.sandbox) != Some(ep.netns_id) {
+        if self.attacher.namespace_id(&ep.sandbox).ok() != Some(ep.netns_id) {
             tracing::warn!(
                 "sandbox {} of endpoint {}/{} is gone; released {}",
                 ep.sandbox,
