@@ -6,7 +6,9 @@
 //! answer, local or forwarded (the upstream truncates it over UDP and serves
 //! it over TCP), internal networks refusing to forward, and malformed queries
 //! counted while good ones keep being answered; and the same service at a
-//! dual-stack network's IPv6 gateway (UDP, TCP, PTR, forwarding).
+//! dual-stack network's IPv6 gateway (UDP, TCP, PTR, forwarding); and a TCP
+//! query answered after the gateway had no TCP client for longer than the
+//! idle limit.
 
 mod common;
 
@@ -407,4 +409,29 @@ fn gateway_dns_over_ipv6() {
         .as_u64()
         .unwrap_or(0);
     assert_eq!(drops, 0, "nothing for the gateway went unanswered: {v}");
+}
+
+/// The gateway keeps a few sockets listening for DNS over TCP; one that
+/// had listened for longer than the idle limit (10 s) used to close its
+/// first connection as idle at once, so the first TCP query after a quiet
+/// spell went unanswered (dig: "timed out").
+#[test]
+fn dns_over_tcp_after_a_quiet_spell() {
+    let Some(mut env) = Env::with_tools("dns-quiet", Some(USER), &["dig"]) else {
+        return;
+    };
+    env.start_daemon();
+    let create = ["network", "create", "q1", "--subnet", "10.215.0.0/24"];
+    ok(&env.sy(&create), "network create");
+    // The first query sets up the gateway's listening sockets; the second
+    // comes once they have listened for longer than the idle limit.
+    let script = r#"
+        echo "first=$(dig +tcp +short +time=2 +tries=1 client)"
+        sleep 11
+        echo "quiet=$(dig +tcp +short +time=2 +tries=1 client)"
+    "#;
+    let o = client(&env, "q1", script);
+    let ip = first(&o, "first");
+    assert!(ip.starts_with("10.215.0."), "answered over TCP:\n{o}");
+    assert_eq!(first(&o, "quiet"), ip, "answered after 11 s quiet:\n{o}");
 }

@@ -157,7 +157,11 @@ impl DnsTcp {
                 continue;
             }
             if !session.counted && sock.is_active() {
+                // Idle time counts from the accept: a spare socket may have
+                // listened for longer than IDLE, and its first connection
+                // used to be closed as idle at once, its query unanswered.
                 session.counted = true;
+                session.last_active = now;
                 served.accepted += 1;
             }
             // Reading stops while answers pile up unread: memory per
