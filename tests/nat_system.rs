@@ -193,14 +193,26 @@ fn start_client(
     (i, out, go)
 }
 
-/// A client script's "refused=RC MS" line: curl's "could not connect" (7),
-/// within 2 s.
+/// Shell function `refused URL`: connects to URL with curl three times and
+/// prints `refused=RC MS`, curl's exit code and the fastest attempt.
+const REFUSED: &str = r#"refused() {
+    best=
+    for i in 1 2 3; do
+        start=$(date +%s%N); curl -sS --noproxy '*' -m 5 -g "$1"; rc=$?
+        ms=$(( ($(date +%s%N) - start) / 1000000 ))
+        if [ -z "$best" ] || [ "$ms" -lt "$best" ]; then best=$ms; fi
+    done
+    echo "refused=$rc $best"
+}"#;
+
+/// A [`REFUSED`] line: curl's "could not connect" (7), at once. The RST
+/// used to wait for the gateway thread's longest sleep (500 ms).
 fn assert_refused_quickly(line: &str, out: &str, err: &str) {
     let (rc, ms) = line.split_once(' ').expect("refused line");
     assert_eq!(rc, "7", "closed port refused:\n{out}{err}");
     assert!(
-        ms.parse::<u64>().expect("ms") < 2000,
-        "refused quickly:\n{out}"
+        ms.parse::<u64>().expect("ms") < 250,
+        "refused at once:\n{out}"
     );
 }
 
@@ -253,15 +265,14 @@ fn outbound_tcp_udp_and_refusals() {
         echo "tcp=$(c http://10.231.0.1:{lp}/)"
         echo "udp=$(echo hi | nc -u -w1 10.231.0.1 {up})"
         echo "gso=$(python3 -c "$GSO" 10.231.0.1 {up})"
-        start=$(date +%s%N); c http://10.231.0.1:{closed}/; rc=$?
-        echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        refused http://10.231.0.1:{closed}/
         echo "inet=$(c {far_url})"
         echo "dns=$(cat /etc/resolv.conf | grep -c 10.231.0.1)"
         "#,
         lp = local.port(),
         up = echo.port,
     );
-    let script = format!("GSO='{GSO_BURST}'\n{script}");
+    let script = format!("GSO='{GSO_BURST}'\n{REFUSED}\n{script}");
     let out = env.sy(&["run", "--network", "lo", "--", "sh", "-c", &script]);
     ok(&out, "client on lo");
     let o = text(&out);
@@ -345,13 +356,13 @@ fn outbound_ipv6_tcp_udp_and_refusals() {
         echo "route=$(ip -6 route show default | cut -d' ' -f1-3)"
         echo "tcp=$(c 'http://[fd00:238::1]:{lp}/')"
         echo "udp=$(echo hi | nc -6 -u -w1 fd00:238::1 {up})"
-        start=$(date +%s%N); c 'http://[fd00:238::1]:{closed}/'; rc=$?
-        echo "refused=$rc $(( ($(date +%s%N) - start) / 1000000 ))"
+        refused 'http://[fd00:238::1]:{closed}/'
         echo "inet=$(c '{far_url}')"
         "#,
         lp = local.port(),
         up = echo.port,
     );
+    let script = format!("{REFUSED}\n{script}");
     let out = env.sy(&["run", "--network", "lo6", "--", "sh", "-c", &script]);
     ok(&out, "client on lo6");
     let o = text(&out);

@@ -437,11 +437,15 @@ impl Runner {
                 delay = delay.min(std::time::Duration::from_millis(ms));
             }
             self.inbox().sleeping.store(true, Ordering::SeqCst);
+            // A connect that failed this round left its SYN in `reject_rx`
+            // for the next `service()` to answer with a RST: at once, not
+            // after the longest sleep.
             let busy = !self.inbox().frames.is_empty()
                 || !self.answers.queues[self.shard].is_empty()
                 || !self.ready_listeners.is_empty()
                 || !self.commands.is_empty()
                 || !self.dirty.is_empty()
+                || self.nets.values().any(|n| !n.reject_rx.is_empty())
                 || healed;
             let timeout = if busy {
                 std::time::Duration::ZERO
