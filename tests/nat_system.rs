@@ -838,6 +838,16 @@ fn published_ports_keep_the_client_address() {
     );
     let v = env.stats();
     assert!(event(&v, "published-spliced") > spliced + 1, "{v}");
+    // So is an IPv4 loopback client of the dual-stack listener, which sees
+    // it as ::ffff:127.0.0.1 (it used to take the stack instead).
+    let spliced = event(&v, "published-spliced");
+    let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hp6)).expect("loopback to [::]");
+    assert!(
+        reply.starts_with("peer="),
+        "loopback client of [::]: {reply:?}"
+    );
+    let v = env.stats();
+    assert_eq!(event(&v, "published-spliced"), spliced + 1, "{v}");
     assert!(event(&v, "published-tcp-connections") >= 6, "{v}");
     assert!(event(&v, "published-udp-sessions") >= 2, "{v}");
 

@@ -252,7 +252,10 @@ impl Runner {
                 Ok(c) => c,
                 Err(_) => return,
             };
-            if let Some(connect) = target.splice.as_ref().filter(|_| peer.ip().is_loopback()) {
+            // `to_canonical`: a dual-stack listener sees an IPv4 loopback
+            // client as ::ffff:127.0.0.1.
+            let loopback = peer.ip().to_canonical().is_loopback();
+            if let Some(connect) = target.splice.as_ref().filter(|_| loopback) {
                 if let Some(slot) = super::splice::try_reserve() {
                     let fd = std::os::fd::OwnedFd::from(stream);
                     bump(&self.counters.published_spliced, 1);
