@@ -120,6 +120,36 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "not a host address",
         ),
         (
+            r#"{"op":"network_create","name":"w7","subnet":"127.0.0.0/24"}"#,
+            ErrorKind::BadRequest,
+            "overlaps 127.0.0.0/8, the loopback block",
+        ),
+        (
+            r#"{"op":"network_create","name":"w7","subnet":"224.1.0.0/24"}"#,
+            ErrorKind::BadRequest,
+            "the multicast block",
+        ),
+        (
+            r#"{"op":"network_create","name":"w7","subnet":"0.0.0.0/0"}"#,
+            ErrorKind::BadRequest,
+            "pick a private range",
+        ),
+        (
+            r#"{"op":"network_create","name":"w7","ipv6_subnet":"fe80::/64"}"#,
+            ErrorKind::BadRequest,
+            "the link-local block",
+        ),
+        (
+            r#"{"op":"network_create","name":"w7","ipv6_subnet":"ff00::/64"}"#,
+            ErrorKind::BadRequest,
+            "the multicast block",
+        ),
+        (
+            r#"{"op":"network_create","name":"w7","ipv6_subnet":"::/64"}"#,
+            ErrorKind::BadRequest,
+            "the unspecified and loopback block",
+        ),
+        (
             r#"{"op":"connect","network":"web","target":{"netns":{"path":"/nonexistent"}}}"#,
             ErrorKind::NotFound,
             "/nonexistent does not exist",

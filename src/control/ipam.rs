@@ -34,6 +34,29 @@ pub const MAX_V4_PREFIX: u8 = 30;
 /// Longest IPv6 prefix a network may have (gateway ::1 and one endpoint).
 pub const MAX_V6_PREFIX: u8 = 126;
 
+/// Special-purpose IPv4 blocks (RFC 6890) no network may overlap: their
+/// addresses are not ordinary unicast ones (and the gateway never carries
+/// loopback or "this network" addresses out).
+const SPECIAL_V4: [(Ipv4Addr, u8, &str); 4] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+];
+
+/// The IPv6 ones: unspecified and loopback (`::/127`), IPv4-mapped,
+/// link-local (every interface has its own there) and multicast.
+const SPECIAL_V6: [(Ipv6Addr, u8, &str); 4] = [
+    (Ipv6Addr::UNSPECIFIED, 127, "unspecified and loopback"),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        96,
+        "IPv4-mapped",
+    ),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
+];
+
 /// IPAM failures.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -51,6 +74,16 @@ pub enum IpamError {
         other: String,
         /// That network's subnet.
         other_subnet: String,
+    },
+    /// A requested subnet overlaps a special-purpose block.
+    #[error("subnet {subnet} overlaps {block}, the {what} block, whose addresses sandboxes cannot use; pick a private range such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (fd00::/8 for IPv6)")]
+    SpecialSubnet {
+        /// Requested subnet.
+        subnet: String,
+        /// The block it overlaps.
+        block: String,
+        /// What the block is for.
+        what: &'static str,
     },
     /// Subnet too small to hold an endpoint.
     #[error("subnet {0} is too small: use a prefix of /{MAX_V4_PREFIX} or shorter (/{MAX_V6_PREFIX} for IPv6)")]
@@ -232,6 +265,7 @@ impl Ipam {
         if subnet.prefix() > MAX_V4_PREFIX {
             return Err(IpamError::SubnetTooSmall(subnet.to_string()));
         }
+        check_special4(subnet)?;
         match existing.iter().find(|(_, s)| s.overlaps(&subnet)) {
             Some((name, s)) => Err(IpamError::SubnetOverlap {
                 subnet: subnet.to_string(),
@@ -240,6 +274,36 @@ impl Ipam {
             }),
             None => Ok(()),
         }
+    }
+}
+
+/// Refuses an IPv4 subnet that overlaps a special-purpose block.
+pub fn check_special4(subnet: Ipv4Net) -> Result<(), IpamError> {
+    let hit = SPECIAL_V4.iter().find_map(|&(addr, prefix, what)| {
+        let block = Ipv4Net::new(addr, prefix)?;
+        block.overlaps(&subnet).then(|| (block.to_string(), what))
+    });
+    refuse_special(subnet.to_string(), hit)
+}
+
+/// Refuses an IPv6 subnet that overlaps a special-purpose block.
+pub fn check_special6(subnet: Ipv6Net) -> Result<(), IpamError> {
+    let hit = SPECIAL_V6.iter().find_map(|&(addr, prefix, what)| {
+        let block = Ipv6Net::new(addr, prefix)?;
+        block.overlaps(&subnet).then(|| (block.to_string(), what))
+    });
+    refuse_special(subnet.to_string(), hit)
+}
+
+/// The error for `subnet` if it overlaps a special-purpose block (`hit`).
+fn refuse_special(subnet: String, hit: Option<(String, &'static str)>) -> Result<(), IpamError> {
+    match hit {
+        Some((block, what)) => Err(IpamError::SpecialSubnet {
+            subnet,
+            block,
+            what,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -637,5 +701,43 @@ garbage line
         used.insert(allocate6("n", s, gw, &used, None).unwrap());
         assert!(allocate6("n", s, gw, &used, None).is_err());
         assert!(gateway6("fd00::/127".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn special_purpose_blocks_are_refused_their_neighbours_not() {
+        let usable = |s: &str| {
+            if s.contains(':') {
+                check_special6(s.parse().unwrap()).is_ok()
+            } else {
+                check_special4(net(s)).is_ok()
+            }
+        };
+        let refused = [
+            "0.0.0.0/24",
+            "127.1.0.0/16",
+            "224.0.0.0/24",
+            "255.255.255.252/30",
+            "::/64",
+            "::ffff:0:0/112",
+            "fe80::/64",
+            "febf::/64",
+            "ff02::/64",
+        ];
+        let allowed = [
+            "1.0.0.0/24",
+            "126.255.255.0/24",
+            "128.0.0.0/24",
+            "223.255.255.0/24",
+            "::2/127",
+            "fd00::/64",
+            "fec0::/64",
+            "2001:db8::/64",
+        ];
+        for s in refused {
+            assert!(!usable(s), "{s} accepted");
+        }
+        for s in allowed {
+            assert!(usable(s), "{s} refused");
+        }
     }
 }

@@ -311,6 +311,7 @@ impl Daemon {
         let gateway4 = ipam::gateway4(subnet4, req.gateway)?;
         let gateway6 = match req.ipv6_subnet {
             Some(s6) => {
+                ipam::check_special6(s6)?;
                 if let Some(o) = self
                     .state
                     .networks
