@@ -833,15 +833,19 @@ fn trace_explains_decisions_without_side_effects() {
     let mut c = t.client();
     ok(
         &mut c,
-        r#"{"op":"network_create","name":"t","subnet":"10.8.0.0/24"}"#,
+        r#"{"op":"network_create","name":"t","subnet":"10.8.0.0/24","ipv6_subnet":"fd08::/64"}"#,
     );
-    for name in ["a", "b"] {
+    ok(
+        &mut c,
+        r#"{"op":"network_create","name":"u","subnet":"10.9.0.0/24"}"#,
+    );
+    for (net, name) in [("t", "a"), ("t", "b"), ("u", "c")] {
         let ns = dir.path().join(name);
         std::fs::write(&ns, b"").expect("ns file");
         let target = format!(r#"{{"netns":{{"path":"{}"}}}}"#, ns.display());
         ok(
             &mut c,
-            &format!(r#"{{"op":"connect","network":"t","target":{target},"name":"{name}"}}"#),
+            &format!(r#"{{"op":"connect","network":"{net}","target":{target},"name":"{name}"}}"#),
         );
     }
     let trace = |c: &mut Client, spec: &str| -> Value {
@@ -888,6 +892,35 @@ fn trace_explains_decisions_without_side_effects() {
             .starts_with("flood to"),
         "{r}"
     );
+    // IPv6 too, from the endpoint's IPv6 address; `in=` may name the
+    // endpoint as NETWORK/NAME.
+    let r = trace(&mut c, "in=t/a,icmp=fd08::1");
+    assert!(
+        r["frame"].as_str().unwrap_or("").contains("icmp=fd08::1"),
+        "{r}"
+    );
+    let result = r["report"]["result"].as_str().expect("result");
+    assert!(
+        result.starts_with("output to"),
+        "ICMPv6 echo to the gateway: {r}"
+    );
+    let r = trace(&mut c, "in=a,udp=[fd08::3]:53");
+    let result = r["report"]["result"].as_str().expect("result");
+    assert!(result.starts_with("flood to"), "{r}");
+    let r = trace(&mut c, "in=a,tcp=[2001:db8::1]:443");
+    assert_eq!(r["report"]["result"], "to the gateway stack", "{r}");
+    let (k, msg) = err_kind(
+        &mut c,
+        r#"{"op":"trace","network":"u","frame":"in=c,icmp=fd08::1"}"#,
+    );
+    assert_eq!(k, ErrorKind::BadRequest);
+    assert!(msg.contains("no IPv6 address"), "{msg}");
+    let (k, msg) = err_kind(
+        &mut c,
+        r#"{"op":"trace","network":"t","frame":"in=u/c,icmp=10.9.0.1"}"#,
+    );
+    assert_eq!(k, ErrorKind::BadRequest);
+    assert!(msg.contains("not an endpoint of network \"t\""), "{msg}");
     // A spoofed source is dropped by ingress port security.
     let r = trace(&mut c, "in=a,icmp=10.8.0.1,src=02:99:99:99:99:99");
     assert_eq!(r["report"]["result"], "drop: spoofed", "{r}");

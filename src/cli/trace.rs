@@ -15,6 +15,7 @@ pub struct TraceArgs {
     /// Network of the ingress endpoint.
     pub network: String,
     /// The frame: in=ENDPOINT,(arp=IP|icmp=IP|udp=IP:PORT|tcp=IP:PORT|ethertype=0xNNNN)[,src=MAC][,dst=MAC]
+    /// (IPv6 too: icmp=fd00::1, udp=[fd00::1]:53)
     #[arg(value_name = "FRAME-SPEC")]
     pub frame: FrameSpec,
     /// Print the report as JSON.

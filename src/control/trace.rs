@@ -3,7 +3,7 @@
 //! explain.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use etherparse::PacketBuilder;
@@ -11,17 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::MacAddr;
 
-/// What the traced frame carries.
+/// What the traced frame carries. IP probes are IPv4 or IPv6 after their
+/// destination (`udp=[fd00::1]:53`), from the endpoint's address of that
+/// family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
     /// ARP request for this address.
     Arp(Ipv4Addr),
-    /// ICMP echo request to this address.
-    Icmp(Ipv4Addr),
+    /// ICMP (ICMPv6) echo request to this address.
+    Icmp(IpAddr),
     /// UDP datagram to this address and port.
-    Udp(Ipv4Addr, u16),
+    Udp(IpAddr, u16),
     /// TCP SYN to this address and port.
-    Tcp(Ipv4Addr, u16),
+    Tcp(IpAddr, u16),
     /// An Ethernet frame with this EtherType and 46 zero bytes.
     Raw(u16),
 }
@@ -42,7 +44,7 @@ pub struct FrameSpec {
 
 /// A frame description that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid frame spec {spec:?}: {why}; expected in=ENDPOINT,(arp=IP|icmp=IP|udp=IP:PORT|tcp=IP:PORT|ethertype=0xNNNN)[,src=MAC][,dst=MAC]")]
+#[error("invalid frame spec {spec:?}: {why}; expected in=ENDPOINT,(arp=IP|icmp=IP|udp=IP:PORT|tcp=IP:PORT|ethertype=0xNNNN)[,src=MAC][,dst=MAC], IPv6 as udp=[IP]:PORT")]
 pub struct FrameSpecError {
     /// The input.
     pub spec: String,
@@ -50,9 +52,9 @@ pub struct FrameSpecError {
     pub why: String,
 }
 
-fn ip_port(v: &str) -> Option<(Ipv4Addr, u16)> {
-    let (ip, port) = v.rsplit_once(':')?;
-    Some((ip.parse().ok()?, port.parse().ok()?))
+fn ip_port(v: &str) -> Option<(IpAddr, u16)> {
+    let a: SocketAddr = v.parse().ok()?;
+    Some((a.ip(), a.port()))
 }
 
 impl FromStr for FrameSpec {
@@ -121,8 +123,8 @@ impl fmt::Display for FrameSpec {
         match self.probe {
             Probe::Arp(ip) => write!(f, ",arp={ip}")?,
             Probe::Icmp(ip) => write!(f, ",icmp={ip}")?,
-            Probe::Udp(ip, p) => write!(f, ",udp={ip}:{p}")?,
-            Probe::Tcp(ip, p) => write!(f, ",tcp={ip}:{p}")?,
+            Probe::Udp(ip, p) => write!(f, ",udp={}", SocketAddr::new(ip, p))?,
+            Probe::Tcp(ip, p) => write!(f, ",tcp={}", SocketAddr::new(ip, p))?,
             Probe::Raw(t) => write!(f, ",ethertype=0x{t:04x}")?,
         }
         if let Some(m) = self.src {
@@ -151,52 +153,55 @@ impl<'de> Deserialize<'de> for FrameSpec {
 
 impl Probe {
     /// The destination IP, if the probe has one.
-    pub fn dst_ip(&self) -> Option<Ipv4Addr> {
+    pub fn dst_ip(&self) -> Option<IpAddr> {
         match *self {
-            Probe::Arp(ip) | Probe::Icmp(ip) | Probe::Udp(ip, _) | Probe::Tcp(ip, _) => Some(ip),
+            Probe::Arp(ip) => Some(ip.into()),
+            Probe::Icmp(ip) | Probe::Udp(ip, _) | Probe::Tcp(ip, _) => Some(ip),
             Probe::Raw(_) => None,
         }
     }
 }
 
-/// Builds the frame: from `src`/`src_ip` to `dst`.
-pub fn build(probe: Probe, src: MacAddr, src_ip: Ipv4Addr, dst: MacAddr) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2(src.0, dst.0);
+/// Builds the frame: from `src`/`src_ip` to `dst`. `src_ip` is of the
+/// probe's family (IPv4 for ARP); a probe of the other family comes out
+/// empty, which the pipeline reports as malformed.
+pub fn build(probe: Probe, src: MacAddr, src_ip: IpAddr, dst: MacAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    let payload = [0u8; 16];
-    // Writing into a Vec cannot fail; an error would only leave it short,
-    // which the pipeline then reports as malformed.
-    let _ = match probe {
-        Probe::Arp(target) => {
+    let ip = match (probe, src_ip) {
+        (Probe::Arp(target), IpAddr::V4(sender)) => {
             out.extend_from_slice(&dst.0);
             out.extend_from_slice(&src.0);
             out.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
             out.extend_from_slice(&src.0);
-            out.extend_from_slice(&src_ip.octets());
+            out.extend_from_slice(&sender.octets());
             out.extend_from_slice(&[0; 6]);
             out.extend_from_slice(&target.octets());
-            Ok(())
+            return out;
         }
-        Probe::Icmp(ip) => eth
-            .ipv4(src_ip.octets(), ip.octets(), 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut out, &payload),
-        Probe::Udp(ip, port) => eth
-            .ipv4(src_ip.octets(), ip.octets(), 64)
-            .udp(40000, port)
-            .write(&mut out, &payload),
-        Probe::Tcp(ip, port) => eth
-            .ipv4(src_ip.octets(), ip.octets(), 64)
-            .tcp(40000, port, 1, 65535)
-            .syn()
-            .write(&mut out, &[]),
-        Probe::Raw(t) => {
+        (Probe::Raw(t), _) => {
             out.extend_from_slice(&dst.0);
             out.extend_from_slice(&src.0);
             out.extend_from_slice(&t.to_be_bytes());
             out.extend_from_slice(&[0; 46]);
-            Ok(())
+            return out;
         }
+        (probe, _) => probe.dst_ip(),
+    };
+    let eth = PacketBuilder::ethernet2(src.0, dst.0);
+    let l3 = match (src_ip, ip) {
+        (IpAddr::V4(s), Some(IpAddr::V4(d))) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), Some(IpAddr::V6(d))) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => return out,
+    };
+    let payload = [0u8; 16];
+    // Writing into a Vec cannot fail; an error would only leave it short,
+    // which the pipeline then reports as malformed.
+    let _ = match probe {
+        Probe::Icmp(IpAddr::V4(_)) => l3.icmpv4_echo_request(1, 1).write(&mut out, &payload),
+        Probe::Icmp(IpAddr::V6(_)) => l3.icmpv6_echo_request(1, 1).write(&mut out, &payload),
+        Probe::Udp(_, port) => l3.udp(40000, port).write(&mut out, &payload),
+        Probe::Tcp(_, port) => l3.tcp(40000, port, 1, 65535).syn().write(&mut out, &[]),
+        Probe::Arp(_) | Probe::Raw(_) => Ok(()),
     };
     out
 }
@@ -208,7 +213,7 @@ mod tests {
     #[test]
     fn parses_prints_and_rejects() {
         let s: FrameSpec = "in=a,icmp=10.0.0.1,dst=02:00:00:00:00:09".parse().unwrap();
-        assert_eq!(s.probe, Probe::Icmp(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(s.probe, Probe::Icmp(Ipv4Addr::new(10, 0, 0, 1).into()));
         assert_eq!(s.to_string(), "in=a,icmp=10.0.0.1,dst=02:00:00:00:00:09");
         assert_eq!(s.to_string().parse::<FrameSpec>().unwrap(), s);
         for bad in [
@@ -216,6 +221,8 @@ mod tests {
             "in=a",
             "in=a,icmp=1.2.3",
             "in=a,udp=1.2.3.4",
+            "in=a,udp=fd00::1:53",
+            "in=a,arp=fd00::1",
             "in=a,arp=1.1.1.1,icmp=1.1.1.1",
             "in=a,foo=1",
             "in=a,ethertype=xyz",
@@ -225,9 +232,43 @@ mod tests {
         let f = build(
             s.probe,
             MacAddr([2; 6]),
-            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
             MacAddr([4; 6]),
         );
         assert!(etherparse::SlicedPacket::from_ethernet(&f).is_ok());
+    }
+
+    #[test]
+    fn ipv6_probes_parse_print_and_build() {
+        let gw: IpAddr = "fd00::1".parse().unwrap();
+        for (spec, probe) in [
+            ("in=a,icmp=fd00::1", Probe::Icmp(gw)),
+            ("in=a,udp=[fd00::1]:53", Probe::Udp(gw, 53)),
+            ("in=a,tcp=[fd00::1]:443", Probe::Tcp(gw, 443)),
+        ] {
+            let s: FrameSpec = spec.parse().unwrap();
+            assert_eq!(s.probe, probe, "{spec}");
+            assert_eq!(s.to_string(), spec);
+            let f = build(
+                probe,
+                MacAddr([2; 6]),
+                "fd00::2".parse().unwrap(),
+                MacAddr([4; 6]),
+            );
+            let p = etherparse::SlicedPacket::from_ethernet(&f).expect(spec);
+            assert!(
+                matches!(p.net, Some(etherparse::NetSlice::Ipv6(_))),
+                "{spec}"
+            );
+            assert!(p.transport.is_some(), "{spec}");
+        }
+        // An IPv4 source for an IPv6 probe builds nothing.
+        let f = build(
+            Probe::Icmp(gw),
+            MacAddr([2; 6]),
+            Ipv4Addr::LOCALHOST.into(),
+            MacAddr([4; 6]),
+        );
+        assert!(f.is_empty());
     }
 }

@@ -3,6 +3,7 @@
 //! effect everywhere (data plane, sandbox, disk, memory) or nowhere.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -439,26 +440,46 @@ impl Daemon {
     }
 
     /// Explains what the data plane does with a described frame from an
-    /// endpoint.
+    /// endpoint (`in=` names it by name or id on the network, or as
+    /// `NETWORK/NAME`).
     pub fn trace(&self, req: api::TraceRequest) -> Result<api::TraceReply, DaemonError> {
         let net = self
             .network(&req.network)
             .ok_or_else(|| DaemonError::NoSuchNetwork(req.network.clone()))?;
         let on_net = |e: &&Endpoint| e.network == req.network;
+        let ingress = req.frame.ingress.as_str();
+        let name = ingress
+            .strip_prefix(req.network.as_str())
+            .and_then(|n| n.strip_prefix('/'))
+            .unwrap_or(ingress);
+        if name.contains('/') {
+            return Err(DaemonError::Invalid(format!(
+                "in={ingress} is not an endpoint of network {:?}; trace it on its own network",
+                req.network
+            )));
+        }
         let ep = self
             .state
             .endpoints
             .iter()
             .filter(on_net)
-            .find(|e| e.name == req.frame.ingress || e.id == req.frame.ingress)
-            .ok_or_else(|| {
-                DaemonError::NoSuchEndpoint(format!("{}/{}", req.network, req.frame.ingress))
-            })?;
+            .find(|e| e.name == name || e.id == name)
+            .ok_or_else(|| DaemonError::NoSuchEndpoint(format!("{}/{name}", req.network)))?;
         let port = *self
             .endpoint_ports(&ep.id)
             .first()
             .ok_or_else(|| DaemonError::NoSuchEndpoint(ep.id.clone()))?;
         let spec = &req.frame;
+        let src_ip = match spec.probe.dst_ip() {
+            Some(IpAddr::V6(_)) => IpAddr::V6(ep.ipv6.ok_or_else(|| {
+                DaemonError::Invalid(format!(
+                    "endpoint {}/{} has no IPv6 address to send from; trace IPv4, \
+                     or use a network created with --ipv6-subnet",
+                    ep.network, ep.name
+                ))
+            })?),
+            _ => IpAddr::V4(ep.ipv4),
+        };
         let dst = spec.dst.unwrap_or_else(|| match spec.probe {
             trace::Probe::Arp(_) | trace::Probe::Raw(_) => MacAddr::BROADCAST,
             probe => self
@@ -466,11 +487,15 @@ impl Daemon {
                 .endpoints
                 .iter()
                 .filter(on_net)
-                .find(|e| Some(e.ipv4) == probe.dst_ip())
+                .find(|e| {
+                    probe.dst_ip().is_some_and(|ip| {
+                        ip == IpAddr::V4(e.ipv4) || Some(ip) == e.ipv6.map(IpAddr::V6)
+                    })
+                })
                 .map_or_else(|| net.gateway_mac(), |e| e.mac),
         });
         let src = spec.src.unwrap_or(ep.mac);
-        let frame = trace::build(spec.probe, src, ep.ipv4, dst);
+        let frame = trace::build(spec.probe, src, src_ip, dst);
         let report = self.dataplane.trace(port, frame)?;
         let built = trace::FrameSpec {
             src: Some(src),
