@@ -22,7 +22,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 pub use super::sysenv::output_within;
-use super::sysenv::{ok, spawn_retry, unavailable, wait_timeout};
+use super::sysenv::{ok, spawn_retry, unavailable, wait_timeout, with_test_upstream};
 
 /// The underlay namespace's address, where etcd listens.
 pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 254);
@@ -218,7 +218,7 @@ impl Hosts {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(with_test_upstream(extra).iter().map(|s| s.to_string()));
         self.spawn_daemon(i, args);
     }
 

@@ -18,6 +18,23 @@ use nix::unistd::{Pid, User};
 /// The unprivileged user system tests run as.
 pub const USER: &str = "sytest";
 
+/// The upstream resolver of the tests' daemons unless a test names its own:
+/// the discard port on loopback, which refuses at once. A name that is no
+/// sandbox's (one already removed, say) is then answered SERVFAIL instead
+/// of being forwarded to the machine's real resolver.
+pub const NO_UPSTREAM: [&str; 2] = ["--dns-upstream", "127.0.0.1:9"];
+
+/// `extra` daemon arguments with [`NO_UPSTREAM`] first, unless they choose
+/// upstreams themselves.
+pub fn with_test_upstream<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let chooses = extra
+        .iter()
+        .any(|a| a.starts_with("--dns-upstream") || a.starts_with("--resolv-conf"));
+    let mut args: Vec<&str> = if chooses { vec![] } else { NO_UPSTREAM.to_vec() };
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
@@ -127,7 +144,7 @@ impl Env {
     pub fn start_daemon_with(&mut self, extra: &[&str]) {
         let state = self.state.to_str().expect("utf8").to_string();
         let mut child = self.cmd(&["daemon", "--workers", "2", "--state-dir", &state]);
-        child.args(extra);
+        child.args(with_test_upstream(extra));
         child.stdout(Stdio::null());
         let child = spawn_retry(&mut child).expect("start daemon");
         self.daemon = Some(child);
