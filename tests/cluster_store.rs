@@ -60,6 +60,20 @@ fn endpoint(c: &Cluster, net: &str, name: &str, ip: Ipv4Addr) -> EndpointRecord 
     }
 }
 
+/// Creates network `front` (10.77.0.0/16) and leases an address of it to
+/// endpoint `web` of `c`'s host.
+fn front_with_web(c: &Cluster) -> Ipv4Addr {
+    c.create_network(network("front", None)).expect("create");
+    c.allocate_ip(
+        "front",
+        "10.77.0.0/16".parse().expect("cidr"),
+        "10.77.0.1".parse().expect("ip"),
+        None,
+        "web",
+    )
+    .expect("ip")
+}
+
 /// A plain etcd client for setting up what no `Cluster` would write.
 fn raw_client(etcd: &Etcd) -> (tokio::runtime::Runtime, etcd_client::Client) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -162,16 +176,7 @@ fn endpoints_propagate_and_a_clean_close_withdraws_them() {
     let (a, _) = connect(&etcd, "host-a", 1);
     let (b, b_events) = connect(&etcd, "host-b", 2);
     assert!(b.snapshot().hosts.contains_key("host-a"));
-    a.create_network(network("front", None)).expect("create");
-    let ip = a
-        .allocate_ip(
-            "front",
-            "10.77.0.0/16".parse().expect("cidr"),
-            "10.77.0.1".parse().expect("ip"),
-            None,
-            "web",
-        )
-        .expect("ip");
+    let ip = front_with_web(&a);
     let ep = endpoint(&a, "front", "web", ip);
     let t0 = Instant::now();
     a.put_endpoint(ep.clone()).expect("put");
@@ -384,6 +389,63 @@ fn crashed_host_records_expire_with_its_lease() {
         "expired before the TTL: {took:?}"
     );
     assert!(b.snapshot().networks.contains_key("front"));
+}
+
+#[test]
+fn a_second_daemon_under_a_running_hosts_id_is_refused() {
+    let Some(etcd) = Etcd::start("dup") else {
+        return;
+    };
+    let (a, _) = connect(&etcd, "host-a", 1);
+    let ip = front_with_web(&a);
+    a.put_endpoint(endpoint(&a, "front", "web", ip))
+        .expect("put");
+    // Two daemons under one id would each withdraw the other's records as
+    // stale ones of their own, without end.
+    let t0 = Instant::now();
+    let err = Cluster::connect(config(&etcd, "host-a", 9))
+        .err()
+        .expect("a second daemon as host-a must be refused");
+    assert!(matches!(err, ClusterError::HostTaken { .. }), "{err:?}");
+    assert!(err.to_string().contains("--advertise"), "{err}");
+    assert!(
+        t0.elapsed() < TTL + Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    let (c, c_events) = connect(&etcd, "host-c", 3);
+    wait_for(&c, &c_events, PROPAGATION, "A's records intact", |s| {
+        s.all_endpoints().count() == 1
+            && s.ipam.get("front").is_some_and(|m| m.len() == 1)
+            && s.hosts
+                .get("host-a")
+                .is_some_and(|h| h.vtep == a.config().vtep())
+    });
+}
+
+#[test]
+fn a_crashed_hosts_next_run_takes_its_id_over() {
+    let Some(etcd) = Etcd::start("takeover") else {
+        return;
+    };
+    let (a, _) = connect(&etcd, "host-a", 1);
+    a.abandon();
+    // The crashed run's record is still there, under a lease nobody renews.
+    let t0 = Instant::now();
+    let (again, _) = connect(&etcd, "host-a", 1);
+    eprintln!("took host-a over from a crashed run in {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < TTL + Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    let (c, c_events) = connect(&etcd, "host-c", 3);
+    // Only the new run's lease keeps the record: it outlives the old one's TTL.
+    std::thread::sleep(TTL + Duration::from_secs(1));
+    wait_for(&c, &c_events, PROPAGATION, "host-a registered", |s| {
+        s.hosts.contains_key("host-a")
+    });
+    drop(again);
 }
 
 #[test]

@@ -167,6 +167,42 @@ enum Stop {
     Closed,
 }
 
+/// Why a session ended.
+pub(super) enum SessionError {
+    /// etcd failed or did not answer: retried with backoff.
+    Lost(String),
+    /// etcd answered, but this host may not join it as it is: fatal at the
+    /// first connection, retried with backoff after that.
+    Refused(ClusterError),
+}
+
+impl From<String> for SessionError {
+    fn from(reason: String) -> SessionError {
+        SessionError::Lost(reason)
+    }
+}
+
+impl SessionError {
+    /// What a caller of `Cluster::connect` is told.
+    fn into_connect_error(self, endpoints: &[String]) -> ClusterError {
+        match self {
+            SessionError::Lost(reason) => ClusterError::Unreachable {
+                endpoints: endpoints.join(","),
+                reason,
+            },
+            SessionError::Refused(e) => e,
+        }
+    }
+
+    /// Why the store is disconnected, for status and logs.
+    fn reason(self) -> String {
+        match self {
+            SessionError::Lost(reason) => reason,
+            SessionError::Refused(e) => e.to_string(),
+        }
+    }
+}
+
 /// The thread's state.
 pub(super) struct Engine {
     pub(super) config: ClusterConfig,
@@ -219,14 +255,12 @@ impl Engine {
             let was_connected = self.shared.status().connected;
             match self.session(&mut ready).await {
                 Ok(Stop::Closed) => return,
-                Err(reason) => {
+                Err(e) => {
                     if let Some(ready) = ready.take() {
-                        let _ = ready.send(Err(ClusterError::Unreachable {
-                            endpoints: self.config.endpoints.join(","),
-                            reason,
-                        }));
+                        let _ = ready.send(Err(e.into_connect_error(&self.config.endpoints)));
                         return;
                     }
+                    let reason = e.reason();
                     if self.shared.status().connected {
                         backoff = MIN_BACKOFF;
                     } else if !was_connected {
@@ -267,7 +301,7 @@ impl Engine {
     async fn session(
         &mut self,
         ready: &mut Option<Sender<Result<(), ClusterError>>>,
-    ) -> Result<Stop, String> {
+    ) -> Result<Stop, SessionError> {
         let t = self.config.op_timeout;
         let options = ConnectOptions::new()
             .with_connect_timeout(t)
@@ -309,7 +343,8 @@ impl Engine {
                     self.retry_withdrawals(&mut client).await;
                 }
                 reason = &mut lost => {
-                    return Err(reason.unwrap_or_else(|_| "the lease renewal task ended".into()));
+                    let reason = reason.unwrap_or_else(|_| "the lease renewal task ended".into());
+                    return Err(SessionError::Lost(reason));
                 }
             }
         }
@@ -479,7 +514,7 @@ impl Engine {
 }
 
 /// Awaits `fut` for at most `t`, turning both failures into a reason.
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     t: Duration,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {

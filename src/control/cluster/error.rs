@@ -126,6 +126,14 @@ pub enum ClusterError {
     /// Too many concurrent writers kept winning the race.
     #[error("gave up on {0} after repeated concurrent changes in etcd; retry")]
     Contention(&'static str),
+    /// A running daemon is registered under this host's id.
+    #[error("host {host} is already in the cluster store, registered by a daemon that is still running (it keeps renewing lease {lease:x}); give every daemon its own --advertise address, or stop the other one first")]
+    HostTaken {
+        /// The host id.
+        host: String,
+        /// The other daemon's lease.
+        lease: i64,
+    },
     /// The store's thread is gone (the store was closed or crashed).
     #[error("the cluster store has stopped")]
     Stopped,

@@ -54,6 +54,7 @@ mod alloc;
 mod config;
 mod engine;
 mod error;
+mod host;
 pub mod keys;
 mod ops;
 mod records;

@@ -15,10 +15,10 @@ use etcd_client::{
 };
 
 use super::alloc::{lowest_free_ip, lowest_free_vni, usable};
-use super::engine::{Engine, IpRequest};
+use super::engine::{Engine, IpRequest, SessionError};
 use super::error::ClusterError;
 use super::keys::Key;
-use super::records::{EndpointRecord, HostRecord, IpamLease, NetworkRecord};
+use super::records::{EndpointRecord, IpamLease, NetworkRecord};
 use crate::control::model::validate_name;
 
 /// Bound on retries after losing a race (each retry sees a newer state).
@@ -77,7 +77,7 @@ fn first_kv(resp: &TxnResponse) -> Option<KeyValue> {
     })
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // Records are plain structs of strings and numbers: they always serialize.
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -105,29 +105,19 @@ impl Engine {
     /// Deletes the records withdrawn while etcd did not answer, then puts
     /// this host's record and everything it owns back under `lease` (after a
     /// reconnect, or a new lease when the old one expired).
-    pub(super) async fn restore(&mut self, client: &mut Client, lease: i64) -> Result<(), String> {
-        let host = HostRecord {
-            host: self.config.host.clone(),
-            advertise: self.config.advertise,
-            vtep: self.config.vtep(),
-        };
-        let key = self.keys.key(&Key::Host(host.host.clone()));
-        let put = client.put(
-            key,
-            to_json(&host),
-            Some(PutOptions::new().with_lease(lease)),
-        );
-        tokio::time::timeout(self.config.op_timeout, put)
-            .await
-            .map_err(|_| "no answer from etcd while registering this host".to_string())?
-            .map_err(|e| e.to_string())?;
+    pub(super) async fn restore(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+    ) -> Result<(), SessionError> {
+        self.register_host(client, lease).await?;
         let t = self.config.op_timeout;
         let withdrawn: Vec<String> = self.owned.withdrawn.iter().cloned().collect();
         for key in withdrawn {
             let deleted = tokio::time::timeout(t, self.delete_withdrawn(client, &key)).await;
             match deleted.unwrap_or(Err(ClusterError::Timeout(t))) {
                 Ok(()) => {}
-                Err(e) if retry_later(&e) => return Err(e.to_string()),
+                Err(e) if retry_later(&e) => return Err(e.to_string().into()),
                 Err(e) => self.note_error(format!("cannot withdraw {key}: {e}")),
             }
         }
@@ -136,8 +126,8 @@ impl Engine {
             let put = tokio::time::timeout(t, self.put_endpoint(client, lease, ep.clone())).await;
             match put.unwrap_or(Err(ClusterError::Timeout(t))) {
                 Ok(()) => {}
-                Err(ClusterError::Etcd(e)) => return Err(e.to_string()),
-                Err(e @ ClusterError::Timeout(_)) => return Err(e.to_string()),
+                Err(ClusterError::Etcd(e)) => return Err(e.to_string().into()),
+                Err(e @ ClusterError::Timeout(_)) => return Err(e.to_string().into()),
                 Err(e) => {
                     self.owned
                         .endpoints
