@@ -639,7 +639,32 @@ fn connect_fails_clearly_when_etcd_is_down() {
         msg.contains("cannot reach etcd at http://127.0.0.1:"),
         "{msg}"
     );
+    // The cause in words, not tonic's nested debug output.
+    assert!(msg.contains("Connection refused"), "{msg}");
+    assert!(!msg.contains("tonic::"), "{msg}");
     assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_store_member_that_does_not_answer_is_skipped() {
+    let Some(etcd) = Etcd::start("member") else {
+        return;
+    };
+    let live = config(&etcd, "host-a", 1).endpoints[0].clone();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    for (round, members) in [[&dead, &live], [&live, &dead]].iter().enumerate() {
+        let mut c = config(&etcd, "host-a", 1);
+        c.endpoints = members.iter().map(|m| m.to_string()).collect();
+        let a = Cluster::connect(c).expect("connect through the member that answers");
+        for i in 0..8 {
+            a.create_network(network(&format!("n{round}-{i}"), None))
+                .expect("every request reaches the member that answers");
+        }
+        a.close();
+    }
 }
 
 #[test]

@@ -15,7 +15,8 @@ use crate::wire::vxlan::DEFAULT_PORT;
 /// How the daemon joins overlay networks.
 #[derive(Debug, Clone, Args)]
 pub struct OverlayArgs {
-    /// Cluster store URL, e.g. etcd://HOST:PORT.
+    /// Cluster store: etcd://HOST[:PORT][,HOST[:PORT]...], the client URLs
+    /// of etcd members (tried in turn; port 2379 by default).
     #[arg(long, value_name = "URL")]
     pub cluster_store: Option<String>,
     /// This host's underlay address: its VTEP, where peers send VXLAN.

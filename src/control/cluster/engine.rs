@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Sender, TrySendError};
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, WatchOptions,
-    WatchStream,
+    Client, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
@@ -25,6 +24,7 @@ use super::config::ClusterConfig;
 use super::error::ClusterError;
 use super::keys::Key;
 use super::keys::Keys;
+use super::member::describe;
 use super::records::{ClusterState, EndpointRecord, IpamLease, Mirror, NetworkRecord};
 use super::{ClusterEvent, ClusterStatus};
 use crate::control::model::validate_name;
@@ -35,8 +35,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest retry delay, so a returning etcd is noticed within ~2 s; also
 /// how often withdrawals that failed are retried while connected.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// HTTP/2 ping interval: finds a dead connection that sent no FIN.
-const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a blocking caller waits for its answer.
 pub(super) type Reply<T> = Sender<Result<T, ClusterError>>;
@@ -211,6 +209,8 @@ pub(super) struct Engine {
     commands: UnboundedReceiver<Command>,
     /// This host's lease, kept across reconnects while etcd still knows it.
     lease: Option<i64>,
+    /// Index in `config.endpoints` of the member to try first.
+    pub(super) member: usize,
     pub(super) owned: Owned,
     pub(super) mirror: Mirror,
 }
@@ -227,6 +227,7 @@ impl Engine {
             shared,
             commands,
             lease: None,
+            member: 0,
             owned: Owned::default(),
             mirror: Mirror::default(),
         }
@@ -261,6 +262,7 @@ impl Engine {
                         return;
                     }
                     let reason = e.reason();
+                    self.next_member();
                     if self.shared.status().connected {
                         backoff = MIN_BACKOFF;
                     } else if !was_connected {
@@ -303,12 +305,7 @@ impl Engine {
         ready: &mut Option<Sender<Result<(), ClusterError>>>,
     ) -> Result<Stop, SessionError> {
         let t = self.config.op_timeout;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(t)
-            .with_keep_alive(PING_INTERVAL, t)
-            .with_keep_alive_while_idle(true);
-        let mut client = bounded(t, Client::connect(&self.config.endpoints, Some(options))).await?;
-        let lease = self.ensure_lease(&mut client).await?;
+        let (mut client, lease) = self.connect_member().await?;
         let (keeper, alive) = bounded(t, client.lease_keep_alive(lease)).await?;
         // Its own task, so a slow operation never delays a renewal.
         let period =
@@ -351,7 +348,7 @@ impl Engine {
     }
 
     /// Reuses the lease if etcd still has it, else grants a new one.
-    async fn ensure_lease(&mut self, client: &mut Client) -> Result<i64, String> {
+    pub(super) async fn ensure_lease(&mut self, client: &mut Client) -> Result<i64, String> {
         let t = self.config.op_timeout;
         if let Some(id) = self.lease {
             let left = bounded(t, client.lease_time_to_live(id, None)).await?;
@@ -401,7 +398,7 @@ impl Engine {
         let resp = match msg {
             Ok(Some(resp)) => resp,
             Ok(None) => return Err("the etcd watch stream ended".into()),
-            Err(e) => return Err(format!("the etcd watch failed: {e}")),
+            Err(e) => return Err(format!("the etcd watch failed: {}", describe(&e))),
         };
         if resp.canceled() {
             return Err(format!(
@@ -520,7 +517,7 @@ pub(super) async fn bounded<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(t, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(describe(&e)),
         Err(_) => Err(format!("no answer from etcd within {t:?}")),
     }
 }
@@ -545,7 +542,7 @@ async fn renew(
                 Ok(Some(r)) if r.ttl() > 0 => {}
                 Ok(Some(_)) => return "etcd says the cluster lease expired".into(),
                 Ok(None) => return "the lease keep-alive stream ended".into(),
-                Err(e) => return format!("the lease keep-alive failed: {e}"),
+                Err(e) => return format!("the lease keep-alive failed: {}", describe(&e)),
             },
         }
     }

@@ -56,6 +56,7 @@ mod engine;
 mod error;
 mod host;
 pub mod keys;
+mod member;
 mod ops;
 mod records;
 
