@@ -5,7 +5,7 @@
 //! the underlay); ping, `dig`/`getent` and iperf3 between sandboxes on
 //! different hosts; unique addresses when hosts attach at once, and unique
 //! IPv6 addresses (mirroring the IPv4 ones) pinging across hosts; a killed
-//! host's endpoints expiring; traffic surviving an etcd restart; and a
+//! host's endpoints expiring, a stopped one's withdrawn at once; traffic surviving an etcd restart; and a
 //! Linux kernel VXLAN device talking to a Switchyard sandbox. The first two
 //! tests check the fixture and the kernel-to-kernel VXLAN baseline alone.
 
@@ -739,6 +739,38 @@ fn cluster_dead_host_endpoints_expire() {
     // The survivor keeps its own.
     assert!(ps_has(&h, 1, "b1"));
     assert_eq!(dig(&h, &b.sandbox, gw, "b1"), vec![b.ip]);
+}
+
+#[test]
+fn cluster_clean_stop_withdraws_at_once_while_a_client_is_connected() {
+    let Some(mut h) = Hosts::new(2, &[]) else {
+        return;
+    };
+    // The default lease TTL (10 s), so that expiry cannot pass for a
+    // withdrawal.
+    let url = h.start_etcd();
+    for i in 0..2 {
+        h.start_daemon(i, &["--cluster-store", &url]);
+    }
+    create_overlay(&h, 0, None);
+    assert!(wait_until(PROPAGATION, || network_row(&h, 1, NET).is_some()));
+    attach(&mut h, 0, "a1");
+    assert!(
+        wait_until(PROPAGATION, || ps_has(&h, 1, "a1")),
+        "host 1 never listed a1: {:?}",
+        ps(&h, 1)
+    );
+    // An API client that stays connected (a monitor, a slow `ps`) holds
+    // the daemon while it stops.
+    let _client = std::os::unix::net::UnixStream::connect(h.socket(0)).expect("API connection");
+    h.stop_daemon(0);
+    let stopped = Instant::now();
+    assert!(
+        wait_until(PROPAGATION, || !ps_has(&h, 1, "a1")),
+        "a1 of the stopped host still on host 1 after {PROPAGATION:?}: {:?}",
+        ps(&h, 1)
+    );
+    eprintln!("stopped host's endpoint gone after {:?}", stopped.elapsed());
 }
 
 #[test]

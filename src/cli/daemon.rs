@@ -120,6 +120,10 @@ pub fn daemon(global_socket: &Path, args: DaemonArgs) -> Result<(), CliError> {
     spawn_reaper(&daemon);
     super::metrics_args::serve(metrics, &daemon)?;
     crate::control::daemon::spawn_cluster_sync(&daemon);
-    server.serve(daemon);
+    server.serve(Arc::clone(&daemon));
+    daemon
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .leave_cluster();
     Ok(())
 }

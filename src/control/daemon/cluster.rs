@@ -592,6 +592,17 @@ impl Daemon {
     pub fn has_cluster(&self) -> bool {
         self.cluster.is_some()
     }
+
+    /// Leaves the cluster store at a clean stop: closing it revokes this
+    /// host's lease, so other hosts drop its endpoints and addresses at
+    /// once. The daemon's stop calls it: dropping the daemon would do the
+    /// same, but an API client still connected holds the daemon until the
+    /// process has exited, and then the records stay until the lease TTL.
+    pub fn leave_cluster(&mut self) {
+        if self.cluster.take().is_some() {
+            tracing::info!("left the cluster store");
+        }
+    }
 }
 
 impl Daemon {
