@@ -838,7 +838,7 @@ fn cluster_etcd_restart_keeps_traffic() {
 /// Switchyard's VTEP exchange pings on the same VNI.
 #[test]
 fn kernel_vxlan_interop() {
-    let Some(mut h) = Hosts::new(2, &[]) else {
+    let Some(mut h) = Hosts::new(2, &["ethtool", "nc", "ss"]) else {
         return;
     };
     let kernel_vtep = h.ip(1).to_string();
@@ -890,4 +890,28 @@ fn kernel_vxlan_interop() {
     assert_ping(&h, &host, s.ip, 5);
     assert_ping(&h, &s.sandbox, kernel_ip, 5);
     assert_full_size_ping(&h, &s.sandbox, kernel_ip);
+
+    // TCP as README says: over this veth underlay the device must fill in
+    // its inner checksums itself.
+    run_ok(
+        "ip",
+        &["netns", "exec", &host, "ethtool", "-K", "vx0", "tx", "off"],
+    );
+    let server = h.spawn_in(&s.sandbox, "nc-server", &["nc", "-l", "7000"]);
+    assert!(wait_until(SECOND * 5, || {
+        !h.exec(&s.sandbox, &["ss", "-Hltn", "sport = :7000"], SECOND * 5)
+            .stdout
+            .is_empty()
+    }));
+    let sent = h.sh(
+        &host,
+        &format!("echo across | nc -N -w 5 {ip_s} 7000"),
+        SECOND * 10,
+    );
+    ok(&sent, "TCP from the kernel vxlan device");
+    let (done, text) = h.wait_spawned(server, "nc-server", SECOND * 10);
+    assert!(
+        done && text.contains("across"),
+        "nc server: {done} {text:?}"
+    );
 }

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(iproute2 iputils-ping iperf3 dnsutils netcat-openbsd curl procps util-linux passwd protobuf-compiler etcd-server)
+PACKAGES=(iproute2 iputils-ping iperf3 dnsutils netcat-openbsd curl ethtool procps util-linux passwd protobuf-compiler etcd-server)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()
