@@ -386,6 +386,21 @@ fn overlay_on(name: &str, subnet: &str, vni: Option<u32>) -> NetworkCreate {
     }
 }
 
+/// A host of a test and its state directory.
+type HostDir = (Daemon, TempDir);
+
+/// Hosts `a` and `b` on one fake cluster, each with its state directory.
+fn clustered_pair(tag: &str) -> (Arc<Mutex<Shared>>, HostDir, HostDir) {
+    let shared = fake_cluster();
+    let (da, db) = (
+        TempDir::new(&format!("{tag}-a")),
+        TempDir::new(&format!("{tag}-b")),
+    );
+    let (a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
+    let (b, _) = host(&db, "127.0.0.1", vec![], client(&shared, "b"));
+    (shared, (a, da), (b, db))
+}
+
 /// A connect request for a new sandbox of `dir`, with an optional address.
 fn connect_req(dir: &TempDir, net: &str, name: &str, ip: Option<Ipv4Addr>) -> Connect {
     let ns = dir.path().join(format!("ns-{name}"));
@@ -529,10 +544,7 @@ fn a_network_that_fails_here_is_taken_back_from_the_store() {
 
 #[test]
 fn a_bridge_network_ignores_remote_endpoints_of_a_same_named_overlay() {
-    let shared = fake_cluster();
-    let (da, db) = (TempDir::new("clash-a"), TempDir::new("clash-b"));
-    let (mut a, _) = host(&da, "127.0.0.1", vec![], client(&shared, "a"));
-    let (mut b, _) = host(&db, "127.0.0.1", vec![], client(&shared, "b"));
+    let (shared, (mut a, da), (mut b, db)) = clustered_pair("clash");
     a.create_network(overlay_net("front", None))
         .expect("overlay");
     connect(&mut a, &da, "front", "web");
@@ -554,4 +566,58 @@ fn a_bridge_network_ignores_remote_endpoints_of_a_same_named_overlay() {
     assert!(resolves(&b, "front", "web"));
     assert!(own_records(&shared, "b").0.is_empty());
     assert!(local.ipv4.octets()[..3] == [10, 78, 0]);
+}
+
+/// What `tracing` logs on this thread while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = sink.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn an_overlay_that_clashes_with_a_local_network_is_reported_once_and_adopted_once_free() {
+    let (_shared, (mut a, _da), (mut b, _db)) = clustered_pair("adopt");
+    b.create_network(NetworkCreate {
+        name: "local".into(),
+        subnet: Some("10.60.0.0/24".parse().expect("cidr")),
+        ..NetworkCreate::default()
+    })
+    .expect("bridge");
+    a.create_network(overlay_on("ovl", "10.60.0.0/24", None))
+        .expect("overlay");
+    // Every sync (at least every 5 s) tries again; the reason is logged once.
+    let log = logged(|| {
+        for _ in 0..3 {
+            b.sync_cluster();
+        }
+    });
+    assert_eq!(
+        log.matches("cannot adopt overlay network ovl").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("overlaps"), "{log}");
+    assert!(b.state().networks.iter().all(|n| n.name != "ovl"));
+    // Once the clash is gone, the next sync adopts it.
+    b.remove_network("local").expect("rm");
+    b.sync_cluster();
+    assert!(b.state().networks.iter().any(|n| n.name == "ovl"));
 }

@@ -182,10 +182,18 @@ impl Daemon {
         if !snap.connected {
             return;
         }
+        let mut problems = BTreeMap::new();
         for net in &snap.networks {
             if self.network(&net.name).is_none() {
                 if let Err(e) = self.adopt_network(net) {
-                    tracing::warn!("cannot adopt overlay network {}: {e}", net.name);
+                    problems.insert(
+                        format!("adopt/{}", net.name),
+                        format!(
+                            "cannot adopt overlay network {} of the cluster store here \
+                             (retried at every sync): {e}",
+                            net.name
+                        ),
+                    );
                 }
             }
         }
@@ -203,7 +211,7 @@ impl Daemon {
                 tracing::warn!("network {name} was removed from the cluster, but: {e}");
             }
         }
-        let mut problems = self.reconcile_own(&snap, &me);
+        problems.append(&mut self.reconcile_own(&snap, &me));
         for net in &snap.networks {
             if self
                 .network(&net.name)
