@@ -68,6 +68,9 @@ pub enum DataplaneError {
     /// Not a valid VXLAN network identifier.
     #[error("invalid VNI {0} (1..=16777215)")]
     BadVni(u32),
+    /// The VNI belongs to another overlay network of this switch.
+    #[error("VNI {0} is already used by another overlay network here")]
+    VniInUse(u32),
 }
 
 /// Data-plane settings.

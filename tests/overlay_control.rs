@@ -621,3 +621,38 @@ fn an_overlay_that_clashes_with_a_local_network_is_reported_once_and_adopted_onc
     b.sync_cluster();
     assert!(b.state().networks.iter().any(|n| n.name == "ovl"));
 }
+
+#[test]
+fn a_network_the_store_lost_is_recorded_again_while_endpoints_are_on_it() {
+    let (shared, (mut a, da), (mut b, _db)) = clustered_pair("lost-net");
+    a.create_network(overlay_on("used", "10.61.0.0/24", None))
+        .expect("used");
+    a.create_network(overlay_on("empty", "10.62.0.0/24", None))
+        .expect("empty");
+    connect(&mut a, &da, "used", "web");
+    b.sync_cluster();
+    let vni = |d: &Daemon, name: &str| {
+        d.state()
+            .networks
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.vni)
+    };
+    let used = vni(&a, "used").expect("a VNI");
+    assert_eq!(vni(&b, "used"), Some(used));
+    // etcd is back without its data: the store puts back each host's
+    // endpoints and leases, but it had no networks of its own to put back.
+    lock(&shared).networks.clear();
+    a.sync_cluster();
+    let recorded: Vec<(String, Option<u32>)> = lock(&shared)
+        .networks
+        .iter()
+        .map(|n| (n.name.clone(), n.vni))
+        .collect();
+    assert_eq!(recorded, vec![("used".to_string(), Some(used))]);
+    b.sync_cluster();
+    assert_eq!(vni(&b, "used"), Some(used), "B keeps it, with its VNI");
+    // A network nobody is on cannot be told from one removed elsewhere.
+    assert_eq!(vni(&a, "empty"), None);
+    assert_eq!(vni(&b, "empty"), None);
+}

@@ -95,7 +95,7 @@ impl Dataplane {
             .network_of_vni(spec.vni)
             .is_some_and(|n| n != id)
         {
-            return Err(DataplaneError::BadVni(spec.vni));
+            return Err(DataplaneError::VniInUse(spec.vni));
         }
         let mtu = spec.mtu;
         let net_name = net.name.clone();

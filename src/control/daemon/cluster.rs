@@ -197,16 +197,31 @@ impl Daemon {
                 }
             }
         }
-        let gone: Vec<String> = self
+        // Overlay networks the store lacks: removed on another host when no
+        // local endpoint is on them, else lost by the store (etcd started
+        // empty or from an old backup), as removal needs a network unused
+        // everywhere. Those are recorded again, so that their VNIs go to no
+        // other network and other hosts keep them.
+        let (lost, gone): (Vec<Network>, Vec<Network>) = self
             .state
             .networks
             .iter()
             .filter(|n| n.driver == Driver::Overlay)
             .filter(|n| snap.networks.iter().all(|s| s.name != n.name))
-            .filter(|n| self.state.endpoints.iter().all(|e| e.network != n.name))
-            .map(|n| n.name.clone())
-            .collect();
-        for name in gone {
+            .cloned()
+            .partition(|n| self.state.endpoints.iter().any(|e| e.network == n.name));
+        for net in &lost {
+            match self.record_network_again(net) {
+                Ok(()) => tracing::info!(
+                    "recorded network {} in the cluster store again: the store had lost it",
+                    net.name
+                ),
+                Err(why) => {
+                    problems.insert(format!("lost/{}", net.name), why);
+                }
+            }
+        }
+        for Network { name, .. } in gone {
             if let Err(e) = self.remove_network_locally(&name) {
                 tracing::warn!("network {name} was removed from the cluster, but: {e}");
             }
@@ -378,6 +393,23 @@ impl Daemon {
             }
         }
         problems
+    }
+
+    /// Records a local overlay network in the store (again); says what is
+    /// wrong when the store refuses it or holds it with another VNI.
+    fn record_network_again(&self, net: &Network) -> Result<(), String> {
+        let Some(store) = &self.cluster else {
+            return Ok(());
+        };
+        match store.create_network(net) {
+            Ok(r) if Some(r.vni) != net.vni => Err(format!(
+                "network {} has VNI {} in the cluster store but {:?} here; remove and \
+                 create it again on this host",
+                net.name, r.vni, net.vni
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot record network {}: {e}", net.name)),
+        }
     }
 
     /// Creates locally an overlay network another host recorded.
@@ -632,15 +664,8 @@ impl Daemon {
             .iter()
             .filter(|n| n.driver == Driver::Overlay)
         {
-            match store.create_network(net) {
-                Ok(r) if Some(r.vni) != net.vni => tracing::warn!(
-                    "network {} has VNI {} in the cluster store, {:?} here",
-                    net.name,
-                    r.vni,
-                    net.vni
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot record network {}: {e}", net.name),
+            if let Err(why) = self.record_network_again(net) {
+                tracing::warn!("{why}");
             }
             for ep in self
                 .state
