@@ -336,6 +336,38 @@ fn control_plane_remotes_arp_suppression_and_spoofing() {
 }
 
 #[test]
+fn a_vtep_another_process_holds_is_refused() {
+    let taken = UdpSocket::bind("127.64.0.3:0").expect("bind");
+    let bind = taken.local_addr().expect("addr");
+    let start = |bind| {
+        let config = DataplaneConfig {
+            workers: 2,
+            ..DataplaneConfig::default()
+        };
+        let (mut dp, w) = Dataplane::inline(config, Arc::new(FakeClock::new())).expect("dp");
+        let started = dp.start_vxlan(VxlanConfig { bind });
+        (dp, w, started)
+    };
+    let (_dp, _w, held) = start(bind);
+    let Err(DataplaneError::Vxlan(at, e)) = held else {
+        panic!("a plain socket holds {bind}: {held:?}");
+    };
+    assert_eq!((at, e.kind()), (bind, std::io::ErrorKind::AddrInUse));
+    drop(taken);
+    // Another daemon's VXLAN sockets (SO_REUSEPORT, as this one's): the
+    // kernel would split the VTEP's traffic between the two.
+    let (_first, _w1, first) = start(bind);
+    first.expect("a free VTEP");
+    let (_second, _w2, second) = start(bind);
+    assert!(
+        matches!(&second, Err(DataplaneError::Vxlan(_, e)) if e.kind() == std::io::ErrorKind::AddrInUse),
+        "{second:?}"
+    );
+    let text = second.expect_err("refused").to_string();
+    assert!(text.contains("--vxlan-port"), "{text}");
+}
+
+#[test]
 fn overlay_needs_vxlan_and_a_valid_vni() {
     let config = DataplaneConfig {
         workers: 1,

@@ -60,6 +60,7 @@ impl VxlanSockets {
     /// through `SO_REUSEPORT`) and [`TX_SOCKETS`] transmit sockets to
     /// ephemeral ports on the same address.
     pub fn open(bind: SocketAddr) -> io::Result<VxlanSockets> {
+        Self::claim(bind)?;
         let socks = (0..TX_SOCKETS)
             .map(|_| {
                 let s = udp::bind_udp(SocketAddr::new(bind.ip(), 0), false)?;
@@ -84,6 +85,33 @@ impl VxlanSockets {
             rx: Self::open_rx(bind)?,
             tx: first.tx.clone(),
         })
+    }
+
+    /// Fails with `AddrInUse` when any socket holds `bind` already, saying
+    /// what to do about that and about an address that is not this host's. The
+    /// receive sockets share their address through `SO_REUSEPORT`, which
+    /// also lets a second daemon of the same user bind the same VTEP: the
+    /// kernel would then split the VXLAN traffic between the two. A plain
+    /// bind is refused while any socket holds the address, and the
+    /// reuse-port group, bound next, refuses later plain binds in turn.
+    fn claim(bind: SocketAddr) -> io::Result<()> {
+        if bind.port() == 0 {
+            return Ok(());
+        }
+        match udp::bind_udp(bind, false) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process receives VXLAN there (a second switchyard daemon, or a \
+                 kernel vxlan device on that port); give this daemon another --advertise \
+                 address or --vxlan-port",
+            )),
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Err(io::Error::new(
+                e.kind(),
+                format!("{e}: it is no address of this host; give --advertise one that is"),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     fn open_rx(bind: SocketAddr) -> io::Result<UdpSocket> {
