@@ -30,7 +30,11 @@ pub fn with_test_upstream<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let chooses = extra
         .iter()
         .any(|a| a.starts_with("--dns-upstream") || a.starts_with("--resolv-conf"));
-    let mut args: Vec<&str> = if chooses { vec![] } else { NO_UPSTREAM.to_vec() };
+    let mut args: Vec<&str> = if chooses {
+        vec![]
+    } else {
+        NO_UPSTREAM.to_vec()
+    };
     args.extend_from_slice(extra);
     args
 }
