@@ -302,6 +302,16 @@ impl<R: Copy + Send + 'static> Engine<R> {
         self.fail(pending);
     }
 
+    /// Gives `query` a fresh random ID (RFC 5452), one per attempt, and
+    /// returns it.
+    fn stamp_id(&mut self, query: &mut [u8]) -> io::Result<u16> {
+        let id = self.ids.next()?;
+        if let Some(field) = query.get_mut(..2) {
+            field.copy_from_slice(&id.to_be_bytes());
+        }
+        Ok(id)
+    }
+
     /// New socket with a kernel-chosen port, connected to `upstream` so only
     /// its datagrams arrive; the query goes out with a fresh random ID.
     fn send_attempt(
@@ -316,10 +326,7 @@ impl<R: Copy + Send + 'static> Engine<R> {
         };
         let mut socket = UdpSocket::bind(local)?;
         socket.connect(upstream)?;
-        let id = self.ids.next()?;
-        if let Some(field) = query.get_mut(..2) {
-            field.copy_from_slice(&id.to_be_bytes());
-        }
+        let id = self.stamp_id(query)?;
         self.poll
             .registry()
             .register(&mut socket, Token(token), Interest::READABLE)?;
@@ -452,10 +459,7 @@ impl<R: Copy + Send + 'static> Engine<R> {
         upstream: SocketAddr,
         token: usize,
     ) -> io::Result<(TcpExchange, u16)> {
-        let id = self.ids.next()?;
-        if let Some(field) = query.get_mut(..2) {
-            field.copy_from_slice(&id.to_be_bytes());
-        }
+        let id = self.stamp_id(query)?;
         let exchange = TcpExchange::connect(self.poll.registry(), upstream, query, Token(token))?;
         Ok((exchange, id))
     }
