@@ -44,6 +44,8 @@ fn network(name: &str, vni: Option<u32>) -> NetworkRecord {
         mtu: 1450,
         internal: false,
         isolate: false,
+        mac_cap: None,
+        host_loopback: false,
     }
 }
 

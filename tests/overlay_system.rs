@@ -642,8 +642,23 @@ fn cluster_network_names_and_iperf() {
         return;
     };
     cluster(&mut h, 2);
-    // No --vni: allocated cluster-wide.
-    create_overlay(&h, 0, None);
+    // No --vni: allocated cluster-wide. The MAC cap and host loopback are
+    // settings of the network, which the other host adopts with it.
+    h.sy_ok(
+        0,
+        &[
+            "network",
+            "create",
+            NET,
+            "--driver",
+            "overlay",
+            "--subnet",
+            SUBNET,
+            "--mac-cap",
+            "64",
+            "--host-loopback",
+        ],
+    );
     let t0 = Instant::now();
     assert!(
         wait_until(PROPAGATION, || network_row(&h, 1, NET).is_some()),
@@ -658,6 +673,10 @@ fn cluster_network_names_and_iperf() {
     assert_eq!(rb.0, "overlay");
     assert!(rb.3.contains("vni="), "{rb:?}");
     assert!(rb.3.contains(&format!("mtu={OVERLAY_MTU}")), "{rb:?}");
+    assert!(
+        rb.3.contains("mac-cap=64") && rb.3.contains("host-loopback"),
+        "{rb:?}"
+    );
     let gw = ra.2;
 
     let a = attach(&mut h, 0, "a1");

@@ -106,6 +106,9 @@ pub fn network(socket: &Path, cmd: NetworkCommand) -> Result<(), CliError> {
                     if n.host_loopback {
                         opts.push("host-loopback".to_string());
                     }
+                    if let Some(cap) = n.mac_cap {
+                        opts.push(format!("mac-cap={cap}"));
+                    }
                     if let Some(vni) = n.vni {
                         opts.push(format!("vni={vni}"));
                     }

@@ -36,6 +36,14 @@ pub struct NetworkRecord {
     /// No traffic between endpoints.
     #[serde(default)]
     pub isolate: bool,
+    /// Most MAC addresses each host learns on the network (`--mac-cap`);
+    /// `None`: the daemon's default. Left out of the JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_cap: Option<u64>,
+    /// TCP and UDP to the gateway reach the host's loopback
+    /// (`--host-loopback`). Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_loopback: bool,
 }
 
 pub use crate::tables::overlay::MAX_VNI;
@@ -101,6 +109,22 @@ impl NetworkRecord {
                 "internal/isolate",
                 format!("{}/{}", self.internal, self.isolate),
                 format!("{}/{}", stored.internal, stored.isolate),
+            );
+        }
+        if self.mac_cap != stored.mac_cap {
+            let text =
+                |c: Option<u64>| c.map_or("no MAC cap".to_string(), |n| format!("MAC cap {n}"));
+            return Err(format!(
+                "{} requested, {} stored",
+                text(self.mac_cap),
+                text(stored.mac_cap)
+            ));
+        }
+        if self.host_loopback != stored.host_loopback {
+            return diff(
+                "host-loopback",
+                self.host_loopback.to_string(),
+                stored.host_loopback.to_string(),
             );
         }
         Ok(())
@@ -361,6 +385,8 @@ mod tests {
             mtu: 1450,
             internal: false,
             isolate: true,
+            mac_cap: None,
+            host_loopback: false,
         }
     }
 
@@ -404,6 +430,20 @@ mod tests {
         )
         .expect("parse");
         assert_eq!((n.vni, n.internal, n.subnet6), (None, false, None));
+        assert_eq!((n.mac_cap, n.host_loopback), (None, false));
+        // A network without a MAC cap or host loopback is stored as before
+        // these fields existed; one with them keeps them.
+        let json = serde_json::to_string(&network()).expect("json");
+        assert!(
+            !json.contains("mac_cap") && !json.contains("host_loopback"),
+            "{json}"
+        );
+        let mut capped = network();
+        capped.mac_cap = Some(64);
+        capped.host_loopback = true;
+        let json = serde_json::to_string(&capped).expect("json");
+        let back: NetworkRecord = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, capped);
     }
 
     #[test]
@@ -424,6 +464,17 @@ mod tests {
         req.mtu = 1400;
         let why = req.matches(&network()).expect_err("differs");
         assert!(why.contains("MTU 1400"), "{why}");
+        let mut req = network();
+        req.mac_cap = Some(64);
+        let why = req.matches(&network()).expect_err("differs");
+        assert!(
+            why.contains("MAC cap 64 requested, no MAC cap stored"),
+            "{why}"
+        );
+        let mut req = network();
+        req.host_loopback = true;
+        let why = req.matches(&network()).expect_err("differs");
+        assert!(why.contains("host-loopback true requested"), "{why}");
         let mut e = endpoint();
         e.aliases.push("bad alias".into());
         assert!(e.validate().is_err());

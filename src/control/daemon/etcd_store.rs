@@ -23,6 +23,8 @@ fn record_of(net: &Network) -> NetworkRecord {
         mtu: net.mtu,
         internal: net.internal,
         isolate: net.isolate,
+        mac_cap: net.mac_cap.map(|n| n as u64),
+        host_loopback: net.host_loopback,
     }
 }
 
@@ -37,9 +39,9 @@ fn network_of(rec: &NetworkRecord) -> Network {
         internal: rec.internal,
         isolate: rec.isolate,
         mtu: rec.mtu,
-        mac_cap: None,
+        mac_cap: rec.mac_cap.and_then(|n| usize::try_from(n).ok()),
         vni: rec.vni,
-        host_loopback: false,
+        host_loopback: rec.host_loopback,
     }
 }
 
@@ -158,10 +160,16 @@ mod tests {
             internal: true,
             isolate: false,
             mtu: 1450,
-            mac_cap: None,
+            mac_cap: Some(64),
             vni: Some(300),
-            host_loopback: false,
+            host_loopback: true,
         };
         assert_eq!(network_of(&record_of(&net)), net);
+        let plain = Network {
+            mac_cap: None,
+            host_loopback: false,
+            ..net
+        };
+        assert_eq!(network_of(&record_of(&plain)), plain);
     }
 }
