@@ -2,8 +2,9 @@
 //! and `iperf3`, as root and as the unprivileged user `sytest` (created by
 //! tools/test.sh): connectivity, isolation between networks, internal
 //! networks, daemon restart with surviving sandboxes, address release on
-//! disconnect, signals passed on to the command, and a killed `run` taking
-//! CMD with it. Everything is torn down on drop, even when a test fails.
+//! disconnect, signals passed on to the command, a killed `run` taking CMD
+//! with it, and a `run` outliving its daemon leaving the endpoint another
+//! sandbox now has under its name. Everything is torn down on drop, even when a test fails.
 //! Outside CI, a machine that cannot run them skips them with a message; with
 //! CI=true that is a failure.
 
@@ -340,4 +341,84 @@ fn sigkilled_run_takes_its_command_as_root() {
 #[test]
 fn sigkilled_run_takes_its_command_as_unprivileged_user() {
     sigkilled_alone("sigkill-user", Some(USER));
+}
+
+/// Waits until `file` exists (15 s at most).
+fn wait_file(file: &std::path::Path, what: &str) {
+    assert!(
+        within(Duration::from_secs(15), || file.exists()),
+        "{what} never started"
+    );
+}
+
+/// A `run` whose daemon restarted on a fresh state while its command ran
+/// detaches, when the command exits, only the endpoint it attached: not the
+/// endpoint a newer sandbox has under the same name (the new daemon counts
+/// from the same sequence number again). It reports that it left that one
+/// alone and exits with the command's status.
+fn outlived_daemon(tag: &str, user: Option<&str>) {
+    let Some(mut env) = Env::with_tools(tag, user, &[]) else {
+        return;
+    };
+    env.start_daemon();
+    let wait_then = |started: &std::path::Path, go: &std::path::Path, code: u8| {
+        format!(
+            "touch {started}; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; exit {code}",
+            started = started.display(),
+            go = go.display()
+        )
+    };
+    let (old_started, old_go) = (env.dir.join("old-started"), env.dir.join("old-go"));
+    let old_log = env.dir.join("old.log");
+    let script = wait_then(&old_started, &old_go, 3);
+    let mut old = env.cmd(&["run", "--name", "web", "--", "sh", "-c", &script]);
+    old.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&old_log).expect("log file"));
+    env.children
+        .push(spawn_retry(&mut old).expect("start the old run"));
+    let old = env.children.len() - 1;
+    wait_file(&old_started, "the old run's command");
+    env.wait_endpoints(&["web"]);
+
+    // The daemon restarts and its state is gone.
+    env.stop_daemon();
+    std::fs::remove_dir_all(&env.state).expect("remove the state");
+    env.start_daemon();
+    let (new_started, new_go) = (env.dir.join("new-started"), env.dir.join("new-go"));
+    let script = wait_then(&new_started, &new_go, 0);
+    let new = env.spawn(&["run", "--name", "web", "--", "sh", "-c", &script]);
+    wait_file(&new_started, "the new run's command");
+    env.wait_endpoints(&["web"]);
+
+    std::fs::write(&old_go, b"").expect("go");
+    let status = env.wait_child(old);
+    let log = std::fs::read_to_string(&old_log).unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "old run: {status:?}, stderr: {log}");
+    let ps = env.ps();
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("web")),
+        "the old run detached the new sandbox's endpoint:\n{ps}\nold run's stderr: {log}"
+    );
+    assert!(log.contains("left alone"), "old run's stderr: {log}");
+
+    // The new run still detaches its own.
+    std::fs::write(&new_go, b"").expect("go");
+    assert!(env.wait_child(new).success(), "new run");
+    let ps = env.ps();
+    assert!(
+        !ps.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("web")),
+        "the new run left its endpoint attached:\n{ps}"
+    );
+}
+
+#[test]
+fn run_outliving_its_daemon_leaves_a_newer_namesake_as_root() {
+    outlived_daemon("outlived-root", None);
+}
+
+#[test]
+fn run_outliving_its_daemon_leaves_a_newer_namesake_as_unprivileged_user() {
+    outlived_daemon("outlived-user", Some(USER));
 }

@@ -455,6 +455,8 @@ fn disconnect(c: &mut Client, network: &str, id: &str) -> Result<(), CniError> {
     let req = Request::Disconnect(api::Disconnect {
         network: network.to_string(),
         endpoint: id.to_string(),
+        // That endpoint only, should another be named like its id.
+        id: Some(id.to_string()),
     });
     match c.call::<Endpoint>(&req) {
         Ok(_) => Ok(()),

@@ -22,6 +22,7 @@ pub fn disconnect(socket: &Path, a: DisconnectArgs) -> Result<(), CliError> {
     let ep: Endpoint = client(socket)?.call(&Request::Disconnect(Disconnect {
         network: a.network,
         endpoint: a.endpoint,
+        id: None,
     }))?;
     print(&format!(
         "disconnected {} from {} (released {})\n",

@@ -84,21 +84,34 @@ impl Launched {
     pub fn teardown(&self, client: &mut Client) -> Vec<String> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
-            let req = Request::Disconnect(api::Disconnect {
-                network: ep.network.clone(),
-                endpoint: ep.id.clone(),
-            });
-            match client.call::<Endpoint>(&req) {
+            match client.call::<Endpoint>(&detach_request(ep)) {
                 Ok(_) => {}
                 // Released already: the daemon reaps the endpoints of a
                 // sandbox that exited, as `up`'s may long before teardown.
                 Err(ClientError::Api(e)) if e.kind == api::ErrorKind::NotFound => {}
+                // Ours is gone and another sandbox's endpoint has its name
+                // (the daemon restarted with a fresh state, or ours was
+                // disconnected): not ours to detach, and not a failure.
+                Err(ClientError::Api(e)) if e.kind == api::ErrorKind::Stale => {
+                    errors.push(format!("left alone: {e}"));
+                }
                 Err(e) => errors.push(format!("disconnect {}/{}: {e}", ep.network, ep.name)),
             }
         }
         let _ = std::fs::remove_dir_all(&self.files_dir);
         errors
     }
+}
+
+/// Detaches `ep` and nothing else: by name, checked against the id
+/// `connect` returned, so an endpoint created since under the same name
+/// stays.
+fn detach_request(ep: &Endpoint) -> Request {
+    Request::Disconnect(api::Disconnect {
+        network: ep.network.clone(),
+        endpoint: ep.name.clone(),
+        id: Some(ep.id.clone()),
+    })
 }
 
 fn files_dir() -> PathBuf {

@@ -237,6 +237,12 @@ pub struct Disconnect {
     pub network: String,
     /// Endpoint name or id.
     pub endpoint: String,
+    /// The id `connect` returned for the endpoint meant. When given, only
+    /// that endpoint is detached: if `endpoint` now names another one (it
+    /// was removed and created again, or the daemon restarted with a fresh
+    /// state), nothing is detached and the reply is [`ErrorKind::Stale`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// Arguments of `publish` and `unpublish`.
@@ -310,6 +316,9 @@ pub enum ErrorKind {
     AlreadyExists,
     /// Addresses or subnets conflict.
     Conflict,
+    /// The endpoint named is not the one the request's `id` identified:
+    /// that one is gone, and another has its name now.
+    Stale,
     /// Still in use (network with endpoints).
     InUse,
     /// Out of addresses.
@@ -477,6 +486,7 @@ mod tests {
             r#"{"op":"network_remove","name":"a"}"#,
             r#"{"op":"connect","network":"a","target":{"pid":1},"publish":["8080:80"]}"#,
             r#"{"op":"disconnect","network":"a","endpoint":"web"}"#,
+            r#"{"op":"disconnect","network":"a","endpoint":"web","id":"0123456789ab"}"#,
             r#"{"op":"publish","endpoint":"web","spec":"8080:80/udp"}"#,
             r#"{"op":"unpublish","endpoint":"web","spec":"8080:80/udp"}"#,
             r#"{"op":"ps"}"#,
@@ -524,6 +534,27 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn disconnect_id_is_optional_and_left_out_when_absent() {
+        let old = decode_request(br#"{"op":"disconnect","network":"a","endpoint":"web"}"#);
+        assert!(matches!(
+            old,
+            Ok(Request::Disconnect(Disconnect { id: None, .. }))
+        ));
+        let plain = Request::Disconnect(Disconnect {
+            network: "a".into(),
+            endpoint: "web".into(),
+            id: None,
+        });
+        // A daemon from before `id` refuses unknown fields: a client that
+        // does not check leaves it out.
+        let line = String::from_utf8(encode_request(&plain)).unwrap();
+        assert!(!line.contains("\"id\""), "{line}");
+        let stale = Response::failure(ApiError::new(ErrorKind::Stale, "replaced"));
+        let line = String::from_utf8(stale.to_line()).unwrap();
+        assert!(line.contains("\"kind\":\"stale\""), "{line}");
     }
 
     #[test]

@@ -33,6 +33,18 @@ pub enum DaemonError {
         "endpoint {0:?} not found; `switchyard ps` lists endpoints (name, id or NETWORK/NAME)"
     )]
     NoSuchEndpoint(String),
+    /// The endpoint a detach meant (by id) is gone; another has its name.
+    #[error("endpoint {network}/{name} is not the one meant: that one (id {expected}) is gone, and {name:?} is now endpoint {current}, attached since; nothing was detached (to detach the new one, `switchyard disconnect {network} {current}`)")]
+    EndpointReplaced {
+        /// Network.
+        network: String,
+        /// The name asked for.
+        name: String,
+        /// The id the caller meant.
+        expected: String,
+        /// The id of the endpoint that has the name now.
+        current: String,
+    },
     /// Endpoint name matches several networks.
     #[error("endpoint name {name:?} exists on networks {networks}; say which with NETWORK/{name}")]
     AmbiguousEndpoint {
@@ -187,6 +199,7 @@ impl DaemonError {
             | E::NoSuchEndpoint(_)
             | E::SandboxGone { .. }
             | E::NoSuchPublication { .. } => ErrorKind::NotFound,
+            E::EndpointReplaced { .. } => ErrorKind::Stale,
             E::NetworkInUse { .. } | E::DefaultNetwork => ErrorKind::InUse,
             E::AmbiguousEndpoint { .. } | E::Invalid(_) | E::Model(_) => ErrorKind::BadRequest,
             E::Attach { .. } | E::SandboxNoAccess { .. } => ErrorKind::Attach,

@@ -89,10 +89,10 @@ impl Daemon {
         };
         let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
         let seq = self.state.next_seq;
-        let id = format!(
-            "{:012x}",
-            fnv1a(&[net.name.as_bytes(), name.as_bytes(), &seq.to_be_bytes()]) >> 16
-        );
+        let id = (0u8..)
+            .map(|retry| endpoint_id(&net.name, &name, seq, &self.id_salt, retry))
+            .find(|id| self.state.endpoints.iter().all(|e| &e.id != id))
+            .unwrap_or_default();
         let mut publications: Vec<Publication> = Vec::new();
         for p in req.publish {
             self.check_publication(&p)?;
@@ -309,16 +309,41 @@ impl Daemon {
 
     /// Disconnects endpoint `endpoint` (name or id) from `network`.
     pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<Endpoint, DaemonError> {
+        self.disconnect_checked(network, endpoint, None)
+    }
+
+    /// Disconnects endpoint `endpoint` (name or id) from `network`; with
+    /// `id`, only if that is its id: a caller holding an endpoint that is
+    /// gone must not detach the one that has its name now.
+    pub fn disconnect_checked(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        id: Option<&str>,
+    ) -> Result<Endpoint, DaemonError> {
         if self.network(network).is_none() {
             return Err(DaemonError::NoSuchNetwork(network.into()));
         }
-        let ep = self
-            .state
-            .endpoints
-            .iter()
-            .find(|e| e.network == network && (e.name == endpoint || e.id == endpoint))
-            .cloned()
-            .ok_or_else(|| DaemonError::NoSuchEndpoint(format!("{network}/{endpoint}")))?;
+        let named = |e: &Endpoint| e.network == network && (e.name == endpoint || e.id == endpoint);
+        let meant = |e: &Endpoint| named(e) && id.is_none_or(|id| e.id == id);
+        let Some(ep) = self.state.endpoints.iter().find(|e| meant(e)).cloned() else {
+            let now = self.state.endpoints.iter().find(|e| named(e));
+            return Err(match (id, now) {
+                (Some(expected), Some(now)) => DaemonError::EndpointReplaced {
+                    network: network.into(),
+                    name: endpoint.into(),
+                    expected: expected.into(),
+                    current: now.id.clone(),
+                },
+                _ => DaemonError::NoSuchEndpoint(format!("{network}/{endpoint}")),
+            });
+        };
+        self.remove_endpoint(ep)
+    }
+
+    /// Removes exactly `ep` (by id): from the state, the cluster store, its
+    /// publications, the gateway's flows, the data plane and its sandbox.
+    fn remove_endpoint(&mut self, ep: Endpoint) -> Result<Endpoint, DaemonError> {
         let mut next = self.state.clone();
         next.endpoints.retain(|e| e.id != ep.id);
         self.commit(next)?;
@@ -349,7 +374,10 @@ impl Daemon {
             .collect();
         let mut reaped = Vec::new();
         for ep in gone {
-            match self.disconnect(&ep.network, &ep.id) {
+            // By the endpoint itself, never by a name or id looked up
+            // again: another endpoint may be named like this one's id.
+            let id = ep.id.clone();
+            match self.remove_endpoint(ep) {
                 Ok(ep) => {
                     tracing::info!(
                         "sandbox {} of endpoint {}/{} is gone; released {}",
@@ -360,9 +388,144 @@ impl Daemon {
                     );
                     reaped.push(ep);
                 }
-                Err(e) => tracing::warn!("cannot release vanished endpoint {}: {e}", ep.id),
+                Err(e) => tracing::warn!("cannot release vanished endpoint {id}: {e}"),
             }
         }
         reaped
+    }
+}
+
+/// An endpoint's id: 12 hex digits from its network, name, the state's
+/// sequence number and the daemon's salt (`retry` moves past the unlikely
+/// id another endpoint already has).
+fn endpoint_id(network: &str, name: &str, seq: u64, salt: &[u8; 8], retry: u8) -> String {
+    format!(
+        "{:012x}",
+        fnv1a(&[
+            network.as_bytes(),
+            name.as_bytes(),
+            &seq.to_be_bytes(),
+            salt,
+            &[retry],
+        ]) >> 16
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::ErrorKind;
+    use crate::control::attach_fake::FakeAttacher;
+    use crate::control::daemon::DaemonConfig;
+    use crate::control::ipam::StaticRoutes;
+    use crate::control::model::SandboxTarget;
+    use crate::control::store::tests::TempDir;
+    use crate::dataplane::DataplaneConfig;
+
+    fn daemon(state: &std::path::Path) -> Daemon {
+        let config = DaemonConfig {
+            state_dir: state.to_path_buf(),
+            dataplane: DataplaneConfig {
+                workers: 1,
+                pool_frames: 512,
+                ..DataplaneConfig::default()
+            },
+            routes: Box::new(StaticRoutes::default()),
+            dns: Default::default(),
+            dns_upstream: crate::dns::forward::UpstreamSource::Static(vec![]),
+            nat_limits: Default::default(),
+            overlay: None,
+            cluster: None,
+            stopping: Default::default(),
+        };
+        Daemon::new(config, Box::new(FakeAttacher::new())).expect("daemon")
+    }
+
+    /// Connects `name` to `default`, its sandbox stood in for by the file
+    /// `sandbox` under `dir` (the fake attacher's namespaces).
+    fn connect(d: &mut Daemon, dir: &TempDir, name: &str, sandbox: &str) -> Endpoint {
+        let path = dir.0.join(sandbox);
+        std::fs::write(&path, b"").expect("sandbox file");
+        d.connect(api::Connect {
+            network: "default".into(),
+            target: SandboxTarget::Netns { path, userns: None },
+            name: Some(name.into()),
+            aliases: vec![],
+            ip: None,
+            ip6: None,
+            publish: vec![],
+            port_security: true,
+            ifname: None,
+            container_id: None,
+            cni_network: None,
+        })
+        .expect("connect")
+    }
+
+    fn names(d: &Daemon) -> Vec<&str> {
+        d.state.endpoints.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_daemon_on_a_fresh_state_hands_out_new_ids() {
+        let dir = TempDir::new("ids-fresh");
+        let first = {
+            let mut d = daemon(&dir.0.join("one"));
+            connect(&mut d, &dir, "web", "ns1").id
+        };
+        let mut d = daemon(&dir.0.join("two"));
+        let again = connect(&mut d, &dir, "web", "ns2");
+        assert_eq!(again.id.len(), 12);
+        assert_ne!(again.id, first, "same id for an endpoint of another state");
+    }
+
+    #[test]
+    fn a_checked_disconnect_detaches_only_the_endpoint_meant() {
+        let dir = TempDir::new("checked-detach");
+        let mut d = daemon(&dir.0.join("state"));
+        let old = connect(&mut d, &dir, "web", "ns1");
+        d.disconnect("default", "web").expect("plain disconnect");
+        let new = connect(&mut d, &dir, "web", "ns2");
+        assert_ne!(old.id, new.id);
+
+        let e = d
+            .disconnect_checked("default", "web", Some(&old.id))
+            .expect_err("the old id must not detach the new endpoint");
+        assert_eq!(e.kind(), ErrorKind::Stale);
+        let msg = e.to_string();
+        assert!(msg.contains(&old.id) && msg.contains(&new.id), "{msg}");
+        assert_eq!(names(&d), ["web"]);
+        // By id too: the old id names nothing now.
+        let e = d
+            .disconnect_checked("default", &old.id, Some(&old.id))
+            .expect_err("gone");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+
+        let gone = d
+            .disconnect_checked("default", "web", Some(&new.id))
+            .expect("the id of the endpoint named detaches it");
+        assert_eq!(gone.id, new.id);
+        let e = d
+            .disconnect_checked("default", "web", Some(&new.id))
+            .expect_err("detached already");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_reaper_releases_the_vanished_endpoint_not_one_named_like_its_id() {
+        let dir = TempDir::new("reap-exact");
+        let mut d = daemon(&dir.0.join("state"));
+        // "twin" is connected first and named like the id "gone" gets next.
+        let seq = d.state.next_seq + 1;
+        let predicted = endpoint_id("default", "gone", seq, &d.id_salt, 0);
+        let twin = connect(&mut d, &dir, &predicted, "ns-twin");
+        let gone = connect(&mut d, &dir, "gone", "ns-gone");
+        assert_eq!(gone.id, predicted);
+        std::fs::remove_file(dir.0.join("ns-gone")).expect("sandbox gone");
+
+        let reaped = d.reap_vanished();
+        assert_eq!(reaped.len(), 1);
+        assert_eq!(reaped[0].id, gone.id);
+        assert_eq!(names(&d), [twin.name.as_str()]);
     }
 }

@@ -46,6 +46,19 @@ use crate::ports::PortId;
 use crate::tables::topology::{GatewayInfo, NetworkId};
 use crate::wire::MacAddr;
 
+/// A random salt for endpoint ids. Without entropy the clock stands in:
+/// it still differs between two starts of the daemon.
+fn id_salt() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (nanos ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    b
+}
+
 /// Name of the network that always exists.
 pub const DEFAULT_NETWORK: &str = "default";
 
@@ -96,6 +109,11 @@ pub struct Daemon {
     cluster_problems: std::collections::BTreeSet<String>,
     /// Endpoints (ids) with a capture running.
     capturing: std::collections::HashSet<String>,
+    /// Drawn at start and mixed into new endpoints' ids: a daemon started
+    /// on a fresh state counts from the same sequence number again, and
+    /// must not hand out an id a client still holds for an endpoint of the
+    /// daemon before (see `Disconnect::id`).
+    id_salt: [u8; 8],
 }
 
 impl Daemon {
@@ -171,6 +189,7 @@ impl Daemon {
             remote: cluster::RemoteView::new(),
             cluster_problems: std::collections::BTreeSet::new(),
             capturing: std::collections::HashSet::new(),
+            id_salt: id_salt(),
         };
         d.start_overlay()?;
         d.restore(state, &config.stopping)?;
@@ -227,7 +246,7 @@ impl Daemon {
             }
             Request::Connect(c) => self.connect(c).map(|e| Response::success(&e)),
             Request::Disconnect(d) => self
-                .disconnect(&d.network, &d.endpoint)
+                .disconnect_checked(&d.network, &d.endpoint, d.id.as_deref())
                 .map(|e| Response::success(&e)),
             Request::Publish(p) => self.publish(p).map(|e| Response::success(&e)),
             Request::Unpublish(p) => self.unpublish(p).map(|e| Response::success(&e)),
