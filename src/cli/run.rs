@@ -306,6 +306,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_detach_names_the_endpoint_and_checks_its_id() {
+        let ep = Endpoint {
+            id: "5c1e0a7d29b3".into(),
+            name: "web".into(),
+            network: "default".into(),
+            aliases: vec![],
+            sandbox: SandboxTarget::Pid(1),
+            netns_id: crate::control::model::NamespaceId { dev: 4, inode: 5 },
+            ifname: "eth0".into(),
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            ipv4: Ipv4Addr::new(10, 89, 0, 2),
+            ipv6: None,
+            default_route: true,
+            publications: vec![],
+            port_security: true,
+            container_id: None,
+            cni_network: None,
+        };
+        let Request::Disconnect(d) = detach_request(&ep) else {
+            panic!("not a disconnect");
+        };
+        assert_eq!(
+            (d.network.as_str(), d.endpoint.as_str(), d.id.as_deref()),
+            ("default", "web", Some("5c1e0a7d29b3"))
+        );
+    }
+
+    #[test]
     fn resolv_points_at_the_gateway_with_the_search_domain() {
         let v4 = IpAddr::V4(Ipv4Addr::new(10, 89, 0, 1));
         let r = resolv_file(&[v4], "switchyard.internal");
