@@ -3,14 +3,19 @@
 //! allocation once the caller's output buffer has grown to its working size,
 //! so data-plane workers call it per packet and fuzzing calls it per input.
 //!
-//! Which names are ours: names under the search domain, `NAME.NETWORK` for
-//! the asking network, single-label names, `tasks.NAME`, and reverse names of
-//! the network's subnet. Those get an authoritative answer: NXDOMAIN when
-//! nothing exists at or below the name, NODATA (NOERROR, no records) for an
-//! empty non-terminal such as the search domain itself or `NETWORK`, since
-//! NXDOMAIN would tell caches that the names below are gone too (RFC 8020).
-//! Anything else is forwarded, or REFUSED on internal networks. RA is set on
-//! every answer of a network that forwards, as on the forwarder's answers.
+//! Which names are ours: names under the search domain, names below any
+//! network of the table (`NAME.NETWORK`; below another network than the
+//! asking one, all NXDOMAIN, as that network's sandboxes are not visible
+//! here), single-label names, `tasks.LABEL`, and reverse names of the
+//! network's subnet. As in aardvark-dns, names in a zone the switch serves
+//! never go upstream: that would show the container topology to the host's
+//! resolver and leave the sandbox waiting for an answer only the switch can
+//! give. Those get an authoritative answer: NXDOMAIN when nothing exists at
+//! or below the name, NODATA (NOERROR, no records) for an empty non-terminal
+//! such as the search domain itself or `NETWORK`, since NXDOMAIN would tell
+//! caches that the names below are gone too (RFC 8020). Anything else is
+//! forwarded, or REFUSED on internal networks. RA is set on every answer of a
+//! network that forwards, as on the forwarder's answers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -420,8 +425,14 @@ fn find<'z>(
             return Some(Local::Found(rec, false));
         }
     }
-    let in_network_zone = strip_suffix(rest, &zone.network).is_some();
-    if !(authoritative || in_network_zone) {
+    // Below a network of this daemon, the asking one or another (whose names
+    // it must not see), or `tasks.` of a single label, which is ours as the
+    // label alone is.
+    let below_network = rest.rsplit(|b| *b == b'.').next().is_some_and(|last| {
+        last.len() < rest.len() && (zone.is_network(last) || last == &*zone.network)
+    });
+    let tasks_of_label = strip_prefix(rest, b"tasks").is_some_and(|n| !n.contains(&b'.'));
+    if !(authoritative || below_network || tasks_of_label) {
         return None;
     }
     let empty_non_terminal = candidates.into_iter().flatten().any(|cand| {

@@ -6,10 +6,13 @@
 //!
 //! Names are scoped as in Docker: a network's zone holds only the names of
 //! endpoints attached to that network, so a query from one network never sees
-//! another network's sandboxes. Keys are lowercase, without trailing dot.
+//! another network's sandboxes. Every zone also knows the names of all the
+//! networks in the table, so that `NAME.OTHERNETWORK` is answered (NXDOMAIN)
+//! rather than sent upstream. Keys are lowercase, without trailing dot.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::tables::topology::NetworkId;
 
@@ -119,6 +122,11 @@ pub struct Zone {
     pub ptr: HashMap<IpAddr, Box<[u8]>>,
     /// Subnets (address, prefix length).
     pub subnets: Vec<(IpAddr, u8)>,
+    /// The names of every network in the table, this one included,
+    /// lowercase: names below any of them belong to the switch and never go
+    /// upstream. One set shared by all the zones of a table, since the
+    /// responder answers from a single zone.
+    pub networks: Arc<HashSet<Box<[u8]>>>,
 }
 
 /// Every zone, indexed by network.
@@ -146,13 +154,19 @@ pub fn wire_name(dotted: &str) -> Box<[u8]> {
 impl DnsTable {
     /// Builds the table for `networks`.
     pub fn build(settings: DnsSettings, networks: &[NetworkRecords]) -> DnsTable {
+        let names: Arc<HashSet<Box<[u8]>>> = Arc::new(
+            networks
+                .iter()
+                .map(|n| n.name.to_ascii_lowercase().into_bytes().into())
+                .collect(),
+        );
         let mut zones: Vec<Option<Zone>> = Vec::new();
         for net in networks {
             let i = net.id.0 as usize;
             if zones.len() <= i {
                 zones.resize(i + 1, None);
             }
-            zones[i] = Some(Zone::build(&settings, net));
+            zones[i] = Some(Zone::build(&settings, net, names.clone()));
         }
         DnsTable { settings, zones }
     }
@@ -165,12 +179,17 @@ impl DnsTable {
 }
 
 impl Zone {
-    fn build(settings: &DnsSettings, net: &NetworkRecords) -> Zone {
+    fn build(
+        settings: &DnsSettings,
+        net: &NetworkRecords,
+        networks: Arc<HashSet<Box<[u8]>>>,
+    ) -> Zone {
         let mut zone = Zone {
             network: net.name.to_ascii_lowercase().into_bytes().into(),
             forward: net.forward,
             mtu: net.mtu,
             subnets: net.subnets.clone(),
+            networks,
             ..Zone::default()
         };
         for ep in &net.endpoints {
@@ -227,6 +246,13 @@ impl Zone {
     #[inline]
     pub fn is_parent(&self, name: &[u8]) -> bool {
         self.parents.contains(name)
+    }
+
+    /// True if the lowercase `label` names a network of the table (this one
+    /// or another).
+    #[inline]
+    pub fn is_network(&self, label: &[u8]) -> bool {
+        self.networks.contains(label)
     }
 
     /// The record for a lowercase name.
@@ -289,6 +315,10 @@ mod tests {
         assert!(front.lookup(b"db").is_none(), "db lives on another network");
         assert!(t.zone(NetworkId(1)).is_none());
         let back = t.zone(NetworkId(2)).unwrap();
+        for zone in [front, back] {
+            assert!(zone.is_network(b"front") && zone.is_network(b"back"));
+            assert!(!zone.is_network(b"Front") && !zone.is_network(b"web1"));
+        }
         assert!(!back.forward);
         assert_eq!(
             &*back.ptr[&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))],
@@ -334,7 +364,7 @@ mod tests {
                 srv_port: 0,
             }],
         };
-        let zone = Zone::build(&settings, &net);
+        let zone = Zone::build(&settings, &net, Arc::default());
         let ptr = zone.ptr.get(&IpAddr::from([10, 0, 0, 2])).expect("PTR");
         assert_eq!(ptr.len(), name.len() + longest.len() + 3, "whole, not cut");
         assert_eq!(ptr.last(), Some(&0));

@@ -162,10 +162,129 @@ fn nodata_nxdomain_and_scoping() {
         [ip(2)]
     );
     let a = ask(&mut r, 0, &query("tasks.nosuch", Rtype::A, None), UDP);
-    assert!(
-        matches!(a.outcome, Outcome::Forward { .. }),
-        "a dotted unknown name is not ours"
+    assert_eq!(a.rcode(), Rcode::NXDOMAIN, "tasks. of a label is ours");
+}
+
+/// Names in the switch's own scheme that do not resolve are answered here,
+/// NXDOMAIN with AA (and RA where the network forwards), never forwarded:
+/// another network's names, `tasks.` of an unknown service, unknown names
+/// below a network or the search domain.
+#[test]
+fn switch_names_that_do_not_resolve_never_go_upstream() {
+    let mut r = Responder::default();
+    // (network, whether it forwards, its name, another network with one of
+    // that network's sandboxes).
+    for (net, forwards, own, other, theirs) in [
+        (0, true, "front", "back", "db"),
+        (2, false, "back", "front", "web1"),
+    ] {
+        for name in [
+            format!("{theirs}.{other}"),
+            format!("{}.{}.", theirs.to_uppercase(), other.to_uppercase()),
+            format!("nosuch.{other}"),
+            format!("tasks.{theirs}.{other}"),
+            format!("a.b.{other}"),
+            format!("nosuch.{own}"),
+            format!("a.b.{own}"),
+            format!("tasks.nosuch.{own}"),
+            format!("{theirs}.{other}.switchyard.internal"),
+            "tasks.nosuch".into(),
+            "Tasks.NoSuch.".into(),
+            "nosuch.switchyard.internal".into(),
+            "x.y.switchyard.internal".into(),
+        ] {
+            let name = name.as_str();
+            for qtype in [Rtype::A, Rtype::AAAA, Rtype::SRV] {
+                let a = ask(&mut r, net, &query(name, qtype, Some(1232)), UDP);
+                assert!(
+                    matches!(
+                        a.outcome,
+                        Outcome::Answered {
+                            rcode: Rcode::NXDOMAIN,
+                            truncated: false,
+                            malformed: false,
+                        }
+                    ),
+                    "{name} {qtype} on {net}: {:?}",
+                    a.outcome
+                );
+                let h = a.msg().header();
+                assert!(h.qr() && h.aa() && h.rd(), "{name}");
+                assert_eq!(h.ra(), forwards, "{name} on {net}");
+                assert_eq!(a.msg().header_counts().ancount(), 0);
+                assert!(a.msg().opt().is_some(), "EDNS0 answered with EDNS0");
+            }
+        }
+    }
+    // A name that exists with IPv4 only: AAAA is NODATA, not NXDOMAIN.
+    for name in ["web1.front", "tasks.web", "tasks.web1.front"] {
+        let a = ask(&mut r, 0, &query(name, Rtype::AAAA, None), UDP);
+        assert_eq!(a.rcode(), Rcode::NOERROR, "{name}");
+        assert_eq!(a.msg().header_counts().ancount(), 0, "{name}");
+    }
+    // Real-world names keep going upstream, even when a label of theirs is
+    // a network's name, as long as it is not the last.
+    for name in [
+        "example.com",
+        "tasks.example.com",
+        "web1.example",
+        "front.example",
+        "back.front.example",
+        "switchyard.example",
+    ] {
+        let a = ask(&mut r, 0, &query(name, Rtype::A, None), UDP);
+        assert!(
+            matches!(a.outcome, Outcome::Forward { .. }),
+            "{name}: {:?}",
+            a.outcome
+        );
+    }
+}
+
+/// A network named like a top-level domain takes that domain over for every
+/// sandbox of the daemon (README: pick network names that are not TLDs);
+/// other domains are untouched.
+#[test]
+fn a_network_named_like_a_tld_shadows_it() {
+    let net = |id: u16, name: &str| NetworkRecords {
+        id: NetworkId(id),
+        name: name.into(),
+        forward: true,
+        mtu: 1500,
+        subnets: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, id as u8, 0)), 24)],
+        endpoints: vec![EndpointRecord {
+            name: format!("ep{id}"),
+            aliases: vec![],
+            ipv4: Some(Ipv4Addr::new(10, 0, id as u8, 2)),
+            ipv6: None,
+            srv_port: 0,
+        }],
+    };
+    let table = DnsTable::build(
+        records::DnsSettings::default(),
+        &[net(0, "front"), net(1, "com")],
     );
+    let mut r = Responder::default();
+    let a = ask_in(&table, &mut r, 1, &query("ep1.com", Rtype::A, None), UDP);
+    assert_eq!(a.a(), [Ipv4Addr::new(10, 0, 1, 2)]);
+    for net in [0, 1] {
+        let a = ask_in(
+            &table,
+            &mut r,
+            net,
+            &query("example.com", Rtype::A, None),
+            UDP,
+        );
+        assert_eq!(a.rcode(), Rcode::NXDOMAIN, "from {net}");
+        let a = ask_in(
+            &table,
+            &mut r,
+            net,
+            &query("example.org", Rtype::A, None),
+            UDP,
+        );
+        assert!(matches!(a.outcome, Outcome::Forward { .. }), "from {net}");
+    }
 }
 
 #[test]
