@@ -8,7 +8,9 @@
 //! counted while good ones keep being answered; and the same service at a
 //! dual-stack network's IPv6 gateway (UDP, TCP, PTR, forwarding); and a TCP
 //! query answered after the gateway had no TCP client for longer than the
-//! idle limit.
+//! idle limit; and names in the switch's own scheme that resolve to nothing
+//! (another network's, `tasks.` of no service) answered at the gateway,
+//! never asked of the upstream.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::sysenv::{ok, Env, USER};
@@ -35,11 +37,13 @@ const BIG_COUNT: u8 = 100;
 /// A DNS server on 127.0.0.1 answering `EXTERNAL` and `BIG_EXTERNAL`;
 /// NXDOMAIN for the rest. Over UDP it truncates answers larger than the
 /// query allows (TC, no records), as real servers do; over TCP, on the same
-/// port, it answers in full.
+/// port, it answers in full. It records every name it is asked.
 struct FakeUpstream {
     port: u16,
     queries: Arc<AtomicU64>,
     tcp_queries: Arc<AtomicU64>,
+    /// The names asked, over UDP or TCP, lowercase, without trailing dot.
+    asked: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -60,7 +64,8 @@ impl FakeUpstream {
         let queries = Arc::new(AtomicU64::new(0));
         let tcp_queries = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (q, st) = (queries.clone(), stop.clone());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (q, st, names) = (queries.clone(), stop.clone(), asked.clone());
         let udp = std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !st.load(Ordering::Relaxed) {
@@ -68,12 +73,13 @@ impl FakeUpstream {
                     continue;
                 };
                 q.fetch_add(1, Ordering::Relaxed);
+                record(&names, &buf[..n]);
                 if let Some(answer) = answer(&buf[..n], true) {
                     let _ = sock.send_to(&answer, from);
                 }
             }
         });
-        let (q, st) = (tcp_queries.clone(), stop.clone());
+        let (q, st, names) = (tcp_queries.clone(), stop.clone(), asked.clone());
         let tcp = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let Ok((mut conn, _)) = listener.accept() else {
@@ -84,6 +90,7 @@ impl FakeUpstream {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 while let Some(query) = read_message(&mut conn) {
                     q.fetch_add(1, Ordering::Relaxed);
+                    record(&names, &query);
                     let Some(answer) = answer(&query, false) else {
                         break;
                     };
@@ -99,9 +106,31 @@ impl FakeUpstream {
             port,
             queries,
             tcp_queries,
+            asked,
             stop,
             threads: vec![udp, tcp],
         }
+    }
+
+    /// The names asked so far.
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Notes the question name of `query` (unparsable ones as `?`).
+fn record(names: &Mutex<Vec<String>>, query: &[u8]) {
+    let name = Message::from_octets(query)
+        .ok()
+        .and_then(|m| m.sole_question().ok())
+        .map_or("?".to_string(), |q| {
+            q.qname()
+                .to_string()
+                .trim_end_matches('.')
+                .to_ascii_lowercase()
+        });
+    if let Ok(mut v) = names.lock() {
+        v.push(name);
     }
 }
 
@@ -434,4 +463,109 @@ fn dns_over_tcp_after_a_quiet_spell() {
     let ip = first(&o, "first");
     assert!(ip.starts_with("10.215.0."), "answered over TCP:\n{o}");
     assert_eq!(first(&o, "quiet"), ip, "answered after 11 s quiet:\n{o}");
+}
+
+/// Names in the switch's own scheme that resolve to nothing here are
+/// answered by the gateway, NXDOMAIN with AA, and never reach the upstream:
+/// a sandbox of another network (`web.s2`, which exists there), an unknown
+/// name below another network or the asking one, `tasks.` of no service,
+/// unknown names under the search domain; over UDP and TCP. AAAA of an
+/// IPv4-only sandbox stays NODATA, and ordinary names are still forwarded.
+#[test]
+fn switch_names_never_reach_the_upstream() {
+    let Some(mut env) = Env::with_tools("dns-own", Some(USER), &["dig"]) else {
+        return;
+    };
+    let upstream = FakeUpstream::start();
+    let up = format!("127.0.0.1:{}", upstream.port);
+    env.start_daemon_with(&["--dns-upstream", &up]);
+    for (name, subnet) in [("s1", "10.216.0.0/24"), ("s2", "10.217.0.0/24")] {
+        let create = ["network", "create", name, "--subnet", subnet];
+        ok(&env.sy(&create), "network create");
+    }
+    env.spawn(&[
+        "run",
+        "--network",
+        "s2",
+        "--name",
+        "web",
+        "--",
+        "sleep",
+        "120",
+    ]);
+    env.wait_endpoints(&["web"]);
+
+    let ours = [
+        "web.s2",
+        "nosuch.s2",
+        "tasks.web.s2",
+        "nosuch.s1",
+        "tasks.nosuch",
+        "TASKS.web",
+        "tasks.nosuch.s1",
+        "nosuch.switchyard.internal",
+        "web.s2.switchyard.internal",
+    ];
+    let script = format!(
+        r#"
+        st() {{ dig +time=2 +tries=1 "$@" | grep -o 'status: [A-Z]*\|flags: [a-z ]*' | tr '\n' ' '; }}
+        for n in {names}; do echo "$n=$(st $n)"; done
+        echo "tcp=$(st +tcp web.s2)"
+        echo "aaaa=$(st client AAAA)"
+        echo "aaaa-net=$(st client.s1 AAAA)"
+        echo "external=$(dig +short +time=2 +tries=1 external.example)"
+        echo "nx=$(st nosuch.example)"
+        "#,
+        names = ours.join(" ")
+    );
+    let o = client(&env, "s1", &script);
+    let asked = upstream.asked();
+    assert!(
+        asked.iter().any(|n| n == "external.example"),
+        "{asked:?}\n{o}"
+    );
+    assert!(
+        asked.iter().any(|n| n == "nosuch.example"),
+        "{asked:?}\n{o}"
+    );
+    let leaked: Vec<&String> = asked
+        .iter()
+        .filter(|n| {
+            n.starts_with("tasks.")
+                || [".s1", ".s2", "switchyard.internal"]
+                    .iter()
+                    .any(|s| n.ends_with(s))
+                || ["client", "web"].contains(&n.as_str())
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "switch names sent upstream: {leaked:?}\n{o}"
+    );
+
+    for name in ours.iter().chain(&["tcp"]) {
+        let got = first(&o, name);
+        assert!(got.starts_with("status: NXDOMAIN"), "{name}:\n{o}");
+        assert!(got.contains(" aa"), "{name} answered by the switch:\n{o}");
+    }
+    for key in ["aaaa", "aaaa-net"] {
+        let got = first(&o, key);
+        assert!(got.starts_with("status: NOERROR"), "{key} NODATA:\n{o}");
+        assert!(got.contains(" aa"), "{key}:\n{o}");
+    }
+    assert_eq!(first(&o, "external"), "192.0.2.77", "forwarded:\n{o}");
+    assert!(first(&o, "nx").starts_with("status: NXDOMAIN"), "{o}");
+    assert!(
+        !first(&o, "nx").contains(" aa"),
+        "upstream's NXDOMAIN:\n{o}"
+    );
+
+    let v = env.stats();
+    let ev = |k: &str| v["stats"]["events"][k].as_u64().unwrap_or(0);
+    let udp_ours = ours.len() as u64;
+    assert!(
+        ev("dns-nxdomain") >= udp_ours,
+        "counted as local NXDOMAIN: {v}"
+    );
+    assert!(ev("dns-forwarded") >= 2, "{v}");
 }
