@@ -3,10 +3,10 @@
 //! allocation once the caller's output buffer has grown to its working size,
 //! so data-plane workers call it per packet and fuzzing calls it per input.
 //!
-//! Which names are ours: names under the search domain, names below any
-//! network of the table (`NAME.NETWORK`; below another network than the
-//! asking one, all NXDOMAIN, as that network's sandboxes are not visible
-//! here), single-label names, `tasks.LABEL`, and reverse names of the
+//! Which names are ours: names under the search domain, names below the
+//! asking network, `NAME.NETWORK` and `tasks.NAME.NETWORK` of another
+//! network of the table (NXDOMAIN, as that network's sandboxes are not
+//! visible here; deeper names below it are the world's), single-label names, `tasks.LABEL`, and reverse names of the
 //! network's subnet. As in aardvark-dns, names in a zone the switch serves
 //! never go upstream: that would show the container topology to the host's
 //! resolver and leave the sandbox waiting for an answer only the switch can
@@ -425,11 +425,15 @@ fn find<'z>(
             return Some(Local::Found(rec, false));
         }
     }
-    // Below a network of this daemon, the asking one or another (whose names
-    // it must not see), or `tasks.` of a single label, which is ours as the
-    // label alone is.
+    // Below the asking network; the names the scheme makes below another
+    // network of this daemon (`NAME.OTHER`, `tasks.NAME.OTHER`, whose
+    // sandboxes this one must not see), but not deeper ones (`pkg.go.dev`
+    // beside a network called `dev` is the world's); or `tasks.` of a single
+    // label, which is ours as the label alone is.
     let below_network = rest.rsplit(|b| *b == b'.').next().is_some_and(|last| {
-        last.len() < rest.len() && (zone.is_network(last) || last == &*zone.network)
+        let labels = rest.iter().filter(|b| **b == b'.').count() + 1;
+        let scheme = labels == 2 || (labels == 3 && strip_prefix(rest, b"tasks").is_some());
+        labels > 1 && (last == &*zone.network || (zone.is_network(last) && scheme))
     });
     let tasks_of_label = strip_prefix(rest, b"tasks").is_some_and(|n| !n.contains(&b'.'));
     if !(authoritative || below_network || tasks_of_label) {

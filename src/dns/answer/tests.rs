@@ -183,7 +183,6 @@ fn switch_names_that_do_not_resolve_never_go_upstream() {
             format!("{}.{}.", theirs.to_uppercase(), other.to_uppercase()),
             format!("nosuch.{other}"),
             format!("tasks.{theirs}.{other}"),
-            format!("a.b.{other}"),
             format!("nosuch.{own}"),
             format!("a.b.{own}"),
             format!("tasks.nosuch.{own}"),
@@ -284,6 +283,27 @@ fn a_network_named_like_a_tld_shadows_it() {
             UDP,
         );
         assert!(matches!(a.outcome, Outcome::Forward { .. }), "from {net}");
+    }
+    // Deeper names below another network are not the scheme's: forwarded
+    // from a sandbox of another network, ours below the asking one.
+    for (net, local) in [(0, false), (1, true)] {
+        let a = ask_in(
+            &table,
+            &mut r,
+            net,
+            &query("www.example.com", Rtype::A, None),
+            UDP,
+        );
+        let forwarded = matches!(a.outcome, Outcome::Forward { .. });
+        assert_eq!(forwarded, !local, "from {net}");
+        let a = ask_in(
+            &table,
+            &mut r,
+            net,
+            &query("tasks.ep1.com", Rtype::A, None),
+            UDP,
+        );
+        assert!(!matches!(a.outcome, Outcome::Forward { .. }), "from {net}");
     }
 }
 
