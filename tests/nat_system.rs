@@ -43,6 +43,14 @@ fn field(out: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The address in a `peer=IP:PORT` line of `out`, without the port.
+fn peer_ip(out: &str) -> String {
+    let p = field(out, "peer");
+    p.rsplit_once(':')
+        .map(|(ip, _)| ip.to_string())
+        .unwrap_or(p)
+}
+
 /// Raises this process's open-file limit (inherited by the daemon and the
 /// sandboxes) to its hard limit, which must allow `n`; raising the hard limit
 /// itself needs CAP_SYS_RESOURCE, which containers often drop.
@@ -550,14 +558,17 @@ fn syn_flood_is_capped() {
 }
 
 /// N host ports free for TCP and UDP on every address, from
-/// 20000 + pid % 10000 on (below the ephemeral range, so no client takes
-/// them meanwhile).
+/// 20000 + pid % 10000 on, 1000 further for each call (below the ephemeral
+/// range, so no client takes them meanwhile).
 fn free_ports<const N: usize>() -> [u16; N] {
     let free = |p: u16| {
         TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
             && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
     };
-    let mut p = 20_000 + (std::process::id() % 10_000) as u16;
+    // Tests of one process run at once: each call starts elsewhere.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed) % 10;
+    let mut p = 20_000 + ((std::process::id() + u32::from(call) * 1000) % 10_000) as u16;
     let mut found = [0; N];
     let mut n = 0;
     while n < N {
@@ -796,12 +807,6 @@ fn published_ports_keep_the_client_address() {
     // A listener on [::]: IPv6 clients reach the sandbox's IPv6 address
     // from their own, IPv4 clients (mapped into IPv6 by the listener) its
     // IPv4 address from theirs.
-    let peer_ip = |reply: &str| {
-        let p = field(reply, "peer");
-        p.rsplit_once(':')
-            .map(|(ip, _)| ip.to_string())
-            .unwrap_or(p)
-    };
     let published6 = SocketAddr::from((inet.host_ip6(), hp6));
     let reply = inet
         .enter(move || read_reply(published6))
@@ -914,7 +919,7 @@ fn published_ports_keep_the_client_address() {
         "nothing listens after unpublish: {r:?}"
     );
     let ps = env.ps();
-    assert!(!ps.contains(&tcp_spec), "{ps}");
+    assert!(!ps.contains(&format!(":{hp}->")), "{ps}");
 
     // Leaving the network ends the sandbox's connections: spliced ones
     // (a loopback client) as well as those through the stack.
@@ -931,6 +936,184 @@ fn published_ports_keep_the_client_address() {
         "the stack's connection outlived disconnect"
     );
     eprintln!("published ports test took {:?}", started.elapsed());
+}
+
+/// The line of `switchyard ps` for endpoint `name`.
+fn ps_line(ps: &str, name: &str) -> String {
+    ps.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A spec without a host address used to bind 0.0.0.0 alone: IPv6 clients
+/// were refused, and a port another process held on IPv6 went unnoticed.
+/// Now it listens on IPv4 and IPv6 as Docker's `-p` does; `unpublish`
+/// takes the host port alone.
+#[test]
+fn published_ports_without_a_host_address_listen_on_both_families() {
+    let Some(mut env) = Env::with_tools("natdual", Some(USER), &["python3"]) else {
+        return;
+    };
+    let inet = Inet::create(4);
+    let [tp, up, tp4, taken6, amb] = free_ports::<5>();
+    env.start_daemon();
+    create_network(
+        &env,
+        "dual",
+        "10.235.0.0/24",
+        &["--ipv6-subnet", "fd00:235::/64"],
+    );
+    create_network(&env, "only4", "10.234.0.0/24", &[]);
+    let script = env.dir.join("peer_server.py");
+    std::fs::write(&script, PEER_SERVER).expect("write server");
+    let script = script.display().to_string();
+    let (tcp_spec, udp_spec) = (format!("{tp}:8081"), format!("{up}:9001/udp"));
+    env.spawn(&[
+        "run",
+        "--network",
+        "dual",
+        "--name",
+        "srv",
+        "-p",
+        &tcp_spec,
+        "-p",
+        &udp_spec,
+        "--",
+        "python3",
+        &script,
+    ]);
+    let v4_spec = format!("{tp4}:8080");
+    env.spawn(&[
+        "run",
+        "--network",
+        "only4",
+        "--name",
+        "srv4",
+        "-p",
+        &v4_spec,
+        "--",
+        "python3",
+        &script,
+    ]);
+    env.wait_endpoints(&["srv", "srv4"]);
+
+    // An IPv6 client reaches the sandbox's IPv6 address from its own.
+    let to6 = SocketAddr::from((inet.host_ip6(), tp));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let r = inet.enter(move || read_reply(to6));
+        match r {
+            Ok(s) if s.starts_with("peer=") => break s,
+            _ if Instant::now() > deadline => {
+                panic!("no answer over IPv6 to {tcp_spec}: {r:?}\n{}", env.ps())
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(peer_ip(&reply), inet.addr6().to_string(), "{reply}");
+    let u6 = SocketAddr::from((inet.host_ip6(), up));
+    let reply = inet.enter(move || udp_ask(u6)).expect("udp over IPv6");
+    assert_eq!(field(&reply, "peer"), inet.addr6().to_string(), "{reply}");
+    // An IPv4 client as before: its own address, loopback spliced.
+    let to4 = SocketAddr::from((inet.host_ip(), tp));
+    let reply = inet.enter(move || read_reply(to4)).expect("tcp over IPv4");
+    assert_eq!(
+        peer_ip(&reply),
+        format!("::ffff:{}", inet.addr()),
+        "{reply}"
+    );
+    let to4 = SocketAddr::from((inet.host_ip(), up));
+    let reply = inet.enter(move || udp_ask(to4)).expect("udp over IPv4");
+    assert_eq!(field(&reply, "peer"), format!("::ffff:{}", inet.addr()));
+    let spliced = event(&env.stats(), "published-spliced");
+    let reply = read_reply(SocketAddrV4::new(Ipv4Addr::LOCALHOST, tp)).expect("loopback");
+    assert!(
+        reply.starts_with("peer="),
+        "IPv4 loopback client: {reply:?}"
+    );
+    assert_eq!(event(&env.stats(), "published-spliced"), spliced + 1);
+    // The host's own [::1], where it has one, is spliced as well.
+    if std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        let reply = read_reply((std::net::Ipv6Addr::LOCALHOST, tp)).expect("[::1] client");
+        assert!(reply.starts_with("peer="), "[::1] client: {reply:?}");
+        assert_eq!(event(&env.stats(), "published-spliced"), spliced + 2);
+    } else {
+        eprintln!("no ::1 on this host's loopback: the [::1] client is not tried");
+    }
+    // A sandbox without IPv6 sees an IPv6 client as the gateway.
+    let to6 = SocketAddr::from((inet.host_ip6(), tp4));
+    let reply = inet
+        .enter(move || read_reply(to6))
+        .expect("IPv6 client of an IPv4-only sandbox");
+    let peer: SocketAddrV4 = field(&reply, "peer").parse().expect("peer=IP:PORT");
+    assert_eq!(*peer.ip(), Ipv4Addr::new(10, 234, 0, 1), "{reply}");
+    assert!((32768..=60999).contains(&peer.port()), "{reply}");
+    // `ps` says where it listens.
+    let line = ps_line(&env.ps(), "srv");
+    for bound in [
+        format!("0.0.0.0:{tp}->8081/tcp"),
+        format!("[::]:{tp}->8081/tcp"),
+        format!("[::]:{up}->9001/udp"),
+    ] {
+        assert!(line.contains(&bound), "{bound} in ps:\n{line}");
+    }
+
+    // A port another process holds on IPv6 alone is taken too.
+    let holder = std::net::TcpListener::bind((inet.host_ip6(), taken6)).expect("bind IPv6");
+    let out = env.sy(&["publish", "srv", &format!("{taken6}:8081")]);
+    assert!(!out.status.success(), "published a port held on IPv6");
+    assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
+    drop(holder);
+
+    // `unpublish` by host port: unmatched and ambiguous specs say what is
+    // published; a match frees the port on both families at once.
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        ok(
+            &env.sy(&["publish", "srv", &format!("{ip}:{amb}:8081")]),
+            "publish",
+        );
+    }
+    let out = env.sy(&["unpublish", "srv", &amb.to_string()]);
+    assert!(!out.status.success(), "ambiguous unpublish");
+    assert!(
+        stderr(&out).contains(&format!(
+            "127.0.0.1:{amb}:8081/tcp, 127.0.0.2:{amb}:8081/tcp"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.sy(&["unpublish", "srv", &format!("{tp}/udp")]);
+    assert!(!out.status.success(), "unpublished what is not published");
+    assert!(
+        stderr(&out).contains(&format!("it publishes: {tcp_spec}/tcp, {udp_spec}")),
+        "{}",
+        stderr(&out)
+    );
+    ok(
+        &env.sy(&["unpublish", "srv", &format!("127.0.0.2:{amb}")]),
+        "unpublish",
+    );
+    ok(&env.sy(&["unpublish", "srv", &tp.to_string()]), "unpublish");
+    ok(
+        &env.sy(&["unpublish", "srv", &format!("0.0.0.0:{up}->9001/udp")]),
+        "unpublish",
+    );
+    let mine6 = TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, tp))
+        .expect("unpublish freed the port on IPv6");
+    drop(mine6);
+    let mine4 = TcpListener::bind((Ipv4Addr::UNSPECIFIED, tp)).expect("and on IPv4");
+    drop(mine4);
+    UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, up)).expect("UDP port freed");
+    let line = ps_line(&env.ps(), "srv");
+    assert!(
+        !line.contains(&format!(":{tp}->")) && !line.contains(&format!(":{up}->")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("127.0.0.1:{amb}->8081/tcp")),
+        "{line}"
+    );
 }
 
 /// Sets `net.ipv4.ping_group_range`, restoring what it was on drop.

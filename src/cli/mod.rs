@@ -199,6 +199,8 @@ mod tests {
             "switchyard disconnect web a",
             "switchyard publish a 127.0.0.1:8080:80/tcp",
             "switchyard unpublish a 8080:80",
+            "switchyard unpublish a 8080",
+            "switchyard unpublish a 127.0.0.1:8080/udp",
             "switchyard ps",
             "switchyard stats --json",
             "switchyard run --network a --network b --name n -p 80:80 -- sh -c true",

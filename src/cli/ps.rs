@@ -6,9 +6,8 @@ use std::path::Path;
 use clap::Args;
 
 use super::{client, print, table, CliError};
-use crate::control::api::Request;
+use crate::control::api::{EndpointStatus, Request};
 use crate::control::daemon::EndpointRecord;
-use crate::control::model::Endpoint;
 
 /// Arguments of `ps`.
 #[derive(Debug, Args)]
@@ -26,7 +25,7 @@ fn ipv6(ip: Option<std::net::Ipv6Addr>) -> String {
 /// Runs `ps`.
 pub fn ps(socket: &Path, a: PsArgs) -> Result<(), CliError> {
     let mut c = client(socket)?;
-    let eps: Vec<Endpoint> = c.call(&Request::Ps)?;
+    let eps: Vec<EndpointStatus> = c.call(&Request::Ps)?;
     let remote: Vec<EndpointRecord> = c.call(&Request::RemoteEndpoints)?;
     if a.json {
         let all = serde_json::json!({"local": eps, "remote": remote});
@@ -34,8 +33,9 @@ pub fn ps(socket: &Path, a: PsArgs) -> Result<(), CliError> {
     }
     let mut rows: Vec<Vec<String>> = eps
         .iter()
-        .map(|e| {
-            let published: Vec<String> = e.publications.iter().map(ToString::to_string).collect();
+        .map(|s| {
+            let e = &s.endpoint;
+            let published = &s.listening;
             vec![
                 e.network.clone(),
                 e.name.clone(),

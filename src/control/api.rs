@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::model::{Driver, Endpoint, Network, Publication, SandboxTarget};
 use super::net::{Ipv4Net, Ipv6Net};
+use super::publication_pattern::PublicationPattern;
 use crate::ports::PortId;
 use crate::stats::StatsSnapshot;
 
@@ -54,7 +55,7 @@ pub enum Request {
     /// Adds a publication to an endpoint (stored only for now).
     Publish(PublishSpec),
     /// Removes a publication from an endpoint.
-    Unpublish(PublishSpec),
+    Unpublish(UnpublishSpec),
     /// Lists endpoints.
     Ps,
     /// Lists endpoints of other hosts (from the cluster store).
@@ -245,7 +246,7 @@ pub struct Disconnect {
     pub id: Option<String>,
 }
 
-/// Arguments of `publish` and `unpublish`.
+/// Arguments of `publish`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishSpec {
@@ -253,6 +254,33 @@ pub struct PublishSpec {
     pub endpoint: String,
     /// The publication, as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]`.
     pub spec: Publication,
+}
+
+/// Arguments of `unpublish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnpublishSpec {
+    /// Endpoint id, name (if unique) or `NETWORK/NAME`.
+    pub endpoint: String,
+    /// The publication, as `[HOSTIP:]HOSTPORT[-END][:PORT[-END]][/tcp|/udp]`:
+    /// enough of it to name one of the endpoint's publications.
+    pub spec: PublicationPattern,
+}
+
+/// An endpoint as `ps` shows it: with where its publications listen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// The host sockets its publications are served on, as
+    /// `ADDR:HOSTPORT[-END]->PORT[-END]/PROTO` (Docker's notation): a
+    /// publication without a host address is on `0.0.0.0` and `[::]` (one
+    /// dual-stack socket), or `0.0.0.0` alone on a host without IPv6. A
+    /// publication that could not be bound again after a restart shows as
+    /// `SPEC (not listening)`.
+    #[serde(default)]
+    pub listening: Vec<String>,
 }
 
 /// Result of `network_inspect`.

@@ -145,14 +145,24 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// Publication not present.
-    #[error(
-        "endpoint {endpoint:?} has no publication {spec}; `switchyard ps` shows what is published"
-    )]
+    #[error("endpoint {endpoint:?} has no publication {spec}; it publishes: {published}")]
     NoSuchPublication {
         /// Endpoint.
         endpoint: String,
         /// The spec.
         spec: String,
+        /// What it publishes (or "nothing").
+        published: String,
+    },
+    /// An `unpublish` spec that names several publications.
+    #[error("{spec} names several publications of endpoint {endpoint:?}: {matches}; give the host address or the container port too")]
+    AmbiguousPublication {
+        /// Endpoint.
+        endpoint: String,
+        /// The spec.
+        spec: String,
+        /// The publications it names.
+        matches: String,
     },
     /// Bad names, MTU, publications.
     #[error(transparent)]
@@ -200,6 +210,7 @@ impl DaemonError {
             | E::SandboxGone { .. }
             | E::NoSuchPublication { .. } => ErrorKind::NotFound,
             E::EndpointReplaced { .. } => ErrorKind::Stale,
+            E::AmbiguousPublication { .. } => ErrorKind::BadRequest,
             E::NetworkInUse { .. } | E::DefaultNetwork => ErrorKind::InUse,
             E::AmbiguousEndpoint { .. } | E::Invalid(_) | E::Model(_) => ErrorKind::BadRequest,
             E::Attach { .. } | E::SandboxNoAccess { .. } => ErrorKind::Attach,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod paths;
+pub mod publication_pattern;
 pub mod server;
 pub mod store;
 pub mod trace;

@@ -214,6 +214,15 @@ pub enum Proto {
     Udp,
 }
 
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
 /// An inclusive, non-empty range of ports, none of them 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortRange {
@@ -234,7 +243,8 @@ impl PortRange {
         false
     }
 
-    fn parse(s: &str) -> Result<PortRange, String> {
+    /// Parses `PORT` or `START-END`; the error says why not.
+    pub(crate) fn parse(s: &str) -> Result<PortRange, String> {
         let port = |p: &str| -> Result<u16, String> {
             p.parse::<u16>()
                 .ok()
@@ -264,6 +274,8 @@ impl fmt::Display for PortRange {
 
 /// A published port (range): host address and ports forwarded to the
 /// endpoint's ports. Written and read as `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]`.
+/// Without a host address it listens on all of the host's addresses, IPv4
+/// and IPv6 (IPv4 only on a host without IPv6), as Docker's `-p` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Publication {
     /// Host address to listen on (all addresses if unset).
@@ -290,12 +302,7 @@ impl FromStr for Publication {
             None => (spec, Proto::Tcp),
         };
         let (host_ip, ports) = if let Some(v6) = rest.strip_prefix('[') {
-            let (ip, ports) = v6
-                .split_once("]:")
-                .ok_or_else(|| bad("unterminated [IPv6] host address".into()))?;
-            let ip: Ipv6Addr = ip
-                .parse()
-                .map_err(|_| bad(format!("{ip:?} is not an IPv6 address")))?;
+            let (ip, ports) = bracketed_ipv6(v6).map_err(bad)?;
             (Some(IpAddr::V6(ip)), ports)
         } else {
             match rest.matches(':').count() {
@@ -331,18 +338,35 @@ impl FromStr for Publication {
     }
 }
 
+/// The `[IPV6]:` host address of a spec (given without its `[`) and the
+/// rest after it.
+pub(crate) fn bracketed_ipv6(v6: &str) -> Result<(Ipv6Addr, &str), String> {
+    let (ip, rest) = v6
+        .split_once("]:")
+        .ok_or_else(|| "unterminated [IPv6] host address".to_string())?;
+    let ip: Ipv6Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+    Ok((ip, rest))
+}
+
+/// Writes a spec's `HOSTIP:` (`[IPV6]:`), if it has one.
+pub(crate) fn fmt_host_ip(f: &mut fmt::Formatter<'_>, ip: Option<IpAddr>) -> fmt::Result {
+    match ip {
+        Some(IpAddr::V4(ip)) => write!(f, "{ip}:"),
+        Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:"),
+        None => Ok(()),
+    }
+}
+
 impl fmt::Display for Publication {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.host_ip {
-            Some(IpAddr::V4(ip)) => write!(f, "{ip}:")?,
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
-            None => {}
-        }
-        let proto = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        write!(f, "{}:{}/{proto}", self.host_ports, self.container_ports)
+        fmt_host_ip(f, self.host_ip)?;
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_ports, self.container_ports, self.proto
+        )
     }
 }
 

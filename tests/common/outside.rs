@@ -33,7 +33,7 @@ pub struct Inet {
 }
 
 impl Inet {
-    /// Creates the namespace and the link; `k` (0..3) tells apart the
+    /// Creates the namespace and the link; `k` (0..4) tells apart the
     /// namespaces of tests running in one process.
     pub fn create(k: u8) -> Inet {
         let pid = std::process::id();

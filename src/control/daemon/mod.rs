@@ -99,7 +99,7 @@ pub struct Daemon {
     stack: GatewayStack,
     forwarder: Arc<Forwarder<ReplyRoute>>,
     /// Published sockets being served, per endpoint id and publication.
-    listeners: HashMap<(String, Publication), Vec<u64>>,
+    listeners: HashMap<(String, Publication), publish::Served>,
     next_listener: u64,
     overlay: Option<OverlaySettings>,
     cluster: Option<Box<dyn ClusterStore>>,
@@ -250,7 +250,7 @@ impl Daemon {
                 .map(|e| Response::success(&e)),
             Request::Publish(p) => self.publish(p).map(|e| Response::success(&e)),
             Request::Unpublish(p) => self.unpublish(p).map(|e| Response::success(&e)),
-            Request::Ps => Ok(Response::success(&self.state.endpoints)),
+            Request::Ps => Ok(Response::success(&self.ps())),
             Request::RemoteEndpoints => Ok(Response::success(&self.remote_view())),
             Request::Stats => Ok(Response::success(&self.stats())),
             Request::Trace(t) => self.trace(t).map(|r| Response::success(&r)),
