@@ -13,7 +13,8 @@ use crate::control::model::{Endpoint, Publication};
 pub struct PublishArgs {
     /// Endpoint id, name, or NETWORK/NAME.
     pub endpoint: String,
-    /// [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]
+    /// [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]; without HOSTIP on 0.0.0.0 and
+    /// [::] (0.0.0.0 alone on a host without IPv6).
     pub spec: Publication,
 }
 
