@@ -38,7 +38,8 @@ pub struct ConnectArgs {
     /// Static IPv6 address (network with an IPv6 subnet, not an overlay).
     #[arg(long, value_name = "IP6")]
     pub ip6: Option<Ipv6Addr>,
-    /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable).
+    /// Publish [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable); without
+    /// HOSTIP on 0.0.0.0 and [::] (0.0.0.0 alone on a host without IPv6).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<Publication>,
     /// Let the sandbox send from any MAC and address (a bridge or VMs
