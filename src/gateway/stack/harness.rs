@@ -13,9 +13,10 @@ use super::*;
 use crate::dns::records::DnsSettings;
 use crate::pipeline::pool::BufferPool;
 use crate::pipeline::worker::WorkerShared;
-use crate::ports::PortCaps;
+use crate::ports::{PortCaps, PortId};
 use crate::stats::WorkerCounters;
-use crate::tables::topology::{NetworkInfo, PortInfo, Topology};
+use crate::tables::topology::{GatewayInfo, NetworkInfo, PortInfo, Topology};
+use crate::wire::MacAddr;
 
 pub const NET: NetworkId = NetworkId(0);
 pub const GW_MAC: MacAddr = MacAddr([2, 0x5e, 0, 0, 0, 1]);
