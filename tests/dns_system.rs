@@ -568,4 +568,9 @@ fn switch_names_never_reach_the_upstream() {
         "counted as local NXDOMAIN: {v}"
     );
     assert!(ev("dns-forwarded") >= 2, "{v}");
+    // The one asked over TCP, counted by the gateway stack.
+    assert!(
+        ev("dns-tcp-answered") >= 1 && ev("dns-tcp-nxdomain") >= 1,
+        "TCP local NXDOMAIN counted: {v}"
+    );
 }

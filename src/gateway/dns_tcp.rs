@@ -39,6 +39,12 @@ pub struct Served {
     pub forwarded: u64,
     /// Connections closed because a message could not be parsed.
     pub malformed: u64,
+    /// Queries answered here (not forwarded).
+    pub answered: u64,
+    /// Of those, NXDOMAIN.
+    pub nxdomain: u64,
+    /// Of those, REFUSED (a name not ours on an internal network).
+    pub refused: u64,
 }
 
 struct Session {
@@ -197,7 +203,12 @@ impl DnsTcp {
                     None => Outcome::Dropped,
                 };
                 match outcome {
-                    Outcome::Answered { .. } => push_message(scratch, &mut session.output),
+                    Outcome::Answered { rcode, .. } => {
+                        served.answered += 1;
+                        served.nxdomain += u64::from(rcode == Rcode::NXDOMAIN);
+                        served.refused += u64::from(rcode == Rcode::REFUSED);
+                        push_message(scratch, &mut session.output);
+                    }
                     Outcome::Forward { max_len } => {
                         let route = ReplyRoute::Tcp { conn: session.conn };
                         if forwarder.is_some_and(|f| f.submit(query, route, max_len)) {

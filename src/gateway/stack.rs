@@ -52,6 +52,12 @@ pub struct StackCounters {
     pub dns_tcp_forwarded: AtomicU64,
     /// Connections aborted for an unparsable message.
     pub dns_tcp_malformed: AtomicU64,
+    /// Queries over TCP answered by the gateway (not forwarded).
+    pub dns_tcp_answered: AtomicU64,
+    /// Of those, NXDOMAIN.
+    pub dns_tcp_nxdomain: AtomicU64,
+    /// Of those, REFUSED.
+    pub dns_tcp_refused: AtomicU64,
     /// Punted frames the stack could not take (unknown network, GSO).
     pub punt_unhandled: AtomicU64,
     /// Frames from the stack with no known port (or no buffer).
@@ -92,12 +98,15 @@ pub struct StackCounters {
 
 impl StackCounters {
     /// Each counter with its name in `switchyard stats`.
-    pub fn named(&self) -> [(&'static str, &AtomicU64); 20] {
+    pub fn named(&self) -> [(&'static str, &AtomicU64); 23] {
         [
             ("dns-tcp-connections", &self.dns_tcp_connections),
             ("dns-tcp-queries", &self.dns_tcp_queries),
             ("dns-tcp-forwarded", &self.dns_tcp_forwarded),
             ("dns-tcp-malformed", &self.dns_tcp_malformed),
+            ("dns-tcp-answered", &self.dns_tcp_answered),
+            ("dns-tcp-nxdomain", &self.dns_tcp_nxdomain),
+            ("dns-tcp-refused", &self.dns_tcp_refused),
             ("punt-unhandled", &self.punt_unhandled),
             ("gateway-stack-unroutable", &self.unroutable),
             ("nat-tcp-flows", &self.nat_tcp_flows),

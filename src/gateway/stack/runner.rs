@@ -421,6 +421,9 @@ impl Runner {
                 bump(&self.counters.dns_tcp_queries, served.queries);
                 bump(&self.counters.dns_tcp_forwarded, served.forwarded);
                 bump(&self.counters.dns_tcp_malformed, served.malformed);
+                bump(&self.counters.dns_tcp_answered, served.answered);
+                bump(&self.counters.dns_tcp_nxdomain, served.nxdomain);
+                bump(&self.counters.dns_tcp_refused, served.refused);
             }
             if let Some(d) = net.iface.poll_delay(now, &net.sockets) {
                 sleep = sleep.min(std::time::Duration::from_millis(d.total_millis()));
