@@ -295,12 +295,7 @@ impl FromStr for Publication {
             spec: spec.to_string(),
             why,
         };
-        let (rest, proto) = match spec.rsplit_once('/') {
-            Some((r, "tcp")) => (r, Proto::Tcp),
-            Some((r, "udp")) => (r, Proto::Udp),
-            Some((_, p)) => return Err(bad(format!("unknown protocol {p:?} (use tcp or udp)"))),
-            None => (spec, Proto::Tcp),
-        };
+        let (rest, proto) = proto_suffix(spec).map_err(bad)?;
         let (host_ip, ports) = if let Some(v6) = rest.strip_prefix('[') {
             let (ip, ports) = bracketed_ipv6(v6).map_err(bad)?;
             (Some(IpAddr::V6(ip)), ports)
@@ -309,12 +304,7 @@ impl FromStr for Publication {
                 1 => (None, rest),
                 2 => {
                     let (ip, ports) = rest.split_once(':').unwrap_or_default();
-                    let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                        bad(format!(
-                            "{ip:?} is not an IPv4 address (write IPv6 as [ADDR])"
-                        ))
-                    })?;
-                    (Some(IpAddr::V4(ip)), ports)
+                    (Some(IpAddr::V4(host_ipv4(ip).map_err(bad)?)), ports)
                 }
                 _ => return Err(bad("expected HOSTPORT:PORT".into())),
             }
@@ -324,11 +314,7 @@ impl FromStr for Publication {
             .ok_or_else(|| bad("expected HOSTPORT:PORT".into()))?;
         let host_ports = PortRange::parse(h).map_err(bad)?;
         let container_ports = PortRange::parse(c).map_err(bad)?;
-        if host_ports.len() != container_ports.len() {
-            return Err(bad(format!(
-                "host range {host_ports} and container range {container_ports} differ in length"
-            )));
-        }
+        same_length(host_ports, container_ports).map_err(bad)?;
         Ok(Publication {
             host_ip,
             host_ports,
@@ -336,6 +322,33 @@ impl FromStr for Publication {
             proto,
         })
     }
+}
+
+/// A spec without its `/tcp` or `/udp` suffix, and the protocol (tcp when
+/// there is none).
+pub(crate) fn proto_suffix(spec: &str) -> Result<(&str, Proto), String> {
+    match spec.rsplit_once('/') {
+        Some((r, "tcp")) => Ok((r, Proto::Tcp)),
+        Some((r, "udp")) => Ok((r, Proto::Udp)),
+        Some((_, p)) => Err(format!("unknown protocol {p:?} (use tcp or udp)")),
+        None => Ok((spec, Proto::Tcp)),
+    }
+}
+
+/// A spec's IPv4 host address.
+pub(crate) fn host_ipv4(ip: &str) -> Result<Ipv4Addr, String> {
+    ip.parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address (write IPv6 as [ADDR])"))
+}
+
+/// Checks that a spec's host and container ranges have the same length.
+pub(crate) fn same_length(host: PortRange, container: PortRange) -> Result<(), String> {
+    if host.len() == container.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "host range {host} and container range {container} differ in length"
+    ))
 }
 
 /// The `[IPV6]:` host address of a spec (given without its `[`) and the

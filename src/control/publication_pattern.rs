@@ -5,11 +5,14 @@
 
 use core::fmt;
 use core::str::FromStr;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::model::{bracketed_ipv6, fmt_host_ip, PortRange, Proto, Publication};
+use super::model::{
+    bracketed_ipv6, fmt_host_ip, host_ipv4, proto_suffix, same_length, PortRange, Proto,
+    Publication,
+};
 
 /// Errors in an `unpublish` spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,12 +99,7 @@ impl FromStr for PublicationPattern {
         };
         // `ps` writes HOSTPORT->PORT, as Docker does.
         let written = spec.replacen("->", ":", 1);
-        let (rest, proto) = match written.rsplit_once('/') {
-            Some((r, "tcp")) => (r, Proto::Tcp),
-            Some((r, "udp")) => (r, Proto::Udp),
-            Some((_, p)) => return Err(bad(format!("unknown protocol {p:?} (use tcp or udp)"))),
-            None => (written.as_str(), Proto::Tcp),
-        };
+        let (rest, proto) = proto_suffix(&written).map_err(bad)?;
         let (host_ip, ports) = if let Some(v6) = rest.strip_prefix('[') {
             let (ip, ports) = bracketed_ipv6(v6).map_err(bad)?;
             (Some(IpAddr::V6(ip)), ports)
@@ -109,12 +107,7 @@ impl FromStr for PublicationPattern {
             match rest.split_once(':') {
                 // Ports have no dots, IPv4 addresses do.
                 Some((ip, ports)) if ip.contains('.') => {
-                    let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                        bad(format!(
-                            "{ip:?} is not an IPv4 address (write IPv6 as [ADDR])"
-                        ))
-                    })?;
-                    (Some(IpAddr::V4(ip)), ports)
+                    (Some(IpAddr::V4(host_ipv4(ip).map_err(bad)?)), ports)
                 }
                 _ => (None, rest),
             }
@@ -128,10 +121,8 @@ impl FromStr for PublicationPattern {
             .map(PortRange::parse)
             .transpose()
             .map_err(bad)?;
-        if let Some(c) = container_ports.filter(|c| c.len() != host_ports.len()) {
-            return Err(bad(format!(
-                "host range {host_ports} and container range {c} differ in length"
-            )));
+        if let Some(c) = container_ports {
+            same_length(host_ports, c).map_err(bad)?;
         }
         Ok(PublicationPattern {
             host_ip,
