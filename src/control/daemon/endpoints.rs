@@ -89,7 +89,7 @@ impl Daemon {
         };
         let used4: BTreeSet<_> = on_net.iter().map(|e| e.ipv4).collect();
         let seq = self.state.next_seq;
-        let id = (0u8..)
+        let id = (0..=u8::MAX)
             .map(|retry| endpoint_id(&net.name, &name, seq, &self.id_salt, retry))
             .find(|id| self.state.endpoints.iter().all(|e| &e.id != id))
             .unwrap_or_default();
