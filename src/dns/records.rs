@@ -123,9 +123,10 @@ pub struct Zone {
     /// Subnets (address, prefix length).
     pub subnets: Vec<(IpAddr, u8)>,
     /// The names of every network in the table, this one included,
-    /// lowercase: names below any of them belong to the switch and never go
-    /// upstream. One set shared by all the zones of a table, since the
-    /// responder answers from a single zone.
+    /// lowercase: `NAME.NETWORK` and `tasks.NAME.NETWORK` of any of them
+    /// belong to the switch and never go upstream (deeper names below
+    /// another network do). One set shared by all the zones of a table,
+    /// since the responder answers from a single zone.
     pub networks: Arc<HashSet<Box<[u8]>>>,
 }
 
